@@ -1,0 +1,5 @@
+//! The WAL side of the relay: connect to the slot, decode pgoutput, map outbox INSERTs to
+//! events, and report progress. Never issues UPDATEs (that is the store's job).
+
+pub mod lsn;
+pub mod progress;

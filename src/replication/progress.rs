@@ -1,0 +1,344 @@
+//! Progress: the one owner of the confirmed-flush LSN reported to PostgreSQL.
+//!
+//! # The rule
+//!
+//! The flush position sent to the server is the `end_lsn` of the newest committed
+//! transaction such that **it and every transaction before it are settled**: each of its
+//! events has its outcome (`done`, `retry` or `dead`) durably written on its outbox row.
+//! When nothing is open or unsettled at all, the position is the latest keepalive `walEnd`
+//! instead (the walsender has already sent every transaction that commits below it, and
+//! none is outstanding), so an idle or filtered database does not pin WAL. The reported
+//! value never goes backwards.
+//!
+//! Why: whatever the slot confirms is never sent again. Confirming a transaction before its
+//! events are settled would lose them on a crash; confirming only `Commit.end_lsn` values
+//! (never XLogData header positions, which are neither unique nor monotonic) resumes exactly
+//! after the last settled transaction. Transactions settle out of order (sinks run
+//! concurrently), so a transaction's `end_lsn` becomes reportable only once every earlier
+//! transaction has settled too.
+//!
+//! This module does no I/O. The replication stream registers transactions and events; the
+//! status writer settles events through [`Ack`]; the feedback task reads [`Progress::flush`].
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use super::lsn::Lsn;
+
+/// Sequence number of a transaction registered with [`Progress`].
+pub type TxnSeq = u64;
+
+#[derive(Debug)]
+struct Txn {
+    seq: TxnSeq,
+    /// `Commit.final/commit_lsn` from Begin; used to recognise a re-sent transaction.
+    commit_lsn: Lsn,
+    /// Set by the Commit message; `None` while the transaction is still being received.
+    end_lsn: Option<Lsn>,
+    /// Events handed out and not yet settled.
+    unsettled: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Registered transactions in commit order; the front is the oldest unsettled one.
+    txns: VecDeque<Txn>,
+    next_seq: TxnSeq,
+    /// Highest `end_lsn` whose transaction and all earlier ones are settled.
+    durable: Lsn,
+    /// Latest keepalive `walEnd` (the walsender's sent position).
+    keepalive: Lsn,
+    /// Highest position received (commit end or keepalive); reported as `write`.
+    received: Lsn,
+    /// Highest flush position handed out; the value never goes below it.
+    reported: Lsn,
+}
+
+impl State {
+    fn settle_front(&mut self) -> bool {
+        let mut advanced = false;
+        while let Some(front) = self.txns.front() {
+            match front.end_lsn {
+                Some(end) if front.unsettled == 0 => {
+                    self.durable = self.durable.max(end);
+                    self.txns.pop_front();
+                    advanced = true;
+                }
+                _ => break,
+            }
+        }
+        advanced
+    }
+}
+
+/// Shared progress tracker; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    state: Mutex<State>,
+    /// Signalled whenever the durable position advances.
+    advanced: Notify,
+}
+
+/// Positions for one standby status update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Feedback {
+    /// Highest position received (`write`).
+    pub write: Lsn,
+    /// Settled position (`flush` and `apply`).
+    pub flush: Lsn,
+}
+
+impl Progress {
+    /// A tracker that starts from `durable` (the position streaming resumes from).
+    pub fn new(durable: Lsn) -> Self {
+        let progress = Self::default();
+        {
+            let mut state = progress.lock();
+            state.durable = durable;
+            state.reported = durable;
+            state.received = durable;
+        }
+        progress
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the state half-updated in a way
+        // that breaks the rule (every mutation is a single step), so poisoning is ignored.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a transaction whose Begin announced `commit_lsn`.
+    ///
+    /// Returns `None` when the transaction is already known (committed before `durable`,
+    /// or still pending from before a reconnect): its events must be skipped, they are
+    /// already being handled.
+    pub fn begin(&self, commit_lsn: Lsn) -> Option<TxnSeq> {
+        let mut state = self.lock();
+        if commit_lsn < state.durable
+            || state
+                .txns
+                .iter()
+                .any(|t| t.end_lsn.is_some() && t.commit_lsn == commit_lsn)
+        {
+            return None;
+        }
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.txns.push_back(Txn {
+            seq,
+            commit_lsn,
+            end_lsn: None,
+            unsettled: 0,
+        });
+        Some(seq)
+    }
+
+    /// Registers one event of transaction `seq`; settle the returned [`Ack`] once the
+    /// event's outcome is durable on its row.
+    pub fn event(&self, seq: TxnSeq) -> Ack {
+        let mut state = self.lock();
+        if let Some(txn) = state.txns.iter_mut().rev().find(|t| t.seq == seq) {
+            txn.unsettled += 1;
+        }
+        Ack {
+            progress: self.clone(),
+            seq,
+        }
+    }
+
+    /// Records the Commit of transaction `seq`.
+    pub fn commit(&self, seq: TxnSeq, end_lsn: Lsn) {
+        let mut state = self.lock();
+        state.received = state.received.max(end_lsn);
+        if let Some(txn) = state.txns.iter_mut().rev().find(|t| t.seq == seq) {
+            txn.end_lsn = Some(end_lsn);
+        }
+        if state.settle_front() {
+            drop(state);
+            self.inner.advanced.notify_waiters();
+        }
+    }
+
+    /// Drops a transaction that will never commit on this connection (the stream broke
+    /// between Begin and Commit). Its events may still settle; their acks become no-ops.
+    /// The server re-sends the whole transaction after reconnecting.
+    pub fn abandon_open(&self) {
+        let mut state = self.lock();
+        state.txns.retain(|t| t.end_lsn.is_some());
+        if state.settle_front() {
+            drop(state);
+            self.inner.advanced.notify_waiters();
+        }
+    }
+
+    /// Records a keepalive's `walEnd`.
+    pub fn keepalive(&self, wal_end: Lsn) {
+        let mut state = self.lock();
+        state.keepalive = state.keepalive.max(wal_end);
+        state.received = state.received.max(wal_end);
+    }
+
+    fn settle(&self, seq: TxnSeq) {
+        let mut state = self.lock();
+        let Some(txn) = state.txns.iter_mut().find(|t| t.seq == seq) else {
+            return;
+        };
+        txn.unsettled = txn.unsettled.saturating_sub(1);
+        if state.settle_front() {
+            drop(state);
+            self.inner.advanced.notify_waiters();
+        }
+    }
+
+    /// The positions to report now. Monotonic: never below a value returned before.
+    pub fn feedback(&self) -> Feedback {
+        let mut state = self.lock();
+        let candidate = if state.txns.is_empty() {
+            state.durable.max(state.keepalive)
+        } else {
+            state.durable
+        };
+        state.reported = state.reported.max(candidate);
+        Feedback {
+            write: state.received.max(state.reported),
+            flush: state.reported,
+        }
+    }
+
+    /// Highest settled commit position (without the idle keepalive rule): where streaming
+    /// resumes after a reconnect.
+    pub fn resume_lsn(&self) -> Lsn {
+        let state = self.lock();
+        state.durable.max(state.reported)
+    }
+
+    /// True when no transaction is open or unsettled.
+    pub fn is_idle(&self) -> bool {
+        self.lock().txns.is_empty()
+    }
+
+    /// Number of registered transactions not yet settled (including an open one).
+    pub fn pending_transactions(&self) -> usize {
+        self.lock().txns.len()
+    }
+
+    /// Resolves when the durable position advances next.
+    pub async fn advanced(&self) {
+        self.inner.advanced.notified().await;
+    }
+}
+
+/// Settles one event when its outcome is durable. Dropping an `Ack` without calling
+/// [`Ack::settle`] leaves the event unsettled, which holds the flush position back (safe).
+#[derive(Debug)]
+#[must_use = "an event that is never settled holds the flush position back forever"]
+pub struct Ack {
+    progress: Progress,
+    seq: TxnSeq,
+}
+
+impl Ack {
+    /// Marks the event as durably settled on its row.
+    pub fn settle(self) {
+        self.progress.settle(self.seq);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lsn(v: u64) -> Lsn {
+        Lsn(v)
+    }
+
+    #[test]
+    fn flush_covers_only_a_settled_prefix() {
+        let p = Progress::new(lsn(10));
+        let t1 = p.begin(lsn(20)).unwrap();
+        let a1 = p.event(t1);
+        p.commit(t1, lsn(30));
+        let t2 = p.begin(lsn(40)).unwrap();
+        let a2 = p.event(t2);
+        p.commit(t2, lsn(50));
+
+        // The second transaction settles first: nothing is reportable yet.
+        a2.settle();
+        assert_eq!(p.feedback().flush, lsn(10));
+        a1.settle();
+        assert_eq!(p.feedback().flush, lsn(50));
+        assert!(p.is_idle());
+    }
+
+    #[test]
+    fn keepalive_is_reported_only_when_idle() {
+        let p = Progress::new(lsn(10));
+        let t = p.begin(lsn(20)).unwrap();
+        let a = p.event(t);
+        p.keepalive(lsn(100));
+        assert_eq!(p.feedback().flush, lsn(10), "open transaction");
+        p.commit(t, lsn(30));
+        p.keepalive(lsn(120));
+        assert_eq!(p.feedback().flush, lsn(10), "committed but unsettled");
+        assert_eq!(p.feedback().write, lsn(120));
+        a.settle();
+        assert_eq!(p.feedback().flush, lsn(120), "idle: keepalive position");
+    }
+
+    #[test]
+    fn never_goes_backwards() {
+        let p = Progress::new(lsn(10));
+        p.keepalive(lsn(100));
+        assert_eq!(p.feedback().flush, lsn(100));
+        // A transaction that commits above the keepalive keeps the flush where it was.
+        let t = p.begin(lsn(110)).unwrap();
+        let _a = p.event(t);
+        p.commit(t, lsn(130));
+        assert_eq!(p.feedback().flush, lsn(100));
+    }
+
+    #[test]
+    fn open_transaction_blocks_later_ones_until_abandoned() {
+        let p = Progress::new(lsn(0));
+        let t1 = p.begin(lsn(20)).unwrap();
+        let a1 = p.event(t1);
+        // Stream breaks before Commit: the open transaction is dropped and its ack ignored.
+        p.abandon_open();
+        a1.settle();
+        assert!(p.is_idle());
+        assert_eq!(p.feedback().flush, lsn(0));
+    }
+
+    #[test]
+    fn resent_transactions_are_recognised() {
+        let p = Progress::new(lsn(0));
+        let t = p.begin(lsn(20)).unwrap();
+        let a = p.event(t);
+        p.commit(t, lsn(30));
+        // Reconnect: the server sends the unsettled transaction again.
+        assert_eq!(p.begin(lsn(20)), None);
+        a.settle();
+        assert_eq!(p.feedback().flush, lsn(30));
+        // Already durable: skipped as well.
+        assert_eq!(p.begin(lsn(20)), None);
+        assert!(p.begin(lsn(40)).is_some());
+    }
+
+    #[test]
+    fn empty_transaction_settles_at_commit() {
+        let p = Progress::new(lsn(0));
+        let t = p.begin(lsn(5)).unwrap();
+        p.commit(t, lsn(8));
+        assert_eq!(p.feedback().flush, lsn(8));
+    }
+}

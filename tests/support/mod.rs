@@ -1,0 +1,5 @@
+//! Shared fixtures for the integration tests: real PostgreSQL clusters (and, later, a real
+//! Kafka-protocol broker and HTTP receivers).
+#![allow(dead_code, unused_imports)]
+
+pub mod postgres;

@@ -1,0 +1,382 @@
+//! A throwaway PostgreSQL cluster per test: `initdb` into `/tmp`, a free loopback port,
+//! `wal_level=logical` (unless a test asks otherwise), stopped and removed on drop.
+//!
+//! PostgreSQL refuses to run as root, so when the tests run as root every server command
+//! runs as the `postgres` user through `runuser`. Missing binaries fail the test loudly:
+//! `.ci/run` (or `scripts/install-test-deps`) installs them.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Password of the `postgres` superuser in every test cluster.
+pub const SUPERUSER_PASSWORD: &str = "postgres-test-pw";
+
+/// How to set a cluster up.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// `wal_level`; `logical` unless a test checks the failure for another level.
+    pub wal_level: &'static str,
+    /// Generate a test CA and a server certificate for `localhost`/`127.0.0.1`, `ssl=on`.
+    pub tls: bool,
+    /// Lines placed at the top of `pg_hba.conf` (first match wins).
+    pub hba_prepend: Vec<String>,
+    /// Extra `postgresql.conf` lines.
+    pub conf: Vec<String>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            wal_level: "logical",
+            tls: false,
+            hba_prepend: Vec::new(),
+            conf: Vec::new(),
+        }
+    }
+}
+
+/// A running cluster. Dropping it stops the server (`-m immediate`) and deletes its files.
+#[derive(Debug)]
+pub struct TestCluster {
+    pub port: u16,
+    pub dir: PathBuf,
+    bin: PathBuf,
+    as_postgres: bool,
+    /// PEM of the test CA when `tls` was requested.
+    pub ca_cert_path: Option<PathBuf>,
+    databases: AtomicUsize,
+}
+
+fn find_bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("DISPATCHBOX_TEST_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Ok(path) = std::env::var("PATH") {
+        candidates.extend(std::env::split_paths(&path));
+    }
+    for v in ["17", "16", "15"] {
+        candidates.push(PathBuf::from(format!("/usr/lib/postgresql/{v}/bin")));
+    }
+    candidates
+        .into_iter()
+        .find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file() && d.join("postgres").is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found on PATH or in \
+                 /usr/lib/postgresql/*/bin; run scripts/install-test-deps (apt-get install postgresql-15)"
+            )
+        })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+fn check(output: Output, what: &str) -> Output {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+impl TestCluster {
+    /// Starts a cluster with default options (`wal_level=logical`, no TLS).
+    pub fn start() -> Self {
+        Self::start_with(ClusterOptions::default())
+    }
+
+    pub fn start_with(options: ClusterOptions) -> Self {
+        let bin = find_bin_dir();
+        let as_postgres = is_root();
+        let dir = tempfile::Builder::new()
+            .prefix("dispatchbox-pg-")
+            .tempdir_in("/tmp")
+            .expect("create cluster dir")
+            .keep();
+        let data = dir.join("data");
+        let pwfile = dir.join("pwfile");
+        std::fs::write(&pwfile, SUPERUSER_PASSWORD).expect("write pwfile");
+        if as_postgres {
+            check(
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&dir)
+                    .output()
+                    .expect("chown"),
+                "chown cluster dir",
+            );
+        }
+        let mut cluster = TestCluster {
+            port: free_port(),
+            dir: dir.clone(),
+            bin,
+            as_postgres,
+            ca_cert_path: None,
+            databases: AtomicUsize::new(0),
+        };
+        cluster.run_pg(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "-N",
+                "--pwfile",
+                pwfile.to_str().unwrap(),
+            ],
+        );
+
+        let mut conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{sock}'\n\
+             wal_level = {wal}\nmax_wal_senders = 20\nmax_replication_slots = 20\n\
+             wal_sender_timeout = '10s'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
+             shared_buffers = '64MB'\nmax_connections = 100\nlog_min_messages = warning\n\
+             max_slot_wal_keep_size = '1GB'\n",
+            port = cluster.port,
+            sock = dir.display(),
+            wal = options.wal_level,
+        );
+        if options.tls {
+            cluster.write_tls(&data);
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        }
+        for line in &options.conf {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        append(&data.join("postgresql.conf"), &conf);
+        if !options.hba_prepend.is_empty() {
+            let hba_path = data.join("pg_hba.conf");
+            let existing = std::fs::read_to_string(&hba_path).expect("read pg_hba.conf");
+            let mut hba = options.hba_prepend.join("\n");
+            hba.push('\n');
+            hba.push_str(&existing);
+            std::fs::write(&hba_path, hba).expect("write pg_hba.conf");
+        }
+        if as_postgres {
+            check(
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&dir)
+                    .output()
+                    .expect("chown"),
+                "chown cluster dir",
+            );
+        }
+        cluster.pg_ctl(&["start", "-w", "-t", "60"]);
+        cluster
+    }
+
+    fn write_tls(&mut self, data: &Path) {
+        let (ca_pem, cert_pem, key_pem) = tls_fixture(&["localhost"], &["127.0.0.1"]);
+        std::fs::write(data.join("server.crt"), cert_pem).unwrap();
+        std::fs::write(data.join("server.key"), key_pem).unwrap();
+        let ca_path = self.dir.join("root.crt");
+        std::fs::write(&ca_path, ca_pem).unwrap();
+        set_mode(&data.join("server.key"), 0o600);
+        self.ca_cert_path = Some(ca_path);
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let exe = self.bin.join(program);
+        if self.as_postgres {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(exe);
+            cmd
+        } else {
+            Command::new(exe)
+        }
+    }
+
+    fn run_pg(&self, program: &str, args: &[&str]) -> Output {
+        check(
+            self.command(program).args(args).output().expect(program),
+            program,
+        )
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Output {
+        let data = self.dir.join("data");
+        let log = self.dir.join("server.log");
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("-D").arg(&data).arg("-l").arg(&log).args(args);
+        let out = cmd.output().expect("pg_ctl");
+        if !out.status.success() {
+            let server_log = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!(
+                "pg_ctl {args:?} failed: {}\n{}\nserver log:\n{server_log}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        out
+    }
+
+    /// Stops the server (fast shutdown) without removing it.
+    pub fn stop(&self) {
+        self.pg_ctl(&["stop", "-m", "fast", "-w"]);
+    }
+
+    /// Starts a stopped server again on the same port.
+    pub fn restart(&self) {
+        self.pg_ctl(&["start", "-w", "-t", "60"]);
+    }
+
+    /// Appends to `postgresql.conf` and restarts (for settings that need a restart).
+    pub fn reconfigure(&self, lines: &str) {
+        append(&self.dir.join("data/postgresql.conf"), &format!("\n{lines}\n"));
+        self.pg_ctl(&["restart", "-m", "fast", "-w", "-t", "60"]);
+    }
+
+    /// The server log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// A `postgres://` URL for `user` on `database` over TCP, with `sslmode=disable`.
+    pub fn url(&self, user: &str, password: &str, database: &str) -> String {
+        format!(
+            "postgres://{user}:{password}@127.0.0.1:{}/{database}?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// The superuser URL for `database`.
+    pub fn superuser_url(&self, database: &str) -> String {
+        self.url("postgres", SUPERUSER_PASSWORD, database)
+    }
+
+    /// Connects as the superuser over TCP without TLS.
+    pub async fn connect(&self, database: &str) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres password={} dbname={database}",
+                self.port, SUPERUSER_PASSWORD
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("connect to test cluster: {e}\n{}", self.log()));
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+
+    /// Creates a fresh database with a unique name and returns the name.
+    pub async fn create_database(&self, prefix: &str) -> String {
+        let n = self.databases.fetch_add(1, Ordering::SeqCst);
+        let name = format!("{prefix}_{n}");
+        let admin = self.connect("postgres").await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create database");
+        name
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .args(["stop", "-m", "immediate", "-w"])
+            .output();
+        if std::env::var_os("DISPATCHBOX_KEEP_TEST_CLUSTER").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    f.write_all(text.as_bytes()).expect("append");
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A test PKI: (CA certificate PEM, leaf certificate PEM, leaf key PEM) for the given DNS
+/// names and IP addresses. The leaf is not a CA (webpki rejects CA certificates as leaves).
+pub fn tls_fixture(dns: &[&str], ips: &[&str]) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "dispatchbox test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+
+    let leaf_key = KeyPair::generate().expect("leaf key");
+    let mut leaf_params =
+        CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("leaf params");
+    for ip in ips {
+        leaf_params
+            .subject_alt_names
+            .push(SanType::IpAddress(ip.parse().expect("ip")));
+    }
+    leaf_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, dns.first().copied().unwrap_or("localhost"));
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .expect("leaf cert");
+    (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes; panics with `what` on timeout.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
