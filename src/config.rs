@@ -1,1 +1,479 @@
-//! TODO
+//! Configuration: `DISPATCHBOX_*` environment variables, read with `envconfig` into raw
+//! strings and validated once at startup into [`Config`]. Every validation error names the
+//! variable and the rule it broke. Secrets are wrapped so they never print.
+//!
+//! This module only parses and validates; it opens no connections.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use envconfig::Envconfig;
+
+use crate::conninfo::ConnInfo;
+use crate::sink::kafka::kafka_properties_from_env;
+use crate::store::{Identifier, TableName};
+
+/// Default outbox table.
+pub const DEFAULT_TABLE: &str = "public.outbox_event";
+/// Default publication name.
+pub const DEFAULT_PUBLICATION: &str = "dispatchbox";
+/// Default replication slot name.
+pub const DEFAULT_SLOT: &str = "dispatchbox";
+/// Default Kafka topic template.
+pub const DEFAULT_KAFKA_TOPIC: &str = "outbox.{aggregate_type}";
+
+/// Raw variables as `envconfig` reads them; validated by [`Config::from_raw`].
+#[derive(Debug, Envconfig)]
+pub struct RawConfig {
+    #[envconfig(from = "DISPATCHBOX_DATABASE_URL")]
+    pub database_url: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_DATABASE_URL_FILE")]
+    pub database_url_file: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_TABLE", default = "public.outbox_event")]
+    pub table: String,
+    #[envconfig(from = "DISPATCHBOX_PUBLICATION", default = "dispatchbox")]
+    pub publication: String,
+    #[envconfig(from = "DISPATCHBOX_SLOT", default = "dispatchbox")]
+    pub slot: String,
+    #[envconfig(from = "DISPATCHBOX_SINKS", default = "stdout")]
+    pub sinks: String,
+    #[envconfig(from = "DISPATCHBOX_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_KAFKA_TOPIC", default = "outbox.{aggregate_type}")]
+    pub kafka_topic: String,
+    #[envconfig(from = "DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT", default = "5m")]
+    pub kafka_delivery_timeout: String,
+    #[envconfig(from = "DISPATCHBOX_MAX_IN_FLIGHT", default = "1000")]
+    pub max_in_flight: String,
+    #[envconfig(from = "DISPATCHBOX_STATUS_BATCH_SIZE", default = "1000")]
+    pub status_batch_size: String,
+    #[envconfig(from = "DISPATCHBOX_STATUS_INTERVAL", default = "2s")]
+    pub status_interval: String,
+    #[envconfig(from = "DISPATCHBOX_HEARTBEAT_INTERVAL", default = "30s")]
+    pub heartbeat_interval: String,
+    #[envconfig(from = "DISPATCHBOX_SHUTDOWN_TIMEOUT", default = "30s")]
+    pub shutdown_timeout: String,
+    #[envconfig(from = "DISPATCHBOX_RECONNECT_MAX", default = "30s")]
+    pub reconnect_max: String,
+    #[envconfig(from = "DISPATCHBOX_MAX_MESSAGE_SIZE_MB", default = "1024")]
+    pub max_message_size_mb: String,
+    #[envconfig(from = "DISPATCHBOX_MAX_ATTEMPTS", default = "5")]
+    pub max_attempts: String,
+    #[envconfig(from = "DISPATCHBOX_BACKOFF_BASE", default = "1s")]
+    pub backoff_base: String,
+    #[envconfig(from = "DISPATCHBOX_BACKOFF_MAX", default = "5m")]
+    pub backoff_max: String,
+    #[envconfig(from = "DISPATCHBOX_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_LOG_LEVEL", default = "info")]
+    pub log_level: String,
+}
+
+/// A configuration error: which variable, and the rule it broke.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {rule}")]
+pub struct ConfigError {
+    /// The offending variable, e.g. `DISPATCHBOX_MAX_IN_FLIGHT`.
+    pub variable: &'static str,
+    /// What the value must look like (never echoes a secret).
+    pub rule: String,
+}
+
+impl ConfigError {
+    fn new(variable: &'static str, rule: impl Into<String>) -> Self {
+        Self {
+            variable,
+            rule: rule.into(),
+        }
+    }
+}
+
+/// A value that must never be printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    /// Wraps a secret value.
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself; only for handing to the component that needs it.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The sinks a relay can deliver to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkKind {
+    Kafka,
+    Stdout,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Kafka settings (present when `kafka` is among the sinks).
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `DISPATCHBOX_KAFKA_BROKERS`: comma-separated `host:port` list.
+    pub brokers: String,
+    /// `DISPATCHBOX_KAFKA_TOPIC`: topic template.
+    pub topic_template: String,
+    /// `DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT`: librdkafka `message.timeout.ms`.
+    pub delivery_timeout: Duration,
+    /// `DISPATCHBOX_KAFKA_PROPERTY_*`: any librdkafka property. Values may be secrets.
+    pub properties: Secret<Vec<(String, String)>>,
+}
+
+/// Validated configuration of the relay.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `DISPATCHBOX_DATABASE_URL` (or `_FILE`), parsed. Prints redacted.
+    pub database: ConnInfo,
+    /// `DISPATCHBOX_TABLE`: the outbox table (`schema.name`; default schema `public`).
+    pub table: TableName,
+    /// `DISPATCHBOX_PUBLICATION`.
+    pub publication: Identifier,
+    /// `DISPATCHBOX_SLOT`.
+    pub slot: Identifier,
+    /// `DISPATCHBOX_SINKS`: enabled sinks, in order.
+    pub sinks: Vec<SinkKind>,
+    /// Kafka settings when the kafka sink is enabled.
+    pub kafka: Option<KafkaConfig>,
+    /// `DISPATCHBOX_MAX_IN_FLIGHT`: events decoded but not yet settled, at most.
+    pub max_in_flight: usize,
+    /// `DISPATCHBOX_STATUS_BATCH_SIZE`: rows per status UPDATE, at most.
+    pub status_batch_size: usize,
+    /// `DISPATCHBOX_STATUS_INTERVAL`: standby status updates to PostgreSQL, at least this often.
+    pub status_interval: Duration,
+    /// `DISPATCHBOX_HEARTBEAT_INTERVAL`: `pg_logical_emit_message` heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// `DISPATCHBOX_SHUTDOWN_TIMEOUT`: how long in-flight deliveries may finish on SIGTERM.
+    pub shutdown_timeout: Duration,
+    /// `DISPATCHBOX_RECONNECT_MAX`: cap of the reconnect backoff.
+    pub reconnect_max: Duration,
+    /// `DISPATCHBOX_MAX_MESSAGE_SIZE_MB`: largest replication message accepted.
+    pub max_message_size: usize,
+    /// `DISPATCHBOX_MAX_ATTEMPTS`: delivery attempts before an event is `dead`.
+    pub max_attempts: u32,
+    /// `DISPATCHBOX_BACKOFF_BASE`: first retry delay.
+    pub backoff_base: Duration,
+    /// `DISPATCHBOX_BACKOFF_MAX`: largest retry delay.
+    pub backoff_max: Duration,
+    /// `DISPATCHBOX_LOG_FORMAT`: `json` or `text`; `None` = json unless stdout is a terminal.
+    pub log_format: Option<LogFormat>,
+    /// `DISPATCHBOX_LOG_LEVEL`: a `tracing` filter (`info`, `debug`, `dispatchbox=debug,warn`).
+    pub log_level: String,
+}
+
+fn duration(variable: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value.trim()).map_err(|_| {
+        ConfigError::new(
+            variable,
+            format!("{value:?} is not a duration; use a number with a unit, e.g. 500ms, 30s, 5m"),
+        )
+    })
+}
+
+fn positive_duration(variable: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    let d = duration(variable, value)?;
+    if d.is_zero() {
+        return Err(ConfigError::new(variable, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn count<T: std::str::FromStr + PartialOrd + fmt::Display>(
+    variable: &'static str,
+    value: &str,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    let rule = || format!("{value:?} is not valid; use a whole number from {min} to {max}");
+    let n: T = value.trim().parse().map_err(|_| ConfigError::new(variable, rule()))?;
+    if n < min || n > max {
+        return Err(ConfigError::new(variable, rule()));
+    }
+    Ok(n)
+}
+
+fn read_secret_file(variable: &'static str, path: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+        .map_err(|e| ConfigError::new(variable, format!("cannot read file {path:?}: {e}")))
+}
+
+impl Config {
+    /// Reads and validates the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars().collect())
+    }
+
+    /// Reads and validates a given set of variables (tests use this).
+    pub fn from_vars(vars: HashMap<String, String>) -> Result<Self, ConfigError> {
+        let raw = RawConfig::init_from_hashmap(&vars).map_err(|e| match e {
+            envconfig::Error::EnvVarMissing { name } => ConfigError::new(name, "is required"),
+            envconfig::Error::ParseError { name } => ConfigError::new(name, "cannot be parsed"),
+        })?;
+        Self::from_raw(raw, vars.into_iter())
+    }
+
+    /// Validates raw values; `vars` supplies the dynamic `DISPATCHBOX_KAFKA_PROPERTY_*` set.
+    pub fn from_raw(
+        raw: RawConfig,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let url = match (&raw.database_url, &raw.database_url_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "DISPATCHBOX_DATABASE_URL",
+                    "set either DISPATCHBOX_DATABASE_URL or DISPATCHBOX_DATABASE_URL_FILE, not both",
+                ))
+            }
+            (Some(url), None) => url.clone(),
+            (None, Some(path)) => read_secret_file("DISPATCHBOX_DATABASE_URL_FILE", path)?,
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "DISPATCHBOX_DATABASE_URL",
+                    "is required (e.g. postgres://relay:secret@db:5432/app?sslmode=verify-full)",
+                ))
+            }
+        };
+        let database = url
+            .parse::<ConnInfo>()
+            .map_err(|e| ConfigError::new("DISPATCHBOX_DATABASE_URL", e.to_string()))?;
+        let table = raw
+            .table
+            .parse::<TableName>()
+            .map_err(|e| ConfigError::new("DISPATCHBOX_TABLE", e.to_string()))?;
+        let publication = raw
+            .publication
+            .parse::<Identifier>()
+            .map_err(|e| ConfigError::new("DISPATCHBOX_PUBLICATION", e.to_string()))?;
+        let slot = raw
+            .slot
+            .parse::<Identifier>()
+            .map_err(|e| ConfigError::new("DISPATCHBOX_SLOT", e.to_string()))?;
+
+        let mut sinks = Vec::new();
+        for name in raw.sinks.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let kind = match name {
+                "kafka" => SinkKind::Kafka,
+                "stdout" => SinkKind::Stdout,
+                other => {
+                    return Err(ConfigError::new(
+                        "DISPATCHBOX_SINKS",
+                        format!("unknown sink {other:?}; use a comma-separated list of kafka, stdout"),
+                    ))
+                }
+            };
+            if !sinks.contains(&kind) {
+                sinks.push(kind);
+            }
+        }
+        if sinks.is_empty() {
+            return Err(ConfigError::new(
+                "DISPATCHBOX_SINKS",
+                "must name at least one sink (kafka, stdout)",
+            ));
+        }
+
+        let kafka = if sinks.contains(&SinkKind::Kafka) {
+            let brokers = raw
+                .kafka_brokers
+                .as_deref()
+                .map(str::trim)
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "DISPATCHBOX_KAFKA_BROKERS",
+                        "is required when DISPATCHBOX_SINKS includes kafka (e.g. kafka-0:9092,kafka-1:9092)",
+                    )
+                })?
+                .to_owned();
+            Some(KafkaConfig {
+                brokers,
+                topic_template: raw.kafka_topic.clone(),
+                delivery_timeout: positive_duration(
+                    "DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT",
+                    &raw.kafka_delivery_timeout,
+                )?,
+                properties: Secret::new(kafka_properties_from_env(vars)),
+            })
+        } else {
+            None
+        };
+
+        let backoff_base = positive_duration("DISPATCHBOX_BACKOFF_BASE", &raw.backoff_base)?;
+        let backoff_max = positive_duration("DISPATCHBOX_BACKOFF_MAX", &raw.backoff_max)?;
+        if backoff_max < backoff_base {
+            return Err(ConfigError::new(
+                "DISPATCHBOX_BACKOFF_MAX",
+                "must not be smaller than DISPATCHBOX_BACKOFF_BASE",
+            ));
+        }
+        let log_format = match raw.log_format.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some("json") => Some(LogFormat::Json),
+            Some("text") => Some(LogFormat::Text),
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "DISPATCHBOX_LOG_FORMAT",
+                    format!("{other:?} is not valid; use json or text"),
+                ))
+            }
+        };
+        if tracing_subscriber::EnvFilter::try_new(&raw.log_level).is_err() {
+            return Err(ConfigError::new(
+                "DISPATCHBOX_LOG_LEVEL",
+                format!(
+                    "{:?} is not a log filter; use error, warn, info, debug, trace or a tracing directive like dispatchbox=debug",
+                    raw.log_level
+                ),
+            ));
+        }
+
+        Ok(Config {
+            database,
+            table,
+            publication,
+            slot,
+            sinks,
+            kafka,
+            max_in_flight: count("DISPATCHBOX_MAX_IN_FLIGHT", &raw.max_in_flight, 1, 1_000_000)?,
+            status_batch_size: count(
+                "DISPATCHBOX_STATUS_BATCH_SIZE",
+                &raw.status_batch_size,
+                1,
+                100_000,
+            )?,
+            status_interval: positive_duration("DISPATCHBOX_STATUS_INTERVAL", &raw.status_interval)?,
+            heartbeat_interval: positive_duration(
+                "DISPATCHBOX_HEARTBEAT_INTERVAL",
+                &raw.heartbeat_interval,
+            )?,
+            shutdown_timeout: duration("DISPATCHBOX_SHUTDOWN_TIMEOUT", &raw.shutdown_timeout)?,
+            reconnect_max: positive_duration("DISPATCHBOX_RECONNECT_MAX", &raw.reconnect_max)?,
+            max_message_size: count::<usize>(
+                "DISPATCHBOX_MAX_MESSAGE_SIZE_MB",
+                &raw.max_message_size_mb,
+                1,
+                4096,
+            )? * 1024
+                * 1024
+                + 64 * 1024,
+            max_attempts: count("DISPATCHBOX_MAX_ATTEMPTS", &raw.max_attempts, 1, 1000)?,
+            backoff_base,
+            backoff_max,
+            log_format,
+            log_level: raw.log_level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        map.entry("DISPATCHBOX_DATABASE_URL".into())
+            .or_insert_with(|| "postgres://relay:s3cret@db:5432/app".into());
+        map
+    }
+
+    fn error_for(pairs: &[(&str, &str)]) -> ConfigError {
+        Config::from_vars(vars(pairs)).expect_err("config should be rejected")
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::from_vars(vars(&[])).expect("defaults");
+        assert_eq!(config.sinks, vec![SinkKind::Stdout]);
+        assert_eq!(config.table.to_string(), "public.outbox_event");
+        assert_eq!(config.max_attempts, 5);
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
+        assert!(config.kafka.is_none());
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable_and_rule() {
+        let e = error_for(&[("DISPATCHBOX_MAX_ATTEMPTS", "zero")]);
+        assert_eq!(e.variable, "DISPATCHBOX_MAX_ATTEMPTS");
+        assert!(e.to_string().contains("whole number"), "{e}");
+
+        let e = error_for(&[("DISPATCHBOX_SHUTDOWN_TIMEOUT", "forever")]);
+        assert_eq!(e.variable, "DISPATCHBOX_SHUTDOWN_TIMEOUT");
+        assert!(e.to_string().contains("duration"), "{e}");
+
+        let e = error_for(&[("DISPATCHBOX_SINKS", "kafka,pigeon")]);
+        assert_eq!(e.variable, "DISPATCHBOX_SINKS");
+        assert!(e.to_string().contains("pigeon"), "{e}");
+
+        let e = error_for(&[("DISPATCHBOX_SINKS", "kafka")]);
+        assert_eq!(e.variable, "DISPATCHBOX_KAFKA_BROKERS");
+
+        let e = error_for(&[("DISPATCHBOX_MAX_IN_FLIGHT", "0")]);
+        assert_eq!(e.variable, "DISPATCHBOX_MAX_IN_FLIGHT");
+
+        let e = error_for(&[("DISPATCHBOX_LOG_FORMAT", "xml")]);
+        assert_eq!(e.variable, "DISPATCHBOX_LOG_FORMAT");
+
+        let e = error_for(&[("DISPATCHBOX_TABLE", "Bad-Name")]);
+        assert_eq!(e.variable, "DISPATCHBOX_TABLE");
+    }
+
+    #[test]
+    fn database_url_is_required_and_never_echoed() {
+        let mut map = vars(&[]);
+        map.remove("DISPATCHBOX_DATABASE_URL");
+        let e = Config::from_vars(map).expect_err("missing url");
+        assert_eq!(e.variable, "DISPATCHBOX_DATABASE_URL");
+
+        let config = Config::from_vars(vars(&[])).expect("config");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("s3cret"), "password leaked: {printed}");
+    }
+
+    #[test]
+    fn database_url_can_come_from_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("url");
+        std::fs::write(&path, "postgres://relay:pw@db/app\n").expect("write");
+        let mut map = vars(&[("DISPATCHBOX_DATABASE_URL_FILE", path.to_str().expect("utf8"))]);
+        map.remove("DISPATCHBOX_DATABASE_URL");
+        Config::from_vars(map).expect("url from file");
+    }
+
+    #[test]
+    fn kafka_properties_come_from_the_environment() {
+        let config = Config::from_vars(vars(&[
+            ("DISPATCHBOX_SINKS", "kafka,stdout"),
+            ("DISPATCHBOX_KAFKA_BROKERS", "k:9092"),
+            ("DISPATCHBOX_KAFKA_PROPERTY_LINGER_MS", "5"),
+        ]))
+        .expect("config");
+        let kafka = config.kafka.expect("kafka");
+        assert!(kafka
+            .properties
+            .expose()
+            .contains(&("linger.ms".to_owned(), "5".to_owned())));
+        assert_eq!(config.sinks, vec![SinkKind::Kafka, SinkKind::Stdout]);
+    }
+}

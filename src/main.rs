@@ -1,1 +1,78 @@
-fn main() {}
+//! The `dispatchbox` binary: parses the command line, loads the configuration, sets up
+//! logging, runs the chosen command and maps the outcome to an exit code. No business logic.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use dispatchbox::config::Config;
+
+/// Transactional-outbox relay for PostgreSQL: streams outbox INSERTs from a logical
+/// replication slot to Kafka or stdout and writes each event's status back onto its row.
+///
+/// Configuration comes from DISPATCHBOX_* environment variables (see README.md).
+#[derive(Debug, Parser)]
+#[command(name = "dispatchbox", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the relay until SIGTERM or SIGINT.
+    Run,
+    /// Create or upgrade the outbox table and the publication (idempotent).
+    Migrate,
+}
+
+/// Exit code for invalid configuration.
+const EXIT_CONFIG: u8 = 2;
+/// Exit code for a failure while running.
+const EXIT_FAILURE: u8 = 1;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("dispatchbox: invalid configuration: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    dispatchbox::telemetry::init_logging(config.log_format, &config.log_level);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("dispatchbox: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run => {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(dispatchbox::shutdown::cancel_on_signal(shutdown.clone()));
+                dispatchbox::relay::run(config, shutdown)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+            Command::Migrate => dispatchbox::store::migrate::run_cli(&config)
+                .await
+                .map_err(anyhow::Error::from),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "dispatchbox stopped");
+            eprintln!("dispatchbox: {error:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}

@@ -1,1 +1,185 @@
-//! TODO
+//! `dispatchbox run`: builds the pipeline and owns its lifecycle.
+//!
+//! ```text
+//! source ──Work (bounded)──▶ dispatcher ──Settlement (bounded)──▶ status writer
+//!   ▲  └─ standby status (Progress)                                   │
+//!   └──────────────────── Ack::settle (durable outcome) ◀──────────────┘
+//! ```
+//!
+//! Shutdown order (SIGTERM/SIGINT): the source stops reading and closes the work channel;
+//! the dispatcher lets in-flight deliveries finish (up to the shutdown timeout) and closes
+//! the settlement channel; the status writer flushes; then the source sends a final
+//! standby status covering everything settled and leaves the stream cleanly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, SinkKind};
+use crate::dispatch::backoff::Backoff;
+use crate::dispatch::{self, DispatchConfig};
+use crate::replication::lsn::Lsn;
+use crate::replication::progress::Progress;
+use crate::replication::source::{self, SourceConfig, SourceError, HEARTBEAT_PREFIX};
+use crate::sink::kafka::{KafkaSink, KafkaSinkConfig};
+use crate::sink::stdout::StdoutSink;
+use crate::sink::Sink;
+use crate::store::status::{StatusConfig, StatusWriter};
+use crate::store::{checks, Store};
+
+/// Why the relay stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("startup check failed: {0}")]
+    Check(#[from] checks::CheckError),
+    #[error("cannot reach the database: {0}")]
+    Database(#[from] crate::store::StoreError),
+    #[error("cannot set up sink {sink}: {reason}")]
+    Sink { sink: &'static str, reason: String },
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+/// Runs the relay until `shutdown` is cancelled (Ok) or a definite error stops it.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RelayError> {
+    let pool = config.database.pool(8);
+    let store = Store::new(pool, config.table.clone());
+
+    preflight(&store, &config, &shutdown).await?;
+    if shutdown.is_cancelled() {
+        return Ok(());
+    }
+
+    let sinks: Arc<[Sink]> = build_sinks(&config)?.into();
+    let (settlements, status_writer) = StatusWriter::spawn(
+        store.clone(),
+        StatusConfig {
+            max_batch: config.status_batch_size,
+            ..StatusConfig::default()
+        },
+    );
+    let (work_tx, work_rx) = mpsc::channel(config.max_in_flight);
+    let dispatcher = tokio::spawn(dispatch::run(
+        work_rx,
+        sinks.clone(),
+        settlements,
+        DispatchConfig {
+            max_in_flight: config.max_in_flight,
+            max_attempts: config.max_attempts,
+            backoff: Backoff {
+                base: config.backoff_base,
+                max: config.backoff_max,
+            },
+            shutdown_timeout: config.shutdown_timeout,
+        },
+        shutdown.clone(),
+    ));
+    let settled = async move {
+        let _ = dispatcher.await;
+        let _ = status_writer.await;
+    };
+    let heartbeat = tokio::spawn(heartbeat(
+        store.clone(),
+        config.heartbeat_interval,
+        shutdown.clone(),
+    ));
+
+    let progress = Progress::new(Lsn::ZERO);
+    let result = source::run(
+        SourceConfig {
+            conninfo: config.database.clone(),
+            slot: config.slot.clone(),
+            publication: config.publication.clone(),
+            table: config.table.clone(),
+            status_interval: config.status_interval,
+            max_message_size: config.max_message_size,
+            reconnect_max: config.reconnect_max,
+            shutdown_timeout: config.shutdown_timeout,
+        },
+        progress,
+        work_tx,
+        shutdown.clone(),
+        settled,
+    )
+    .await;
+    shutdown.cancel();
+    let _ = heartbeat.await;
+    for sink in sinks.iter() {
+        sink.close(Duration::from_secs(5)).await;
+    }
+    result.map_err(RelayError::from)
+}
+
+/// Checks the database before streaming. Unreachable databases are retried (they may be
+/// starting); misconfiguration fails at once with what to fix.
+async fn preflight(
+    store: &Store,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<(), RelayError> {
+    let backoff = Backoff {
+        base: Duration::from_millis(250),
+        max: config.reconnect_max,
+    };
+    let mut attempt = 0;
+    loop {
+        match checks::preflight(store, &config.table, &config.publication).await {
+            Ok(()) => return Ok(()),
+            Err(error) if error.is_transient() => {
+                attempt += 1;
+                let delay = backoff.delay(attempt, &mut rand::thread_rng());
+                tracing::warn!(error = %error, retry_in = ?delay, "database not reachable yet");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+fn build_sinks(config: &Config) -> Result<Vec<Sink>, RelayError> {
+    config
+        .sinks
+        .iter()
+        .map(|kind| match kind {
+            SinkKind::Stdout => Ok(Sink::Stdout(StdoutSink::new())),
+            SinkKind::Kafka => {
+                let kafka = config.kafka.as_ref().ok_or(RelayError::Sink {
+                    sink: "kafka",
+                    reason: "DISPATCHBOX_KAFKA_BROKERS is not set".into(),
+                })?;
+                KafkaSink::new(KafkaSinkConfig {
+                    brokers: kafka.brokers.clone(),
+                    topic_template: kafka.topic_template.clone(),
+                    properties: kafka.properties.expose().clone(),
+                    delivery_timeout: kafka.delivery_timeout,
+                })
+                .map(Sink::Kafka)
+                .map_err(|e| RelayError::Sink {
+                    sink: "kafka",
+                    reason: e.to_string(),
+                })
+            }
+        })
+        .collect()
+}
+
+/// Emits a `pg_logical_emit_message` heartbeat every `interval`: it keeps decodable WAL
+/// flowing on quiet databases, so the keepalive position (and the slot) keeps advancing.
+async fn heartbeat(store: Store, interval: Duration, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if let Err(error) = store.emit_heartbeat(HEARTBEAT_PREFIX).await {
+            tracing::warn!(error = %error, "heartbeat failed");
+        }
+    }
+}

@@ -1,1 +1,31 @@
-//! TODO
+//! Logs: `tracing` to stderr (stdout belongs to the stdout sink), JSON when stderr is not a
+//! terminal or `DISPATCHBOX_LOG_FORMAT=json`, text otherwise. Fields first, message last;
+//! payloads and secrets are never logged.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. `level` is a `tracing` filter (already validated).
+pub fn init_logging(format: Option<LogFormat>, level: &str) {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let format = format.unwrap_or(if std::io::stderr().is_terminal() {
+        LogFormat::Text
+    } else {
+        LogFormat::Json
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests) is harmless: keep the first subscriber.
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
+    };
+}

@@ -3,3 +3,4 @@
 
 pub mod lsn;
 pub mod progress;
+pub mod source;

@@ -1,0 +1,413 @@
+//! The replication source: connect to the slot, stream pgoutput, turn outbox INSERTs into
+//! [`Work`] for the dispatcher, and keep PostgreSQL informed of progress.
+//!
+//! One connection at a time: connect → (create the slot when missing) → START_REPLICATION
+//! at the settled position → pump messages until the stream breaks → reconnect with
+//! jittered exponential backoff. Definite errors (bad schema, invalid slot, protocol
+//! surprises) stop the source instead: it never acknowledges what it does not understand.
+//!
+//! The connection is split: the reader half runs here and may block on the bounded channel
+//! to the dispatcher (backpressure); the writer half lives in a feedback task that sends
+//! standby status updates on its own timer, so a slow sink can never make the walsender
+//! drop us at `wal_sender_timeout`. Progress (what may be confirmed) is decided only by
+//! [`Progress`]; this module reports what it says.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{ClientError, ReplicationClient, ReplicationMessage, ReplicationWriter};
+use super::lsn::Lsn;
+use super::pgoutput::{Decoder, LogicalMessage};
+use super::progress::{Progress, TxnSeq};
+use super::relation::{OutboxSchema, RelationCache, SchemaError};
+use crate::conninfo::ConnInfo;
+use crate::dispatch::backoff::Backoff;
+use crate::dispatch::Work;
+use crate::store::{Identifier, TableName};
+
+/// Prefix of the relay's heartbeat logical messages (ignored when streamed back).
+pub const HEARTBEAT_PREFIX: &str = "dispatchbox.heartbeat";
+
+/// Settings of the replication source.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub conninfo: ConnInfo,
+    pub slot: Identifier,
+    pub publication: Identifier,
+    pub table: TableName,
+    /// Standby status updates are sent at least this often.
+    pub status_interval: Duration,
+    /// Largest replication message accepted.
+    pub max_message_size: usize,
+    /// Cap of the reconnect backoff.
+    pub reconnect_max: Duration,
+    /// How long to wait, at shutdown, for in-flight events to settle before the final
+    /// status update.
+    pub shutdown_timeout: Duration,
+}
+
+/// Why the source stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error("replication slot {slot} cannot be used: {source}")]
+    Slot {
+        slot: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("replication connection failed: {0}")]
+    Connection(#[source] ClientError),
+    #[error("unexpected replication message: {0}; refusing to acknowledge anything past this point")]
+    Protocol(String),
+    #[error("the dispatcher stopped accepting events")]
+    DispatcherGone,
+}
+
+impl SourceError {
+    /// True when reconnecting may help.
+    fn is_transient(&self) -> bool {
+        match self {
+            SourceError::Connection(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// Runs the source until `shutdown` is cancelled (returns Ok after the final status update)
+/// or a definite error occurs.
+///
+/// `settled` resolves once every event handed to the dispatcher has its outcome written
+/// (the dispatcher and the status writer have drained); only then is the final status
+/// update sent, so it covers everything that was settled.
+pub async fn run(
+    config: SourceConfig,
+    progress: Progress,
+    work: mpsc::Sender<Work>,
+    shutdown: CancellationToken,
+    settled: impl std::future::Future<Output = ()>,
+) -> Result<(), SourceError> {
+    let reconnect = Backoff {
+        base: Duration::from_millis(250),
+        max: config.reconnect_max,
+    };
+    let mut failures: u32 = 0;
+    let mut work = Some(work);
+    let mut writer = None;
+    while !shutdown.is_cancelled() {
+        let Some(sender) = work.as_ref() else { break };
+        let mut session = Session::new(&config, &progress, sender);
+        match session.stream(&shutdown).await {
+            Ok(w) => {
+                writer = Some(w);
+                break;
+            }
+            Err(error) if error.is_transient() => {
+                progress.abandon_open();
+                failures = failures.saturating_add(1);
+                let delay = reconnect.delay(failures, &mut rand::thread_rng());
+                tracing::warn!(error = %error, retry_in = ?delay, "replication stream interrupted; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                if session.streamed {
+                    failures = 0;
+                }
+            }
+            Err(error) => {
+                progress.abandon_open();
+                work.take();
+                return Err(error);
+            }
+        }
+    }
+    // Stop intake: the dispatcher drains once its input closes.
+    work.take();
+    if tokio::time::timeout(config.shutdown_timeout + Duration::from_secs(5), settled)
+        .await
+        .is_err()
+    {
+        tracing::warn!("events still unsettled at shutdown; they will be delivered again after restart");
+    }
+    if let Some(mut writer) = writer {
+        let feedback = progress.feedback();
+        match writer
+            .send_status(feedback.write, feedback.flush, feedback.flush, false)
+            .await
+        {
+            Ok(()) => tracing::info!(flush_lsn = %feedback.flush, "sent final standby status"),
+            Err(error) => tracing::warn!(error = %error, "final standby status update failed"),
+        }
+        writer.finish().await;
+    }
+    Ok(())
+}
+
+/// One replication connection.
+struct Session<'a> {
+    config: &'a SourceConfig,
+    progress: &'a Progress,
+    work: &'a mpsc::Sender<Work>,
+    relations: RelationCache,
+    /// The outbox schema, keyed by the relation OID it was built from.
+    outbox: Option<(u32, OutboxSchema)>,
+    /// The transaction being received: `Some(Some(seq))` when its events are dispatched,
+    /// `Some(None)` when it is a re-sent transaction whose events are skipped.
+    current: Option<Option<TxnSeq>>,
+    /// True once the stream delivered something (resets the reconnect backoff).
+    streamed: bool,
+}
+
+impl<'a> Session<'a> {
+    fn new(config: &'a SourceConfig, progress: &'a Progress, work: &'a mpsc::Sender<Work>) -> Self {
+        Self {
+            config,
+            progress,
+            work,
+            relations: RelationCache::default(),
+            outbox: None,
+            current: None,
+            streamed: false,
+        }
+    }
+
+    /// Streams until shutdown (returns the writer for the final status update) or error.
+    async fn stream(&mut self, shutdown: &CancellationToken) -> Result<ReplicationWriter, SourceError> {
+        let config = self.config;
+        let mut client = ReplicationClient::connect(&config.conninfo, config.max_message_size)
+            .await
+            .map_err(SourceError::Connection)?;
+        let system = client
+            .identify_system()
+            .await
+            .map_err(SourceError::Connection)?;
+        let start = self.progress.resume_lsn();
+        tracing::info!(
+            system_id = %system.systemid,
+            timeline = system.timeline,
+            slot = %config.slot,
+            start_lsn = %start,
+            "connected for replication"
+        );
+        let (mut reader, writer) = match client
+            .start_replication(config.slot.as_str(), start, config.publication.as_str())
+            .await
+        {
+            Ok(halves) => halves,
+            Err(error) if error.sqlstate() == Some("42704") && error.to_string().contains("replication slot") => {
+                // Connect again: the failed START left the connection usable, but a fresh one
+                // keeps the slot creation independent of its state.
+                let mut client = ReplicationClient::connect(&config.conninfo, config.max_message_size)
+                    .await
+                    .map_err(SourceError::Connection)?;
+                let created = client
+                    .create_logical_slot(config.slot.as_str())
+                    .await
+                    .map_err(|source| SourceError::Slot { slot: config.slot.to_string(), source })?;
+                tracing::info!(slot = %config.slot, consistent_point = %created.consistent_point, "created replication slot");
+                client
+                    .start_replication(config.slot.as_str(), start, config.publication.as_str())
+                    .await
+                    .map_err(|e| classify_start_error(config, e))?
+            }
+            Err(error) => return Err(classify_start_error(config, error)),
+        };
+
+        let reply_now = Arc::new(Notify::new());
+        let stop_feedback = CancellationToken::new();
+        let feedback = tokio::spawn(feedback_loop(
+            writer,
+            self.progress.clone(),
+            config.status_interval,
+            reply_now.clone(),
+            stop_feedback.clone(),
+        ));
+        let _stop_on_exit = stop_feedback.clone().drop_guard();
+
+        let result = loop {
+            let message = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Ok(()),
+                message = reader.next() => message,
+            };
+            match message {
+                Ok(Some(ReplicationMessage::XLogData { data, .. })) => {
+                    self.streamed = true;
+                    if let Err(error) = self.handle(data, shutdown).await {
+                        break Err(error);
+                    }
+                }
+                Ok(Some(ReplicationMessage::PrimaryKeepalive {
+                    wal_end,
+                    reply_requested,
+                    ..
+                })) => {
+                    // Progress applies the idle rule: the keepalive position counts only
+                    // when nothing is open or unsettled.
+                    self.progress.keepalive(wal_end);
+                    if reply_requested {
+                        reply_now.notify_one();
+                    }
+                }
+                Ok(None) => {
+                    break Err(SourceError::Connection(ClientError::closed(
+                        "the server ended the replication stream",
+                    )))
+                }
+                Err(error) => break Err(SourceError::Connection(error)),
+            }
+        };
+        stop_feedback.cancel();
+        let writer = feedback.await.ok().flatten();
+        match (result, writer) {
+            (Ok(()), Some(writer)) => Ok(writer),
+            (Ok(()), None) => Err(SourceError::Connection(ClientError::closed(
+                "the replication connection closed during shutdown",
+            ))),
+            (Err(error), _) => Err(error),
+        }
+    }
+
+    /// Handles one pgoutput message.
+    async fn handle(&mut self, data: bytes::Bytes, shutdown: &CancellationToken) -> Result<(), SourceError> {
+        let message = Decoder::decode_once(data).map_err(|e| SourceError::Protocol(e.to_string()))?;
+        match message {
+            LogicalMessage::Begin(begin) => {
+                if self.current.is_some() {
+                    return Err(SourceError::Protocol("Begin inside an open transaction".into()));
+                }
+                self.current = Some(self.progress.begin(Lsn(begin.final_lsn.0)));
+            }
+            LogicalMessage::Commit(commit) => {
+                let Some(current) = self.current.take() else {
+                    return Err(SourceError::Protocol("Commit without Begin".into()));
+                };
+                if let Some(seq) = current {
+                    self.progress.commit(seq, commit.end_lsn);
+                }
+            }
+            LogicalMessage::Relation(relation) => {
+                if relation.namespace == self.config.table.schema() && relation.name == self.config.table.name() {
+                    let schema = OutboxSchema::from_relation(&relation, &self.config.table)?;
+                    self.outbox = Some((relation.id, schema));
+                }
+                self.relations.insert(relation);
+            }
+            LogicalMessage::Insert(insert) => {
+                let Some(Some(seq)) = self.current else {
+                    if self.current.is_none() {
+                        return Err(SourceError::Protocol("Insert outside a transaction".into()));
+                    }
+                    return Ok(()); // re-sent transaction: already being handled
+                };
+                let Some((oid, schema)) = &self.outbox else {
+                    return Err(SourceError::Protocol(format!(
+                        "Insert for relation {} before its Relation message",
+                        insert.relation_id
+                    )));
+                };
+                if insert.relation_id != *oid {
+                    // Another table in the publication (not ours to deliver).
+                    return Ok(());
+                }
+                let work = match schema.event_from_insert(&insert.tuple) {
+                    Ok(event) => Work::Deliver {
+                        event: Arc::new(event),
+                        ack: self.progress.event(seq),
+                    },
+                    Err(error) => match error.id {
+                        Some(id) => Work::Unusable {
+                            id,
+                            reason: error.reason,
+                            ack: self.progress.event(seq),
+                        },
+                        None => return Err(SourceError::Protocol(error.reason)),
+                    },
+                };
+                tokio::select! {
+                    sent = self.work.send(work) => sent.map_err(|_| SourceError::DispatcherGone)?,
+                    // Shutdown while blocked on backpressure: the event stays unsettled and
+                    // is delivered again after a restart.
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+            // Heartbeats and other logical messages bypass publications: ignore them.
+            LogicalMessage::Message(_)
+            | LogicalMessage::Origin(_)
+            | LogicalMessage::Type(_)
+            // Insert-only publication: these cannot carry outbox INSERTs.
+            | LogicalMessage::Update(_)
+            | LogicalMessage::Delete(_)
+            | LogicalMessage::Truncate(_) => {}
+            other => {
+                return Err(SourceError::Protocol(format!(
+                    "{} (streaming and two-phase are never requested)",
+                    other.kind()
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+fn classify_start_error(config: &SourceConfig, error: ClientError) -> SourceError {
+    match error.sqlstate() {
+        // Another relay holds the slot: stand by and retry.
+        Some("55006") => {
+            tracing::info!(slot = %config.slot, "replication slot is active in another process; standing by");
+            SourceError::Connection(error)
+        }
+        Some("55000") | Some("42704") => SourceError::Slot {
+            slot: config.slot.to_string(),
+            source: error,
+        },
+        _ => SourceError::Connection(error),
+    }
+}
+
+/// Sends standby status updates: every `interval`, promptly after the settled position
+/// advances (at most every 100 ms), and immediately when the server asks. Never waits on
+/// sinks. Returns the writer when stopped, or `None` if the connection failed.
+async fn feedback_loop(
+    mut writer: ReplicationWriter,
+    progress: Progress,
+    interval: Duration,
+    reply_now: Arc<Notify>,
+    stop: CancellationToken,
+) -> Option<ReplicationWriter> {
+    const MIN_GAP: Duration = Duration::from_millis(100);
+    let mut last_sent = Instant::now() - interval;
+    let mut last_flush = Lsn::ZERO;
+    loop {
+        let urgent = tokio::select! {
+            _ = stop.cancelled() => return Some(writer),
+            _ = tokio::time::sleep_until(last_sent + interval) => false,
+            _ = reply_now.notified() => true,
+            _ = progress.advanced() => false,
+        };
+        let feedback = progress.feedback();
+        if !urgent && feedback.flush == last_flush && last_sent.elapsed() < interval {
+            continue;
+        }
+        if !urgent && last_sent.elapsed() < MIN_GAP {
+            tokio::time::sleep_until(last_sent + MIN_GAP).await;
+        }
+        let feedback = progress.feedback();
+        if let Err(error) = writer
+            .send_status(feedback.write, feedback.flush, feedback.flush, false)
+            .await
+        {
+            tracing::warn!(error = %error, "standby status update failed");
+            return None;
+        }
+        tracing::trace!(flush_lsn = %feedback.flush, write_lsn = %feedback.write, "sent standby status");
+        last_sent = Instant::now();
+        last_flush = feedback.flush;
+    }
+}

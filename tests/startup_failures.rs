@@ -1,0 +1,101 @@
+//! Misconfiguration fails fast and clearly: `dispatchbox run` exits non-zero within seconds
+//! and says what is wrong (and how to fix it), instead of retrying forever.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::postgres::{ClusterOptions, TestCluster};
+use support::relay::{base_env, migrate, run_to_end, RelayProcess};
+
+/// Runs the relay and expects it to exit non-zero within 20 s; returns its stderr.
+fn expect_fast_failure(env: &[(String, String)]) -> String {
+    let started = Instant::now();
+    let mut relay = RelayProcess::start(env);
+    let status = relay
+        .wait_exit(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("relay kept running:\n{}", relay.stderr()));
+    assert!(!status.success(), "relay exited 0:\n{}", relay.stderr());
+    assert!(started.elapsed() < Duration::from_secs(20));
+    relay.stderr()
+}
+
+fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
+    env.retain(|(k, _)| k != key);
+    env.push((key.to_owned(), value.to_owned()));
+}
+
+#[tokio::test]
+async fn wrong_password_fails_fast() {
+    let cluster = TestCluster::start();
+    let db = cluster.create_database("pw").await;
+    let mut env = base_env(&cluster, &db);
+    migrate(&env);
+    set(&mut env, "DISPATCHBOX_DATABASE_URL", &cluster.url("postgres", "wrong-password", &db));
+    let stderr = expect_fast_failure(&env);
+    assert!(stderr.contains("password authentication failed"), "{stderr}");
+    assert!(!stderr.contains("wrong-password"), "the password was logged:\n{stderr}");
+}
+
+#[tokio::test]
+async fn missing_publication_fails_fast() {
+    let cluster = TestCluster::start();
+    let db = cluster.create_database("nopub").await;
+    let env = base_env(&cluster, &db);
+    migrate(&env);
+    let client = cluster.connect(&db).await;
+    client
+        .batch_execute(&format!("DROP PUBLICATION pub_{db}"))
+        .await
+        .unwrap();
+    let stderr = expect_fast_failure(&env);
+    assert!(stderr.contains(&format!("pub_{db}")), "{stderr}");
+    assert!(stderr.contains("CREATE PUBLICATION"), "no fix hint:\n{stderr}");
+}
+
+#[tokio::test]
+async fn wal_level_not_logical_fails_fast() {
+    let cluster = TestCluster::start_with(ClusterOptions {
+        wal_level: "replica",
+        ..ClusterOptions::default()
+    });
+    let db = cluster.create_database("wal").await;
+    let env = base_env(&cluster, &db);
+    migrate(&env);
+    let stderr = expect_fast_failure(&env);
+    assert!(stderr.contains("wal_level"), "{stderr}");
+    assert!(stderr.contains("logical"), "{stderr}");
+}
+
+#[tokio::test]
+async fn outbox_table_without_a_required_column_fails_fast() {
+    let cluster = TestCluster::start();
+    let db = cluster.create_database("cols").await;
+    let env = base_env(&cluster, &db);
+    migrate(&env);
+    let client = cluster.connect(&db).await;
+    client
+        .batch_execute("ALTER TABLE public.outbox_event DROP COLUMN event_type")
+        .await
+        .unwrap();
+    let stderr = expect_fast_failure(&env);
+    assert!(stderr.contains("event_type"), "{stderr}");
+}
+
+#[tokio::test]
+async fn invalid_configuration_names_the_variable() {
+    let cluster = TestCluster::start();
+    let db = cluster.create_database("cfg").await;
+    for (key, value) in [
+        ("DISPATCHBOX_MAX_ATTEMPTS", "zero"),
+        ("DISPATCHBOX_SHUTDOWN_TIMEOUT", "forever"),
+        ("DISPATCHBOX_SINKS", "carrier-pigeon"),
+    ] {
+        let mut env = base_env(&cluster, &db);
+        set(&mut env, key, value);
+        let (status, _stdout, stderr) = run_to_end(&["run"], &env);
+        assert_eq!(status.code(), Some(2), "{key}={value}: {stderr}");
+        assert!(stderr.contains(key), "{key} not named: {stderr}");
+    }
+}
