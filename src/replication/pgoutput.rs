@@ -57,24 +57,43 @@ impl DecodeContext {
 /// One decoded pgoutput message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PgOutputMessage {
+    /// `'B'`
     Begin(Begin),
+    /// `'C'`
     Commit(Commit),
+    /// `'O'`
     Origin(Origin),
+    /// `'R'`
     Relation(Relation),
+    /// `'Y'`
     Type(TypeInfo),
+    /// `'I'`
     Insert(Insert),
+    /// `'U'`
     Update(Update),
+    /// `'D'`
     Delete(Delete),
+    /// `'T'`
     Truncate(Truncate),
+    /// `'M'`
     Message(LogicalMessage),
+    /// `'S'` (protocol ≥ 2)
     StreamStart(StreamStart),
+    /// `'E'` (protocol ≥ 2): no body.
     StreamStop,
+    /// `'c'` (protocol ≥ 2)
     StreamCommit(StreamCommit),
+    /// `'A'` (protocol ≥ 2)
     StreamAbort(StreamAbort),
+    /// `'b'` (protocol ≥ 3)
     BeginPrepare(BeginPrepare),
+    /// `'P'` (protocol ≥ 3)
     Prepare(Prepare),
+    /// `'K'` (protocol ≥ 3)
     CommitPrepared(CommitPrepared),
+    /// `'r'` (protocol ≥ 3)
     RollbackPrepared(RollbackPrepared),
+    /// `'p'` (protocol ≥ 3): same layout as Prepare.
     StreamPrepare(Prepare),
 }
 
@@ -112,6 +131,7 @@ pub struct Begin {
     pub final_lsn: Lsn,
     /// Commit time, µs since 2000-01-01 UTC.
     pub commit_ts: i64,
+    /// Top-level transaction id.
     pub xid: u32,
 }
 
@@ -120,16 +140,20 @@ pub struct Begin {
 pub struct Commit {
     /// Currently always 0.
     pub flags: u8,
+    /// LSN of the commit record (equals the Begin's `final_lsn`).
     pub commit_lsn: Lsn,
     /// End of the commit record: the flush position once the transaction is settled.
     pub end_lsn: Lsn,
+    /// Commit time, µs since 2000-01-01 UTC.
     pub commit_ts: i64,
 }
 
 /// Origin 'O': the transaction was replicated from another node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
+    /// Commit LSN on the origin server (0 when the origin session did not set it).
     pub commit_lsn: Lsn,
+    /// Replication origin name.
     pub name: String,
 }
 
@@ -173,7 +197,9 @@ impl ReplicaIdentity {
 pub struct RelationColumn {
     /// Bit 1 = part of the replica identity key.
     pub flags: u8,
+    /// Column name (`attname`).
     pub name: String,
+    /// Type OID (`atttypid`); for non-built-in types a Type message names it.
     pub type_oid: u32,
     /// `atttypmod`; -1 when the type has none.
     pub type_modifier: i32,
@@ -193,11 +219,15 @@ impl RelationColumn {
 pub struct Relation {
     /// Sub-transaction id; present only inside a stream block.
     pub xid: Option<u32>,
+    /// Relation OID; DML messages refer to the relation by it.
     pub oid: u32,
     /// Schema name; empty means `pg_catalog`.
     pub namespace: String,
+    /// Table name.
     pub name: String,
+    /// Which old-row image Update/Delete carry.
     pub replica_identity: ReplicaIdentity,
+    /// Published columns, in tuple order.
     pub columns: Vec<RelationColumn>,
 }
 
@@ -216,9 +246,13 @@ impl Relation {
 /// Type 'Y': name of a non-built-in type used by a following Relation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TypeInfo {
+    /// Sub-transaction id; present only inside a stream block.
     pub xid: Option<u32>,
+    /// Type OID, as used in Relation columns.
     pub oid: u32,
+    /// Schema name; empty means `pg_catalog`.
     pub namespace: String,
+    /// Type name.
     pub name: String,
 }
 
@@ -251,46 +285,61 @@ pub enum OldTuple {
 /// Insert 'I'.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Insert {
+    /// Sub-transaction id; present only inside a stream block.
     pub xid: Option<u32>,
+    /// The Relation this row belongs to.
     pub relation_oid: u32,
+    /// The inserted row.
     pub new: TupleData,
 }
 
 /// Update 'U'.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Update {
+    /// Sub-transaction id; present only inside a stream block.
     pub xid: Option<u32>,
+    /// The Relation this row belongs to.
     pub relation_oid: u32,
     /// Absent when the key did not change and the identity is not FULL.
     pub old: Option<OldTuple>,
+    /// The new row; unchanged TOASTed columns are [`Column::UnchangedToast`].
     pub new: TupleData,
 }
 
 /// Delete 'D'.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delete {
+    /// Sub-transaction id; present only inside a stream block.
     pub xid: Option<u32>,
+    /// The Relation this row belongs to.
     pub relation_oid: u32,
+    /// The deleted row's key or full image.
     pub old: OldTuple,
 }
 
 /// Truncate 'T'.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Truncate {
+    /// Sub-transaction id; present only inside a stream block.
     pub xid: Option<u32>,
     /// Bit 1 = CASCADE, bit 2 = RESTART IDENTITY.
     pub options: u8,
+    /// The truncated relations.
     pub relation_oids: Vec<u32>,
 }
 
 /// Message 'M': a `pg_logical_emit_message` record. Not filtered by publication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogicalMessage {
+    /// Sub-transaction id; present only inside a stream block.
     pub xid: Option<u32>,
     /// Bit 1 = transactional.
     pub flags: u8,
+    /// LSN of the message record.
     pub lsn: Lsn,
+    /// The emitter's prefix; filter on it (messages bypass publications).
     pub prefix: String,
+    /// The message body, zero-copy.
     pub content: Bytes,
 }
 
@@ -313,24 +362,33 @@ pub struct StreamStart {
 /// Stream Commit 'c' (protocol ≥ 2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamCommit {
+    /// Top-level transaction id.
     pub xid: u32,
+    /// Currently always 0.
     pub flags: u8,
+    /// LSN of the commit record.
     pub commit_lsn: Lsn,
+    /// End of the commit record: the flush position once the transaction is settled.
     pub end_lsn: Lsn,
+    /// Commit time, µs since 2000-01-01 UTC.
     pub commit_ts: i64,
 }
 
 /// Where and when a parallel-streamed transaction aborted (protocol 4, `streaming 'parallel'`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AbortInfo {
+    /// LSN of the abort record.
     pub lsn: Lsn,
+    /// Abort time, µs since 2000-01-01 UTC.
     pub ts: i64,
 }
 
 /// Stream Abort 'A' (protocol ≥ 2). `sub_xid != xid` aborts only that sub-transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamAbort {
+    /// Top-level transaction id.
     pub xid: u32,
+    /// The aborted (sub-)transaction; equals `xid` when the whole transaction aborted.
     pub sub_xid: u32,
     /// Present exactly when the context has `streaming_parallel`.
     pub abort: Option<AbortInfo>,
@@ -339,44 +397,68 @@ pub struct StreamAbort {
 /// Begin Prepare 'b' (protocol ≥ 3, two-phase).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BeginPrepare {
+    /// LSN of the prepare record.
     pub prepare_lsn: Lsn,
+    /// End of the record: the flush position once handled.
     pub end_lsn: Lsn,
+    /// Prepare time, µs since 2000-01-01 UTC.
     pub prepare_ts: i64,
+    /// Transaction id.
     pub xid: u32,
+    /// The user-defined global transaction id.
     pub gid: String,
 }
 
 /// Prepare 'P' and Stream Prepare 'p' (protocol ≥ 3, two-phase).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prepare {
+    /// Currently always 0.
     pub flags: u8,
+    /// LSN of the prepare record.
     pub prepare_lsn: Lsn,
+    /// End of the record: the flush position once handled.
     pub end_lsn: Lsn,
+    /// Prepare time, µs since 2000-01-01 UTC.
     pub prepare_ts: i64,
+    /// Transaction id.
     pub xid: u32,
+    /// The user-defined global transaction id.
     pub gid: String,
 }
 
 /// Commit Prepared 'K' (protocol ≥ 3, two-phase).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitPrepared {
+    /// Currently always 0.
     pub flags: u8,
+    /// LSN of the commit record.
     pub commit_lsn: Lsn,
+    /// End of the record: the flush position once handled.
     pub end_lsn: Lsn,
+    /// Commit time, µs since 2000-01-01 UTC.
     pub commit_ts: i64,
+    /// Transaction id.
     pub xid: u32,
+    /// The user-defined global transaction id.
     pub gid: String,
 }
 
 /// Rollback Prepared 'r' (protocol ≥ 3, two-phase).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RollbackPrepared {
+    /// Currently always 0.
     pub flags: u8,
+    /// End of the prepare record.
     pub prepare_end_lsn: Lsn,
+    /// End of the rollback record.
     pub rollback_end_lsn: Lsn,
+    /// Prepare time, µs since 2000-01-01 UTC.
     pub prepare_ts: i64,
+    /// Rollback time, µs since 2000-01-01 UTC.
     pub rollback_ts: i64,
+    /// Transaction id.
     pub xid: u32,
+    /// The user-defined global transaction id.
     pub gid: String,
 }
 
@@ -973,8 +1055,8 @@ impl Reader {
 pub(crate) mod encode {
     use super::*;
 
-    /// Encodes `msg` as the server would under `ctx` (the xid prefix is written when the
-    /// message carries one).
+    /// Encodes `msg` as the server would; the stream xid prefix is written when the message
+    /// carries one (decode it under [`context_for`]).
     pub(crate) fn encode(msg: &PgOutputMessage) -> Vec<u8> {
         let mut out = vec![msg.tag()];
         let o = &mut out;

@@ -22,14 +22,21 @@ use chrono::{DateTime, Utc};
 use crate::event::OutboxEvent;
 use crate::replication::pgoutput::{pg_timestamp_to_datetime, Column, Insert, Relation, TupleData};
 
-/// Built-in type OIDs the outbox columns may have.
+/// Built-in type OIDs the outbox columns may have (fixed in `pg_type.dat`).
 pub mod type_oid {
+    /// `integer`
     pub const INT4: u32 = 23;
+    /// `bigint`
     pub const INT8: u32 = 20;
+    /// `text`
     pub const TEXT: u32 = 25;
+    /// `character varying`
     pub const VARCHAR: u32 = 1043;
+    /// `json`
     pub const JSON: u32 = 114;
+    /// `jsonb`
     pub const JSONB: u32 = 3802;
+    /// `timestamp with time zone`
     pub const TIMESTAMPTZ: u32 = 1184;
 }
 
@@ -68,6 +75,10 @@ pub enum RelationError {
         expected: usize,
         found: usize,
     },
+    /// An Insert into the outbox table whose last Relation failed validation: never skip
+    /// such a row silently.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
 }
 
 /// The outbox table's shape cannot be processed. Stop the stream; an operator must act.
@@ -367,7 +378,8 @@ pub enum InsertOutcome {
 pub struct OutboxMapper {
     table: OutboxTable,
     relations: RelationCache,
-    schemas: HashMap<u32, OutboxSchema>,
+    /// Outbox-table OIDs only; a failed validation is kept so later Inserts fail loudly.
+    schemas: HashMap<u32, Result<OutboxSchema, SchemaError>>,
 }
 
 impl OutboxMapper {
@@ -384,25 +396,32 @@ impl OutboxMapper {
     /// validates its columns. A [`SchemaError`] means the stream must stop.
     pub fn on_relation(&mut self, relation: Relation) -> Result<(), SchemaError> {
         let oid = relation.oid;
-        self.schemas.remove(&oid);
-        let schema = if self.table.matches(&relation) {
-            Some(OutboxSchema::from_relation(&relation))
-        } else {
-            None
-        };
+        let schema = self
+            .table
+            .matches(&relation)
+            .then(|| OutboxSchema::from_relation(&relation));
         self.relations.insert(relation);
-        if let Some(schema) = schema {
-            self.schemas.insert(oid, schema?);
+        match schema {
+            Some(schema) => {
+                let result = schema.as_ref().map(|_| ()).map_err(Clone::clone);
+                self.schemas.insert(oid, schema);
+                result
+            }
+            None => {
+                self.schemas.remove(&oid);
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// Maps an Insert. `Err` means the stream is out of sync; `Ok(Dead(..))` means only this
     /// row is bad.
     pub fn map_insert(&self, insert: &Insert) -> Result<InsertOutcome, RelationError> {
         let relation = self.relations.get(insert.relation_oid)?;
-        let Some(schema) = self.schemas.get(&insert.relation_oid) else {
-            return Ok(InsertOutcome::Ignored);
+        let schema = match self.schemas.get(&insert.relation_oid) {
+            None => return Ok(InsertOutcome::Ignored),
+            Some(Err(err)) => return Err(err.clone().into()),
+            Some(Ok(schema)) => schema,
         };
         if insert.new.0.len() != schema.column_count {
             return Err(RelationError::ColumnCountMismatch {
@@ -882,6 +901,11 @@ mod tests {
         assert!(matches!(
             m.on_relation(broken),
             Err(SchemaError::MissingColumn { column: "id", .. })
+        ));
+        // Inserts into the broken table are errors, never silently ignored.
+        assert!(matches!(
+            m.map_insert(&insert(TupleData::default())),
+            Err(RelationError::Schema(SchemaError::MissingColumn { .. }))
         ));
         // A later fixed Relation replaces the broken one.
         m.on_relation(design_relation()).unwrap();
