@@ -2,5 +2,7 @@
 //! events, and report progress. Never issues UPDATEs (that is the store's job).
 
 pub mod lsn;
+pub mod pgoutput;
 pub mod progress;
+pub mod relation;
 pub mod source;
