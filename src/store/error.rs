@@ -19,7 +19,10 @@ pub enum StoreError {
         source: tokio_postgres::Error,
     },
     /// No connection could be taken from the pool.
-    #[error("could not get a database connection for {context}: {source}")]
+    #[error(
+        "could not get a database connection for {context}: {}",
+        describe_pool(source)
+    )]
     Pool {
         /// What the connection was needed for.
         context: Cow<'static, str>,
@@ -60,6 +63,13 @@ fn describe(err: &tokio_postgres::Error) -> String {
             Some(cause) => format!("{err}: {cause}"),
             None => err.to_string(),
         },
+    }
+}
+
+fn describe_pool(err: &deadpool_postgres::PoolError) -> String {
+    match err {
+        deadpool_postgres::PoolError::Backend(e) => describe(e),
+        other => other.to_string(),
     }
 }
 

@@ -325,7 +325,9 @@ impl Writer {
         loop {
             let next_try = waiting.values().map(|w| w.next_try).min();
             if open {
-                let accept = waiting.len() < self.config.max_waiting;
+                // With nothing waiting there is always room, whatever `max_waiting` says:
+                // otherwise no branch could ever wake this loop.
+                let accept = waiting.is_empty() || waiting.len() < self.config.max_waiting;
                 tokio::select! {
                     biased;
                     n = rx.recv_many(&mut inbox, max_batch), if accept => {
