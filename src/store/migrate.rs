@@ -52,6 +52,9 @@ pub const MIGRATIONS: &[Migration] = &[
 /// (the bytes of "dbox").
 const MIGRATION_LOCK_KEY: i64 = 0x6462_6f78;
 
+/// Longest wait for a table lock during a migration before it fails (SQLSTATE 55P03).
+const MIGRATION_LOCK_TIMEOUT: &str = "10s";
+
 /// What a [`migrate`] run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MigrationReport {
@@ -117,6 +120,13 @@ pub async fn migrate(client: &mut Client, names: &Names) -> Result<MigrationRepo
             report.skipped.push(migration.version);
             continue; // dropping `tx` rolls back and releases the lock
         }
+        // A DDL lock queued behind a long transaction would block every insert into the
+        // outbox meanwhile; better to fail and let the operator retry at a quieter moment.
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = '{MIGRATION_LOCK_TIMEOUT}'"
+        ))
+        .await
+        .map_err(|e| StoreError::db(context(), e))?;
         tx.batch_execute(&migration.render(names))
             .await
             .map_err(|e| StoreError::db(context(), e))?;
