@@ -1,1 +1,238 @@
-//! TODO
+//! The store: every SQL statement the relay issues lives behind this module.
+//!
+//! - [`migrate`]: the embedded `sql/*.sql` migrations.
+//! - [`checks`]: preflight checks that turn a misconfigured server into one clear error.
+//! - [`status`]: the batched status writer, the only writer of delivery outcomes.
+//! - [`Store`]: heartbeats and replication-slot helpers over a connection pool.
+//!
+//! The store never decides *what* to write (the dispatcher does) and never reports LSNs to
+//! the server (replication::progress owns that); it only executes and classifies failures
+//! as transient or definite ([`StoreError::is_transient`]).
+
+pub mod checks;
+mod error;
+pub mod migrate;
+mod names;
+pub mod status;
+
+pub use error::StoreError;
+pub use migrate::MigrationReport;
+pub use names::{Identifier, NameError, Names, TableName, DEFAULT_SCHEMA, MAX_IDENTIFIER_BYTES};
+
+use deadpool_postgres::{Object, Pool};
+
+use crate::replication::lsn::Lsn;
+
+/// Prefix of the logical messages written by [`Store::emit_heartbeat`].
+pub const HEARTBEAT_PREFIX: &str = "dispatchbox.heartbeat";
+
+/// Handle to the outbox database: a connection pool and the configured outbox table.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    table: TableName,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("table", &self.table)
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+/// State of a replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// Output plugin (`pgoutput` for slots the relay created); `None` for physical slots.
+    pub plugin: Option<String>,
+    /// Database the slot decodes; `None` for physical slots.
+    pub database: Option<String>,
+    /// True while a walsender streams from the slot.
+    pub active: bool,
+    /// Backend process streaming from the slot, when active.
+    pub active_pid: Option<i32>,
+    /// Position the consumer confirmed; `None` for physical slots.
+    pub confirmed_flush_lsn: Option<Lsn>,
+    /// Oldest WAL the slot still needs.
+    pub restart_lsn: Option<Lsn>,
+    /// Whether the WAL the slot needs is still available.
+    pub wal_status: SlotWalStatus,
+    /// `pg_current_wal_lsn() - confirmed_flush_lsn` in bytes: how far the relay is behind.
+    pub lag_bytes: Option<i64>,
+}
+
+/// `pg_replication_slots.wal_status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotWalStatus {
+    /// Within `max_wal_size`.
+    Reserved,
+    /// Beyond `max_wal_size` but still retained.
+    Extended,
+    /// Will be removed at the next checkpoint unless the slot catches up.
+    Unreserved,
+    /// Required WAL is gone: the slot is unusable and must be recreated.
+    Lost,
+    /// Null or a value this version does not know.
+    Unknown,
+}
+
+impl SlotWalStatus {
+    fn parse(value: Option<&str>) -> Self {
+        match value {
+            Some("reserved") => Self::Reserved,
+            Some("extended") => Self::Extended,
+            Some("unreserved") => Self::Unreserved,
+            Some("lost") => Self::Lost,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// The value as PostgreSQL spells it (`unknown` for [`SlotWalStatus::Unknown`]); a
+    /// small closed set, usable as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserved => "reserved",
+            Self::Extended => "extended",
+            Self::Unreserved => "unreserved",
+            Self::Lost => "lost",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+fn parse_lsn(context: &'static str, text: Option<String>) -> Result<Option<Lsn>, StoreError> {
+    text.map(|t| {
+        t.parse::<Lsn>().map_err(|e| StoreError::Unexpected {
+            context: context.into(),
+            detail: e.to_string(),
+        })
+    })
+    .transpose()
+}
+
+impl Store {
+    /// A store over `pool` (built by the caller, with its TLS settings) for `table`.
+    pub fn new(pool: Pool, table: TableName) -> Self {
+        Self { pool, table }
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The outbox table.
+    pub fn table(&self) -> &TableName {
+        &self.table
+    }
+
+    pub(crate) async fn client(&self, context: &'static str) -> Result<Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::pool(context, e))
+    }
+
+    /// Applies pending migrations to `names.table()` (see [`migrate::migrate`]).
+    pub async fn migrate(&self, names: &Names) -> Result<MigrationReport, StoreError> {
+        let mut client = self.client("migrations").await?;
+        migrate::migrate(&mut client, names).await
+    }
+
+    /// Runs the preflight checks (see [`checks::preflight`]).
+    pub async fn preflight(
+        &self,
+        names: &Names,
+    ) -> Result<checks::ServerFacts, checks::CheckError> {
+        let client = self.client("preflight checks").await?;
+        checks::preflight(&client, names).await
+    }
+
+    /// Writes a non-transactional logical message (`dispatchbox.heartbeat`) so an idle
+    /// database still produces WAL the slot can confirm. Returns the message's LSN.
+    pub async fn emit_heartbeat(&self) -> Result<Lsn, StoreError> {
+        const CONTEXT: &str = "heartbeat";
+        let client = self.client(CONTEXT).await?;
+        let row = client
+            .query_one(
+                "SELECT pg_logical_emit_message(false, $1, now()::text)::text",
+                &[&HEARTBEAT_PREFIX],
+            )
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        parse_lsn(CONTEXT, row.get(0))?.ok_or_else(|| StoreError::Unexpected {
+            context: CONTEXT.into(),
+            detail: "pg_logical_emit_message returned null".into(),
+        })
+    }
+
+    /// The slot's state, or `None` when no slot has that name.
+    pub async fn slot_info(&self, name: &Identifier) -> Result<Option<SlotInfo>, StoreError> {
+        const CONTEXT: &str = "replication slot lookup";
+        let client = self.client(CONTEXT).await?;
+        let row = client
+            .query_opt(
+                "SELECT plugin::text, database::text, active, active_pid,
+                        confirmed_flush_lsn::text, restart_lsn::text, wal_status,
+                        pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
+                   FROM pg_catalog.pg_replication_slots
+                  WHERE slot_name = $1",
+                &[&name.as_str()],
+            )
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        Ok(Some(SlotInfo {
+            plugin: row.get(0),
+            database: row.get(1),
+            active: row.get(2),
+            active_pid: row.get(3),
+            confirmed_flush_lsn: parse_lsn(CONTEXT, row.get(4))?,
+            restart_lsn: parse_lsn(CONTEXT, row.get(5))?,
+            wal_status: SlotWalStatus::parse(row.get::<_, Option<&str>>(6)),
+            lag_bytes: row.get(7),
+        }))
+    }
+
+    /// Creates a logical slot with `pgoutput` (no exported snapshot) and returns its
+    /// consistent point: streaming from the slot yields every transaction committing after it.
+    ///
+    /// Fails with SQLSTATE 42710 when the slot already exists. The call waits for
+    /// transactions running at that moment to finish.
+    pub async fn create_slot(&self, name: &Identifier) -> Result<Lsn, StoreError> {
+        const CONTEXT: &str = "replication slot creation";
+        let client = self.client(CONTEXT).await?;
+        let row = client
+            .query_one(
+                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&name.as_str()],
+            )
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        parse_lsn(CONTEXT, row.get(0))?.ok_or_else(|| StoreError::Unexpected {
+            context: CONTEXT.into(),
+            detail: "pg_create_logical_replication_slot returned no LSN".into(),
+        })
+    }
+
+    /// Drops the slot. Returns false when it did not exist. Fails with SQLSTATE 55006 while
+    /// another process streams from it.
+    pub async fn drop_slot(&self, name: &Identifier) -> Result<bool, StoreError> {
+        const CONTEXT: &str = "replication slot drop";
+        let client = self.client(CONTEXT).await?;
+        let rows = client
+            .query(
+                "SELECT pg_drop_replication_slot(slot_name)
+                   FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+                &[&name.as_str()],
+            )
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        Ok(!rows.is_empty())
+    }
+}

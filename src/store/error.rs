@@ -1,0 +1,182 @@
+//! The store's error type, classified where it is produced: transient failures (the
+//! connection went away, the server is restarting, the pool timed out) are worth retrying;
+//! everything else is definite and needs an operator or a code fix.
+
+use std::borrow::Cow;
+use std::error::Error as _;
+
+use tokio_postgres::error::SqlState;
+
+/// A failed store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The server answered with an error, or the connection failed mid-operation.
+    #[error("{context} failed: {}", describe(source))]
+    Database {
+        /// What the store was doing (`"status update"`, `"migration 2"` …).
+        context: Cow<'static, str>,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// No connection could be taken from the pool.
+    #[error(
+        "could not get a database connection for {context}: {}",
+        describe_pool(source)
+    )]
+    Pool {
+        /// What the connection was needed for.
+        context: Cow<'static, str>,
+        #[source]
+        source: deadpool_postgres::PoolError,
+    },
+    /// The schema of the configured outbox table does not exist.
+    #[error(
+        "schema \"{schema}\" does not exist; create it (CREATE SCHEMA \"{schema}\") or set \
+         DISPATCHBOX_TABLE to a table in an existing schema"
+    )]
+    MissingSchema {
+        /// The missing schema.
+        schema: String,
+    },
+    /// The server returned something the store cannot interpret.
+    #[error("unexpected answer from the database during {context}: {detail}")]
+    Unexpected {
+        /// What the store was doing.
+        context: Cow<'static, str>,
+        /// What was wrong with the answer.
+        detail: String,
+    },
+}
+
+/// `SQLSTATE message` for server errors, the plain error text otherwise.
+fn describe(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(hint) = db.hint() {
+                text.push_str("; hint: ");
+                text.push_str(hint);
+            }
+            text
+        }
+        None => match err.source() {
+            Some(cause) => format!("{err}: {cause}"),
+            None => err.to_string(),
+        },
+    }
+}
+
+fn describe_pool(err: &deadpool_postgres::PoolError) -> String {
+    match err {
+        deadpool_postgres::PoolError::Backend(e) => describe(e),
+        other => other.to_string(),
+    }
+}
+
+/// SQLSTATEs that mean "try again later", not "this statement is wrong".
+fn is_transient_code(code: &SqlState) -> bool {
+    let code = code.code();
+    code.starts_with("08") // connection exception
+        || matches!(
+            code,
+            "57P01" // admin_shutdown
+                | "57P02" // crash_shutdown
+                | "57P03" // cannot_connect_now (server starting or in recovery)
+                | "57014" // query_canceled (statement_timeout)
+                | "53300" // too_many_connections
+                | "40001" // serialization_failure
+                | "40P01" // deadlock_detected
+                | "55P03" // lock_not_available
+                | "25006" // read_only_sql_transaction (failover in progress)
+        )
+}
+
+fn postgres_error_is_transient(err: &tokio_postgres::Error) -> bool {
+    if let Some(code) = err.code() {
+        return is_transient_code(code);
+    }
+    // No SQLSTATE: either the connection broke (I/O, closed) or the client rejected
+    // something (type conversion), which retrying would not fix.
+    err.is_closed()
+        || err
+            .source()
+            .is_some_and(|cause| cause.downcast_ref::<std::io::Error>().is_some())
+}
+
+impl StoreError {
+    /// Wraps a tokio-postgres error with what the store was doing.
+    pub(crate) fn db(context: impl Into<Cow<'static, str>>, source: tokio_postgres::Error) -> Self {
+        Self::Database {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Wraps a pool error with what the connection was needed for.
+    pub(crate) fn pool(
+        context: impl Into<Cow<'static, str>>,
+        source: deadpool_postgres::PoolError,
+    ) -> Self {
+        Self::Pool {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The SQLSTATE the server reported, if the failure came from the server.
+    pub fn sqlstate(&self) -> Option<&SqlState> {
+        match self {
+            Self::Database { source, .. } => source.code(),
+            Self::Pool {
+                source: deadpool_postgres::PoolError::Backend(source),
+                ..
+            } => source.code(),
+            _ => None,
+        }
+    }
+
+    /// True when retrying the same operation later may succeed (connection lost, class 08,
+    /// server shutting down or starting, pool timeout, serialization failure, deadlock).
+    /// False for definite failures (missing table, permission denied, bad data).
+    pub fn is_transient(&self) -> bool {
+        use deadpool_postgres::PoolError;
+        match self {
+            Self::Database { source, .. } => postgres_error_is_transient(source),
+            Self::Pool { source, .. } => match source {
+                PoolError::Timeout(_) => true,
+                PoolError::Backend(e) => postgres_error_is_transient(e),
+                PoolError::PostCreateHook(_)
+                | PoolError::Closed
+                | PoolError::NoRuntimeSpecified => false,
+            },
+            Self::MissingSchema { .. } | Self::Unexpected { .. } => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_and_shutdown_codes_are_transient() {
+        for code in ["08006", "08001", "57P01", "57P03", "40001", "40P01"] {
+            assert!(is_transient_code(&SqlState::from_code(code)), "{code}");
+        }
+        for code in ["42P01", "42501", "23505", "22P02", "42703"] {
+            assert!(!is_transient_code(&SqlState::from_code(code)), "{code}");
+        }
+    }
+
+    #[test]
+    fn pool_timeouts_are_transient() {
+        let err = StoreError::pool(
+            "test",
+            deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait),
+        );
+        assert!(err.is_transient());
+        assert!(err.sqlstate().is_none());
+        let err = StoreError::pool("test", deadpool_postgres::PoolError::Closed);
+        assert!(!err.is_transient());
+    }
+}

@@ -1,0 +1,365 @@
+//! The batched status writer against a real PostgreSQL: outcomes land on the rows, acks
+//! settle only after the write committed, late-visible and missing rows, a restart.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use dispatchbox::replication::lsn::Lsn;
+use dispatchbox::replication::progress::Progress;
+use dispatchbox::store::status::{Outcome, Settlement, StatusWriter, StatusWriterConfig};
+use dispatchbox::store::{Names, Store};
+use support::postgres::{eventually, TestCluster};
+use tokio_postgres::NoTls;
+
+fn pool(url: &str) -> Pool {
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager).max_size(4).build().unwrap()
+}
+
+/// A migrated database with the default outbox table and a store over it.
+async fn migrated(cluster: &TestCluster, prefix: &str) -> (String, Store) {
+    let db = cluster.create_database(prefix).await;
+    let names = Names::new(
+        "outbox_event".parse().unwrap(),
+        "dispatchbox".parse().unwrap(),
+    )
+    .unwrap();
+    let store = Store::new(pool(&cluster.superuser_url(&db)), names.table().clone());
+    store.migrate(&names).await.unwrap();
+    (db, store)
+}
+
+async fn insert_rows(client: &tokio_postgres::Client, n: i64) {
+    client
+        .execute(
+            "INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload)
+             SELECT 'order', g::text, 'order.created', '{}' FROM generate_series(1, $1::bigint) g",
+            &[&n],
+        )
+        .await
+        .unwrap();
+}
+
+fn outcome_for(id: i64) -> Outcome {
+    match id % 3 {
+        0 => Outcome::Done,
+        1 => Outcome::Retry {
+            error: format!("timeout delivering {id}"),
+            next_run_at: Utc::now() + chrono::Duration::hours(1),
+        },
+        _ => Outcome::Dead {
+            error: "permanent: 400 Bad Request".into(),
+        },
+    }
+}
+
+/// One transaction of `n` events committed at `end`; returns its acks in order.
+fn transaction(
+    progress: &Progress,
+    commit: u64,
+    end: u64,
+    n: usize,
+) -> Vec<dispatchbox::replication::progress::Ack> {
+    let seq = progress.begin(Lsn(commit)).unwrap();
+    let acks = (0..n).map(|_| progress.event(seq)).collect();
+    progress.commit(seq, Lsn(end));
+    acks
+}
+
+#[tokio::test]
+async fn writes_mixed_outcomes_in_batches_and_settles_every_ack() {
+    let cluster = TestCluster::start();
+    let (db, store) = migrated(&cluster, "status").await;
+    let client = cluster.connect(&db).await;
+    insert_rows(&client, 5000).await;
+
+    let progress = Progress::new(Lsn(10));
+    // 5000 events plus a duplicate delivery of id 1 (a resent transaction).
+    let mut acks = transaction(&progress, 20, 30, 5001);
+    let (tx, writer) = StatusWriter::spawn(store, StatusWriterConfig::default());
+    let stats = writer.stats();
+    tx.send(Settlement {
+        id: 1,
+        outcome: Outcome::Retry {
+            error: "first attempt failed".into(),
+            next_run_at: Utc::now(),
+        },
+        ack: acks.pop(),
+    })
+    .await
+    .unwrap();
+    for (id, ack) in (1..=5000).zip(acks) {
+        tx.send(Settlement {
+            id,
+            outcome: outcome_for(id),
+            ack: Some(ack),
+        })
+        .await
+        .unwrap();
+    }
+    drop(tx);
+    writer.join().await.unwrap();
+
+    assert_eq!(progress.feedback().flush, Lsn(30), "every ack settled");
+    assert!(stats.rows_written() >= 5000);
+    assert!(
+        stats.batches() <= 100,
+        "5000 settlements took {} statements: not batched",
+        stats.batches()
+    );
+
+    let rows = client
+        .query(
+            "SELECT id, status, attempts, delivered_at IS NOT NULL, last_error,
+                    last_error_at IS NOT NULL, next_run_at > now() + interval '30 minutes',
+                    claim_token
+               FROM outbox_event ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 5000);
+    for row in rows {
+        let id: i64 = row.get(0);
+        let status: String = row.get(1);
+        let attempts: i32 = row.get(2);
+        let delivered: bool = row.get(3);
+        let last_error: Option<String> = row.get(4);
+        let error_at: bool = row.get(5);
+        let rescheduled: bool = row.get(6);
+        let claim_token: Option<String> = row.get(7);
+        let expected = outcome_for(id);
+        assert_eq!(status, expected.status(), "row {id}");
+        assert_eq!(attempts, if id == 1 { 2 } else { 1 }, "row {id}");
+        assert_eq!(delivered, status == "done", "row {id}");
+        assert_eq!(claim_token, None);
+        match expected {
+            Outcome::Done => assert_eq!((last_error, error_at), (None, false), "row {id}"),
+            Outcome::Retry { error, .. } => {
+                assert_eq!(last_error, Some(error), "row {id}");
+                assert!(error_at && rescheduled, "row {id}");
+            }
+            Outcome::Dead { error } => {
+                assert_eq!(last_error, Some(error), "row {id}");
+                assert!(error_at && !rescheduled, "row {id}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_row_that_becomes_visible_late_is_written_before_its_ack_settles() {
+    let cluster = TestCluster::start();
+    let (db, store) = migrated(&cluster, "race").await;
+    let client = cluster.connect(&db).await;
+
+    let progress = Progress::new(Lsn(10));
+    let mut acks = transaction(&progress, 20, 30, 1);
+    let (tx, writer) = StatusWriter::spawn(store, StatusWriterConfig::default());
+    let stats = writer.stats();
+    // The WAL (and so the delivery) got ahead of the row's visibility.
+    tx.send(Settlement {
+        id: 900_001,
+        outcome: Outcome::Done,
+        ack: acks.pop(),
+    })
+    .await
+    .unwrap();
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        progress.feedback().flush,
+        Lsn(10),
+        "settled before the write"
+    );
+    assert_eq!(stats.rows_waiting(), 1);
+    client
+        .execute(
+            "INSERT INTO outbox_event (id, aggregate_type, aggregate_id, event_type, payload)
+             VALUES (900001, 'order', '1', 'order.created', '{}')",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    eventually(Duration::from_secs(10), "the ack to settle", || {
+        let progress = progress.clone();
+        async move { (progress.feedback().flush == Lsn(30)).then_some(()) }
+    })
+    .await;
+    let row = client
+        .query_one(
+            "SELECT status, attempts, delivered_at IS NOT NULL FROM outbox_event WHERE id = 900001",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "done");
+    assert_eq!(row.get::<_, i32>(1), 1);
+    assert!(row.get::<_, bool>(2));
+    assert_eq!(stats.rows_abandoned(), 0);
+    drop(tx);
+    writer.join().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_row_that_never_appears_is_settled_after_the_deadline() {
+    let cluster = TestCluster::start();
+    let (db, store) = migrated(&cluster, "missing").await;
+    let client = cluster.connect(&db).await;
+    insert_rows(&client, 1).await;
+
+    let progress = Progress::new(Lsn(10));
+    let mut acks = transaction(&progress, 20, 30, 2);
+    let deadline = Duration::from_millis(700);
+    let (tx, writer) = StatusWriter::spawn(
+        store,
+        StatusWriterConfig {
+            missing_row_deadline: deadline,
+            ..StatusWriterConfig::default()
+        },
+    );
+    let stats = writer.stats();
+    let started = Instant::now();
+    tx.send(Settlement {
+        id: 424_242,
+        outcome: Outcome::Done,
+        ack: acks.pop(),
+    })
+    .await
+    .unwrap();
+    // Other rows keep flowing meanwhile.
+    tx.send(Settlement {
+        id: 1,
+        outcome: Outcome::Done,
+        ack: acks.pop(),
+    })
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(5), "row 1 to be written", || {
+        let stats = stats.clone();
+        async move { (stats.rows_written() == 1).then_some(()) }
+    })
+    .await;
+    assert!(
+        started.elapsed() < deadline,
+        "row 1 waited for the missing row"
+    );
+
+    eventually(
+        Duration::from_secs(10),
+        "the missing row to be given up",
+        || {
+            let progress = progress.clone();
+            async move { (progress.feedback().flush == Lsn(30)).then_some(()) }
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() >= deadline,
+        "given up before the deadline"
+    );
+    assert_eq!(stats.rows_abandoned(), 1);
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM outbox_event WHERE id = 424242", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0);
+    drop(tx);
+    writer.join().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlements_survive_a_database_restart() {
+    let cluster = Arc::new(TestCluster::start());
+    let (db, store) = migrated(&cluster, "restart").await;
+    let client = cluster.connect(&db).await;
+    insert_rows(&client, 3000).await;
+    drop(client);
+
+    let progress = Progress::new(Lsn(10));
+    let mut acks = transaction(&progress, 20, 30, 3000);
+    let (tx, writer) = StatusWriter::spawn(
+        store,
+        StatusWriterConfig {
+            error_backoff_min: Duration::from_millis(50),
+            error_backoff_max: Duration::from_millis(300),
+            ..StatusWriterConfig::default()
+        },
+    );
+    let stats = writer.stats();
+    acks.reverse();
+    for id in 1..=1000 {
+        tx.send(Settlement {
+            id,
+            outcome: Outcome::Done,
+            ack: acks.pop(),
+        })
+        .await
+        .unwrap();
+    }
+    eventually(Duration::from_secs(10), "the first 1000 rows", || {
+        let stats = stats.clone();
+        async move { (stats.rows_written() == 1000).then_some(()) }
+    })
+    .await;
+
+    let stopped = cluster.clone();
+    tokio::task::spawn_blocking(move || stopped.stop())
+        .await
+        .unwrap();
+    for id in 1001..=3000 {
+        tx.send(Settlement {
+            id,
+            outcome: Outcome::Done,
+            ack: acks.pop(),
+        })
+        .await
+        .unwrap();
+    }
+    eventually(Duration::from_secs(10), "writes to fail while down", || {
+        let stats = stats.clone();
+        async move { (stats.write_errors() > 0).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        progress.feedback().flush,
+        Lsn(10),
+        "nothing settles while down"
+    );
+
+    let restarted = cluster.clone();
+    tokio::task::spawn_blocking(move || restarted.restart())
+        .await
+        .unwrap();
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(60), writer.join())
+        .await
+        .expect("the writer flushes after the restart")
+        .unwrap();
+
+    assert_eq!(progress.feedback().flush, Lsn(30), "every ack settled");
+    let client = cluster.connect(&db).await;
+    let done: i64 = client
+        .query_one(
+            "SELECT count(*) FROM outbox_event WHERE status = 'done' AND attempts = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(done, 3000);
+}
