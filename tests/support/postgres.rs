@@ -251,7 +251,10 @@ impl TestCluster {
 
     /// Appends to `postgresql.conf` and restarts (for settings that need a restart).
     pub fn reconfigure(&self, lines: &str) {
-        append(&self.dir.join("data/postgresql.conf"), &format!("\n{lines}\n"));
+        append(
+            &self.dir.join("data/postgresql.conf"),
+            &format!("\n{lines}\n"),
+        );
         self.pg_ctl(&["restart", "-m", "fast", "-w", "-t", "60"]);
     }
 
@@ -354,9 +357,10 @@ pub fn tls_fixture(dns: &[&str], ips: &[&str]) -> (String, String, String) {
             .subject_alt_names
             .push(SanType::IpAddress(ip.parse().expect("ip")));
     }
-    leaf_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, dns.first().copied().unwrap_or("localhost"));
+    leaf_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        dns.first().copied().unwrap_or("localhost"),
+    );
     let leaf = leaf_params
         .signed_by(&leaf_key, &ca, &ca_key)
         .expect("leaf cert");
