@@ -320,6 +320,7 @@ async fn scram_exchange(
         _ if scram => (sasl::SCRAM_SHA_256, ChannelBinding::unsupported()),
         _ => return Err(unsupported("SASL without SCRAM-SHA-256")),
     };
+    tracing::debug!(mechanism, "authenticating with SASL");
     let mut exchange = ScramSha256::new(password.as_bytes(), channel_binding);
     let mut buf = BytesMut::new();
     frontend::sasl_initial_response(mechanism, exchange.message(), &mut buf)
