@@ -101,7 +101,7 @@ async fn authenticates_with_scram_md5_and_cleartext() {
 }
 
 #[tokio::test]
-async fn prefer_falls_back_to_plain_and_require_refuses_a_server_without_tls() {
+async fn prefer_falls_back_to_plain_require_refuses_and_unix_sockets_work() {
     let cluster = TestCluster::start();
     let base = format!(
         "postgres://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{}/postgres",

@@ -30,6 +30,7 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_RETRIES: u32 = 3;
 /// How long sent data may stay unacknowledged before the kernel drops the connection, so
 /// a vanished server is noticed even while we are only writing status updates.
+#[cfg(any(target_os = "linux", target_os = "android"))]
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Startup parameters fixing how the walsender renders values as text: pgoutput calls
@@ -309,17 +310,8 @@ async fn scram_exchange(
     binding: TlsBinding,
 ) -> Result<(), ClientError> {
     const CONTEXT: &str = "authenticating with SCRAM-SHA-256";
-    let (mechanism, channel_binding) = match (scram_plus, binding) {
-        (true, TlsBinding::ServerEndPoint(data)) => (
-            sasl::SCRAM_SHA_256_PLUS,
-            ChannelBinding::tls_server_end_point(data),
-        ),
-        (false, TlsBinding::ServerEndPoint(_) | TlsBinding::TlsWithoutData) if scram => {
-            (sasl::SCRAM_SHA_256, ChannelBinding::unrequested())
-        }
-        _ if scram => (sasl::SCRAM_SHA_256, ChannelBinding::unsupported()),
-        _ => return Err(unsupported("SASL without SCRAM-SHA-256")),
-    };
+    let (mechanism, channel_binding) = choose_sasl_mechanism(scram, scram_plus, binding)
+        .ok_or_else(|| unsupported("SASL without SCRAM-SHA-256"))?;
     tracing::debug!(mechanism, "authenticating with SASL");
     let mut exchange = ScramSha256::new(password.as_bytes(), channel_binding);
     let mut buf = BytesMut::new();
@@ -347,6 +339,26 @@ async fn scram_exchange(
     match next_auth_message(reader, CONTEXT).await? {
         Message::AuthenticationOk => Ok(()),
         other => Err(unexpected(&Frame::Message(other), CONTEXT)),
+    }
+}
+
+/// The mechanism and GS2 channel-binding flag for what the server offers and what our
+/// TLS session can bind to; `None` when the server offers no SCRAM-SHA-256 at all.
+fn choose_sasl_mechanism(
+    scram: bool,
+    scram_plus: bool,
+    binding: TlsBinding,
+) -> Option<(&'static str, ChannelBinding)> {
+    match (scram_plus, binding) {
+        (true, TlsBinding::ServerEndPoint(data)) => Some((
+            sasl::SCRAM_SHA_256_PLUS,
+            ChannelBinding::tls_server_end_point(data),
+        )),
+        (false, TlsBinding::ServerEndPoint(_)) if scram => {
+            Some((sasl::SCRAM_SHA_256, ChannelBinding::unrequested()))
+        }
+        _ if scram => Some((sasl::SCRAM_SHA_256, ChannelBinding::unsupported())),
+        _ => None,
     }
 }
 
@@ -422,5 +434,47 @@ pub(crate) fn log_notice(fields: postgres_protocol::message::backend::ErrorField
             "notice from PostgreSQL on the replication connection"
         ),
         Err(error) => tracing::warn!(error = %error, "malformed notice from PostgreSQL"),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The GS2 header our client-first message would carry.
+    fn gs2(scram: bool, plus: bool, binding: TlsBinding) -> Option<(&'static str, String)> {
+        let (mechanism, channel_binding) = choose_sasl_mechanism(scram, plus, binding)?;
+        let first = ScramSha256::new(b"pw", channel_binding);
+        let message = String::from_utf8(first.message().to_vec()).unwrap();
+        let header = message.split(",,").next().unwrap().to_owned();
+        Some((mechanism, header))
+    }
+
+    #[test]
+    fn picks_the_channel_binding_like_libpq() {
+        let data = || TlsBinding::ServerEndPoint(vec![1; 32]);
+        assert_eq!(
+            gs2(true, true, data()),
+            Some(("SCRAM-SHA-256-PLUS", "p=tls-server-end-point".into()))
+        );
+        // The server cannot bind (no -PLUS) but we could: say so with 'y'.
+        assert_eq!(
+            gs2(true, false, data()),
+            Some(("SCRAM-SHA-256", "y".into()))
+        );
+        // We cannot bind: 'n', whatever the server offers.
+        for binding in [TlsBinding::None, TlsBinding::TlsWithoutData] {
+            assert_eq!(
+                gs2(true, true, binding),
+                Some(("SCRAM-SHA-256", "n".into()))
+            );
+        }
+        assert_eq!(
+            gs2(true, false, TlsBinding::None),
+            Some(("SCRAM-SHA-256", "n".into()))
+        );
+        assert_eq!(gs2(false, true, TlsBinding::None), None);
+        assert_eq!(gs2(false, false, data()), None);
     }
 }
