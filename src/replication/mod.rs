@@ -1,6 +1,7 @@
 //! The WAL side of the relay: connect to the slot, decode pgoutput, map outbox INSERTs to
 //! events, and report progress. Never issues UPDATEs (that is the store's job).
 
+pub mod client;
 pub mod lsn;
 pub mod pgoutput;
 pub mod progress;

@@ -21,8 +21,12 @@ pub const SUPERUSER_PASSWORD: &str = "postgres-test-pw";
 pub struct ClusterOptions {
     /// `wal_level`; `logical` unless a test checks the failure for another level.
     pub wal_level: &'static str,
-    /// Generate a test CA and a server certificate for `localhost`/`127.0.0.1`, `ssl=on`.
+    /// Generate a test CA and a server certificate, `ssl=on`.
     pub tls: bool,
+    /// DNS names the server certificate covers (default `localhost`).
+    pub tls_dns_names: Vec<&'static str>,
+    /// IP addresses the server certificate covers (default `127.0.0.1`).
+    pub tls_ip_addresses: Vec<&'static str>,
     /// Lines placed at the top of `pg_hba.conf` (first match wins).
     pub hba_prepend: Vec<String>,
     /// Extra `postgresql.conf` lines.
@@ -34,6 +38,8 @@ impl Default for ClusterOptions {
         Self {
             wal_level: "logical",
             tls: false,
+            tls_dns_names: vec!["localhost"],
+            tls_ip_addresses: vec!["127.0.0.1"],
             hba_prepend: Vec::new(),
             conf: Vec::new(),
         }
@@ -164,7 +170,7 @@ impl TestCluster {
             wal = options.wal_level,
         );
         if options.tls {
-            cluster.write_tls(&data);
+            cluster.write_tls(&data, &options.tls_dns_names, &options.tls_ip_addresses);
             conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
         }
         for line in &options.conf {
@@ -194,8 +200,8 @@ impl TestCluster {
         cluster
     }
 
-    fn write_tls(&mut self, data: &Path) {
-        let (ca_pem, cert_pem, key_pem) = tls_fixture(&["localhost"], &["127.0.0.1"]);
+    fn write_tls(&mut self, data: &Path, dns: &[&str], ips: &[&str]) {
+        let (ca_pem, cert_pem, key_pem) = tls_fixture(dns, ips);
         std::fs::write(data.join("server.crt"), cert_pem).unwrap();
         std::fs::write(data.join("server.key"), key_pem).unwrap();
         let ca_path = self.dir.join("root.crt");
@@ -251,7 +257,10 @@ impl TestCluster {
 
     /// Appends to `postgresql.conf` and restarts (for settings that need a restart).
     pub fn reconfigure(&self, lines: &str) {
-        append(&self.dir.join("data/postgresql.conf"), &format!("\n{lines}\n"));
+        append(
+            &self.dir.join("data/postgresql.conf"),
+            &format!("\n{lines}\n"),
+        );
         self.pg_ctl(&["restart", "-m", "fast", "-w", "-t", "60"]);
     }
 
@@ -354,9 +363,10 @@ pub fn tls_fixture(dns: &[&str], ips: &[&str]) -> (String, String, String) {
             .subject_alt_names
             .push(SanType::IpAddress(ip.parse().expect("ip")));
     }
-    leaf_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, dns.first().copied().unwrap_or("localhost"));
+    leaf_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        dns.first().copied().unwrap_or("localhost"),
+    );
     let leaf = leaf_params
         .signed_by(&leaf_key, &ca, &ca_key)
         .expect("leaf cert");
