@@ -12,7 +12,7 @@ use envconfig::Envconfig;
 
 use crate::conninfo::ConnInfo;
 use crate::sink::kafka::kafka_properties_from_env;
-use crate::store::{Identifier, TableName};
+use crate::store::{Identifier, Names, TableName};
 
 /// Default outbox table.
 pub const DEFAULT_TABLE: &str = "public.outbox_event";
@@ -143,10 +143,9 @@ pub struct KafkaConfig {
 pub struct Config {
     /// `DISPATCHBOX_DATABASE_URL` (or `_FILE`), parsed. Prints redacted.
     pub database: ConnInfo,
-    /// `DISPATCHBOX_TABLE`: the outbox table (`schema.name`; default schema `public`).
-    pub table: TableName,
-    /// `DISPATCHBOX_PUBLICATION`.
-    pub publication: Identifier,
+    /// `DISPATCHBOX_TABLE` (the outbox table, `schema.name`, default schema `public`) and
+    /// `DISPATCHBOX_PUBLICATION`, with the names derived from them.
+    pub names: Names,
     /// `DISPATCHBOX_SLOT`.
     pub slot: Identifier,
     /// `DISPATCHBOX_SINKS`: enabled sinks, in order.
@@ -346,10 +345,11 @@ impl Config {
             ));
         }
 
+        let names = Names::new(table, publication)
+            .map_err(|e| ConfigError::new("DISPATCHBOX_TABLE", e.to_string()))?;
         Ok(Config {
             database,
-            table,
-            publication,
+            names,
             slot,
             sinks,
             kafka,
@@ -406,7 +406,7 @@ mod tests {
     fn defaults_are_valid() {
         let config = Config::from_vars(vars(&[])).expect("defaults");
         assert_eq!(config.sinks, vec![SinkKind::Stdout]);
-        assert_eq!(config.table.to_string(), "public.outbox_event");
+        assert_eq!(config.names.table().to_string(), "public.outbox_event");
         assert_eq!(config.max_attempts, 5);
         assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
         assert!(config.kafka.is_none());

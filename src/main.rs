@@ -62,9 +62,7 @@ fn main() -> ExitCode {
                     .await
                     .map_err(anyhow::Error::from)
             }
-            Command::Migrate => dispatchbox::store::migrate::run_cli(&config)
-                .await
-                .map_err(anyhow::Error::from),
+            Command::Migrate => dispatchbox::cli::migrate(&config).await,
         }
     });
     match result {

@@ -22,11 +22,11 @@ use crate::dispatch::backoff::Backoff;
 use crate::dispatch::{self, DispatchConfig};
 use crate::replication::lsn::Lsn;
 use crate::replication::progress::Progress;
-use crate::replication::source::{self, SourceConfig, SourceError, HEARTBEAT_PREFIX};
+use crate::replication::source::{self, SourceConfig, SourceError};
 use crate::sink::kafka::{KafkaSink, KafkaSinkConfig};
 use crate::sink::stdout::StdoutSink;
 use crate::sink::Sink;
-use crate::store::status::{StatusConfig, StatusWriter};
+use crate::store::status::{StatusWriter, StatusWriterConfig};
 use crate::store::{checks, Store};
 
 /// Why the relay stopped with an error.
@@ -34,8 +34,8 @@ use crate::store::{checks, Store};
 pub enum RelayError {
     #[error("startup check failed: {0}")]
     Check(#[from] checks::CheckError),
-    #[error("cannot reach the database: {0}")]
-    Database(#[from] crate::store::StoreError),
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[from] crate::conninfo::SqlConnectError),
     #[error("cannot set up sink {sink}: {reason}")]
     Sink { sink: &'static str, reason: String },
     #[error(transparent)]
@@ -44,8 +44,8 @@ pub enum RelayError {
 
 /// Runs the relay until `shutdown` is cancelled (Ok) or a definite error stops it.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RelayError> {
-    let pool = config.database.pool(8);
-    let store = Store::new(pool, config.table.clone());
+    let pool = config.database.pool(8)?;
+    let store = Store::new(pool, config.names.table().clone());
 
     preflight(&store, &config, &shutdown).await?;
     if shutdown.is_cancelled() {
@@ -55,9 +55,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     let sinks: Arc<[Sink]> = build_sinks(&config)?.into();
     let (settlements, status_writer) = StatusWriter::spawn(
         store.clone(),
-        StatusConfig {
+        StatusWriterConfig {
             max_batch: config.status_batch_size,
-            ..StatusConfig::default()
+            ..StatusWriterConfig::default()
         },
     );
     let (work_tx, work_rx) = mpsc::channel(config.max_in_flight);
@@ -78,7 +78,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     ));
     let settled = async move {
         let _ = dispatcher.await;
-        let _ = status_writer.await;
+        let _ = status_writer.join().await;
     };
     let heartbeat = tokio::spawn(heartbeat(
         store.clone(),
@@ -91,8 +91,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         SourceConfig {
             conninfo: config.database.clone(),
             slot: config.slot.clone(),
-            publication: config.publication.clone(),
-            table: config.table.clone(),
+            publication: config.names.publication().clone(),
+            table: config.names.table().clone(),
             status_interval: config.status_interval,
             max_message_size: config.max_message_size,
             reconnect_max: config.reconnect_max,
@@ -125,8 +125,13 @@ async fn preflight(
     };
     let mut attempt = 0;
     loop {
-        match checks::preflight(store, &config.table, &config.publication).await {
-            Ok(()) => return Ok(()),
+        match store.preflight(&config.names).await {
+            Ok(facts) => {
+                for warning in facts.warnings() {
+                    tracing::warn!(warning = %warning, "database check");
+                }
+                return Ok(());
+            }
             Err(error) if error.is_transient() => {
                 attempt += 1;
                 let delay = backoff.delay(attempt, &mut rand::thread_rng());
@@ -178,7 +183,7 @@ async fn heartbeat(store: Store, interval: Duration, shutdown: CancellationToken
             _ = ticker.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        if let Err(error) = store.emit_heartbeat(HEARTBEAT_PREFIX).await {
+        if let Err(error) = store.emit_heartbeat().await {
             tracing::warn!(error = %error, "heartbeat failed");
         }
     }

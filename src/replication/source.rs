@@ -19,18 +19,17 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{ClientError, ReplicationClient, ReplicationMessage, ReplicationWriter};
+use super::client::{
+    ClientError, ClientOptions, ReplicationClient, ReplicationMessage, ReplicationWriter,
+};
 use super::lsn::Lsn;
-use super::pgoutput::{Decoder, LogicalMessage};
+use super::pgoutput::{Decoder, PgOutputMessage};
 use super::progress::{Progress, TxnSeq};
-use super::relation::{OutboxSchema, RelationCache, SchemaError};
+use super::relation::{InsertOutcome, OutboxMapper, OutboxTable, RelationError};
 use crate::conninfo::ConnInfo;
 use crate::dispatch::backoff::Backoff;
 use crate::dispatch::Work;
 use crate::store::{Identifier, TableName};
-
-/// Prefix of the relay's heartbeat logical messages (ignored when streamed back).
-pub const HEARTBEAT_PREFIX: &str = "dispatchbox.heartbeat";
 
 /// Settings of the replication source.
 #[derive(Debug, Clone)]
@@ -53,8 +52,8 @@ pub struct SourceConfig {
 /// Why the source stopped for good.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error(transparent)]
-    Schema(#[from] SchemaError),
+    #[error("{0}; stopping without acknowledging further WAL")]
+    Schema(#[from] RelationError),
     #[error("replication slot {slot} cannot be used: {source}")]
     Slot {
         slot: String,
@@ -144,7 +143,9 @@ pub async fn run(
             Ok(()) => tracing::info!(flush_lsn = %feedback.flush, "sent final standby status"),
             Err(error) => tracing::warn!(error = %error, "final standby status update failed"),
         }
-        writer.finish().await;
+        if let Err(error) = writer.finish().await {
+            tracing::debug!(error = %error, "leaving the replication stream");
+        }
     }
     Ok(())
 }
@@ -154,9 +155,8 @@ struct Session<'a> {
     config: &'a SourceConfig,
     progress: &'a Progress,
     work: &'a mpsc::Sender<Work>,
-    relations: RelationCache,
-    /// The outbox schema, keyed by the relation OID it was built from.
-    outbox: Option<(u32, OutboxSchema)>,
+    decoder: Decoder,
+    outbox: OutboxMapper,
     /// The transaction being received: `Some(Some(seq))` when its events are dispatched,
     /// `Some(None)` when it is a re-sent transaction whose events are skipped.
     current: Option<Option<TxnSeq>>,
@@ -170,8 +170,11 @@ impl<'a> Session<'a> {
             config,
             progress,
             work,
-            relations: RelationCache::default(),
-            outbox: None,
+            decoder: Decoder::new(1, false),
+            outbox: OutboxMapper::new(OutboxTable::new(
+                config.table.schema(),
+                config.table.name(),
+            )),
             current: None,
             streamed: false,
         }
@@ -180,9 +183,11 @@ impl<'a> Session<'a> {
     /// Streams until shutdown (returns the writer for the final status update) or error.
     async fn stream(&mut self, shutdown: &CancellationToken) -> Result<ReplicationWriter, SourceError> {
         let config = self.config;
-        let mut client = ReplicationClient::connect(&config.conninfo, config.max_message_size)
-            .await
-            .map_err(SourceError::Connection)?;
+        let options = ClientOptions {
+            max_frame_len: config.max_message_size,
+        };
+        let client = ReplicationClient::connect_with(&config.conninfo, options.clone());
+        let mut client = client.await.map_err(SourceError::Connection)?;
         let system = client
             .identify_system()
             .await
@@ -196,23 +201,21 @@ impl<'a> Session<'a> {
             "connected for replication"
         );
         let (mut reader, writer) = match client
-            .start_replication(config.slot.as_str(), start, config.publication.as_str())
+            .start_replication(config.slot.as_str(), start, &[config.publication.as_str()])
             .await
         {
             Ok(halves) => halves,
             Err(error) if error.sqlstate() == Some("42704") && error.to_string().contains("replication slot") => {
-                // Connect again: the failed START left the connection usable, but a fresh one
-                // keeps the slot creation independent of its state.
-                let mut client = ReplicationClient::connect(&config.conninfo, config.max_message_size)
-                    .await
-                    .map_err(SourceError::Connection)?;
+                // The failed START consumed the connection: create the slot on a new one.
+                let client = ReplicationClient::connect_with(&config.conninfo, options);
+                let mut client = client.await.map_err(SourceError::Connection)?;
                 let created = client
-                    .create_logical_slot(config.slot.as_str())
+                    .create_replication_slot(config.slot.as_str())
                     .await
                     .map_err(|source| SourceError::Slot { slot: config.slot.to_string(), source })?;
                 tracing::info!(slot = %config.slot, consistent_point = %created.consistent_point, "created replication slot");
                 client
-                    .start_replication(config.slot.as_str(), start, config.publication.as_str())
+                    .start_replication(config.slot.as_str(), start, &[config.publication.as_str()])
                     .await
                     .map_err(|e| classify_start_error(config, e))?
             }
@@ -237,28 +240,24 @@ impl<'a> Session<'a> {
                 message = reader.next() => message,
             };
             match message {
-                Ok(Some(ReplicationMessage::XLogData { data, .. })) => {
+                Ok(Some(ReplicationMessage::XLogData(xlog))) => {
                     self.streamed = true;
-                    if let Err(error) = self.handle(data, shutdown).await {
+                    if let Err(error) = self.handle(xlog.data, shutdown).await {
                         break Err(error);
                     }
                 }
-                Ok(Some(ReplicationMessage::PrimaryKeepalive {
-                    wal_end,
-                    reply_requested,
-                    ..
-                })) => {
+                Ok(Some(ReplicationMessage::PrimaryKeepalive(keepalive))) => {
                     // Progress applies the idle rule: the keepalive position counts only
                     // when nothing is open or unsettled.
-                    self.progress.keepalive(wal_end);
-                    if reply_requested {
+                    self.progress.keepalive(keepalive.wal_end);
+                    if keepalive.reply_requested {
                         reply_now.notify_one();
                     }
                 }
                 Ok(None) => {
-                    break Err(SourceError::Connection(ClientError::closed(
-                        "the server ended the replication stream",
-                    )))
+                    break Err(SourceError::Connection(ClientError::Closed {
+                        context: "the server ended the replication stream",
+                    }))
                 }
                 Err(error) => break Err(SourceError::Connection(error)),
             }
@@ -267,24 +266,33 @@ impl<'a> Session<'a> {
         let writer = feedback.await.ok().flatten();
         match (result, writer) {
             (Ok(()), Some(writer)) => Ok(writer),
-            (Ok(()), None) => Err(SourceError::Connection(ClientError::closed(
-                "the replication connection closed during shutdown",
-            ))),
+            (Ok(()), None) => Err(SourceError::Connection(ClientError::Closed {
+                context: "the replication connection closed during shutdown",
+            })),
             (Err(error), _) => Err(error),
         }
     }
 
     /// Handles one pgoutput message.
-    async fn handle(&mut self, data: bytes::Bytes, shutdown: &CancellationToken) -> Result<(), SourceError> {
-        let message = Decoder::decode_once(data).map_err(|e| SourceError::Protocol(e.to_string()))?;
+    async fn handle(
+        &mut self,
+        data: bytes::Bytes,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SourceError> {
+        let message = self
+            .decoder
+            .decode(data)
+            .map_err(|e| SourceError::Protocol(e.to_string()))?;
         match message {
-            LogicalMessage::Begin(begin) => {
+            PgOutputMessage::Begin(begin) => {
                 if self.current.is_some() {
-                    return Err(SourceError::Protocol("Begin inside an open transaction".into()));
+                    return Err(SourceError::Protocol(
+                        "Begin inside an open transaction".into(),
+                    ));
                 }
-                self.current = Some(self.progress.begin(Lsn(begin.final_lsn.0)));
+                self.current = Some(self.progress.begin(begin.final_lsn));
             }
-            LogicalMessage::Commit(commit) => {
+            PgOutputMessage::Commit(commit) => {
                 let Some(current) = self.current.take() else {
                     return Err(SourceError::Protocol("Commit without Begin".into()));
                 };
@@ -292,43 +300,38 @@ impl<'a> Session<'a> {
                     self.progress.commit(seq, commit.end_lsn);
                 }
             }
-            LogicalMessage::Relation(relation) => {
-                if relation.namespace == self.config.table.schema() && relation.name == self.config.table.name() {
-                    let schema = OutboxSchema::from_relation(&relation, &self.config.table)?;
-                    self.outbox = Some((relation.id, schema));
-                }
-                self.relations.insert(relation);
+            PgOutputMessage::Relation(relation) => {
+                self.outbox
+                    .on_relation(relation)
+                    .map_err(|e| SourceError::Schema(RelationError::Schema(e)))?;
             }
-            LogicalMessage::Insert(insert) => {
-                let Some(Some(seq)) = self.current else {
-                    if self.current.is_none() {
-                        return Err(SourceError::Protocol("Insert outside a transaction".into()));
+            PgOutputMessage::Insert(insert) => {
+                let seq = match self.current {
+                    Some(Some(seq)) => seq,
+                    // A re-sent transaction that is already being handled.
+                    Some(None) => return Ok(()),
+                    None => {
+                        return Err(SourceError::Protocol(
+                            "Insert outside a transaction".into(),
+                        ))
                     }
-                    return Ok(()); // re-sent transaction: already being handled
                 };
-                let Some((oid, schema)) = &self.outbox else {
-                    return Err(SourceError::Protocol(format!(
-                        "Insert for relation {} before its Relation message",
-                        insert.relation_id
-                    )));
-                };
-                if insert.relation_id != *oid {
-                    // Another table in the publication (not ours to deliver).
-                    return Ok(());
-                }
-                let work = match schema.event_from_insert(&insert.tuple) {
-                    Ok(event) => Work::Deliver {
+                let work = match self.outbox.map_insert(&insert)? {
+                    InsertOutcome::Event(event) => Work::Deliver {
                         event: Arc::new(event),
                         ack: self.progress.event(seq),
                     },
-                    Err(error) => match error.id {
+                    InsertOutcome::Dead(error) => match error.id {
                         Some(id) => Work::Unusable {
                             id,
                             reason: error.reason,
                             ack: self.progress.event(seq),
                         },
+                        // Without an id the row cannot be marked: stop rather than skip it.
                         None => return Err(SourceError::Protocol(error.reason)),
                     },
+                    // Another table in the publication: not ours to deliver.
+                    InsertOutcome::Ignored => return Ok(()),
                 };
                 tokio::select! {
                     sent = self.work.send(work) => sent.map_err(|_| SourceError::DispatcherGone)?,
@@ -337,18 +340,19 @@ impl<'a> Session<'a> {
                     _ = shutdown.cancelled() => {}
                 }
             }
-            // Heartbeats and other logical messages bypass publications: ignore them.
-            LogicalMessage::Message(_)
-            | LogicalMessage::Origin(_)
-            | LogicalMessage::Type(_)
-            // Insert-only publication: these cannot carry outbox INSERTs.
-            | LogicalMessage::Update(_)
-            | LogicalMessage::Delete(_)
-            | LogicalMessage::Truncate(_) => {}
+            // Heartbeats and other logical messages bypass publications; Origin and Type
+            // carry nothing for us; an insert-only publication sends no Update, Delete or
+            // Truncate, and if a DBA widens it those are still not events.
+            PgOutputMessage::Message(_)
+            | PgOutputMessage::Origin(_)
+            | PgOutputMessage::Type(_)
+            | PgOutputMessage::Update(_)
+            | PgOutputMessage::Delete(_)
+            | PgOutputMessage::Truncate(_) => {}
             other => {
                 return Err(SourceError::Protocol(format!(
-                    "{} (streaming and two-phase are never requested)",
-                    other.kind()
+                    "message {:?} (streaming and two-phase are never requested)",
+                    char::from(other.tag())
                 )))
             }
         }

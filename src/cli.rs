@@ -1,0 +1,35 @@
+//! Glue for the one-shot subcommands (`migrate`): connect, call the store, print a report
+//! for a human. The edge of the program, so errors are `anyhow` with context.
+
+use anyhow::Context;
+
+use crate::config::Config;
+
+/// `dispatchbox migrate`: applies the embedded migrations to the configured table.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let (mut client, connection) = config
+        .database
+        .connect_sql()
+        .await
+        .with_context(|| format!("cannot connect to {}", config.database.redacted_url()))?;
+    let report = crate::store::migrate::migrate(&mut client, &config.names)
+        .await
+        .with_context(|| format!("migrating {}", config.names.table()))?;
+    drop(client);
+    connection.abort();
+    if report.applied.is_empty() {
+        println!(
+            "{}: up to date (migrations {:?} already applied)",
+            config.names.table(),
+            report.skipped
+        );
+    } else {
+        println!(
+            "{}: applied migrations {:?}; publication {} publishes its inserts",
+            config.names.table(),
+            report.applied,
+            config.names.publication()
+        );
+    }
+    Ok(())
+}
