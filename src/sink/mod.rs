@@ -1,1 +1,142 @@
-//! TODO
+//! Sinks: where events go. Each sink hands one [`OutboxEvent`] to its transport and reports
+//! whether the transport durably accepted it, classified as [`DeliveryError::Retryable`] or
+//! [`DeliveryError::Permanent`] where the failure is produced.
+//!
+//! Sinks never touch the database, never decide about retries or backoff (the dispatcher
+//! does), and never log payloads or header values.
+//!
+//! The set of sinks is closed, so [`Sink`] is an enum with plain methods rather than a trait
+//! object; adding a sink means adding a variant and one arm per method.
+
+pub mod kafka;
+pub mod stdout;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::Either;
+
+use crate::event::OutboxEvent;
+
+pub use kafka::{KafkaSink, KafkaSinkConfig, KafkaSinkError};
+pub use stdout::StdoutSink;
+
+/// One configured sink.
+///
+/// # Contract
+///
+/// - **Concurrency.** Every method takes `&self`; callers may share a `Sink` (e.g. in an
+///   `Arc`) and call [`Sink::deliver`] from many tasks at once, and may keep many deliveries
+///   in flight.
+/// - **Ordering.** The hand-off to the transport happens synchronously inside
+///   [`Sink::deliver`], before it returns the future. Events whose `deliver` calls happen in
+///   a given order (on one task, or serialised by the caller) reach the transport in that
+///   order, and Kafka keeps that order per key (idempotent producer). The returned futures
+///   may be polled in any order without affecting it. Ordering is only promised among events
+///   that succeed: if an event fails, events handed off after it may already have been
+///   delivered, so a caller that pipelines several events of one aggregate must hold back
+///   or re-deliver the later ones itself.
+/// - **Ok** means the transport durably accepted the event (Kafka: acknowledged by the
+///   broker with `acks=all`; stdout: written and flushed). The caller may settle the event
+///   as `done`.
+/// - **Err** means the event may or may not have reached the transport (a timed-out Kafka
+///   produce can still land): re-delivering it is allowed and is how at-least-once holds.
+///   Consumers dedupe by the `id` header.
+/// - Futures are `'static` and do not borrow the sink: dropping one does not cancel the
+///   hand-off; it only discards the outcome.
+#[derive(Debug)]
+pub enum Sink {
+    Kafka(KafkaSink),
+    Stdout(StdoutSink),
+}
+
+impl Sink {
+    /// Label for logs and metrics: `"kafka"` or `"stdout"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Sink::Kafka(_) => "kafka",
+            Sink::Stdout(_) => "stdout",
+        }
+    }
+
+    /// Hands `event` to the transport now and returns a future that resolves once the outcome
+    /// is known. See the type-level contract for ordering and what `Ok` allows.
+    pub fn deliver(
+        &self,
+        event: Arc<OutboxEvent>,
+    ) -> impl Future<Output = Result<(), DeliveryError>> + Send + 'static {
+        match self {
+            Sink::Kafka(sink) => Either::Left(sink.deliver(event)),
+            Sink::Stdout(sink) => Either::Right(std::future::ready(sink.deliver(&event))),
+        }
+    }
+
+    /// Flushes what is still buffered, waiting at most `timeout`. Called once on shutdown,
+    /// after the last `deliver`; outcomes not known by then resolve as retryable errors.
+    pub async fn close(&self, timeout: Duration) {
+        match self {
+            Sink::Kafka(sink) => sink.close(timeout).await,
+            Sink::Stdout(sink) => sink.close(),
+        }
+    }
+
+    /// Cheap readiness probe (for `/ready` and `dispatchbox check`), bounded by `timeout`.
+    /// Kafka: a cluster metadata request; stdout: always ready.
+    pub async fn check(&self, timeout: Duration) -> Result<(), DeliveryError> {
+        match self {
+            Sink::Kafka(sink) => sink.check(timeout).await,
+            Sink::Stdout(_) => Ok(()),
+        }
+    }
+}
+
+/// Why a delivery failed, classified by what the caller should do next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// The event itself is fine; the transport is unavailable, slow or overloaded. Retry
+    /// later (not before `retry_after` when the transport asked for a pause).
+    #[error("{reason}")]
+    Retryable {
+        /// Lower-case, names the destination (topic, broker); stored as `last_error`.
+        reason: String,
+        /// Minimum pause the transport asked for, when it did.
+        retry_after: Option<Duration>,
+    },
+    /// This event can never be delivered as it is (illegal topic, too large, not
+    /// authorised, …): mark it `dead` without further attempts.
+    #[error("{reason}")]
+    Permanent {
+        /// Lower-case, names the destination and how an operator can fix it.
+        reason: String,
+    },
+}
+
+impl DeliveryError {
+    /// A retryable error without a transport-requested pause.
+    pub fn retryable(reason: impl Into<String>) -> Self {
+        DeliveryError::Retryable {
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A permanent error.
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        DeliveryError::Permanent {
+            reason: reason.into(),
+        }
+    }
+
+    /// True for [`DeliveryError::Permanent`].
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, DeliveryError::Permanent { .. })
+    }
+
+    /// The human-readable reason (what goes into `last_error`).
+    pub fn reason(&self) -> &str {
+        match self {
+            DeliveryError::Retryable { reason, .. } | DeliveryError::Permanent { reason } => reason,
+        }
+    }
+}

@@ -2,4 +2,5 @@
 //! Kafka-protocol broker and HTTP receivers).
 #![allow(dead_code, unused_imports)]
 
+pub mod kafka;
 pub mod postgres;

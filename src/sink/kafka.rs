@@ -1,0 +1,828 @@
+//! The Kafka sink: an idempotent librdkafka producer (`enable.idempotence=true`, `acks=all`)
+//! publishing each event to a topic rendered from a template, keyed by `aggregate_id`.
+//!
+//! Record shape: key = `aggregate_id`; value = the payload bytes exactly; headers `id`
+//! (decimal), `event_type`, `aggregate_type`, `aggregate_id`, `created_at` (RFC 3339), then
+//! the event's own headers in column order. An event header whose name collides with one of
+//! those five is dropped: consumers that read the last header of a name must never see a
+//! forged idempotency key.
+//!
+//! Owns: topic templates, producer configuration, and the classification of every librdkafka
+//! failure into retryable or permanent, in [`classify`]. Must not: log payloads or header
+//! values, touch the database, or retry on its own (the dispatcher owns retries; librdkafka
+//! retries internally within `delivery_timeout`).
+//!
+//! Queue-full handling: the enqueue is not retried inside the returned future, because a
+//! later `deliver` of the same key could then overtake it. The producer queue keeps
+//! librdkafka's default bounds (100 000 messages, 1 GiB), far above what the dispatcher keeps
+//! in flight, so `QueueFull` only surfaces as a retryable error under misconfiguration.
+//!
+//! Fatal producer errors (idempotence sequence violations) make a librdkafka producer
+//! unusable for good; the sink notices on the next `deliver` and builds a fresh producer.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+
+use super::DeliveryError;
+use crate::event::OutboxEvent;
+
+/// Topic template used when none is configured.
+pub const DEFAULT_TOPIC_TEMPLATE: &str = "outbox.{aggregate_type}";
+
+/// How long librdkafka may keep trying one message (`message.timeout.ms`) by default.
+pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Prefix of the environment variables that carry librdkafka properties.
+pub const PROPERTY_ENV_PREFIX: &str = "DISPATCHBOX_KAFKA_PROPERTY_";
+
+/// Pause suggested to the caller when the producer queue is full.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(500);
+
+/// Names of the headers the sink sets itself; event headers with these names are dropped.
+const RESERVED_HEADERS: [&str; 5] = [
+    "id",
+    "event_type",
+    "aggregate_type",
+    "aggregate_id",
+    "created_at",
+];
+
+/// Longest legal Kafka topic name.
+const MAX_TOPIC_LEN: usize = 249;
+
+/// What the Kafka sink needs to start.
+#[derive(Clone)]
+pub struct KafkaSinkConfig {
+    /// `bootstrap.servers`: comma-separated `host:port` list.
+    pub brokers: String,
+    /// Topic template with `{aggregate_type}` / `{event_type}` placeholders
+    /// (default [`DEFAULT_TOPIC_TEMPLATE`]).
+    pub topic_template: String,
+    /// Extra librdkafka properties (SASL, SSL, `linger.ms`, `compression.type`, …), applied
+    /// after the sink's defaults so they can override them. Values may be secrets.
+    pub properties: Vec<(String, String)>,
+    /// Upper bound for one delivery, including librdkafka's internal retries
+    /// (`message.timeout.ms`, default [`DEFAULT_DELIVERY_TIMEOUT`]).
+    pub delivery_timeout: Duration,
+}
+
+impl KafkaSinkConfig {
+    /// A config for `brokers` with the default template, timeout and no extra properties.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topic_template: DEFAULT_TOPIC_TEMPLATE.to_owned(),
+            properties: Vec::new(),
+            delivery_timeout: DEFAULT_DELIVERY_TIMEOUT,
+        }
+    }
+}
+
+/// Property values can hold passwords, so only the names are printed.
+impl std::fmt::Debug for KafkaSinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.properties.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("KafkaSinkConfig")
+            .field("brokers", &self.brokers)
+            .field("topic_template", &self.topic_template)
+            .field("properties", &names)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .finish()
+    }
+}
+
+/// Why the Kafka sink could not be built (configuration errors, reported at startup).
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSinkError {
+    #[error(
+        "kafka topic template {template:?} uses unknown placeholder {{{placeholder}}}; \
+         the placeholders are {{aggregate_type}} and {{event_type}}"
+    )]
+    UnknownPlaceholder {
+        template: String,
+        placeholder: String,
+    },
+    #[error("kafka topic template {template:?} has a '{{' without a closing '}}'")]
+    UnclosedPlaceholder { template: String },
+    #[error(
+        "kafka topic template {template:?} contains {found:?}, which is not allowed in a topic \
+         name; use ASCII letters, digits, '.', '_' and '-'"
+    )]
+    IllegalTemplateCharacter { template: String, found: char },
+    #[error("kafka topic template is empty")]
+    EmptyTemplate,
+    #[error("kafka delivery timeout must be at least 1ms and at most {max_ms}ms", max_ms = i32::MAX)]
+    DeliveryTimeout,
+    // The value is deliberately left out: it may be a password.
+    #[error("kafka property {name:?} was rejected by librdkafka: {reason}")]
+    Property { name: String, reason: String },
+    #[error("kafka producer for brokers {brokers:?} could not be created")]
+    Producer {
+        brokers: String,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+/// Publishes events to Kafka. See the module doc for the record shape and [`super::Sink`]
+/// for the delivery contract.
+pub struct KafkaSink {
+    brokers: String,
+    template: TopicTemplate,
+    client_config: ClientConfig,
+    /// Replaced only when the current producer reports a fatal error; cloning is cheap.
+    producer: Mutex<FutureProducer>,
+}
+
+/// The client config can hold secrets, so it is not printed.
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("brokers", &self.brokers)
+            .field("topic_template", &self.template.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaSink {
+    /// Validates the template and builds the producer. Does not contact the brokers (use
+    /// [`KafkaSink::check`] for that).
+    pub fn new(config: KafkaSinkConfig) -> Result<Self, KafkaSinkError> {
+        let template = TopicTemplate::parse(&config.topic_template)?;
+        let timeout_ms = i32::try_from(config.delivery_timeout.as_millis())
+            .ok()
+            .filter(|&ms| ms > 0)
+            .ok_or(KafkaSinkError::DeliveryTimeout)?;
+
+        let mut client_config = ClientConfig::new();
+        client_config
+            .set("bootstrap.servers", &config.brokers)
+            .set("client.id", "dispatchbox")
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", timeout_ms.to_string())
+            // Same key → same partition as the Java client, so mixed producers agree.
+            .set("partitioner", "murmur2_random");
+        for (name, value) in &config.properties {
+            client_config.set(name, value);
+        }
+        let producer = create_producer(&client_config, &config.brokers)?;
+        Ok(Self {
+            brokers: config.brokers,
+            template,
+            client_config,
+            producer: Mutex::new(producer),
+        })
+    }
+
+    /// The topic `event` goes to (the rendered template, not yet validated).
+    pub fn topic_for(&self, event: &OutboxEvent) -> String {
+        self.template.render(event)
+    }
+
+    /// Enqueues `event` in librdkafka now and returns a future resolving to the broker's
+    /// verdict. Ok = acknowledged with `acks=all`. See [`super::Sink::deliver`].
+    pub fn deliver(
+        &self,
+        event: Arc<OutboxEvent>,
+    ) -> impl Future<Output = Result<(), DeliveryError>> + Send + 'static {
+        let topic = self.topic_for(&event);
+        let handoff = self.enqueue(&event, &topic);
+        let brokers = self.brokers.clone();
+        async move {
+            let outcome = match handoff?.await {
+                Ok(outcome) => outcome,
+                Err(_canceled) => {
+                    return Err(DeliveryError::retryable(format!(
+                        "kafka producer for topic {topic:?} was shut down before the broker \
+                         confirmed event {}",
+                        event.id
+                    )))
+                }
+            };
+            match outcome {
+                Ok(_delivery) => Ok(()),
+                Err((error, _message)) => Err(classify(&error, &topic, &brokers)),
+            }
+        }
+    }
+
+    /// The synchronous half of `deliver`: validation and the librdkafka enqueue.
+    fn enqueue(&self, event: &OutboxEvent, topic: &str) -> Result<DeliveryFuture, DeliveryError> {
+        if let Err(problem) = validate_topic_name(topic) {
+            return Err(DeliveryError::permanent(format!(
+                "kafka topic {topic:?} rendered from template {:?} for event {} is not a legal \
+                 topic name ({problem}); change the template or the event's aggregate/event type",
+                self.template.source, event.id
+            )));
+        }
+        let producer = self.producer()?;
+        let record = FutureRecord::to(topic)
+            .key(event.aggregate_id.as_bytes())
+            .payload(event.payload.as_ref())
+            .headers(record_headers(event));
+        producer
+            .send_result(record)
+            .map_err(|(error, _record)| classify(&error, topic, &self.brokers))
+    }
+
+    /// The current producer, replaced first if librdkafka declared it unusable.
+    fn producer(&self) -> Result<FutureProducer, DeliveryError> {
+        let mut producer = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            tracing::error!(
+                sink = "kafka",
+                error = %reason,
+                code = ?code,
+                "kafka producer hit a fatal error; replacing it (in-flight events will be retried)"
+            );
+            let fresh = create_producer(&self.client_config, &self.brokers).map_err(|err| {
+                DeliveryError::retryable(format!(
+                    "kafka producer for brokers {:?} could not be recreated after a fatal \
+                     error: {err}",
+                    self.brokers
+                ))
+            })?;
+            let broken = std::mem::replace(&mut *producer, fresh);
+            // Dropping a producer purges and flushes for up to 500 ms: keep that off the
+            // caller's thread when a runtime is there to take it.
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(move || drop(broken))),
+                Err(_) => drop(broken),
+            }
+        }
+        Ok(producer.clone())
+    }
+
+    /// Waits up to `timeout` for queued messages to be acknowledged. Events still
+    /// unconfirmed afterwards resolve as retryable errors when the sink is dropped.
+    pub async fn close(&self, timeout: Duration) {
+        let producer = self
+            .producer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+        match flushed {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(
+                sink = "kafka",
+                brokers = %self.brokers,
+                error = %error,
+                "kafka producer did not flush within the shutdown timeout; \
+                 unconfirmed events will be retried"
+            ),
+            Err(error) => tracing::warn!(sink = "kafka", error = %error, "kafka flush task failed"),
+        }
+    }
+
+    /// Readiness: the cluster answers a metadata request within `timeout`.
+    pub async fn check(&self, timeout: Duration) -> Result<(), DeliveryError> {
+        let producer = self.producer()?;
+        let answered = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(None, timeout).map(drop)
+        })
+        .await;
+        match answered {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(DeliveryError::retryable(format!(
+                "kafka brokers {:?} did not answer a metadata request within {}: {error}",
+                self.brokers,
+                humantime::format_duration(timeout)
+            ))),
+            Err(error) => Err(DeliveryError::retryable(format!(
+                "kafka metadata check for brokers {:?} failed: {error}",
+                self.brokers
+            ))),
+        }
+    }
+}
+
+fn create_producer(config: &ClientConfig, brokers: &str) -> Result<FutureProducer, KafkaSinkError> {
+    config.create().map_err(|source| match source {
+        KafkaError::ClientConfig(_, reason, name, _value) => {
+            KafkaSinkError::Property { name, reason }
+        }
+        source => KafkaSinkError::Producer {
+            brokers: brokers.to_owned(),
+            source,
+        },
+    })
+}
+
+/// Sorts a failure into retryable or permanent. The one place that decides this for Kafka.
+///
+/// Permanent: the event (or its topic) can never be accepted as configured — too large,
+/// illegal or unknown topic (auto-creation off), not authorised, rejected by policy.
+/// Retryable: the cluster is unreachable, slow, overloaded or electing leaders, or the
+/// producer needs replacing; unknown codes are retryable too, so a surprise costs attempts
+/// (and eventually `dead` through the attempt limit), never an event.
+fn classify(error: &KafkaError, topic: &str, brokers: &str) -> DeliveryError {
+    use RDKafkaErrorCode as C;
+    let code = match error {
+        KafkaError::MessageProduction(code) => *code,
+        KafkaError::Canceled => {
+            return DeliveryError::retryable(format!(
+                "kafka producer for topic {topic:?} was shut down before the broker confirmed"
+            ))
+        }
+        other => {
+            return DeliveryError::retryable(format!(
+                "kafka produce to topic {topic:?} failed: {other}"
+            ))
+        }
+    };
+    let permanent = |why: &str| DeliveryError::permanent(format!("kafka topic {topic:?}: {why}"));
+    let retryable = |why: &str| DeliveryError::retryable(format!("kafka topic {topic:?}: {why}"));
+    match code {
+        C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge => permanent(
+            "message is larger than the producer or broker allows (message.max.bytes / \
+             max.message.bytes); raise the limit, then retry the dead event",
+        ),
+        C::UnknownTopic | C::UnknownTopicOrPartition | C::UnknownPartition => permanent(
+            "topic does not exist and the cluster did not create it (auto-creation is off?); \
+             create the topic, then retry the dead event",
+        ),
+        C::InvalidTopic => permanent("the broker rejected the topic name as invalid"),
+        C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed => permanent(
+            "the producer is not authorised to write to this topic; grant WRITE (and \
+             IDEMPOTENT_WRITE on the cluster), then retry the dead event",
+        ),
+        C::PolicyViolation | C::InvalidRecord | C::InvalidTimestamp => {
+            permanent(&format!("the broker rejected the record: {code}"))
+        }
+        C::UnsupportedForMessageFormat | C::UnsupportedVersion | C::InvalidRequiredAcks => {
+            permanent(&format!(
+                "the broker cannot accept this record as configured ({code}); check the \
+                 broker version and the producer properties"
+            ))
+        }
+        C::BadMessage | C::InvalidArgument => {
+            permanent(&format!("librdkafka refused the record: {code}"))
+        }
+
+        C::QueueFull => DeliveryError::Retryable {
+            reason: format!(
+                "kafka topic {topic:?}: the producer queue is full (queue.buffering.max.messages \
+                 / .kbytes); brokers {brokers:?} are not keeping up"
+            ),
+            retry_after: Some(QUEUE_FULL_PAUSE),
+        },
+        C::MessageTimedOut | C::RequestTimedOut | C::OperationTimedOut | C::TimedOutQueue => {
+            retryable(&format!(
+                "no acknowledgement from brokers {brokers:?} within the delivery timeout"
+            ))
+        }
+        C::AllBrokersDown
+        | C::BrokerTransportFailure
+        | C::NetworkException
+        | C::Resolve
+        | C::BrokerNotAvailable => {
+            retryable(&format!("brokers {brokers:?} are unreachable ({code})"))
+        }
+        C::InvalidMessage => {
+            retryable("the broker saw a corrupt record (checksum mismatch in transit)")
+        }
+        C::NotEnoughReplicas | C::NotEnoughReplicasAfterAppend | C::ISRInsufficient => {
+            retryable("not enough in-sync replicas to satisfy acks=all")
+        }
+        C::LeaderNotAvailable
+        | C::NotLeaderForPartition
+        | C::FencedLeaderEpoch
+        | C::KafkaStorageError
+        | C::ThrottlingQuotaExceeded => retryable(&format!(
+            "the partition is temporarily unavailable ({code})"
+        )),
+        C::Authentication | C::SaslAuthenticationFailed | C::SSL => retryable(&format!(
+            "brokers {brokers:?} rejected the connection ({code}); check the SASL/SSL properties"
+        )),
+        C::Fatal
+        | C::OutOfOrderSequenceNumber
+        | C::DuplicateSequenceNumber
+        | C::InvalidProducerEpoch
+        | C::UnknownProducerId
+        | C::ProducerFenced
+        | C::PurgeQueue
+        | C::PurgeInflight => retryable(&format!(
+            "the producer was reset before the broker confirmed ({code})"
+        )),
+        _ => retryable(&format!("produce failed: {code}")),
+    }
+}
+
+/// Checks Kafka's topic name rules: 1–249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("it is empty".to_owned());
+    }
+    if name.len() > MAX_TOPIC_LEN {
+        return Err(format!(
+            "it is {} characters long, the limit is {MAX_TOPIC_LEN}",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err("'.' and '..' are reserved".to_owned());
+    }
+    match name.chars().find(|&c| !is_topic_char(c)) {
+        Some(c) => Err(format!(
+            "{c:?} is not allowed; use ASCII letters, digits, '.', '_' and '-'"
+        )),
+        None => Ok(()),
+    }
+}
+
+fn is_topic_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// Builds the record headers (see the module doc for the list and the collision rule).
+fn record_headers(event: &OutboxEvent) -> OwnedHeaders {
+    let id = event.id.to_string();
+    let created_at = event.created_at_rfc3339();
+    let fixed = [
+        ("id", id.as_str()),
+        ("event_type", event.event_type.as_str()),
+        ("aggregate_type", event.aggregate_type.as_str()),
+        ("aggregate_id", event.aggregate_id.as_str()),
+        ("created_at", created_at.as_str()),
+    ];
+    let extra = event
+        .headers
+        .iter()
+        .filter(|(name, _)| !RESERVED_HEADERS.contains(&name.as_str()))
+        .map(|(name, value)| (name.as_str(), value.as_str()));
+    fixed.into_iter().chain(extra).fold(
+        OwnedHeaders::new_with_capacity(5 + event.headers.len()),
+        |headers, (key, value)| {
+            headers.insert(Header {
+                key,
+                value: Some(value),
+            })
+        },
+    )
+}
+
+/// A parsed topic template.
+#[derive(Debug, Clone)]
+struct TopicTemplate {
+    source: String,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    AggregateType,
+    EventType,
+}
+
+impl TopicTemplate {
+    fn parse(template: &str) -> Result<Self, KafkaSinkError> {
+        if template.is_empty() {
+            return Err(KafkaSinkError::EmptyTemplate);
+        }
+        let mut segments = Vec::new();
+        let mut rest = template;
+        while !rest.is_empty() {
+            let Some(open) = rest.find('{') else {
+                segments.push(Segment::Literal(rest.to_owned()));
+                break;
+            };
+            if open > 0 {
+                segments.push(Segment::Literal(rest[..open].to_owned()));
+            }
+            let after = &rest[open + 1..];
+            let close = after
+                .find('}')
+                .ok_or_else(|| KafkaSinkError::UnclosedPlaceholder {
+                    template: template.to_owned(),
+                })?;
+            segments.push(match &after[..close] {
+                "aggregate_type" => Segment::AggregateType,
+                "event_type" => Segment::EventType,
+                other => {
+                    return Err(KafkaSinkError::UnknownPlaceholder {
+                        template: template.to_owned(),
+                        placeholder: other.to_owned(),
+                    })
+                }
+            });
+            rest = &after[close + 1..];
+        }
+        for segment in &segments {
+            if let Segment::Literal(text) = segment {
+                if let Some(found) = text.chars().find(|&c| !is_topic_char(c)) {
+                    return Err(KafkaSinkError::IllegalTemplateCharacter {
+                        template: template.to_owned(),
+                        found,
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            source: template.to_owned(),
+            segments,
+        })
+    }
+
+    fn render(&self, event: &OutboxEvent) -> String {
+        let mut topic = String::with_capacity(self.source.len() + 32);
+        for segment in &self.segments {
+            topic.push_str(match segment {
+                Segment::Literal(text) => text,
+                Segment::AggregateType => &event.aggregate_type,
+                Segment::EventType => &event.event_type,
+            });
+        }
+        topic
+    }
+}
+
+/// Collects librdkafka properties from environment variables named
+/// `DISPATCHBOX_KAFKA_PROPERTY_<NAME>`: `NAME` is lower-cased and each `_` becomes `.`,
+/// except that `__` stands for a literal `_` (for the few properties such as `log_level`).
+///
+/// `DISPATCHBOX_KAFKA_PROPERTY_SASL_MECHANISMS=PLAIN` → `("sasl.mechanisms", "PLAIN")`;
+/// `DISPATCHBOX_KAFKA_PROPERTY_LOG__LEVEL=6` → `("log_level", "6")`. Other variables and an
+/// empty `NAME` are ignored. The result is sorted by property name, so it does not depend
+/// on the environment's order.
+pub fn kafka_properties_from_env(
+    vars: impl Iterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    let mut properties: Vec<(String, String)> = vars
+        .filter_map(|(name, value)| {
+            let raw = name.strip_prefix(PROPERTY_ENV_PREFIX)?;
+            if raw.is_empty() {
+                return None;
+            }
+            let property = raw
+                .to_ascii_lowercase()
+                .split("__")
+                .map(|part| part.replace('_', "."))
+                .collect::<Vec<_>>()
+                .join("_");
+            Some((property, value))
+        })
+        .collect();
+    properties.sort();
+    properties
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use chrono::TimeZone;
+    use rdkafka::message::Headers;
+
+    fn event() -> OutboxEvent {
+        OutboxEvent {
+            id: 1234567890123,
+            aggregate_type: "order".into(),
+            aggregate_id: "o-1".into(),
+            event_type: "order.created".into(),
+            payload: Bytes::from_static(b"{\"a\": 1}"),
+            headers: vec![
+                ("traceparent".into(), "00-abc-01".into()),
+                ("id".into(), "forged".into()),
+                ("tenant".into(), "acme".into()),
+            ],
+            created_at: chrono::Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap(),
+            next_run_at: None,
+        }
+    }
+
+    fn render(template: &str, event: &OutboxEvent) -> String {
+        TopicTemplate::parse(template).unwrap().render(event)
+    }
+
+    #[test]
+    fn template_renders_placeholders() {
+        let e = event();
+        assert_eq!(render(DEFAULT_TOPIC_TEMPLATE, &e), "outbox.order");
+        assert_eq!(render("{event_type}", &e), "order.created");
+        assert_eq!(
+            render("x.{aggregate_type}.{event_type}-v1", &e),
+            "x.order.order.created-v1"
+        );
+        assert_eq!(render("{aggregate_type}{aggregate_type}", &e), "orderorder");
+        assert_eq!(render("static", &e), "static");
+    }
+
+    #[test]
+    fn template_errors_name_the_problem() {
+        let unknown = TopicTemplate::parse("outbox.{aggregate}").unwrap_err();
+        assert!(
+            matches!(&unknown, KafkaSinkError::UnknownPlaceholder { placeholder, .. } if placeholder == "aggregate")
+        );
+        assert!(unknown.to_string().contains("{aggregate}"), "{unknown}");
+        assert!(matches!(
+            TopicTemplate::parse("outbox.{aggregate_type").unwrap_err(),
+            KafkaSinkError::UnclosedPlaceholder { .. }
+        ));
+        assert!(matches!(
+            TopicTemplate::parse("outbox/{aggregate_type}").unwrap_err(),
+            KafkaSinkError::IllegalTemplateCharacter { found: '/', .. }
+        ));
+        assert!(matches!(
+            TopicTemplate::parse("a}b").unwrap_err(),
+            KafkaSinkError::IllegalTemplateCharacter { found: '}', .. }
+        ));
+        assert!(matches!(
+            TopicTemplate::parse("").unwrap_err(),
+            KafkaSinkError::EmptyTemplate
+        ));
+    }
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("outbox.order_v1-x").is_ok());
+        assert!(validate_topic_name(&"a".repeat(249)).is_ok());
+        for bad in [
+            "",
+            ".",
+            "..",
+            "has space",
+            "slash/x",
+            "ümlaut",
+            &"a".repeat(250),
+        ] {
+            assert!(validate_topic_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn headers_carry_metadata_then_event_headers_without_collisions() {
+        let headers = record_headers(&event());
+        let pairs: Vec<(String, String)> = headers
+            .iter()
+            .map(|h| {
+                (
+                    h.key.to_owned(),
+                    String::from_utf8(h.value.unwrap().to_vec()).unwrap(),
+                )
+            })
+            .collect();
+        let expected = [
+            ("id", "1234567890123"),
+            ("event_type", "order.created"),
+            ("aggregate_type", "order"),
+            ("aggregate_id", "o-1"),
+            ("created_at", "2024-01-02T03:04:05.000000Z"),
+            ("traceparent", "00-abc-01"),
+            ("tenant", "acme"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(pairs, expected);
+    }
+
+    #[test]
+    fn properties_from_env() {
+        let vars = [
+            ("DISPATCHBOX_KAFKA_PROPERTY_SASL_MECHANISMS", "PLAIN"),
+            ("DISPATCHBOX_KAFKA_PROPERTY_LINGER_MS", "5"),
+            ("DISPATCHBOX_KAFKA_PROPERTY_LOG__LEVEL", "6"),
+            ("DISPATCHBOX_KAFKA_PROPERTY_SSL_CA_LOCATION", "/etc/ca.pem"),
+            ("DISPATCHBOX_KAFKA_PROPERTY_", "ignored"),
+            ("DISPATCHBOX_KAFKA_BROKERS", "ignored"),
+            ("PATH", "/bin"),
+        ];
+        let parsed =
+            kafka_properties_from_env(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let expected = [
+            ("linger.ms", "5"),
+            ("log_level", "6"),
+            ("sasl.mechanisms", "PLAIN"),
+            ("ssl.ca.location", "/etc/ca.pem"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(parsed, expected);
+    }
+
+    #[test]
+    fn classification_table() {
+        use RDKafkaErrorCode as C;
+        let permanent = [
+            C::MessageSizeTooLarge,
+            C::InvalidMessageSize,
+            C::UnknownTopic,
+            C::UnknownTopicOrPartition,
+            C::InvalidTopic,
+            C::TopicAuthorizationFailed,
+            C::ClusterAuthorizationFailed,
+            C::PolicyViolation,
+            C::InvalidRecord,
+        ];
+        let retryable = [
+            C::MessageTimedOut,
+            C::RequestTimedOut,
+            C::QueueFull,
+            C::AllBrokersDown,
+            C::BrokerTransportFailure,
+            C::NetworkException,
+            C::NotEnoughReplicas,
+            C::NotEnoughReplicasAfterAppend,
+            C::LeaderNotAvailable,
+            C::NotLeaderForPartition,
+            C::SaslAuthenticationFailed,
+            C::Fatal,
+            C::OutOfOrderSequenceNumber,
+            C::PurgeQueue,
+            C::Unknown,
+        ];
+        for code in permanent {
+            let err = classify(
+                &KafkaError::MessageProduction(code),
+                "outbox.order",
+                "b:9092",
+            );
+            assert!(err.is_permanent(), "{code:?} should be permanent");
+            assert!(
+                err.reason().contains("\"outbox.order\""),
+                "{code:?}: {}",
+                err.reason()
+            );
+        }
+        for code in retryable {
+            let err = classify(
+                &KafkaError::MessageProduction(code),
+                "outbox.order",
+                "b:9092",
+            );
+            assert!(!err.is_permanent(), "{code:?} should be retryable");
+            assert!(
+                err.reason().contains("\"outbox.order\""),
+                "{code:?}: {}",
+                err.reason()
+            );
+        }
+        let timeout = classify(
+            &KafkaError::MessageProduction(C::MessageTimedOut),
+            "t",
+            "broker-1:9092",
+        );
+        assert!(
+            timeout.reason().contains("broker-1:9092"),
+            "{}",
+            timeout.reason()
+        );
+        assert!(matches!(
+            classify(&KafkaError::MessageProduction(C::QueueFull), "t", "b"),
+            DeliveryError::Retryable {
+                retry_after: Some(_),
+                ..
+            }
+        ));
+        assert!(!classify(&KafkaError::Canceled, "t", "b").is_permanent());
+    }
+
+    #[test]
+    fn config_errors_do_not_echo_property_values() {
+        let mut config = KafkaSinkConfig::new("127.0.0.1:1");
+        config
+            .properties
+            .push(("no.such.property".into(), "s3cret".into()));
+        let err = KafkaSink::new(config).unwrap_err();
+        assert!(
+            matches!(&err, KafkaSinkError::Property { name, .. } if name == "no.such.property")
+        );
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+
+        let mut config = KafkaSinkConfig::new("127.0.0.1:1");
+        config
+            .properties
+            .push(("sasl.password".into(), "s3cret".into()));
+        let sink = KafkaSink::new(config.clone()).unwrap();
+        assert!(!format!("{sink:?} {config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn illegal_rendered_topic_is_permanent_without_touching_the_broker() {
+        let sink = KafkaSink::new(KafkaSinkConfig::new("127.0.0.1:1")).unwrap();
+        let mut e = event();
+        e.aggregate_type = "order lines".into();
+        let Err(err) = sink.enqueue(&e, &sink.topic_for(&e)) else {
+            panic!("an illegal topic was enqueued")
+        };
+        assert!(err.is_permanent());
+        assert!(
+            err.reason().contains("\"outbox.order lines\""),
+            "{}",
+            err.reason()
+        );
+    }
+}

@@ -1,0 +1,306 @@
+//! The stdout sink: one JSON line per event, the zero-infrastructure default for trying
+//! dispatchbox out and for piping into other tools.
+//!
+//! Line shape (keys in this order; `payload` is the outbox payload embedded verbatim):
+//!
+//! ```text
+//! {"id":42,"aggregate_type":"order","aggregate_id":"o-1","event_type":"order.created",
+//!  "created_at":"2024-01-02T03:04:05.000006Z","headers":{"traceparent":"…"},"payload":{…}}
+//! ```
+//!
+//! Writes happen synchronously on the calling thread, under a lock, followed by a flush, so
+//! lines never interleave and `Ok` means the line left the process. A slow reader therefore
+//! slows the caller down: that is the intended backpressure for a debugging sink.
+//!
+//! Write errors (including a broken pipe) are retryable: they are never the event's fault,
+//! and a `dead` row would need an operator to resurrect it once the pipe is fixed, whereas
+//! `retry` rows are picked up again by the sweeper after a restart.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::DeliveryError;
+use crate::event::OutboxEvent;
+
+/// Writes events as JSON lines to stdout (or any writer, for tests).
+///
+/// Safe to share between tasks: each line is written and flushed under one lock.
+pub struct StdoutSink {
+    out: Arc<Mutex<Box<dyn Write + Send>>>,
+}
+
+impl std::fmt::Debug for StdoutSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StdoutSink").finish_non_exhaustive()
+    }
+}
+
+impl Default for StdoutSink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StdoutSink {
+    /// A sink writing to the process's standard output.
+    pub fn new() -> Self {
+        Self::with_writer(std::io::stdout())
+    }
+
+    /// A sink writing to `writer` (tests capture the output this way).
+    pub fn with_writer(writer: impl Write + Send + 'static) -> Self {
+        Self {
+            out: Arc::new(Mutex::new(Box::new(writer))),
+        }
+    }
+
+    /// Writes one line for `event` and flushes. `Ok` once the line is written.
+    pub fn deliver(&self, event: &OutboxEvent) -> Result<(), DeliveryError> {
+        let line = render_line(event)?;
+        // A panic while holding the lock cannot leave a half-written line that matters more
+        // than losing the sink, so a poisoned lock is simply taken over.
+        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        out.write_all(&line)
+            .and_then(|()| out.flush())
+            .map_err(|err| classify(&err, event.id))
+    }
+
+    /// Flushes the writer; stdout has nothing else buffered.
+    pub fn close(&self) {
+        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(error) = out.flush() {
+            tracing::warn!(sink = "stdout", error = %error, "flushing stdout on shutdown failed");
+        }
+    }
+}
+
+/// Every write failure is retryable (see the module doc); the match keeps the broken-pipe
+/// case explicit so its message can say what happened.
+fn classify(err: &std::io::Error, event_id: i64) -> DeliveryError {
+    match err.kind() {
+        std::io::ErrorKind::BrokenPipe => DeliveryError::retryable(format!(
+            "stdout is closed (broken pipe) while writing event {event_id}; \
+             whatever reads dispatchbox's output has gone away"
+        )),
+        _ => DeliveryError::retryable(format!("writing event {event_id} to stdout failed: {err}")),
+    }
+}
+
+/// The JSON line for `event`, newline included.
+fn render_line(event: &OutboxEvent) -> Result<Vec<u8>, DeliveryError> {
+    let payload: &RawValue = serde_json::from_slice(&event.payload).map_err(|err| {
+        DeliveryError::permanent(format!(
+            "payload of event {} is not valid json ({err}); it cannot be embedded in a stdout line",
+            event.id
+        ))
+    })?;
+    let line = Line {
+        id: event.id,
+        aggregate_type: &event.aggregate_type,
+        aggregate_id: &event.aggregate_id,
+        event_type: &event.event_type,
+        created_at: event.created_at_rfc3339(),
+        headers: HeaderMap(&event.headers),
+        payload,
+    };
+    let mut bytes = Vec::with_capacity(event.payload.len() + 256);
+    serde_json::to_writer(&mut bytes, &line).map_err(|err| {
+        DeliveryError::permanent(format!(
+            "event {} cannot be rendered as json: {err}",
+            event.id
+        ))
+    })?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    id: i64,
+    aggregate_type: &'a str,
+    aggregate_id: &'a str,
+    event_type: &'a str,
+    created_at: String,
+    headers: HeaderMap<'a>,
+    payload: &'a RawValue,
+}
+
+/// Headers as a JSON object, in column order.
+struct HeaderMap<'a>(&'a [(String, String)]);
+
+impl Serialize for HeaderMap<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use chrono::TimeZone;
+
+    /// A writer whose bytes the test can read back.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct BrokenPipe;
+
+    impl Write for BrokenPipe {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn event(id: i64, payload: &str) -> OutboxEvent {
+        OutboxEvent {
+            id,
+            aggregate_type: "order".into(),
+            aggregate_id: "o-1".into(),
+            event_type: "order.created".into(),
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+            headers: vec![
+                ("traceparent".into(), "00-abc-01".into()),
+                ("tenant".into(), "t\"1".into()),
+            ],
+            created_at: chrono::Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap()
+                + chrono::Duration::microseconds(6),
+            next_run_at: None,
+        }
+    }
+
+    /// The raw text of the `payload` member of a rendered line.
+    fn raw_payload(line: &str) -> String {
+        #[derive(serde::Deserialize)]
+        struct Payload<'a> {
+            #[serde(borrow)]
+            payload: &'a RawValue,
+        }
+        let parsed: Payload<'_> = serde_json::from_str(line).unwrap();
+        parsed.payload.get().to_owned()
+    }
+
+    #[test]
+    fn line_carries_every_field_and_parses_back() {
+        let capture = Capture::default();
+        let sink = StdoutSink::with_writer(capture.clone());
+        sink.deliver(&event(42, r#"{"total": 10, "items": [1, 2]}"#))
+            .unwrap();
+
+        let out = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            out.ends_with('\n') && out.matches('\n').count() == 1,
+            "one line: {out:?}"
+        );
+        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "id": 42,
+                "aggregate_type": "order",
+                "aggregate_id": "o-1",
+                "event_type": "order.created",
+                "created_at": "2024-01-02T03:04:05.000006Z",
+                "headers": {"traceparent": "00-abc-01", "tenant": "t\"1"},
+                "payload": {"total": 10, "items": [1, 2]},
+            })
+        );
+        let keys: Vec<&str> = [
+            "\"id\"",
+            "\"aggregate_type\"",
+            "\"aggregate_id\"",
+            "\"event_type\"",
+        ]
+        .into_iter()
+        .chain(["\"created_at\"", "\"headers\"", "\"payload\""])
+        .collect();
+        let positions: Vec<usize> = keys.iter().map(|k| out.find(k).unwrap()).collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "key order: {out}"
+        );
+    }
+
+    #[test]
+    fn payload_is_embedded_byte_for_byte() {
+        let big_object = format!("{{\"blob\": \"{}\", \"n\": 1}}", "x".repeat(1024 * 1024));
+        let payloads = [
+            r#"[1, "two", {"three": 3.0}]"#,
+            r#""just a string""#,
+            "12345678901234567890.5",
+            "-0.0",
+            "true",
+            "null",
+            r#"{"unicode": "grüße 🚀 \u00e9", "escaped": "a\"b\\c\n"}"#,
+            big_object.as_str(),
+        ];
+        for (i, payload) in payloads.iter().enumerate() {
+            let line = String::from_utf8(render_line(&event(i as i64, payload)).unwrap()).unwrap();
+            assert_eq!(raw_payload(&line), *payload, "payload #{i} changed");
+            assert!(line.ends_with("}\n") && line.matches('\n').count() == 1);
+        }
+    }
+
+    #[test]
+    fn invalid_payload_is_permanent() {
+        let err = render_line(&event(7, "{not json")).unwrap_err();
+        assert!(err.is_permanent());
+        assert!(err.reason().contains("event 7"), "{}", err.reason());
+    }
+
+    #[test]
+    fn broken_pipe_is_retryable_and_named() {
+        let sink = StdoutSink::with_writer(BrokenPipe);
+        let err = sink.deliver(&event(9, "{}")).unwrap_err();
+        assert!(!err.is_permanent());
+        assert!(err.reason().contains("broken pipe"), "{}", err.reason());
+    }
+
+    #[test]
+    fn concurrent_writers_never_interleave_lines() {
+        let capture = Capture::default();
+        let sink = Arc::new(StdoutSink::with_writer(capture.clone()));
+        let payload = format!("{{\"pad\": \"{}\"}}", "y".repeat(10_000));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let sink = Arc::clone(&sink);
+                let payload = payload.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        sink.deliver(&event(t * 1000 + i, &payload)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let out = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 200);
+        for line in lines {
+            assert_eq!(raw_payload(line), payload);
+        }
+    }
+}
