@@ -357,3 +357,28 @@ pub async fn read_topic(
     records.sort_by_key(|r| (r.partition, r.offset));
     records
 }
+
+impl TestBroker {
+    /// Every record of `topic` up to the partitions' current high watermarks (all of it,
+    /// duplicates included), or an empty list when the topic does not exist.
+    pub async fn read_to_end(&self, topic: &str) -> Vec<Record> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("allow.auto.create.topics", "false")
+            .create()
+            .expect("create watermark client");
+        let Some(partitions) = self.partitions(topic) else {
+            return Vec::new();
+        };
+        let mut total = 0usize;
+        for partition in 0..partitions as i32 {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("watermarks of {topic}/{partition}: {e}"));
+            total += usize::try_from(high - low).expect("watermarks in order");
+        }
+        let records = read_topic(&self.bootstrap(), topic, total, Duration::from_secs(60)).await;
+        assert_eq!(records.len(), total, "could not read all of {topic}");
+        records
+    }
+}
