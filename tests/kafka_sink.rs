@@ -292,3 +292,67 @@ async fn injected_broker_errors_are_classified() {
         .await
         .unwrap();
 }
+
+/// With auto-creation off, a missing topic is reported as permanent (with a hint) well
+/// before the delivery timeout, not as an endless retryable timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_topic_is_permanent_before_the_delivery_timeout() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster
+        .topic_error(
+            "outbox.ghost",
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+        )
+        .unwrap();
+    let sink = sink(&cluster.bootstrap_servers(), Duration::from_secs(6));
+
+    let started = Instant::now();
+    let err = sink
+        .deliver(Arc::new(event(1, "ghost", "g-1", "{}".to_owned())))
+        .await
+        .unwrap_err();
+    assert!(err.is_permanent(), "{err:?}");
+    assert!(
+        err.reason().contains("\"outbox.ghost\""),
+        "{}",
+        err.reason()
+    );
+    assert!(
+        err.reason().contains("create the topic"),
+        "{}",
+        err.reason()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A producer that librdkafka declares fatally broken (an idempotence sequence violation)
+/// is replaced: the affected event fails as retryable and the next one goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fatal_producer_error_is_retryable_and_the_producer_is_replaced() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("outbox.order", 1, 1).unwrap();
+    let sink = sink(&cluster.bootstrap_servers(), Duration::from_secs(5));
+    sink.deliver(Arc::new(event(1, "order", "o-1", "{}".to_owned())))
+        .await
+        .unwrap();
+
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    let err = sink
+        .deliver(Arc::new(event(2, "order", "o-1", "{}".to_owned())))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DeliveryError::Retryable { .. }), "{err:?}");
+
+    // The old producer is fatally broken (librdkafka refuses every produce from now on), so
+    // this succeeds only through a fresh one.
+    sink.deliver(Arc::new(event(3, "order", "o-1", "{}".to_owned())))
+        .await
+        .unwrap();
+}

@@ -68,7 +68,10 @@ pub struct KafkaSinkConfig {
     /// after the sink's defaults so they can override them. Values may be secrets.
     pub properties: Vec<(String, String)>,
     /// Upper bound for one delivery, including librdkafka's internal retries
-    /// (`message.timeout.ms`, default [`DEFAULT_DELIVERY_TIMEOUT`]).
+    /// (`message.timeout.ms`, default [`DEFAULT_DELIVERY_TIMEOUT`]). While no broker is
+    /// reachable, librdkafka notices expired messages only between reconnect attempts, so an
+    /// outcome can arrive up to `reconnect.backoff.max.ms` (10 s) later. A topic missing from
+    /// the cluster fails as permanent after half of this (`topic.metadata.propagation.max.ms`).
     pub delivery_timeout: Duration,
 }
 
@@ -167,6 +170,13 @@ impl KafkaSink {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", timeout_ms.to_string())
+            // librdkafka waits this long for a topic missing from metadata before failing
+            // its messages as unknown; it must end before the delivery timeout, or a missing
+            // topic (auto-creation off) would only ever show up as a retryable timeout.
+            .set(
+                "topic.metadata.propagation.max.ms",
+                (timeout_ms / 2).clamp(1, 30_000).to_string(),
+            )
             // Same key → same partition as the Java client, so mixed producers agree.
             .set("partitioner", "murmur2_random");
         for (name, value) in &config.properties {
