@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use support::postgres::{eventually, TestCluster};
-use support::relay::{base_env, migrate, RelayProcess};
+use support::relay::{base_env, migrate, start_streaming, RelayProcess};
 
 const TABLE: &str = "public.outbox_event";
 
@@ -71,16 +71,7 @@ async fn events_inserted_while_down_are_delivered_after_start() {
     let (_db, client, env) = setup(&cluster, "down").await;
 
     // First run creates the slot, then stops cleanly.
-    let mut relay = RelayProcess::start(&env);
-    eventually(Duration::from_secs(30), "slot to exist", || async {
-        let n: i64 = client
-            .query_one("SELECT count(*) FROM pg_replication_slots", &[])
-            .await
-            .unwrap()
-            .get(0);
-        (n == 1).then_some(())
-    })
-    .await;
+    let mut relay = start_streaming(&client, &env).await;
     relay.terminate();
     let status = relay.wait_exit(Duration::from_secs(30)).expect("relay exits after SIGTERM");
     assert!(status.success(), "exit status {status}\n{}", relay.stderr());
@@ -114,7 +105,7 @@ async fn only_outbox_inserts_are_delivered() {
         .batch_execute("CREATE TABLE orders (id bigserial primary key, note text)")
         .await
         .unwrap();
-    let relay = RelayProcess::start(&env);
+    let relay = start_streaming(&client, &env).await;
 
     client
         .batch_execute(&format!(
@@ -164,16 +155,7 @@ async fn huge_transaction_is_delivered_with_bounded_memory() {
     let cluster = TestCluster::start();
     let (_db, client, mut env) = setup(&cluster, "huge").await;
     env.push(("DISPATCHBOX_MAX_IN_FLIGHT".into(), "500".into()));
-    let relay = RelayProcess::start(&env);
-    eventually(Duration::from_secs(30), "slot to exist", || async {
-        let n: i64 = client
-            .query_one("SELECT count(*) FROM pg_replication_slots WHERE active", &[])
-            .await
-            .unwrap()
-            .get(0);
-        (n == 1).then_some(())
-    })
-    .await;
+    let relay = start_streaming(&client, &env).await;
     let baseline_kib = relay.peak_rss_kib();
 
     // ~2 KiB per payload: 50,000 rows are ~100 MiB of payload in one transaction.
@@ -209,16 +191,7 @@ async fn idle_slot_keeps_up_with_unrelated_writes() {
         .batch_execute("CREATE TABLE noise (id bigserial primary key, body text)")
         .await
         .unwrap();
-    let _relay = RelayProcess::start(&env);
-    eventually(Duration::from_secs(30), "slot to be active", || async {
-        let n: i64 = client
-            .query_one("SELECT count(*) FROM pg_replication_slots WHERE active", &[])
-            .await
-            .unwrap()
-            .get(0);
-        (n == 1).then_some(())
-    })
-    .await;
+    let _relay = start_streaming(&client, &env).await;
 
     let lag_sql = "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots";
     let started = std::time::Instant::now();
@@ -247,20 +220,30 @@ async fn idle_slot_keeps_up_with_unrelated_writes() {
 }
 
 /// SIGTERM: the relay stops intake, finishes in-flight deliveries, flushes statuses, sends
-/// a final status update and exits 0; nothing delivered is left pending.
+/// a final status update and exits 0. Nothing delivered is left unsettled, and the next run
+/// repeats at most the one transaction that was cut off mid-way.
 #[tokio::test]
 async fn sigterm_drains_and_exits_cleanly() {
     let cluster = TestCluster::start();
     let (_db, client, env) = setup(&cluster, "term").await;
-    let mut relay = RelayProcess::start(&env);
-    insert_events(&client, 2_000, "order").await;
+    let mut relay = start_streaming(&client, &env).await;
+    let writer = {
+        let client = cluster.connect(&_db).await;
+        tokio::spawn(async move {
+            // 200 transactions of 10 events each.
+            for _ in 0..200 {
+                insert_events(&client, 10, "order").await;
+            }
+        })
+    };
     eventually(Duration::from_secs(30), "some deliveries", || async {
-        (!relay.delivered_ids().is_empty()).then_some(())
+        (relay.delivered_ids().len() > 200).then_some(())
     })
     .await;
     relay.terminate();
     let status = relay.wait_exit(Duration::from_secs(40)).expect("exit after SIGTERM");
     assert!(status.success(), "exit status {status}\n{}", relay.stderr());
+    writer.await.unwrap();
 
     // Everything written to stdout is `done` on its row.
     let delivered: BTreeSet<i64> = relay.delivered_ids().into_iter().collect();
@@ -273,11 +256,13 @@ async fn sigterm_drains_and_exits_cleanly() {
         .collect();
     assert!(delivered.is_subset(&done), "a delivered event was left unsettled");
 
-    // The next run delivers the rest, and repeats nothing that was settled.
+    // The next run delivers the rest; of what was settled it repeats at most the one
+    // transaction the shutdown cut off (the flush position covers whole transactions).
     let relay = RelayProcess::start(&env);
     wait_all_done(&client, 2_000, Duration::from_secs(60)).await;
     let second: BTreeSet<i64> = relay.delivered_ids().into_iter().collect();
-    assert!(second.is_disjoint(&done), "settled events were delivered again after a clean stop");
+    let repeated = second.intersection(&done).count();
+    assert!(repeated <= 10, "{repeated} settled events were delivered again after a clean stop");
 }
 
 /// An outbox row whose `headers` is not a JSON object cannot be delivered: it ends `dead`
@@ -286,7 +271,7 @@ async fn sigterm_drains_and_exits_cleanly() {
 async fn unusable_row_is_dead_and_the_relay_continues() {
     let cluster = TestCluster::start();
     let (_db, client, env) = setup(&cluster, "unusable").await;
-    let relay = RelayProcess::start(&env);
+    let relay = start_streaming(&client, &env).await;
     client
         .batch_execute(&format!(
             "INSERT INTO {TABLE} (aggregate_type, aggregate_id, event_type, payload, headers)

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use support::kafka::{Record, TestBroker};
 use support::postgres::{eventually, TestCluster};
-use support::relay::{base_env, migrate, RelayProcess};
+use support::relay::{base_env, migrate, start_streaming, RelayProcess};
 
 const TABLE: &str = "public.outbox_event";
 const AGGREGATE_TYPES: [&str; 3] = ["order", "invoice", "customer"];
@@ -108,7 +108,7 @@ async fn ten_thousand_events_reach_kafka_with_topic_key_headers_and_payload() {
     let env = kafka_env(&cluster, &db, &broker);
     migrate(&env);
     let client = cluster.connect(&db).await;
-    let _relay = RelayProcess::start(&env);
+    let _relay = start_streaming(&client, &env).await;
 
     let sizes = transaction_sizes(10_000, 500);
     assert!(sizes.contains(&1) || sizes.iter().any(|&s| s < 10));
@@ -161,7 +161,7 @@ async fn sigkill_mid_stream_loses_nothing() {
     env.push(("DISPATCHBOX_STATUS_BATCH_SIZE".into(), "200".into()));
     migrate(&env);
     let client = cluster.connect(&db).await;
-    let mut relay = RelayProcess::start(&env);
+    let mut relay = start_streaming(&client, &env).await;
 
     let total = 6_000;
     let sizes = transaction_sizes(total, 50);
@@ -213,7 +213,7 @@ async fn payloads_pass_through_byte_for_byte() {
     let env = kafka_env(&cluster, &db, &broker);
     migrate(&env);
     let client = cluster.connect(&db).await;
-    let _relay = RelayProcess::start(&env);
+    let _relay = start_streaming(&client, &env).await;
 
     let big: String = {
         let fields: Vec<String> = (0..20_000)

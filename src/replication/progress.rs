@@ -181,11 +181,18 @@ impl Progress {
         }
     }
 
-    /// Records a keepalive's `walEnd`.
+    /// Records a keepalive's `walEnd`. When idle, a newer position is reportable at once,
+    /// so waiters of [`Progress::advanced`] are woken: on a busy database with no outbox
+    /// traffic this is what keeps the slot close to the end of WAL.
     pub fn keepalive(&self, wal_end: Lsn) {
         let mut state = self.lock();
         state.keepalive = state.keepalive.max(wal_end);
         state.received = state.received.max(wal_end);
+        let reportable = state.txns.is_empty() && state.keepalive > state.reported;
+        drop(state);
+        if reportable {
+            self.inner.advanced.notify_waiters();
+        }
     }
 
     fn settle(&self, seq: TxnSeq) {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::postgres::TestCluster;
+use super::postgres::{eventually, TestCluster};
 
 /// A running relay process; killed on drop.
 #[derive(Debug)]
@@ -166,4 +166,33 @@ impl Drop for RelayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts the relay and waits until it streams from its slot. Rows inserted before the
+/// slot exists are not in its stream (the sweeper covers those), so tests that insert right
+/// away wait for this first.
+pub async fn start_streaming(
+    client: &tokio_postgres::Client,
+    env: &[(String, String)],
+) -> RelayProcess {
+    let relay = RelayProcess::start(env);
+    wait_streaming(client).await;
+    relay
+}
+
+/// Waits until exactly one replication slot of the cluster is active.
+pub async fn wait_streaming(client: &tokio_postgres::Client) {
+    eventually(
+        Duration::from_secs(30),
+        "the relay to stream from its slot",
+        || async {
+            let n: i64 = client
+                .query_one("SELECT count(*) FROM pg_replication_slots WHERE active", &[])
+                .await
+                .expect("count active slots")
+                .get(0);
+            (n == 1).then_some(())
+        },
+    )
+    .await;
 }
