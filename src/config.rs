@@ -202,7 +202,10 @@ fn count<T: std::str::FromStr + PartialOrd + fmt::Display>(
     max: T,
 ) -> Result<T, ConfigError> {
     let rule = || format!("{value:?} is not valid; use a whole number from {min} to {max}");
-    let n: T = value.trim().parse().map_err(|_| ConfigError::new(variable, rule()))?;
+    let n: T = value
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::new(variable, rule()))?;
     if n < min || n > max {
         return Err(ConfigError::new(variable, rule()));
     }
@@ -236,12 +239,10 @@ impl Config {
         vars: impl Iterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let url = match (&raw.database_url, &raw.database_url_file) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::new(
-                    "DISPATCHBOX_DATABASE_URL",
-                    "set either DISPATCHBOX_DATABASE_URL or DISPATCHBOX_DATABASE_URL_FILE, not both",
-                ))
-            }
+            (Some(_), Some(_)) => return Err(ConfigError::new(
+                "DISPATCHBOX_DATABASE_URL",
+                "set either DISPATCHBOX_DATABASE_URL or DISPATCHBOX_DATABASE_URL_FILE, not both",
+            )),
             (Some(url), None) => url.clone(),
             (None, Some(path)) => read_secret_file("DISPATCHBOX_DATABASE_URL_FILE", path)?,
             (None, None) => {
@@ -268,14 +269,21 @@ impl Config {
             .map_err(|e| ConfigError::new("DISPATCHBOX_SLOT", e.to_string()))?;
 
         let mut sinks = Vec::new();
-        for name in raw.sinks.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        for name in raw
+            .sinks
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             let kind = match name {
                 "kafka" => SinkKind::Kafka,
                 "stdout" => SinkKind::Stdout,
                 other => {
                     return Err(ConfigError::new(
                         "DISPATCHBOX_SINKS",
-                        format!("unknown sink {other:?}; use a comma-separated list of kafka, stdout"),
+                        format!(
+                            "unknown sink {other:?}; use a comma-separated list of kafka, stdout"
+                        ),
                     ))
                 }
             };
@@ -353,14 +361,22 @@ impl Config {
             slot,
             sinks,
             kafka,
-            max_in_flight: count("DISPATCHBOX_MAX_IN_FLIGHT", &raw.max_in_flight, 1, 1_000_000)?,
+            max_in_flight: count(
+                "DISPATCHBOX_MAX_IN_FLIGHT",
+                &raw.max_in_flight,
+                1,
+                1_000_000,
+            )?,
             status_batch_size: count(
                 "DISPATCHBOX_STATUS_BATCH_SIZE",
                 &raw.status_batch_size,
                 1,
                 100_000,
             )?,
-            status_interval: positive_duration("DISPATCHBOX_STATUS_INTERVAL", &raw.status_interval)?,
+            status_interval: positive_duration(
+                "DISPATCHBOX_STATUS_INTERVAL",
+                &raw.status_interval,
+            )?,
             heartbeat_interval: positive_duration(
                 "DISPATCHBOX_HEARTBEAT_INTERVAL",
                 &raw.heartbeat_interval,
@@ -456,7 +472,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("url");
         std::fs::write(&path, "postgres://relay:pw@db/app\n").expect("write");
-        let mut map = vars(&[("DISPATCHBOX_DATABASE_URL_FILE", path.to_str().expect("utf8"))]);
+        let mut map = vars(&[(
+            "DISPATCHBOX_DATABASE_URL_FILE",
+            path.to_str().expect("utf8"),
+        )]);
         map.remove("DISPATCHBOX_DATABASE_URL");
         Config::from_vars(map).expect("url from file");
     }

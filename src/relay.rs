@@ -39,7 +39,7 @@ pub enum RelayError {
     #[error("cannot set up sink {sink}: {reason}")]
     Sink { sink: &'static str, reason: String },
     #[error(transparent)]
-    Source(#[from] SourceError),
+    Source(Box<SourceError>),
 }
 
 /// Runs the relay until `shutdown` is cancelled (Ok) or a definite error stops it.
@@ -109,7 +109,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     for sink in sinks.iter() {
         sink.close(Duration::from_secs(5)).await;
     }
-    result.map_err(RelayError::from)
+    result.map_err(|e| RelayError::Source(Box::new(e)))
 }
 
 /// Checks the database before streaming. Unreachable databases are retried (they may be

@@ -13,7 +13,10 @@ use support::relay::{base_env, migrate, start_streaming, RelayProcess};
 
 const TABLE: &str = "public.outbox_event";
 
-async fn setup(cluster: &TestCluster, prefix: &str) -> (String, tokio_postgres::Client, Vec<(String, String)>) {
+async fn setup(
+    cluster: &TestCluster,
+    prefix: &str,
+) -> (String, tokio_postgres::Client, Vec<(String, String)>) {
     let db = cluster.create_database(prefix).await;
     let env = base_env(cluster, &db);
     migrate(&env);
@@ -37,7 +40,10 @@ async fn insert_events(client: &tokio_postgres::Client, n: i64, aggregate_type: 
 
 async fn status_counts(client: &tokio_postgres::Client) -> HashMap<String, i64> {
     client
-        .query(&format!("SELECT status, count(*) FROM {TABLE} GROUP BY status"), &[])
+        .query(
+            &format!("SELECT status, count(*) FROM {TABLE} GROUP BY status"),
+            &[],
+        )
         .await
         .unwrap()
         .into_iter()
@@ -73,7 +79,9 @@ async fn events_inserted_while_down_are_delivered_after_start() {
     // First run creates the slot, then stops cleanly.
     let mut relay = start_streaming(&client, &env).await;
     relay.terminate();
-    let status = relay.wait_exit(Duration::from_secs(30)).expect("relay exits after SIGTERM");
+    let status = relay
+        .wait_exit(Duration::from_secs(30))
+        .expect("relay exits after SIGTERM");
     assert!(status.success(), "exit status {status}\n{}", relay.stderr());
 
     insert_events(&client, 1_000, "order").await;
@@ -83,7 +91,11 @@ async fn events_inserted_while_down_are_delivered_after_start() {
     let delivered = relay.delivered_ids();
     let unique: BTreeSet<i64> = delivered.iter().copied().collect();
     assert_eq!(unique, all_ids(&client).await);
-    assert_eq!(delivered.len(), unique.len(), "no duplicates after a clean restart");
+    assert_eq!(
+        delivered.len(),
+        unique.len(),
+        "no duplicates after a clean restart"
+    );
     let missing_delivered_at: i64 = client
         .query_one(
             &format!("SELECT count(*) FROM {TABLE} WHERE delivered_at IS NULL OR attempts <> 1"),
@@ -145,7 +157,9 @@ async fn only_outbox_inserts_are_delivered() {
         .map(|v| v["aggregate_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["o-1", "o-2", "o-3"]);
-    assert!(delivered.iter().all(|v| v["payload"].get("changed").is_none()));
+    assert!(delivered
+        .iter()
+        .all(|v| v["payload"].get("changed").is_none()));
 }
 
 /// A single 50,000-row transaction is delivered completely while the relay's memory
@@ -193,7 +207,8 @@ async fn idle_slot_keeps_up_with_unrelated_writes() {
         .unwrap();
     let _relay = start_streaming(&client, &env).await;
 
-    let lag_sql = "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots";
+    let lag_sql =
+        "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots";
     let started = std::time::Instant::now();
     let mut written_bytes = 0i64;
     let mut worst_lag_after_settle = 0i64;
@@ -212,7 +227,10 @@ async fn idle_slot_keeps_up_with_unrelated_writes() {
             worst_lag_after_settle = worst_lag_after_settle.max(lag);
         }
     }
-    assert!(written_bytes > 10_000_000, "the test must write well over 1 MB of WAL");
+    assert!(
+        written_bytes > 10_000_000,
+        "the test must write well over 1 MB of WAL"
+    );
     assert!(
         worst_lag_after_settle < 1_000_000,
         "slot lag reached {worst_lag_after_settle} bytes while only unrelated tables were written"
@@ -241,20 +259,28 @@ async fn sigterm_drains_and_exits_cleanly() {
     })
     .await;
     relay.terminate();
-    let status = relay.wait_exit(Duration::from_secs(40)).expect("exit after SIGTERM");
+    let status = relay
+        .wait_exit(Duration::from_secs(40))
+        .expect("exit after SIGTERM");
     assert!(status.success(), "exit status {status}\n{}", relay.stderr());
     writer.await.unwrap();
 
     // Everything written to stdout is `done` on its row.
     let delivered: BTreeSet<i64> = relay.delivered_ids().into_iter().collect();
     let done: BTreeSet<i64> = client
-        .query(&format!("SELECT id FROM {TABLE} WHERE status = 'done'"), &[])
+        .query(
+            &format!("SELECT id FROM {TABLE} WHERE status = 'done'"),
+            &[],
+        )
         .await
         .unwrap()
         .into_iter()
         .map(|r| r.get(0))
         .collect();
-    assert!(delivered.is_subset(&done), "a delivered event was left unsettled");
+    assert!(
+        delivered.is_subset(&done),
+        "a delivered event was left unsettled"
+    );
 
     // The next run delivers the rest; of what was settled it repeats at most the one
     // transaction the shutdown cut off (the flush position covers whole transactions).
@@ -262,7 +288,10 @@ async fn sigterm_drains_and_exits_cleanly() {
     wait_all_done(&client, 2_000, Duration::from_secs(60)).await;
     let second: BTreeSet<i64> = relay.delivered_ids().into_iter().collect();
     let repeated = second.intersection(&done).count();
-    assert!(repeated <= 10, "{repeated} settled events were delivered again after a clean stop");
+    assert!(
+        repeated <= 10,
+        "{repeated} settled events were delivered again after a clean stop"
+    );
 }
 
 /// An outbox row whose `headers` is not a JSON object cannot be delivered: it ends `dead`

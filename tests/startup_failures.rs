@@ -32,10 +32,20 @@ async fn wrong_password_fails_fast() {
     let db = cluster.create_database("pw").await;
     let mut env = base_env(&cluster, &db);
     migrate(&env);
-    set(&mut env, "DISPATCHBOX_DATABASE_URL", &cluster.url("postgres", "wrong-password", &db));
+    set(
+        &mut env,
+        "DISPATCHBOX_DATABASE_URL",
+        &cluster.url("postgres", "wrong-password", &db),
+    );
     let stderr = expect_fast_failure(&env);
-    assert!(stderr.contains("password authentication failed"), "{stderr}");
-    assert!(!stderr.contains("wrong-password"), "the password was logged:\n{stderr}");
+    assert!(
+        stderr.contains("password authentication failed"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("wrong-password"),
+        "the password was logged:\n{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -51,7 +61,10 @@ async fn missing_publication_fails_fast() {
         .unwrap();
     let stderr = expect_fast_failure(&env);
     assert!(stderr.contains(&format!("pub_{db}")), "{stderr}");
-    assert!(stderr.contains("CREATE PUBLICATION"), "no fix hint:\n{stderr}");
+    assert!(
+        stderr.contains("CREATE PUBLICATION"),
+        "no fix hint:\n{stderr}"
+    );
 }
 
 #[tokio::test]

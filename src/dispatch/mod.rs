@@ -157,14 +157,22 @@ fn deliver(
     }
 }
 
-fn outcome(event: &OutboxEvent, result: Result<(), DeliveryError>, config: &DispatchConfig) -> Outcome {
+fn outcome(
+    event: &OutboxEvent,
+    result: Result<(), DeliveryError>,
+    config: &DispatchConfig,
+) -> Outcome {
     // Events from the stream are on their first attempt.
     let attempt = 1;
     match result {
         Ok(()) => Outcome::Done,
         Err(DeliveryError::Permanent { reason }) => Outcome::Dead { error: reason },
         Err(DeliveryError::Retryable { reason, .. }) if attempt >= config.max_attempts => {
-            tracing::warn!(event_id = event.id, attempt, "attempts exhausted; marking dead");
+            tracing::warn!(
+                event_id = event.id,
+                attempt,
+                "attempts exhausted; marking dead"
+            );
             Outcome::Dead { error: reason }
         }
         Err(DeliveryError::Retryable {
@@ -176,7 +184,8 @@ fn outcome(event: &OutboxEvent, result: Result<(), DeliveryError>, config: &Disp
                 .delay(attempt, &mut rand::thread_rng())
                 .max(retry_after.unwrap_or_default());
             let next_run_at = Utc::now()
-                + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::seconds(1));
+                + chrono::Duration::from_std(delay)
+                    .unwrap_or_else(|_| chrono::Duration::seconds(1));
             Outcome::Retry {
                 error: reason,
                 next_run_at,

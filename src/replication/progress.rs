@@ -82,7 +82,7 @@ pub struct Progress {
 #[derive(Debug, Default)]
 struct Inner {
     state: Mutex<State>,
-    /// Signalled whenever the durable position advances.
+    /// Signalled whenever the reportable position advances (one permit is kept).
     advanced: Notify,
 }
 
@@ -165,7 +165,7 @@ impl Progress {
         }
         if state.settle_front() {
             drop(state);
-            self.inner.advanced.notify_waiters();
+            self.inner.advanced.notify_one();
         }
     }
 
@@ -177,7 +177,7 @@ impl Progress {
         state.txns.retain(|t| t.end_lsn.is_some());
         if state.settle_front() {
             drop(state);
-            self.inner.advanced.notify_waiters();
+            self.inner.advanced.notify_one();
         }
     }
 
@@ -191,7 +191,7 @@ impl Progress {
         let reportable = state.txns.is_empty() && state.keepalive > state.reported;
         drop(state);
         if reportable {
-            self.inner.advanced.notify_waiters();
+            self.inner.advanced.notify_one();
         }
     }
 
@@ -203,7 +203,7 @@ impl Progress {
         txn.unsettled = txn.unsettled.saturating_sub(1);
         if state.settle_front() {
             drop(state);
-            self.inner.advanced.notify_waiters();
+            self.inner.advanced.notify_one();
         }
     }
 
@@ -239,7 +239,8 @@ impl Progress {
         self.lock().txns.len()
     }
 
-    /// Resolves when the durable position advances next.
+    /// Resolves when the reportable position has advanced since the last call. Meant for
+    /// one waiter (the feedback task): an advance while nobody waits is remembered.
     pub async fn advanced(&self) {
         self.inner.advanced.notified().await;
     }

@@ -62,7 +62,9 @@ pub enum SourceError {
     },
     #[error("replication connection failed: {0}")]
     Connection(#[source] ClientError),
-    #[error("unexpected replication message: {0}; refusing to acknowledge anything past this point")]
+    #[error(
+        "unexpected replication message: {0}; refusing to acknowledge anything past this point"
+    )]
     Protocol(String),
     #[error("the dispatcher stopped accepting events")]
     DispatcherGone,
@@ -132,7 +134,9 @@ pub async fn run(
         .await
         .is_err()
     {
-        tracing::warn!("events still unsettled at shutdown; they will be delivered again after restart");
+        tracing::warn!(
+            "events still unsettled at shutdown; they will be delivered again after restart"
+        );
     }
     if let Some(mut writer) = writer {
         let feedback = progress.feedback();
@@ -171,17 +175,17 @@ impl<'a> Session<'a> {
             progress,
             work,
             decoder: Decoder::new(1, false),
-            outbox: OutboxMapper::new(OutboxTable::new(
-                config.table.schema(),
-                config.table.name(),
-            )),
+            outbox: OutboxMapper::new(OutboxTable::new(config.table.schema(), config.table.name())),
             current: None,
             streamed: false,
         }
     }
 
     /// Streams until shutdown (returns the writer for the final status update) or error.
-    async fn stream(&mut self, shutdown: &CancellationToken) -> Result<ReplicationWriter, SourceError> {
+    async fn stream(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<ReplicationWriter, SourceError> {
         let config = self.config;
         let options = ClientOptions {
             max_frame_len: config.max_message_size,
@@ -205,14 +209,20 @@ impl<'a> Session<'a> {
             .await
         {
             Ok(halves) => halves,
-            Err(error) if error.sqlstate() == Some("42704") && error.to_string().contains("replication slot") => {
+            Err(error)
+                if error.sqlstate() == Some("42704")
+                    && error.to_string().contains("replication slot") =>
+            {
                 // The failed START consumed the connection: create the slot on a new one.
                 let client = ReplicationClient::connect_with(&config.conninfo, options);
                 let mut client = client.await.map_err(SourceError::Connection)?;
                 let created = client
                     .create_replication_slot(config.slot.as_str())
                     .await
-                    .map_err(|source| SourceError::Slot { slot: config.slot.to_string(), source })?;
+                    .map_err(|source| SourceError::Slot {
+                        slot: config.slot.to_string(),
+                        source,
+                    })?;
                 tracing::info!(slot = %config.slot, consistent_point = %created.consistent_point, "created replication slot");
                 client
                     .start_replication(config.slot.as_str(), start, &[config.publication.as_str()])
@@ -311,9 +321,7 @@ impl<'a> Session<'a> {
                     // A re-sent transaction that is already being handled.
                     Some(None) => return Ok(()),
                     None => {
-                        return Err(SourceError::Protocol(
-                            "Insert outside a transaction".into(),
-                        ))
+                        return Err(SourceError::Protocol("Insert outside a transaction".into()))
                     }
                 };
                 let work = match self.outbox.map_insert(&insert)? {

@@ -35,6 +35,9 @@ use crate::event::OutboxEvent;
 /// Topic template used when none is configured.
 pub const DEFAULT_TOPIC_TEMPLATE: &str = "outbox.{aggregate_type}";
 
+/// Largest message the producer accepts by default (`message.max.bytes`): 16 MiB.
+pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 16 * 1024 * 1024;
+
 /// How long librdkafka may keep trying one message (`message.timeout.ms`) by default.
 pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -178,7 +181,11 @@ impl KafkaSink {
                 (timeout_ms / 2).clamp(1, 30_000).to_string(),
             )
             // Same key → same partition as the Java client, so mixed producers agree.
-            .set("partitioner", "murmur2_random");
+            .set("partitioner", "murmur2_random")
+            // Outbox payloads of a few MiB are legitimate; librdkafka's own default (1 MB)
+            // would make them dead letters before a broker is even asked. Brokers still
+            // enforce their own limit (a rejection there is permanent).
+            .set("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES.to_string());
         for (name, value) in &config.properties {
             client_config.set(name, value);
         }

@@ -1,6 +1,6 @@
 //! Shared fixtures for the integration tests: real PostgreSQL clusters (and, later, a real
 //! Kafka-protocol broker and HTTP receivers).
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 pub mod kafka;
 pub mod postgres;

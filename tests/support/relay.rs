@@ -101,7 +101,9 @@ impl RelayProcess {
         self.stdout()
             .lines()
             .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad stdout line {l:?}: {e}")))
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad stdout line {l:?}: {e}"))
+            })
             .collect()
     }
 
@@ -187,7 +189,10 @@ pub async fn wait_streaming(client: &tokio_postgres::Client) {
         "the relay to stream from its slot",
         || async {
             let n: i64 = client
-                .query_one("SELECT count(*) FROM pg_replication_slots WHERE active", &[])
+                .query_one(
+                    "SELECT count(*) FROM pg_replication_slots WHERE active",
+                    &[],
+                )
                 .await
                 .expect("count active slots")
                 .get(0);
