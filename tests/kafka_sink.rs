@@ -145,8 +145,11 @@ async fn illegal_topic_and_oversized_message_are_permanent() {
         err.reason()
     );
 
-    // A payload over librdkafka's default message.max.bytes (1 MB).
-    let big = format!(r#"{{"blob": "{}"}}"#, "x".repeat(2 * 1024 * 1024));
+    // A payload over the producer's message.max.bytes.
+    let big = format!(
+        r#"{{"blob": "{}"}}"#,
+        "x".repeat(dispatchbox::sink::kafka::DEFAULT_MESSAGE_MAX_BYTES + 1024)
+    );
     let err = sink
         .deliver(Arc::new(event(2, "order", "o-1", big)))
         .await
