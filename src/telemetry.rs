@@ -10,7 +10,14 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber. `level` is a `tracing` filter (already validated).
 pub fn init_logging(format: Option<LogFormat>, level: &str) {
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // tokio-postgres logs every server NOTICE at INFO ("relation already exists, skipping");
+    // keep them out unless the operator asks for that target explicitly.
+    if !level.contains("tokio_postgres") {
+        if let Ok(directive) = "tokio_postgres=warn".parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let format = format.unwrap_or(if std::io::stderr().is_terminal() {
         LogFormat::Text
     } else {

@@ -328,3 +328,63 @@ async fn unusable_row_is_dead_and_the_relay_continues() {
     assert_eq!(delivered.len(), 1);
     assert_eq!(delivered[0]["headers"]["traceparent"], "00-abc");
 }
+
+/// PostgreSQL restarts under the relay: it reconnects with backoff and resumes from the
+/// settled position; events written before and after the restart are all delivered.
+#[tokio::test]
+async fn reconnects_after_a_database_restart() {
+    let cluster = TestCluster::start();
+    let (db, client, env) = setup(&cluster, "restart").await;
+    let mut relay = start_streaming(&client, &env).await;
+    insert_events(&client, 300, "order").await;
+    wait_all_done(&client, 300, Duration::from_secs(30)).await;
+
+    cluster.stop();
+    cluster.restart();
+    let client = cluster.connect(&db).await;
+    insert_events(&client, 300, "order").await;
+    wait_all_done(&client, 600, Duration::from_secs(60)).await;
+    assert!(
+        relay.is_running(),
+        "the relay exited instead of reconnecting:\n{}",
+        relay.stderr()
+    );
+    let unique: BTreeSet<i64> = relay.delivered_ids().into_iter().collect();
+    assert_eq!(unique, all_ids(&client).await);
+}
+
+/// A second relay on the same slot stands by while the first streams, and takes over when
+/// the first goes away.
+#[tokio::test]
+async fn second_relay_stands_by_and_takes_over() {
+    let cluster = TestCluster::start();
+    let (_db, client, env) = setup(&cluster, "standby").await;
+    let mut first = start_streaming(&client, &env).await;
+    let mut second = RelayProcess::start(&env);
+    eventually(
+        Duration::from_secs(20),
+        "the second relay to stand by",
+        || async {
+            second
+                .stderr()
+                .contains("in use by another process")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        second.is_running(),
+        "standby relay exited:\n{}",
+        second.stderr()
+    );
+
+    first.kill9();
+    insert_events(&client, 200, "order").await;
+    wait_all_done(&client, 200, Duration::from_secs(60)).await;
+    let unique: BTreeSet<i64> = second.delivered_ids().into_iter().collect();
+    assert_eq!(
+        unique,
+        all_ids(&client).await,
+        "the standby did not take over"
+    );
+}

@@ -62,6 +62,12 @@ pub enum SourceError {
     },
     #[error("replication connection failed: {0}")]
     Connection(#[source] ClientError),
+    #[error("replication slot {slot} is in use by another process (another relay?); standing by")]
+    SlotBusy {
+        slot: String,
+        #[source]
+        source: ClientError,
+    },
     #[error(
         "unexpected replication message: {0}; refusing to acknowledge anything past this point"
     )]
@@ -75,6 +81,7 @@ impl SourceError {
     fn is_transient(&self) -> bool {
         match self {
             SourceError::Connection(e) => e.is_transient(),
+            SourceError::SlotBusy { .. } => true,
             _ => false,
         }
     }
@@ -371,10 +378,10 @@ impl<'a> Session<'a> {
 fn classify_start_error(config: &SourceConfig, error: ClientError) -> SourceError {
     match error.sqlstate() {
         // Another relay holds the slot: stand by and retry.
-        Some("55006") => {
-            tracing::info!(slot = %config.slot, "replication slot is active in another process; standing by");
-            SourceError::Connection(error)
-        }
+        Some("55006") => SourceError::SlotBusy {
+            slot: config.slot.to_string(),
+            source: error,
+        },
         Some("55000") | Some("42704") => SourceError::Slot {
             slot: config.slot.to_string(),
             source: error,

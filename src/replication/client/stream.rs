@@ -60,6 +60,12 @@ impl ReplicationReader {
             match frame {
                 Frame::CopyData(payload) => return Ok(Some(parse_copy_data(payload)?)),
                 Frame::Message(Message::CopyDone) => self.finished = true,
+                // A walsender that ends the copy on its own (seen during a fast shutdown of
+                // the server) may go straight to CommandComplete/ReadyForQuery: the stream
+                // is over either way.
+                Frame::Message(Message::CommandComplete(_) | Message::ReadyForQuery(_)) => {
+                    self.finished = true
+                }
                 Frame::Message(Message::ErrorResponse(body)) => {
                     self.finished = true;
                     return Err(ServerError::from_fields(body.fields())?.into());
