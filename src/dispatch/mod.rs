@@ -60,9 +60,18 @@ pub async fn run(
 ) {
     let mut in_flight = FuturesUnordered::new();
     let mut input_open = true;
-    loop {
+    // Runs until shutdown (intake stops at once: queued events stay unsettled and are
+    // streamed again after a restart) or until the input closes and everything settled.
+    while input_open || !in_flight.is_empty() {
         let can_take = input_open && in_flight.len() < config.max_in_flight;
         tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(delivered) = in_flight.next(), if !in_flight.is_empty() => {
+                if !settle(&settlements, delivered, &config).await {
+                    return;
+                }
+            }
             work = input.recv(), if can_take => match work {
                 Some(Work::Deliver { event, ack }) => {
                     in_flight.push(deliver(&sinks, event, ack));
@@ -76,19 +85,6 @@ pub async fn run(
                 }
                 None => input_open = false,
             },
-            Some((event, ack, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                let outcome = outcome(&event, result, &config);
-                if settlements.send(Settlement { id: event.id, outcome, ack: Some(ack) }).await.is_err() {
-                    return;
-                }
-            }
-            else => break,
-        }
-        if !input_open && in_flight.is_empty() {
-            break;
-        }
-        if !input_open && shutdown.is_cancelled() {
-            break;
         }
     }
     if in_flight.is_empty() {
@@ -101,17 +97,8 @@ pub async fn run(
         "waiting for in-flight deliveries"
     );
     let drain = async {
-        while let Some((event, ack, result)) = in_flight.next().await {
-            let outcome = outcome(&event, result, &config);
-            if settlements
-                .send(Settlement {
-                    id: event.id,
-                    outcome,
-                    ack: Some(ack),
-                })
-                .await
-                .is_err()
-            {
+        while let Some(delivered) = in_flight.next().await {
+            if !settle(&settlements, delivered, &config).await {
                 return;
             }
         }
@@ -127,6 +114,21 @@ pub async fn run(
 }
 
 type Delivered = (Arc<OutboxEvent>, Ack, Result<(), DeliveryError>);
+
+/// Hands the outcome of a finished delivery to the status writer; false when it is gone.
+async fn settle(
+    settlements: &mpsc::Sender<Settlement>,
+    (event, ack, result): Delivered,
+    config: &DispatchConfig,
+) -> bool {
+    let outcome = outcome(&event, result, config);
+    let settlement = Settlement {
+        id: event.id,
+        outcome,
+        ack: Some(ack),
+    };
+    settlements.send(settlement).await.is_ok()
+}
 
 /// Starts the delivery of `event` to every sink now (in call order), and returns a future
 /// with the combined result: Ok only when every sink accepted it.
