@@ -395,3 +395,92 @@ async fn payloads_pass_through_byte_for_byte() {
         );
     }
 }
+
+/// Failed deliveries are written back: with the broker unreachable the event becomes
+/// `retry` with the error and a next attempt time; an event whose topic cannot exist is
+/// `dead` at once. Neither stops the relay from settling (and confirming) the stream.
+#[tokio::test]
+async fn failed_deliveries_are_written_as_retry_or_dead() {
+    let cluster = TestCluster::start();
+    let mut broker = TestBroker::start();
+    let db = cluster.create_database("kafkafail").await;
+    let mut env = kafka_env(&cluster, &db, &broker);
+    env.retain(|(k, _)| k != "DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT");
+    env.push(("DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT".into(), "2s".into()));
+    // Notice the unreachable broker quickly (librdkafka backs off up to 10 s by default).
+    env.push((
+        "DISPATCHBOX_KAFKA_PROPERTY_RECONNECT_BACKOFF_MAX_MS".into(),
+        "200".into(),
+    ));
+    migrate(&env);
+    let client = cluster.connect(&db).await;
+    let relay = start_streaming(&client, &env).await;
+
+    // A topic name with a space is illegal: permanent.
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {TABLE} (aggregate_type, aggregate_id, event_type, payload)
+                 VALUES ('bad type', 'x', 'thing.happened', '{{}}')"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    // The broker goes away: retryable.
+    broker.stop();
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {TABLE} (aggregate_type, aggregate_id, event_type, payload)
+                 VALUES ('order', 'o-1', 'order.placed', '{{}}')"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let rows = eventually(Duration::from_secs(60), "both rows settled", || async {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT aggregate_type, status, attempts, last_error, last_error_at IS NOT NULL,
+                            next_run_at > created_at
+                     FROM {TABLE} ORDER BY id"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .all(|r| r.get::<_, String>(1) != "pending")
+            .then_some(rows)
+    })
+    .await;
+    let dead = &rows[0];
+    assert_eq!(
+        dead.get::<_, String>(1),
+        "dead",
+        "{:?}",
+        dead.get::<_, Option<String>>(3)
+    );
+    assert!(dead
+        .get::<_, Option<String>>(3)
+        .unwrap()
+        .contains("outbox.bad type"));
+    let retry = &rows[1];
+    assert_eq!(
+        retry.get::<_, String>(1),
+        "retry",
+        "{:?}",
+        retry.get::<_, Option<String>>(3)
+    );
+    assert_eq!(retry.get::<_, i32>(2), 1);
+    assert!(!retry.get::<_, Option<String>>(3).unwrap().is_empty());
+    assert!(retry.get::<_, bool>(4), "last_error_at set");
+    assert!(
+        retry.get::<_, bool>(5),
+        "next_run_at moved to a later attempt"
+    );
+    drop(relay);
+}
