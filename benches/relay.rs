@@ -593,7 +593,10 @@ fn print_summary(args: &Args, r: &Report) {
         "             {} topics x {PARTITIONS} partitions, relay and bench on the same machine",
         AGGREGATE_TYPES.len()
     );
-    println!("relay        release build, default settings; overrides: {overrides}");
+    println!(
+        "relay        release build, defaults but DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT=60s; \
+         overrides: {overrides}"
+    );
     println!(
         "events       {:.0} B JSON payload + traceparent header; queued at {:.0} rows/s",
         r.payload_bytes,
