@@ -10,6 +10,7 @@
 
 pub mod kafka;
 pub mod stdout;
+pub mod webhook;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::event::OutboxEvent;
 
 pub use kafka::{KafkaSink, KafkaSinkConfig, KafkaSinkError};
 pub use stdout::StdoutSink;
+pub use webhook::{WebhookSink, WebhookSinkConfig, WebhookSinkError};
 
 /// One configured sink.
 ///
@@ -37,26 +39,33 @@ pub use stdout::StdoutSink;
 ///   that succeed: if an event fails, events handed off after it may already have been
 ///   delivered, so a caller that pipelines several events of one aggregate must hold back
 ///   or re-deliver the later ones itself.
+///   **Exception: webhook.** An HTTP request starts only when its future is polled, and
+///   requests run in parallel over several connections, so outstanding webhook deliveries
+///   may arrive in any order; per-aggregate order needs at most one outstanding delivery
+///   per aggregate.
 /// - **Ok** means the transport durably accepted the event (Kafka: acknowledged by the
 ///   broker with `acks=all`; stdout: written and flushed). The caller may settle the event
 ///   as `done`.
 /// - **Err** means the event may or may not have reached the transport (a timed-out Kafka
 ///   produce can still land): re-delivering it is allowed and is how at-least-once holds.
-///   Consumers dedupe by the `id` header.
+///   Consumers dedupe by the `id` header (webhook: `webhook-id`).
 /// - Futures are `'static` and do not borrow the sink: dropping one does not cancel the
-///   hand-off; it only discards the outcome.
+///   hand-off; it only discards the outcome (webhook: dropping a future cancels its request,
+///   see the ordering exception).
 #[derive(Debug)]
 pub enum Sink {
     Kafka(KafkaSink),
     Stdout(StdoutSink),
+    Webhook(WebhookSink),
 }
 
 impl Sink {
-    /// Label for logs and metrics: `"kafka"` or `"stdout"`.
+    /// Label for logs and metrics: `"kafka"`, `"stdout"` or `"webhook"`.
     pub fn name(&self) -> &'static str {
         match self {
             Sink::Kafka(_) => "kafka",
             Sink::Stdout(_) => "stdout",
+            Sink::Webhook(_) => "webhook",
         }
     }
 
@@ -67,8 +76,11 @@ impl Sink {
         event: Arc<OutboxEvent>,
     ) -> impl Future<Output = Result<(), DeliveryError>> + Send + 'static {
         match self {
-            Sink::Kafka(sink) => Either::Left(sink.deliver(event)),
-            Sink::Stdout(sink) => Either::Right(std::future::ready(sink.deliver(&event))),
+            Sink::Kafka(sink) => Either::Left(Either::Left(sink.deliver(event))),
+            Sink::Stdout(sink) => {
+                Either::Left(Either::Right(std::future::ready(sink.deliver(&event))))
+            }
+            Sink::Webhook(sink) => Either::Right(sink.deliver(event)),
         }
     }
 
@@ -78,15 +90,18 @@ impl Sink {
         match self {
             Sink::Kafka(sink) => sink.close(timeout).await,
             Sink::Stdout(sink) => sink.close(),
+            Sink::Webhook(sink) => sink.close(),
         }
     }
 
     /// Cheap readiness probe (for `/ready` and `dispatchbox check`), bounded by `timeout`.
-    /// Kafka: a cluster metadata request; stdout: always ready.
+    /// Kafka: a cluster metadata request; stdout: always ready; webhook: the URL's host
+    /// resolves (no request is sent).
     pub async fn check(&self, timeout: Duration) -> Result<(), DeliveryError> {
         match self {
             Sink::Kafka(sink) => sink.check(timeout).await,
             Sink::Stdout(_) => Ok(()),
+            Sink::Webhook(sink) => sink.check(timeout).await,
         }
     }
 }
