@@ -5,3 +5,4 @@
 pub mod kafka;
 pub mod postgres;
 pub mod relay;
+pub mod webhook;
