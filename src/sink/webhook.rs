@@ -126,11 +126,12 @@ impl std::fmt::Debug for WebhookSinkConfig {
 /// Messages never echo the URL or a secret: either may hold credentials.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookSinkError {
-    #[error("webhook url is not a valid url; expected e.g. https://hooks.example.com/outbox")]
-    InvalidUrl {
-        #[source]
-        source: url::ParseError,
-    },
+    // The parser's text names the rule broken without quoting the url, so it is inlined:
+    // config errors are usually printed without their source chain.
+    #[error(
+        "webhook url is not a valid url ({reason}); expected e.g. https://hooks.example.com/outbox"
+    )]
+    InvalidUrl { reason: url::ParseError },
     #[error("webhook url must use http or https, not {scheme:?}")]
     UnsupportedScheme { scheme: String },
     #[error("webhook url has no host")]
@@ -237,7 +238,7 @@ impl WebhookSink {
     /// [`WebhookSink::check`] for a cheap probe).
     pub fn new(config: WebhookSinkConfig) -> Result<Self, WebhookSinkError> {
         let url =
-            Url::parse(&config.url).map_err(|source| WebhookSinkError::InvalidUrl { source })?;
+            Url::parse(&config.url).map_err(|reason| WebhookSinkError::InvalidUrl { reason })?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(WebhookSinkError::UnsupportedScheme {
                 scheme: url.scheme().to_owned(),
@@ -831,7 +832,10 @@ mod tests {
         assert!(WebhookSink::new(config("http://127.0.0.1:9/", &[])).is_ok());
 
         let msg = build_error(config("hooks.example.com/x?token=s3cr3t", &[]));
-        assert!(msg.starts_with("webhook url is not a valid url"), "{msg}");
+        assert!(
+            msg.starts_with("webhook url is not a valid url (relative URL without a base)"),
+            "{msg}"
+        );
         assert!(!msg.contains("s3cr3t"), "{msg}");
         let msg = build_error(config("ftp://hooks.example.com/", &[]));
         assert_eq!(msg, "webhook url must use http or https, not \"ftp\"");
