@@ -11,6 +11,7 @@ use std::time::Duration;
 use envconfig::Envconfig;
 
 use crate::conninfo::ConnInfo;
+use crate::dispatch::route::Router;
 use crate::sink::kafka::kafka_properties_from_env;
 use crate::store::{Identifier, Names, TableName};
 
@@ -42,8 +43,18 @@ pub struct RawConfig {
     pub kafka_brokers: Option<String>,
     #[envconfig(from = "DISPATCHBOX_KAFKA_TOPIC", default = "outbox.{aggregate_type}")]
     pub kafka_topic: String,
-    #[envconfig(from = "DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT", default = "5m")]
+    #[envconfig(from = "DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT", default = "30s")]
     pub kafka_delivery_timeout: String,
+    #[envconfig(from = "DISPATCHBOX_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_WEBHOOK_SECRET")]
+    pub webhook_secret: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_WEBHOOK_TIMEOUT", default = "15s")]
+    pub webhook_timeout: String,
+    #[envconfig(from = "DISPATCHBOX_WEBHOOK_CONCURRENCY", default = "32")]
+    pub webhook_concurrency: String,
     #[envconfig(from = "DISPATCHBOX_MAX_IN_FLIGHT", default = "1000")]
     pub max_in_flight: String,
     #[envconfig(from = "DISPATCHBOX_STATUS_BATCH_SIZE", default = "1000")]
@@ -64,6 +75,20 @@ pub struct RawConfig {
     pub backoff_base: String,
     #[envconfig(from = "DISPATCHBOX_BACKOFF_MAX", default = "5m")]
     pub backoff_max: String,
+    #[envconfig(from = "DISPATCHBOX_ORDERING", default = "aggregate")]
+    pub ordering: String,
+    #[envconfig(from = "DISPATCHBOX_ROUTES")]
+    pub routes: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_SWEEP_INTERVAL", default = "5s")]
+    pub sweep_interval: String,
+    #[envconfig(from = "DISPATCHBOX_SWEEP_GRACE", default = "5m")]
+    pub sweep_grace: String,
+    #[envconfig(from = "DISPATCHBOX_SWEEP_BATCH", default = "500")]
+    pub sweep_batch: String,
+    #[envconfig(from = "DISPATCHBOX_SWEEP_LEASE", default = "2m")]
+    pub sweep_lease: String,
+    #[envconfig(from = "DISPATCHBOX_SLOT_RECREATE_LIMIT", default = "3")]
+    pub slot_recreate_limit: String,
     #[envconfig(from = "DISPATCHBOX_LOG_FORMAT")]
     pub log_format: Option<String>,
     #[envconfig(from = "DISPATCHBOX_LOG_LEVEL", default = "info")]
@@ -115,7 +140,19 @@ impl<T> fmt::Debug for Secret<T> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SinkKind {
     Kafka,
+    Webhook,
     Stdout,
+}
+
+impl SinkKind {
+    /// The name used in `DISPATCHBOX_SINKS` and `DISPATCHBOX_ROUTES`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SinkKind::Kafka => "kafka",
+            SinkKind::Webhook => "webhook",
+            SinkKind::Stdout => "stdout",
+        }
+    }
 }
 
 /// Log output format.
@@ -138,6 +175,19 @@ pub struct KafkaConfig {
     pub properties: Secret<Vec<(String, String)>>,
 }
 
+/// Webhook settings (present when `webhook` is among the sinks).
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// `DISPATCHBOX_WEBHOOK_URL`.
+    pub url: String,
+    /// `DISPATCHBOX_WEBHOOK_SECRET` (or `_FILE`): `whsec_…` secrets; all of them sign.
+    pub secrets: Secret<Vec<String>>,
+    /// `DISPATCHBOX_WEBHOOK_TIMEOUT`: per request.
+    pub timeout: Duration,
+    /// `DISPATCHBOX_WEBHOOK_CONCURRENCY`: requests in flight at most.
+    pub concurrency: usize,
+}
+
 /// Validated configuration of the relay.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -152,6 +202,8 @@ pub struct Config {
     pub sinks: Vec<SinkKind>,
     /// Kafka settings when the kafka sink is enabled.
     pub kafka: Option<KafkaConfig>,
+    /// Webhook settings when the webhook sink is enabled.
+    pub webhook: Option<WebhookConfig>,
     /// `DISPATCHBOX_MAX_IN_FLIGHT`: events decoded but not yet settled, at most.
     pub max_in_flight: usize,
     /// `DISPATCHBOX_STATUS_BATCH_SIZE`: rows per status UPDATE, at most.
@@ -172,6 +224,20 @@ pub struct Config {
     pub backoff_base: Duration,
     /// `DISPATCHBOX_BACKOFF_MAX`: largest retry delay.
     pub backoff_max: Duration,
+    /// `DISPATCHBOX_ORDERING`: per-aggregate ordering (`aggregate`, default) or `none`.
+    pub ordering: bool,
+    /// `DISPATCHBOX_ROUTES`: routing rules (validated against the enabled sinks).
+    pub router: Router,
+    /// `DISPATCHBOX_SWEEP_INTERVAL`: how often the sweeper looks for due rows.
+    pub sweep_interval: Duration,
+    /// `DISPATCHBOX_SWEEP_GRACE`: age after which a `pending` row is the sweeper's.
+    pub sweep_grace: Duration,
+    /// `DISPATCHBOX_SWEEP_BATCH`: rows per sweeper claim.
+    pub sweep_batch: i64,
+    /// `DISPATCHBOX_SWEEP_LEASE`: how long a sweeper claim holds a row.
+    pub sweep_lease: Duration,
+    /// `DISPATCHBOX_SLOT_RECREATE_LIMIT`: slot recreations allowed per hour.
+    pub slot_recreate_limit: u32,
     /// `DISPATCHBOX_LOG_FORMAT`: `json` or `text`; `None` = json unless stdout is a terminal.
     pub log_format: Option<LogFormat>,
     /// `DISPATCHBOX_LOG_LEVEL`: a `tracing` filter (`info`, `debug`, `dispatchbox=debug,warn`).
@@ -277,12 +343,13 @@ impl Config {
         {
             let kind = match name {
                 "kafka" => SinkKind::Kafka,
+                "webhook" => SinkKind::Webhook,
                 "stdout" => SinkKind::Stdout,
                 other => {
                     return Err(ConfigError::new(
                         "DISPATCHBOX_SINKS",
                         format!(
-                            "unknown sink {other:?}; use a comma-separated list of kafka, stdout"
+                            "unknown sink {other:?}; use a comma-separated list of kafka, webhook, stdout"
                         ),
                     ))
                 }
@@ -294,7 +361,7 @@ impl Config {
         if sinks.is_empty() {
             return Err(ConfigError::new(
                 "DISPATCHBOX_SINKS",
-                "must name at least one sink (kafka, stdout)",
+                "must name at least one sink (kafka, webhook, stdout)",
             ));
         }
 
@@ -324,6 +391,85 @@ impl Config {
             None
         };
 
+        let ordering = match raw.ordering.trim() {
+            "aggregate" => true,
+            "none" => false,
+            other => {
+                return Err(ConfigError::new(
+                    "DISPATCHBOX_ORDERING",
+                    format!("{other:?} is not valid; use aggregate (per-aggregate commit order) or none"),
+                ))
+            }
+        };
+        let sink_names: Vec<&str> = sinks.iter().map(|k| k.name()).collect();
+        let router = Router::parse(raw.routes.as_deref(), &sink_names)
+            .map_err(|e| ConfigError::new("DISPATCHBOX_ROUTES", e.to_string()))?;
+        let sweep_lease = positive_duration("DISPATCHBOX_SWEEP_LEASE", &raw.sweep_lease)?;
+        if let Some(kafka) = &kafka {
+            if sweep_lease <= kafka.delivery_timeout {
+                return Err(ConfigError::new(
+                    "DISPATCHBOX_SWEEP_LEASE",
+                    format!(
+                        "must be longer than DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT ({}), or a slow delivery could be claimed twice",
+                        humantime::format_duration(kafka.delivery_timeout)
+                    ),
+                ));
+            }
+        }
+        let webhook = if sinks.contains(&SinkKind::Webhook) {
+            let url = raw
+                .webhook_url
+                .as_deref()
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "DISPATCHBOX_WEBHOOK_URL",
+                        "is required when DISPATCHBOX_SINKS includes webhook (e.g. https://hooks.example.com/outbox)",
+                    )
+                })?
+                .to_owned();
+            let (variable, secrets) = match (&raw.webhook_secret, &raw.webhook_secret_file) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::new(
+                        "DISPATCHBOX_WEBHOOK_SECRET",
+                        "set either DISPATCHBOX_WEBHOOK_SECRET or DISPATCHBOX_WEBHOOK_SECRET_FILE, not both",
+                    ))
+                }
+                (Some(value), None) => ("DISPATCHBOX_WEBHOOK_SECRET", Some(value.clone())),
+                (None, Some(path)) => (
+                    "DISPATCHBOX_WEBHOOK_SECRET_FILE",
+                    Some(read_secret_file("DISPATCHBOX_WEBHOOK_SECRET_FILE", path)?),
+                ),
+                (None, None) => ("DISPATCHBOX_WEBHOOK_SECRET", None),
+            };
+            let secrets = match secrets {
+                Some(text) => crate::sink::webhook::parse_secrets(&text)
+                    .map_err(|e| ConfigError::new(variable, e.to_string()))?,
+                None => Vec::new(),
+            };
+            Some(WebhookConfig {
+                url,
+                secrets: Secret::new(secrets),
+                timeout: positive_duration("DISPATCHBOX_WEBHOOK_TIMEOUT", &raw.webhook_timeout)?,
+                concurrency: count(
+                    "DISPATCHBOX_WEBHOOK_CONCURRENCY",
+                    &raw.webhook_concurrency,
+                    1,
+                    10_000,
+                )?,
+            })
+        } else {
+            None
+        };
+        if let Some(webhook) = &webhook {
+            if sweep_lease <= webhook.timeout {
+                return Err(ConfigError::new(
+                    "DISPATCHBOX_SWEEP_LEASE",
+                    "must be longer than DISPATCHBOX_WEBHOOK_TIMEOUT, or a slow delivery could be claimed twice",
+                ));
+            }
+        }
         let backoff_base = positive_duration("DISPATCHBOX_BACKOFF_BASE", &raw.backoff_base)?;
         let backoff_max = positive_duration("DISPATCHBOX_BACKOFF_MAX", &raw.backoff_max)?;
         if backoff_max < backoff_base {
@@ -361,6 +507,7 @@ impl Config {
             slot,
             sinks,
             kafka,
+            webhook,
             max_in_flight: count(
                 "DISPATCHBOX_MAX_IN_FLIGHT",
                 &raw.max_in_flight,
@@ -392,6 +539,18 @@ impl Config {
                 * 1024
                 + 64 * 1024,
             max_attempts: count("DISPATCHBOX_MAX_ATTEMPTS", &raw.max_attempts, 1, 1000)?,
+            ordering,
+            router,
+            sweep_interval: positive_duration("DISPATCHBOX_SWEEP_INTERVAL", &raw.sweep_interval)?,
+            sweep_grace: duration("DISPATCHBOX_SWEEP_GRACE", &raw.sweep_grace)?,
+            sweep_batch: count("DISPATCHBOX_SWEEP_BATCH", &raw.sweep_batch, 1, 100_000)?,
+            sweep_lease,
+            slot_recreate_limit: count(
+                "DISPATCHBOX_SLOT_RECREATE_LIMIT",
+                &raw.slot_recreate_limit,
+                1,
+                1000,
+            )?,
             backoff_base,
             backoff_max,
             log_format,
@@ -453,6 +612,24 @@ mod tests {
 
         let e = error_for(&[("DISPATCHBOX_TABLE", "Bad-Name")]);
         assert_eq!(e.variable, "DISPATCHBOX_TABLE");
+
+        let e = error_for(&[("DISPATCHBOX_SWEEP_INTERVAL", "forever")]);
+        assert_eq!(e.variable, "DISPATCHBOX_SWEEP_INTERVAL");
+
+        let e = error_for(&[("DISPATCHBOX_ORDERING", "strict")]);
+        assert_eq!(e.variable, "DISPATCHBOX_ORDERING");
+
+        let e = error_for(&[("DISPATCHBOX_ROUTES", "order.*=kafka")]);
+        assert_eq!(e.variable, "DISPATCHBOX_ROUTES");
+        assert!(e.to_string().contains("not enabled"), "{e}");
+
+        let e = error_for(&[
+            ("DISPATCHBOX_SINKS", "kafka"),
+            ("DISPATCHBOX_KAFKA_BROKERS", "k:9092"),
+            ("DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT", "5m"),
+            ("DISPATCHBOX_SWEEP_LEASE", "1m"),
+        ]);
+        assert_eq!(e.variable, "DISPATCHBOX_SWEEP_LEASE");
     }
 
     #[test]
@@ -478,6 +655,28 @@ mod tests {
         )]);
         map.remove("DISPATCHBOX_DATABASE_URL");
         Config::from_vars(map).expect("url from file");
+    }
+
+    #[test]
+    fn webhook_settings_are_validated_without_echoing_secrets() {
+        let e = error_for(&[("DISPATCHBOX_SINKS", "webhook")]);
+        assert_eq!(e.variable, "DISPATCHBOX_WEBHOOK_URL");
+        let e = error_for(&[
+            ("DISPATCHBOX_SINKS", "webhook"),
+            ("DISPATCHBOX_WEBHOOK_URL", "https://hooks.example.com/x"),
+            ("DISPATCHBOX_WEBHOOK_SECRET", "not-a-secret-value"),
+        ]);
+        assert_eq!(e.variable, "DISPATCHBOX_WEBHOOK_SECRET");
+        assert!(!e.to_string().contains("not-a-secret-value"), "{e}");
+        let config = Config::from_vars(vars(&[
+            ("DISPATCHBOX_SINKS", "webhook"),
+            ("DISPATCHBOX_WEBHOOK_URL", "https://hooks.example.com/x"),
+            ("DISPATCHBOX_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        ]))
+        .expect("config");
+        let webhook = config.webhook.expect("webhook");
+        assert_eq!(webhook.secrets.expose().len(), 1);
+        assert!(!format!("{webhook:?}").contains("MfKQ9r8"));
     }
 
     #[test]

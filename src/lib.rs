@@ -27,4 +27,5 @@ pub mod replication;
 pub mod shutdown;
 pub mod sink;
 pub mod store;
+pub mod sweeper;
 pub mod telemetry;

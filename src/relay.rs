@@ -19,12 +19,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SinkKind};
 use crate::dispatch::backoff::Backoff;
-use crate::dispatch::{self, DispatchConfig};
+use crate::dispatch::ordering::BlockedAggregates;
+use crate::dispatch::{self, Deliverer, DispatchConfig, RetryPolicy};
+use crate::sweeper::{self, SweepConfig};
 use crate::replication::lsn::Lsn;
 use crate::replication::progress::Progress;
 use crate::replication::source::{self, SourceConfig, SourceError};
 use crate::sink::kafka::{KafkaSink, KafkaSinkConfig};
 use crate::sink::stdout::StdoutSink;
+use crate::sink::webhook::{WebhookSink, WebhookSinkConfig};
 use crate::sink::Sink;
 use crate::store::status::{StatusWriter, StatusWriterConfig};
 use crate::store::{checks, Store};
@@ -36,6 +39,8 @@ pub enum RelayError {
     Check(#[from] checks::CheckError),
     #[error("cannot connect to the database: {0}")]
     Connect(#[from] crate::conninfo::SqlConnectError),
+    #[error("database error: {0}")]
+    Store(#[from] crate::store::StoreError),
     #[error("cannot set up sink {sink}: {reason}")]
     Sink { sink: &'static str, reason: String },
     #[error(transparent)]
@@ -53,6 +58,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     }
 
     let sinks: Arc<[Sink]> = build_sinks(&config)?.into();
+    let deliverer = Deliverer::new(
+        sinks.clone(),
+        config.router.clone(),
+        RetryPolicy {
+            max_attempts: config.max_attempts,
+            backoff: Backoff {
+                base: config.backoff_base,
+                max: config.backoff_max,
+            },
+        },
+    );
+    let blocked = BlockedAggregates::default();
+    if config.ordering {
+        // Aggregates with events already waiting in their rows (from before a restart)
+        // stay blocked until their backlog drained.
+        for key in store.backlogged_aggregates().await? {
+            blocked.block(key);
+        }
+    }
+
     let (settlements, status_writer) = StatusWriter::spawn(
         store.clone(),
         StatusWriterConfig {
@@ -63,15 +88,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     let (work_tx, work_rx) = mpsc::channel(config.max_in_flight);
     let dispatcher = tokio::spawn(dispatch::run(
         work_rx,
-        sinks.clone(),
+        deliverer.clone(),
+        store.clone(),
+        blocked.clone(),
         settlements,
         DispatchConfig {
             max_in_flight: config.max_in_flight,
-            max_attempts: config.max_attempts,
-            backoff: Backoff {
-                base: config.backoff_base,
-                max: config.backoff_max,
-            },
+            ordering: config.ordering,
             shutdown_timeout: config.shutdown_timeout,
         },
         shutdown.clone(),
@@ -83,6 +106,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     let heartbeat = tokio::spawn(heartbeat(
         store.clone(),
         config.heartbeat_interval,
+        shutdown.clone(),
+    ));
+    let (catch_up_tx, catch_up_rx) = tokio::sync::watch::channel(None);
+    let sweeper = tokio::spawn(sweeper::run(
+        store.clone(),
+        deliverer,
+        blocked,
+        SweepConfig {
+            interval: config.sweep_interval,
+            grace: config.sweep_grace,
+            batch: config.sweep_batch,
+            lease: config.sweep_lease,
+            ordering: config.ordering,
+        },
+        catch_up_rx,
         shutdown.clone(),
     ));
 
@@ -97,6 +135,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
             max_message_size: config.max_message_size,
             reconnect_max: config.reconnect_max,
             shutdown_timeout: config.shutdown_timeout,
+            slot_recreate_limit: config.slot_recreate_limit,
+            store: store.clone(),
+            catch_up: catch_up_tx,
         },
         progress,
         work_tx,
@@ -106,6 +147,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     .await;
     shutdown.cancel();
     let _ = heartbeat.await;
+    let _ = tokio::time::timeout(config.shutdown_timeout, sweeper).await;
     for sink in sinks.iter() {
         sink.close(Duration::from_secs(5)).await;
     }
@@ -152,6 +194,23 @@ fn build_sinks(config: &Config) -> Result<Vec<Sink>, RelayError> {
         .iter()
         .map(|kind| match kind {
             SinkKind::Stdout => Ok(Sink::Stdout(StdoutSink::new())),
+            SinkKind::Webhook => {
+                let webhook = config.webhook.as_ref().ok_or(RelayError::Sink {
+                    sink: "webhook",
+                    reason: "DISPATCHBOX_WEBHOOK_URL is not set".into(),
+                })?;
+                WebhookSink::new(WebhookSinkConfig {
+                    url: webhook.url.clone(),
+                    secrets: webhook.secrets.expose().clone(),
+                    timeout: webhook.timeout,
+                    max_concurrency: webhook.concurrency,
+                })
+                .map(Sink::Webhook)
+                .map_err(|e| RelayError::Sink {
+                    sink: "webhook",
+                    reason: e.to_string(),
+                })
+            }
             SinkKind::Kafka => {
                 let kafka = config.kafka.as_ref().ok_or(RelayError::Sink {
                     sink: "kafka",

@@ -1,19 +1,31 @@
-//! Dispatch: takes decoded events, hands each to every enabled sink, and turns the results
-//! into outcomes for the status writer. It never sees LSNs (it carries the event's
-//! [`Ack`] through untouched) and never touches the database.
+//! Dispatch: decides what happens to each event (deliver now, park in its row, or mark it
+//! dead), hands deliveries to the routed sinks, and turns results into outcomes for the
+//! status writer. It never sees LSNs (the stream's [`Ack`] travels through untouched) and
+//! issues no SQL of its own (it asks the [`Store`] one question: has a blocked aggregate
+//! drained?).
 //!
-//! Concurrency is bounded by `max_in_flight`: when that many deliveries are outstanding the
-//! dispatcher stops reading its input, which backs up the bounded channel to the
-//! replication reader. Deliveries are started in arrival (commit) order, and every sink
-//! hands an event to its transport synchronously when the delivery starts, so events of one
-//! aggregate reach a sink in commit order.
+//! - **Concurrency** is bounded by `max_in_flight` (deliveries started plus events queued
+//!   behind them): at the limit the dispatcher stops reading, which backs up the bounded
+//!   channel to the replication reader.
+//! - **Ordering** (default): at most one event per aggregate is in delivery at a time, the
+//!   next ones wait in memory behind it, in commit order. When one fails and goes to
+//!   `retry`, the aggregate is blocked: its queued and later events are parked in their rows
+//!   (`retry`, due now) and the sweeper delivers the backlog head first; other aggregates
+//!   keep flowing. See [`ordering`].
+//! - **Scheduled events** (`next_run_at` in the future) are parked until due; with ordering
+//!   on they block their aggregate like a failure does.
+//! - **Retry policy**: [`RetryPolicy`] maps a delivery result to `done`, `retry` (capped
+//!   exponential backoff with full jitter, at least `Retry-After`) or `dead`.
 
 pub mod backoff;
+pub mod ordering;
+pub mod route;
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +34,14 @@ use crate::event::OutboxEvent;
 use crate::replication::progress::Ack;
 use crate::sink::{DeliveryError, Sink};
 use crate::store::status::{Outcome, Settlement};
+use crate::store::Store;
 use backoff::Backoff;
+use ordering::{key_of, AggregateKey, BlockedAggregates};
+use route::Router;
+
+/// Scheduled times closer than this to now are treated as due (tolerates clock skew
+/// between the database and the relay).
+const SCHEDULE_TOLERANCE: chrono::Duration = chrono::Duration::milliseconds(1000);
 
 /// Work handed from the replication stream to the dispatcher.
 #[derive(Debug)]
@@ -34,164 +53,332 @@ pub enum Work {
     Unusable { id: i64, reason: String, ack: Ack },
 }
 
+/// How a delivery result becomes an outcome.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts before an event is `dead`.
+    pub max_attempts: u32,
+    /// Delay before the next attempt.
+    pub backoff: Backoff,
+}
+
+impl RetryPolicy {
+    /// The outcome of attempt number `attempt` (1-based) that ended with `result`.
+    pub fn outcome(&self, attempt: u32, result: Result<(), DeliveryError>) -> Outcome {
+        match result {
+            Ok(()) => Outcome::Done,
+            Err(DeliveryError::Permanent { reason }) => Outcome::Dead { error: reason },
+            Err(DeliveryError::Retryable { reason, .. }) if attempt >= self.max_attempts => {
+                Outcome::Dead {
+                    error: format!("{reason} (gave up after {attempt} attempts)"),
+                }
+            }
+            Err(DeliveryError::Retryable {
+                reason,
+                retry_after,
+            }) => {
+                let delay = self
+                    .backoff
+                    .delay(attempt, &mut rand::thread_rng())
+                    .max(retry_after.unwrap_or_default());
+                Outcome::Retry {
+                    error: reason,
+                    next_run_at: Utc::now()
+                        + chrono::Duration::from_std(delay)
+                            .unwrap_or_else(|_| chrono::Duration::days(1)),
+                }
+            }
+        }
+    }
+}
+
+/// Routes and delivers events; shared by the dispatcher and the sweeper.
+#[derive(Debug, Clone)]
+pub struct Deliverer {
+    sinks: Arc<[Sink]>,
+    router: Arc<Router>,
+    /// The retry policy applied to results.
+    pub policy: RetryPolicy,
+}
+
+impl Deliverer {
+    pub fn new(sinks: Arc<[Sink]>, router: Router, policy: RetryPolicy) -> Self {
+        Self {
+            sinks,
+            router: Arc::new(router),
+            policy,
+        }
+    }
+
+    /// The enabled sinks.
+    pub fn sinks(&self) -> &[Sink] {
+        &self.sinks
+    }
+
+    /// Starts delivering `event` to its routed sinks now (hand-off in call order) and
+    /// returns the combined result: Ok only when every routed sink accepted it; a permanent
+    /// failure on any sink wins over a retryable one. No matching route is permanent.
+    pub fn deliver(
+        &self,
+        event: Arc<OutboxEvent>,
+    ) -> impl std::future::Future<Output = Result<(), DeliveryError>> + Send + 'static {
+        let started: Option<Vec<_>> = self.router.route(&event.event_type).map(|indexes| {
+            indexes
+                .iter()
+                .filter_map(|&i| self.sinks.get(i))
+                .map(|sink| {
+                    let name = sink.name();
+                    let delivery = sink.deliver(event.clone());
+                    async move { (name, delivery.await) }
+                })
+                .collect()
+        });
+        async move {
+            let Some(started) = started else {
+                return Err(DeliveryError::Permanent {
+                    reason: format!("no route: no DISPATCHBOX_ROUTES rule matches event type {:?}", event.event_type),
+                });
+            };
+            let mut combined = Ok(());
+            for (sink, result) in futures_util::future::join_all(started).await {
+                let Err(error) = result else { continue };
+                tracing::warn!(event_id = event.id, event_type = %event.event_type, sink, error = %error, "delivery failed");
+                if !matches!(combined, Err(DeliveryError::Permanent { .. })) {
+                    combined = Err(error);
+                }
+            }
+            combined
+        }
+    }
+}
+
 /// Dispatcher settings.
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
-    /// Deliveries outstanding at once, at most.
+    /// Deliveries started plus events queued behind them, at most.
     pub max_in_flight: usize,
-    /// Delivery attempts before an event is `dead`.
-    pub max_attempts: u32,
-    /// Delay policy for `retry` rows.
-    pub backoff: Backoff,
+    /// Per-aggregate ordering on (`DISPATCHBOX_ORDERING=aggregate`).
+    pub ordering: bool,
     /// After shutdown begins, how long outstanding deliveries may still finish.
     pub shutdown_timeout: Duration,
 }
 
-/// Runs until `input` closes, then waits for outstanding deliveries (bounded by
-/// `shutdown_timeout` counted from `shutdown`), and returns. Deliveries still outstanding
-/// at the deadline are abandoned: their events stay unsettled, so the flush position does
-/// not pass them and they are delivered again after a restart.
+type Delivered = (Arc<OutboxEvent>, Ack, Result<(), DeliveryError>);
+type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = Delivered> + Send>>;
+
+/// Runs until `input` closes (then drains) or `shutdown` is cancelled (then stops intake at
+/// once and lets outstanding deliveries finish up to `shutdown_timeout`). Events still
+/// outstanding at the deadline, and events left in the channel, stay unsettled: the flush
+/// position does not pass them, so they are streamed again after a restart.
 pub async fn run(
-    mut input: mpsc::Receiver<Work>,
-    sinks: Arc<[Sink]>,
+    input: mpsc::Receiver<Work>,
+    deliverer: Deliverer,
+    store: Store,
+    blocked: BlockedAggregates,
     settlements: mpsc::Sender<Settlement>,
     config: DispatchConfig,
     shutdown: CancellationToken,
 ) {
-    let mut in_flight = FuturesUnordered::new();
-    let mut input_open = true;
-    // Runs until shutdown (intake stops at once: queued events stay unsettled and are
-    // streamed again after a restart) or until the input closes and everything settled.
-    while input_open || !in_flight.is_empty() {
-        let can_take = input_open && in_flight.len() < config.max_in_flight;
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            Some(delivered) = in_flight.next(), if !in_flight.is_empty() => {
-                if !settle(&settlements, delivered, &config).await {
-                    return;
+    let mut dispatcher = Dispatcher {
+        deliverer,
+        store,
+        blocked,
+        settlements,
+        config,
+        in_flight: FuturesUnordered::new(),
+        queued: HashMap::new(),
+        queued_len: 0,
+    };
+    dispatcher.run(input, shutdown).await;
+}
+
+struct Dispatcher {
+    deliverer: Deliverer,
+    store: Store,
+    blocked: BlockedAggregates,
+    settlements: mpsc::Sender<Settlement>,
+    config: DispatchConfig,
+    in_flight: FuturesUnordered<InFlight>,
+    /// Aggregates with a delivery in flight → events waiting behind it (ordering only).
+    queued: HashMap<AggregateKey, VecDeque<(Arc<OutboxEvent>, Ack)>>,
+    queued_len: usize,
+}
+
+/// The dispatcher gave up because the status writer is gone.
+struct WriterGone;
+
+impl Dispatcher {
+    fn outstanding(&self) -> usize {
+        self.in_flight.len() + self.queued_len
+    }
+
+    async fn settle(
+        &self,
+        id: i64,
+        outcome: Outcome,
+        ack: Ack,
+        written: Option<Arc<()>>,
+    ) -> Result<(), WriterGone> {
+        let settlement = Settlement {
+            id,
+            outcome,
+            ack: Some(ack),
+            written,
+        };
+        self.settlements
+            .send(settlement)
+            .await
+            .map_err(|_| WriterGone)
+    }
+
+    async fn run(&mut self, mut input: mpsc::Receiver<Work>, shutdown: CancellationToken) {
+        let mut input_open = true;
+        while input_open || !self.in_flight.is_empty() {
+            let can_take = input_open && self.outstanding() < self.config.max_in_flight;
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(delivered) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.finished(delivered).await
                 }
-            }
-            work = input.recv(), if can_take => match work {
-                Some(Work::Deliver { event, ack }) => {
-                    in_flight.push(deliver(&sinks, event, ack));
-                }
-                Some(Work::Unusable { id, reason, ack }) => {
-                    tracing::warn!(event_id = id, error = %reason, "outbox row cannot be delivered; marking it dead");
-                    let settlement = Settlement { id, outcome: Outcome::Dead { error: reason }, ack: Some(ack) };
-                    if settlements.send(settlement).await.is_err() {
-                        return;
+                work = input.recv(), if can_take => match work {
+                    Some(Work::Deliver { event, ack }) => self.admit(event, ack).await,
+                    Some(Work::Unusable { id, reason, ack }) => {
+                        tracing::warn!(event_id = id, error = %reason, "outbox row cannot be delivered; marking it dead");
+                        self.settle(id, Outcome::Dead { error: reason }, ack, None).await
                     }
-                }
-                None => input_open = false,
-            },
-        }
-    }
-    if in_flight.is_empty() {
-        return;
-    }
-    // Shutdown with deliveries outstanding: let them finish up to the timeout.
-    tracing::info!(
-        outstanding = in_flight.len(),
-        timeout = ?config.shutdown_timeout,
-        "waiting for in-flight deliveries"
-    );
-    let drain = async {
-        while let Some(delivered) = in_flight.next().await {
-            if !settle(&settlements, delivered, &config).await {
+                    None => {
+                        input_open = false;
+                        Ok(())
+                    }
+                },
+            };
+            if step.is_err() {
                 return;
             }
         }
-    };
-    if tokio::time::timeout(config.shutdown_timeout, drain)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "shutdown timeout reached with deliveries outstanding; they will be delivered again after restart"
+        if self.in_flight.is_empty() {
+            return;
+        }
+        tracing::info!(
+            outstanding = self.in_flight.len(),
+            timeout = ?self.config.shutdown_timeout,
+            "waiting for in-flight deliveries"
         );
-    }
-}
-
-type Delivered = (Arc<OutboxEvent>, Ack, Result<(), DeliveryError>);
-
-/// Hands the outcome of a finished delivery to the status writer; false when it is gone.
-async fn settle(
-    settlements: &mpsc::Sender<Settlement>,
-    (event, ack, result): Delivered,
-    config: &DispatchConfig,
-) -> bool {
-    let outcome = outcome(&event, result, config);
-    let settlement = Settlement {
-        id: event.id,
-        outcome,
-        ack: Some(ack),
-    };
-    settlements.send(settlement).await.is_ok()
-}
-
-/// Starts the delivery of `event` to every sink now (in call order), and returns a future
-/// with the combined result: Ok only when every sink accepted it.
-fn deliver(
-    sinks: &[Sink],
-    event: Arc<OutboxEvent>,
-    ack: Ack,
-) -> impl std::future::Future<Output = Delivered> + Send + 'static {
-    let started: Vec<_> = sinks
-        .iter()
-        .map(|sink| {
-            let name = sink.name();
-            let delivery = sink.deliver(event.clone());
-            async move { (name, delivery.await) }
-        })
-        .collect();
-    async move {
-        let mut combined = Ok(());
-        for (sink, result) in futures_util::future::join_all(started).await {
-            let Err(error) = result else { continue };
-            tracing::warn!(event_id = event.id, event_type = %event.event_type, sink, error = %error, "delivery failed");
-            // A permanent failure on any sink decides the outcome.
-            if !matches!(combined, Err(DeliveryError::Permanent { .. })) {
-                combined = Err(error);
+        let timeout = self.config.shutdown_timeout;
+        let drain = async {
+            while let Some((event, ack, result)) = self.in_flight.next().await {
+                let outcome = self.deliverer.policy.outcome(1, result);
+                if self.settle(event.id, outcome, ack, None).await.is_err() {
+                    return;
+                }
             }
-        }
-        (event, ack, combined)
-    }
-}
-
-fn outcome(
-    event: &OutboxEvent,
-    result: Result<(), DeliveryError>,
-    config: &DispatchConfig,
-) -> Outcome {
-    // Events from the stream are on their first attempt.
-    let attempt = 1;
-    match result {
-        Ok(()) => Outcome::Done,
-        Err(DeliveryError::Permanent { reason }) => Outcome::Dead { error: reason },
-        Err(DeliveryError::Retryable { reason, .. }) if attempt >= config.max_attempts => {
+        };
+        if tokio::time::timeout(timeout, drain).await.is_err() {
             tracing::warn!(
-                event_id = event.id,
-                attempt,
-                "attempts exhausted; marking dead"
+                "shutdown timeout reached with deliveries outstanding; they will be delivered again after restart"
             );
-            Outcome::Dead { error: reason }
         }
-        Err(DeliveryError::Retryable {
-            reason,
-            retry_after,
-        }) => {
-            let delay = config
-                .backoff
-                .delay(attempt, &mut rand::thread_rng())
-                .max(retry_after.unwrap_or_default());
-            let next_run_at = Utc::now()
-                + chrono::Duration::from_std(delay)
-                    .unwrap_or_else(|_| chrono::Duration::seconds(1));
-            Outcome::Retry {
-                error: reason,
-                next_run_at,
+    }
+
+    /// Decides what to do with a streamed event: deliver, queue behind its aggregate, or
+    /// park in its row.
+    async fn admit(&mut self, event: Arc<OutboxEvent>, ack: Ack) -> Result<(), WriterGone> {
+        let scheduled = event
+            .next_run_at
+            .filter(|at| *at > Utc::now() + SCHEDULE_TOLERANCE);
+        if !self.config.ordering {
+            if let Some(at) = scheduled {
+                return self.park(event, ack, at, None).await;
+            }
+            self.start(event, ack);
+            return Ok(());
+        }
+
+        let key = key_of(&event);
+        if self.blocked.contains(&key) && !self.drained(&key).await {
+            let guard = self.blocked.park_guard(&key);
+            let at = scheduled.unwrap_or_else(Utc::now);
+            return self.park(event, ack, at, Some(guard)).await;
+        }
+        if let Some(at) = scheduled {
+            // Later events of the aggregate wait behind the scheduled one.
+            let guard = self.blocked.park_guard(&key);
+            return self.park(event, ack, at, Some(guard)).await;
+        }
+        if let Some(waiting) = self.queued.get_mut(&key) {
+            waiting.push_back((event, ack));
+            self.queued_len += 1;
+            return Ok(());
+        }
+        self.queued.insert(key, VecDeque::new());
+        self.start(event, ack);
+        Ok(())
+    }
+
+    /// Asks the database (rate-limited) whether a blocked aggregate has drained, and
+    /// unblocks it if so.
+    async fn drained(&self, key: &AggregateKey) -> bool {
+        if self.queued.contains_key(key) || !self.blocked.should_recheck(key) {
+            return false;
+        }
+        match self.store.aggregate_has_backlog(&key.0, &key.1).await {
+            Ok(false) => {
+                self.blocked.unblock(key);
+                !self.blocked.contains(key)
+            }
+            Ok(true) => false,
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot check an aggregate's backlog; keeping it parked");
+                false
             }
         }
+    }
+
+    async fn park(
+        &self,
+        event: Arc<OutboxEvent>,
+        ack: Ack,
+        at: DateTime<Utc>,
+        guard: Option<Arc<()>>,
+    ) -> Result<(), WriterGone> {
+        tracing::debug!(event_id = event.id, next_run_at = %at, "parking event in its row");
+        self.settle(
+            event.id,
+            Outcome::Deferred { next_run_at: at },
+            ack,
+            guard,
+        )
+        .await
+    }
+
+    fn start(&mut self, event: Arc<OutboxEvent>, ack: Ack) {
+        let delivery = self.deliverer.deliver(event.clone());
+        self.in_flight
+            .push(Box::pin(async move { (event, ack, delivery.await) }));
+    }
+
+    /// A delivery finished: settle it, then release (or park) the events queued behind it.
+    async fn finished(&mut self, (event, ack, result): Delivered) -> Result<(), WriterGone> {
+        let outcome = self.deliverer.policy.outcome(1, result);
+        // A failure blocks the aggregate; the guard keeps it blocked at least until the
+        // `retry` row is written, so no later event can overtake it.
+        let guard = (self.config.ordering && matches!(outcome, Outcome::Retry { .. }))
+            .then(|| self.blocked.park_guard(&key_of(&event)));
+        self.settle(event.id, outcome, ack, guard).await?;
+        if !self.config.ordering {
+            return Ok(());
+        }
+        let key = key_of(&event);
+        let Some(waiting) = self.queued.remove(&key) else {
+            return Ok(());
+        };
+        self.queued_len -= waiting.len();
+        // Re-admit in commit order: after a failure they are parked (the aggregate is
+        // blocked); after a success the first starts and the rest queue behind it.
+        for (event, ack) in waiting {
+            self.admit(event, ack).await?;
+        }
+        Ok(())
     }
 }

@@ -15,7 +15,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +30,7 @@ use super::relation::{InsertOutcome, OutboxMapper, OutboxTable, RelationError};
 use crate::conninfo::ConnInfo;
 use crate::dispatch::backoff::Backoff;
 use crate::dispatch::Work;
-use crate::store::{Identifier, TableName};
+use crate::store::{Identifier, Store, TableName};
 
 /// Settings of the replication source.
 #[derive(Debug, Clone)]
@@ -47,6 +48,30 @@ pub struct SourceConfig {
     /// How long to wait, at shutdown, for in-flight events to settle before the final
     /// status update.
     pub shutdown_timeout: Duration,
+    /// Slot recreations allowed per hour.
+    pub slot_recreate_limit: u32,
+    /// For slot maintenance (drop an invalidated slot) and the database clock.
+    pub store: Store,
+    /// Tells the sweeper the cut-off after the slot was (re)created.
+    pub catch_up: watch::Sender<Option<DateTime<Utc>>>,
+}
+
+/// Why START_REPLICATION found no usable slot.
+#[derive(Debug, Clone, Copy)]
+enum SlotLoss {
+    /// 42704: dropped (or never created).
+    Missing,
+    /// 55000: invalidated; it never recovers.
+    Invalidated,
+}
+
+fn slot_loss(error: &ClientError) -> Option<SlotLoss> {
+    let message = error.server_error().map(|e| e.message.as_str()).unwrap_or("");
+    match error.sqlstate() {
+        Some("42704") if message.contains("replication slot") => Some(SlotLoss::Missing),
+        Some("55000") if message.contains("replication slot") => Some(SlotLoss::Invalidated),
+        _ => None,
+    }
 }
 
 /// Why the source stopped for good.
@@ -74,13 +99,24 @@ pub enum SourceError {
     Protocol(String),
     #[error("the dispatcher stopped accepting events")]
     DispatcherGone,
+    #[error("replication slot {slot} was lost again after {limit} recreations within an hour; stopping (check max_slot_wal_keep_size and whether something drops the slot): {source}")]
+    SlotLoop {
+        slot: String,
+        limit: u32,
+        #[source]
+        source: ClientError,
+    },
+    #[error("slot maintenance failed: {0}")]
+    Store(#[source] Box<crate::store::StoreError>),
 }
 
 impl SourceError {
     /// True when reconnecting may help.
     fn is_transient(&self) -> bool {
         match self {
-            SourceError::Connection(e) => e.is_transient(),
+            // A slot dropped or invalidated under a running stream: the next START sees it
+            // and recreates it.
+            SourceError::Connection(e) => e.is_transient() || slot_loss(e).is_some(),
             SourceError::SlotBusy { .. } => true,
             _ => false,
         }
@@ -107,9 +143,10 @@ pub async fn run(
     let mut failures: u32 = 0;
     let mut work = Some(work);
     let mut writer = None;
+    let mut recreations = Vec::new();
     while !shutdown.is_cancelled() {
         let Some(sender) = work.as_ref() else { break };
-        let mut session = Session::new(&config, &progress, sender);
+        let mut session = Session::new(&config, &progress, sender, &mut recreations);
         match session.stream(&shutdown).await {
             Ok(w) => {
                 writer = Some(w);
@@ -173,10 +210,17 @@ struct Session<'a> {
     current: Option<Option<TxnSeq>>,
     /// True once the stream delivered something (resets the reconnect backoff).
     streamed: bool,
+    /// When the slot was (re)created recently (shared across sessions).
+    recreations: &'a mut Vec<std::time::Instant>,
 }
 
 impl<'a> Session<'a> {
-    fn new(config: &'a SourceConfig, progress: &'a Progress, work: &'a mpsc::Sender<Work>) -> Self {
+    fn new(
+        config: &'a SourceConfig,
+        progress: &'a Progress,
+        work: &'a mpsc::Sender<Work>,
+        recreations: &'a mut Vec<std::time::Instant>,
+    ) -> Self {
         Self {
             config,
             progress,
@@ -185,6 +229,7 @@ impl<'a> Session<'a> {
             outbox: OutboxMapper::new(OutboxTable::new(config.table.schema(), config.table.name())),
             current: None,
             streamed: false,
+            recreations,
         }
     }
 
@@ -216,27 +261,20 @@ impl<'a> Session<'a> {
             .await
         {
             Ok(halves) => halves,
-            Err(error)
-                if error.sqlstate() == Some("42704")
-                    && error.to_string().contains("replication slot") =>
-            {
-                // The failed START consumed the connection: create the slot on a new one.
+            Err(error) => {
+                let lost = match slot_loss(&error) {
+                    Some(lost) => lost,
+                    None => return Err(classify_start_error(config, error)),
+                };
+                self.recreate_slot(lost, &options, error).await?;
+                // The failed START consumed the connection: stream on a new one.
                 let client = ReplicationClient::connect_with(&config.conninfo, options);
-                let mut client = client.await.map_err(SourceError::Connection)?;
-                let created = client
-                    .create_replication_slot(config.slot.as_str())
-                    .await
-                    .map_err(|source| SourceError::Slot {
-                        slot: config.slot.to_string(),
-                        source,
-                    })?;
-                tracing::info!(slot = %config.slot, consistent_point = %created.consistent_point, "created replication slot");
+                let client = client.await.map_err(SourceError::Connection)?;
                 client
                     .start_replication(config.slot.as_str(), start, &[config.publication.as_str()])
                     .await
                     .map_err(|e| classify_start_error(config, e))?
             }
-            Err(error) => return Err(classify_start_error(config, error)),
         };
 
         let reply_now = Arc::new(Notify::new());
@@ -288,6 +326,65 @@ impl<'a> Session<'a> {
             })),
             (Err(error), _) => Err(error),
         }
+    }
+
+    /// Creates the slot (dropping an invalidated one first), then asks the sweeper to
+    /// deliver every pending row created before that moment: the new slot will never
+    /// stream them. Bounded by `DISPATCHBOX_SLOT_RECREATE_LIMIT` per hour so that a
+    /// misconfiguration (e.g. a `max_slot_wal_keep_size` too small for the load) cannot
+    /// loop forever.
+    async fn recreate_slot(
+        &mut self,
+        lost: SlotLoss,
+        options: &ClientOptions,
+        cause: ClientError,
+    ) -> Result<(), SourceError> {
+        let config = self.config;
+        let slot_error = |source| SourceError::Slot {
+            slot: config.slot.to_string(),
+            source,
+        };
+        self.recreations
+            .retain(|at| at.elapsed() < Duration::from_secs(3600));
+        if self.recreations.len() >= config.slot_recreate_limit as usize {
+            return Err(SourceError::SlotLoop {
+                slot: config.slot.to_string(),
+                limit: config.slot_recreate_limit,
+                source: cause,
+            });
+        }
+        self.recreations.push(std::time::Instant::now());
+        match lost {
+            SlotLoss::Missing => {
+                tracing::warn!(slot = %config.slot, "replication slot does not exist; creating it (rows inserted without a slot are delivered by the sweeper)");
+            }
+            SlotLoss::Invalidated => {
+                tracing::error!(slot = %config.slot, error = %cause, "replication slot was invalidated (WAL it needed was removed, e.g. max_slot_wal_keep_size exceeded); recreating it, and the sweeper re-delivers rows inserted meanwhile");
+                config
+                    .store
+                    .drop_slot(&config.slot)
+                    .await
+                    .map_err(|e| SourceError::Store(Box::new(e)))?;
+            }
+        }
+        let client = ReplicationClient::connect_with(&config.conninfo, options.clone());
+        let mut client = client.await.map_err(SourceError::Connection)?;
+        let created = client
+            .create_replication_slot(config.slot.as_str())
+            .await
+            .map_err(slot_error)?;
+        client.close().await;
+        // Every transaction running when the slot creation began had committed before its
+        // consistent point, so rows created before now were never streamed: the sweeper
+        // delivers them without waiting for the grace period.
+        let cutoff = config
+            .store
+            .database_now()
+            .await
+            .map_err(|e| SourceError::Store(Box::new(e)))?;
+        config.catch_up.send_replace(Some(cutoff));
+        tracing::info!(slot = %config.slot, consistent_point = %created.consistent_point, created_before = %cutoff, "created replication slot; sweeping rows it cannot stream");
+        Ok(())
     }
 
     /// Handles one pgoutput message.
@@ -379,10 +476,6 @@ fn classify_start_error(config: &SourceConfig, error: ClientError) -> SourceErro
     match error.sqlstate() {
         // Another relay holds the slot: stand by and retry.
         Some("55006") => SourceError::SlotBusy {
-            slot: config.slot.to_string(),
-            source: error,
-        },
-        Some("55000") | Some("42704") => SourceError::Slot {
             slot: config.slot.to_string(),
             source: error,
         },

@@ -388,3 +388,25 @@ impl TestBroker {
         .await
     }
 }
+
+impl TestBroker {
+    fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("broker is running");
+        let status = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {sig} on the broker failed");
+    }
+
+    /// Freezes the broker process (SIGSTOP): it stops answering but keeps its state and
+    /// connections, like a broker that hangs or a partition of the network.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused broker run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+}
