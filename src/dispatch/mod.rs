@@ -78,7 +78,7 @@ pub async fn run(
                 }
                 Some(Work::Unusable { id, reason, ack }) => {
                     tracing::warn!(event_id = id, error = %reason, "outbox row cannot be delivered; marking it dead");
-                    let settlement = Settlement { id, outcome: Outcome::Dead { error: reason }, ack: Some(ack) };
+                    let settlement = Settlement { id, outcome: Outcome::Dead { error: reason }, ack: Some(ack), written: None };
                     if settlements.send(settlement).await.is_err() {
                         return;
                     }
@@ -126,6 +126,7 @@ async fn settle(
         id: event.id,
         outcome,
         ack: Some(ack),
+        written: None,
     };
     settlements.send(settlement).await.is_ok()
 }
