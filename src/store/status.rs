@@ -1,5 +1,6 @@
-//! The status writer: the only code that writes delivery outcomes onto outbox rows, and
-//! the only caller of [`Ack::settle`].
+//! The status writer: the only code that writes the outcomes of streamed events onto
+//! outbox rows, and the only caller of [`Ack::settle`]. (Rows a sweeper claimed are written
+//! by [`Store::write_claimed_outcomes`] with the same UPDATE, guarded by the claim token.)
 //!
 //! Settlements arrive on a bounded channel. The writer takes whatever is queued (up to
 //! `max_batch`, never waiting to fill a batch) and writes it with one prepared
@@ -140,7 +141,7 @@ fn sanitize_error(error: &str) -> String {
     text
 }
 
-/// One delivery attempt's outcome for outbox row `id`.
+/// One delivery attempt's outcome (or a deferral) for outbox row `id`.
 #[derive(Debug)]
 pub struct Settlement {
     /// The outbox row.
