@@ -90,7 +90,7 @@ async fn migrate_creates_the_table_and_an_insert_only_publication_once() {
     let store = store(&cluster, &db, &names);
 
     let report = store.migrate(&names).await.unwrap();
-    assert_eq!(report.applied, vec![1, 2]);
+    assert_eq!(report.applied, vec![1, 2, 3]);
     assert!(report.skipped.is_empty());
 
     let client = cluster.connect(&db).await;
@@ -113,7 +113,14 @@ async fn migrate_creates_the_table_and_an_insert_only_publication_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(indexes, ["idx_outbox_due", "outbox_event_pkey"]);
+    assert_eq!(
+        indexes,
+        [
+            "idx_outbox_aggregate",
+            "idx_outbox_due",
+            "outbox_event_pkey"
+        ]
+    );
 
     // The archive function of the Python schema works on the migrated table.
     client
@@ -138,7 +145,7 @@ async fn migrate_creates_the_table_and_an_insert_only_publication_once() {
     // Second run: nothing applied, nothing changed.
     let report = store.migrate(&names).await.unwrap();
     assert!(report.applied.is_empty());
-    assert_eq!(report.skipped, vec![1, 2]);
+    assert_eq!(report.skipped, vec![1, 2, 3]);
     let recorded: i64 = client
         .query_one(
             "SELECT count(*) FROM public.dispatchbox_migrations WHERE target = 'public.outbox_event'",
@@ -147,7 +154,7 @@ async fn migrate_creates_the_table_and_an_insert_only_publication_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(recorded, 2);
+    assert_eq!(recorded, 3);
 
     // A freshly migrated database passes every preflight check.
     let facts = store.preflight(&names).await.unwrap();
@@ -178,13 +185,13 @@ async fn migrate_supports_a_schema_qualified_table_next_to_another() {
         .migrate(&custom)
         .await
         .unwrap();
-    assert_eq!(report.applied, vec![1, 2]);
+    assert_eq!(report.applied, vec![1, 2, 3]);
     // Migrations are recorded per table: the default table still gets its own.
     let report = store(&cluster, &db, &default)
         .migrate(&default)
         .await
         .unwrap();
-    assert_eq!(report.applied, vec![1, 2]);
+    assert_eq!(report.applied, vec![1, 2, 3]);
 
     assert_eq!(columns(&client, "app", "events").await, ALL_COLUMNS);
     assert_eq!(
@@ -200,13 +207,14 @@ async fn migrate_supports_a_schema_qualified_table_next_to_another() {
         .query_one(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = 'app'
-                AND c.relname IN ('events_due_idx', 'events_archive', 'events_archive_date_idx')",
+                AND c.relname IN ('events_due_idx', 'events_aggregate_idx', 'events_archive',
+                                  'events_archive_date_idx')",
             &[],
         )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(derived, 3);
+    assert_eq!(derived, 4);
     client
         .batch_execute("SELECT app.archive_events(1)")
         .await
@@ -266,7 +274,7 @@ async fn an_existing_python_dispatchbox_table_is_upgraded_in_place() {
 
     let names = names("outbox_event", "dispatchbox");
     let report = store(&cluster, &db, &names).migrate(&names).await.unwrap();
-    assert_eq!(report.applied, vec![1, 2]);
+    assert_eq!(report.applied, vec![1, 2, 3]);
 
     let after: Vec<(i64, String, i32, String)> = client
         .query(
@@ -291,7 +299,10 @@ async fn an_existing_python_dispatchbox_table_is_upgraded_in_place() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(indexes, 2, "the Python index is adopted, not duplicated");
+    assert_eq!(
+        indexes, 3,
+        "the Python index is adopted, not duplicated; only the ordering index is added"
+    );
     // The serial keeps counting from the existing rows.
     let next_id: i64 = client
         .query_one(
@@ -320,11 +331,11 @@ async fn concurrent_migrations_apply_each_version_once() {
     let mut applied = Vec::new();
     for run in runs {
         let report = run.await.unwrap().unwrap();
-        assert_eq!(report.applied.len() + report.skipped.len(), 2);
+        assert_eq!(report.applied.len() + report.skipped.len(), 3);
         applied.extend(report.applied);
     }
     applied.sort();
-    assert_eq!(applied, vec![1, 2], "every version applied exactly once");
+    assert_eq!(applied, vec![1, 2, 3], "every version applied exactly once");
 }
 
 #[tokio::test]

@@ -97,6 +97,7 @@ async fn writes_mixed_outcomes_in_batches_and_settles_every_ack() {
             next_run_at: Utc::now(),
         },
         ack: acks.pop(),
+        written: None,
     })
     .await
     .unwrap();
@@ -105,6 +106,7 @@ async fn writes_mixed_outcomes_in_batches_and_settles_every_ack() {
             id,
             outcome: outcome_for(id),
             ack: Some(ack),
+            written: None,
         })
         .await
         .unwrap();
@@ -155,6 +157,7 @@ async fn writes_mixed_outcomes_in_batches_and_settles_every_ack() {
                 assert_eq!(last_error, Some(error), "row {id}");
                 assert!(error_at && !rescheduled, "row {id}");
             }
+            Outcome::Deferred { .. } => unreachable!("outcome_for never defers"),
         }
     }
 }
@@ -174,6 +177,7 @@ async fn a_row_that_becomes_visible_late_is_written_before_its_ack_settles() {
         id: 900_001,
         outcome: Outcome::Done,
         ack: acks.pop(),
+        written: None,
     })
     .await
     .unwrap();
@@ -237,6 +241,7 @@ async fn a_row_that_never_appears_is_settled_after_the_deadline() {
         id: 424_242,
         outcome: Outcome::Done,
         ack: acks.pop(),
+        written: None,
     })
     .await
     .unwrap();
@@ -245,6 +250,7 @@ async fn a_row_that_never_appears_is_settled_after_the_deadline() {
         id: 1,
         outcome: Outcome::Done,
         ack: acks.pop(),
+        written: None,
     })
     .await
     .unwrap();
@@ -307,6 +313,7 @@ async fn settlements_survive_a_database_restart() {
             id,
             outcome: Outcome::Done,
             ack: acks.pop(),
+            written: None,
         })
         .await
         .unwrap();
@@ -326,6 +333,7 @@ async fn settlements_survive_a_database_restart() {
             id,
             outcome: Outcome::Done,
             ack: acks.pop(),
+            written: None,
         })
         .await
         .unwrap();
@@ -362,4 +370,165 @@ async fn settlements_survive_a_database_restart() {
         .unwrap()
         .get(0);
     assert_eq!(done, 3000);
+}
+
+/// Given a pending row, a done row and a row a sweeper holds, when each is deferred through
+/// the status writer, then only the pending row becomes `retry` (no attempt counted, no error
+/// recorded), the others keep their state, every ack settles, and the `written` guard is
+/// released only once the write committed.
+#[tokio::test]
+async fn a_deferral_parks_only_pending_rows_and_releases_its_guard_after_the_write() {
+    let cluster = TestCluster::start();
+    let (db, store) = migrated(&cluster, "defer").await;
+    let client = cluster.connect(&db).await;
+    insert_rows(&client, 3).await;
+    client
+        .batch_execute(
+            "UPDATE outbox_event SET status = 'done', attempts = 1, delivered_at = now()
+              WHERE id = 2;
+             UPDATE outbox_event SET status = 'processing', attempts = 2, claim_token = 'sweeper-a',
+                    next_run_at = now() + interval '5 minutes', last_error = 'boom'
+              WHERE id = 3;",
+        )
+        .await
+        .unwrap();
+    let before: Vec<String> = client
+        .query(
+            "SELECT row(o.*)::text FROM outbox_event o WHERE id IN (2, 3) ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+
+    // Row 1 is locked by another session, so the writer's statement cannot commit yet.
+    let mut blocker = cluster.connect(&db).await;
+    let lock = blocker.transaction().await.unwrap();
+    lock.execute("SELECT 1 FROM outbox_event WHERE id = 1 FOR UPDATE", &[])
+        .await
+        .unwrap();
+
+    let progress = Progress::new(Lsn(10));
+    let mut acks = transaction(&progress, 20, 30, 3);
+    let guard = Arc::new(());
+    let (tx, writer) = StatusWriter::spawn(store, StatusWriterConfig::default());
+    let stats = writer.stats();
+    let later = Utc::now() + chrono::Duration::hours(1);
+    for id in 1..=3 {
+        tx.send(Settlement {
+            id,
+            outcome: Outcome::Deferred { next_run_at: later },
+            ack: acks.pop(),
+            written: Some(guard.clone()),
+        })
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(Arc::strong_count(&guard), 4, "released before the write");
+    assert_eq!(progress.feedback().flush, Lsn(10));
+
+    lock.rollback().await.unwrap();
+    eventually(Duration::from_secs(10), "the guards to be released", || {
+        let guard = guard.clone();
+        async move { (Arc::strong_count(&guard) == 2).then_some(()) }
+    })
+    .await;
+    assert_eq!(progress.feedback().flush, Lsn(30), "every ack settled");
+    assert_eq!(stats.rows_abandoned(), 0);
+    assert_eq!(stats.rows_waiting(), 0);
+
+    let row = client
+        .query_one(
+            "SELECT status, attempts, next_run_at, last_error, last_error_at, delivered_at,
+                    claim_token
+               FROM outbox_event WHERE id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "retry");
+    assert_eq!(row.get::<_, i32>(1), 0, "a deferral is not an attempt");
+    let next_run_at: chrono::DateTime<Utc> = row.get(2);
+    assert!((next_run_at - later).num_milliseconds().abs() < 1);
+    assert_eq!(row.get::<_, Option<String>>(3), None);
+    assert_eq!(row.get::<_, Option<chrono::DateTime<Utc>>>(4), None);
+    assert_eq!(row.get::<_, Option<chrono::DateTime<Utc>>>(5), None);
+    assert_eq!(row.get::<_, Option<String>>(6), None);
+    let after: Vec<String> = client
+        .query(
+            "SELECT row(o.*)::text FROM outbox_event o WHERE id IN (2, 3) ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        before, after,
+        "settled and claimed rows are not pulled back"
+    );
+    drop(tx);
+    writer.join().await.unwrap();
+}
+
+/// Given a deferral whose row is not visible yet, the writer waits for the row like any
+/// other outcome and parks it once it appears.
+#[tokio::test]
+async fn a_deferral_of_a_row_not_yet_visible_waits_for_it() {
+    let cluster = TestCluster::start();
+    let (db, store) = migrated(&cluster, "defer_late").await;
+    let client = cluster.connect(&db).await;
+
+    let progress = Progress::new(Lsn(10));
+    let mut acks = transaction(&progress, 20, 30, 1);
+    let guard = Arc::new(());
+    let (tx, writer) = StatusWriter::spawn(store, StatusWriterConfig::default());
+    let stats = writer.stats();
+    tx.send(Settlement {
+        id: 700_001,
+        outcome: Outcome::Deferred {
+            next_run_at: Utc::now(),
+        },
+        ack: acks.pop(),
+        written: Some(guard.clone()),
+    })
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(5), "the row to wait", || {
+        let stats = stats.clone();
+        async move { (stats.rows_waiting() == 1).then_some(()) }
+    })
+    .await;
+    assert_eq!(Arc::strong_count(&guard), 2);
+    assert_eq!(progress.feedback().flush, Lsn(10));
+
+    client
+        .execute(
+            "INSERT INTO outbox_event (id, aggregate_type, aggregate_id, event_type, payload)
+             VALUES (700001, 'order', '1', 'order.created', '{}')",
+            &[],
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the ack to settle", || {
+        let progress = progress.clone();
+        async move { (progress.feedback().flush == Lsn(30)).then_some(()) }
+    })
+    .await;
+    assert_eq!(Arc::strong_count(&guard), 1);
+    let row = client
+        .query_one(
+            "SELECT status, attempts FROM outbox_event WHERE id = 700001",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "retry");
+    assert_eq!(row.get::<_, i32>(1), 0);
+    drop(tx);
+    writer.join().await.unwrap();
 }

@@ -564,16 +564,7 @@ impl<'a> Row<'a> {
         let Some(bytes) = self.json_bytes(field, "headers")? else {
             return Ok(Vec::new());
         };
-        let entries: OrderedObject = serde_json::from_slice(&bytes)
-            .map_err(|e| self.error(format!("column \"headers\" is not a JSON object: {e}")))?;
-        Ok(entries
-            .0
-            .into_iter()
-            .filter_map(|(k, v)| match v {
-                serde_json::Value::String(s) => Some((k, s)),
-                _ => None,
-            })
-            .collect())
+        header_entries(&bytes).map_err(|reason| self.error(reason))
     }
 
     fn optional_timestamp(
@@ -658,6 +649,22 @@ fn split_offset_seconds(s: &str) -> (&str, i64) {
         }
     }
     (s, 0)
+}
+
+/// The string entries of a `headers` JSON text, in document order (non-string values are
+/// skipped). Shared by the stream mapping and the sweeper so both read a row the same way.
+/// Errs with the reason to dead-letter the row when the text is not a JSON object.
+pub(crate) fn header_entries(json: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let entries: OrderedObject = serde_json::from_slice(json)
+        .map_err(|e| format!("column \"headers\" is not a JSON object: {e}"))?;
+    Ok(entries
+        .0
+        .into_iter()
+        .filter_map(|(k, v)| match v {
+            serde_json::Value::String(s) => Some((k, s)),
+            _ => None,
+        })
+        .collect())
 }
 
 /// A JSON object's entries in document order (serde_json's `Map` sorts without the

@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "relay columns and publication",
         template: include_str!("../../sql/0002_relay_columns_and_publication.sql"),
     },
+    Migration {
+        version: 3,
+        name: "aggregate ordering index",
+        template: include_str!("../../sql/0003_aggregate_ordering_index.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serialises concurrent `migrate` runs in one database

@@ -2,7 +2,9 @@
 //!
 //! - [`migrate`]: the embedded `sql/*.sql` migrations.
 //! - [`checks`]: preflight checks that turn a misconfigured server into one clear error.
-//! - [`status`]: the batched status writer, the only writer of delivery outcomes.
+//! - [`status`]: the batched status writer, the only writer of outcomes of streamed events.
+//! - [`sweep`]: the sweeper's claims (row leases), the outcomes of claimed rows, and the
+//!   backlog lookups of per-aggregate ordering.
 //! - [`Store`]: heartbeats and replication-slot helpers over a connection pool.
 //!
 //! The store never decides *what* to write (the dispatcher does) and never reports LSNs to
@@ -14,6 +16,7 @@ mod error;
 pub mod migrate;
 mod names;
 pub mod status;
+pub mod sweep;
 
 pub use error::StoreError;
 pub use migrate::MigrationReport;

@@ -211,13 +211,15 @@ impl fmt::Display for TableName {
 /// Derived names follow the Python Dispatchbox spelling for its table `outbox_event`
 /// (`idx_outbox_due`, `outbox_event_archive`, `idx_outbox_archive_date`,
 /// `archive_outbox_events`), so migrating an existing deployment adopts its objects instead
-/// of creating duplicates. Any other table `t` gets `t_due_idx`, `t_archive`,
-/// `t_archive_date_idx` and `archive_t` (all in the table's schema).
+/// of creating duplicates; the relay's own ordering index follows that style
+/// (`idx_outbox_aggregate`). Any other table `t` gets `t_due_idx`, `t_aggregate_idx`,
+/// `t_archive`, `t_archive_date_idx` and `archive_t` (all in the table's schema).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
     table: TableName,
     publication: Identifier,
     due_index: String,
+    aggregate_index: String,
     archive_table: String,
     archive_index: String,
     archive_function: String,
@@ -227,25 +229,29 @@ impl Names {
     /// Validates that every derived name fits PostgreSQL's identifier limit.
     pub fn new(table: TableName, publication: Identifier) -> Result<Self, NameError> {
         let n = table.name();
-        let (due_index, archive_table, archive_index, archive_function) = if n == PYTHON_TABLE {
-            (
-                "idx_outbox_due".to_owned(),
-                "outbox_event_archive".to_owned(),
-                "idx_outbox_archive_date".to_owned(),
-                "archive_outbox_events".to_owned(),
-            )
-        } else {
-            (
-                format!("{n}_due_idx"),
-                format!("{n}_archive"),
-                format!("{n}_archive_date_idx"),
-                format!("archive_{n}"),
-            )
-        };
+        let (due_index, aggregate_index, archive_table, archive_index, archive_function) =
+            if n == PYTHON_TABLE {
+                (
+                    "idx_outbox_due".to_owned(),
+                    "idx_outbox_aggregate".to_owned(),
+                    "outbox_event_archive".to_owned(),
+                    "idx_outbox_archive_date".to_owned(),
+                    "archive_outbox_events".to_owned(),
+                )
+            } else {
+                (
+                    format!("{n}_due_idx"),
+                    format!("{n}_aggregate_idx"),
+                    format!("{n}_archive"),
+                    format!("{n}_archive_date_idx"),
+                    format!("archive_{n}"),
+                )
+            };
         // The longest suffix decides how long a table name may be.
         let longest_suffix = "_archive_date_idx".len();
         for derived in [
             &due_index,
+            &aggregate_index,
             &archive_table,
             &archive_index,
             &archive_function,
@@ -263,6 +269,7 @@ impl Names {
             table,
             publication,
             due_index,
+            aggregate_index,
             archive_table,
             archive_index,
             archive_function,
@@ -282,6 +289,12 @@ impl Names {
     /// Name of the partial index on `next_run_at` used by workers and the sweeper.
     pub fn due_index(&self) -> &str {
         &self.due_index
+    }
+
+    /// Name of the partial index on `(aggregate_type, aggregate_id, id)` of outstanding rows,
+    /// used by per-aggregate ordering.
+    pub fn aggregate_index(&self) -> &str {
+        &self.aggregate_index
     }
 
     /// Unqualified name of the archive table (same schema as the outbox table).
@@ -310,6 +323,10 @@ impl Names {
             ("{{publication}}", self.publication.quoted()),
             ("{{publication_literal}}", self.publication.literal()),
             ("{{due_index}}", format!("\"{}\"", self.due_index)),
+            (
+                "{{aggregate_index}}",
+                format!("\"{}\"", self.aggregate_index),
+            ),
             (
                 "{{archive_table}}",
                 format!("\"{schema}\".\"{}\"", self.archive_table),
@@ -367,10 +384,12 @@ mod tests {
     fn python_table_keeps_python_derived_names() {
         let names = Names::new(TableName::default(), "dispatchbox".parse().unwrap()).unwrap();
         assert_eq!(names.due_index(), "idx_outbox_due");
+        assert_eq!(names.aggregate_index(), "idx_outbox_aggregate");
         assert_eq!(names.archive_table(), "outbox_event_archive");
         assert_eq!(names.archive_function(), "archive_outbox_events");
         let names = Names::new("app.events".parse().unwrap(), "p".parse().unwrap()).unwrap();
         assert_eq!(names.due_index(), "events_due_idx");
+        assert_eq!(names.aggregate_index(), "events_aggregate_idx");
         assert_eq!(names.archive_index(), "events_archive_date_idx");
     }
 

@@ -1,5 +1,6 @@
-//! The status writer: the only code that writes delivery outcomes onto outbox rows, and
-//! the only caller of [`Ack::settle`].
+//! The status writer: the only code that writes the outcomes of streamed events onto
+//! outbox rows, and the only caller of [`Ack::settle`]. (Rows a sweeper claimed are written
+//! by [`Store::write_claimed_outcomes`] with the same UPDATE, guarded by the claim token.)
 //!
 //! Settlements arrive on a bounded channel. The writer takes whatever is queued (up to
 //! `max_batch`, never waiting to fill a batch) and writes it with one prepared
@@ -32,7 +33,9 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
-use super::{Store, StoreError};
+use tokio_postgres::types::ToSql;
+
+use super::{Store, StoreError, TableName};
 use crate::replication::progress::Ack;
 
 /// Most rows written by one statement (`DISPATCHBOX_STATUS_BATCH_MAX`).
@@ -58,7 +61,7 @@ const SHUTDOWN_MISSING_ROW_GRACE: Duration = Duration::from_secs(1);
 /// Longest `last_error` stored; longer messages are cut (at a character boundary).
 const MAX_ERROR_BYTES: usize = 4096;
 
-/// The result of delivering one event.
+/// The result of delivering one event, or the decision not to deliver it yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Delivered: `status = 'done'`, `delivered_at = now()`.
@@ -75,6 +78,17 @@ pub enum Outcome {
         /// Why (stored in `last_error`).
         error: String,
     },
+    /// Not delivered and not an attempt: the event waits behind an earlier event of its
+    /// aggregate, or is scheduled for later. `status = 'retry'` with this `next_run_at`;
+    /// `attempts`, `last_error`, `last_error_at` and `delivered_at` are left as they are.
+    ///
+    /// Through the status writer it applies only to a row that is still `pending`: a row
+    /// that already moved on (done, dead, claimed by a sweeper, already deferred) is left
+    /// alone and the settlement counts as written.
+    Deferred {
+        /// When the sweeper may deliver it.
+        next_run_at: DateTime<Utc>,
+    },
 }
 
 impl Outcome {
@@ -82,23 +96,35 @@ impl Outcome {
     pub fn status(&self) -> &'static str {
         match self {
             Self::Done => "done",
-            Self::Retry { .. } => "retry",
+            Self::Retry { .. } | Self::Deferred { .. } => "retry",
             Self::Dead { .. } => "dead",
+        }
+    }
+
+    /// Delivery attempts this outcome accounts for.
+    pub(super) fn attempts(&self) -> i32 {
+        match self {
+            Self::Done | Self::Retry { .. } | Self::Dead { .. } => 1,
+            Self::Deferred { .. } => 0,
         }
     }
 
     fn error(&self) -> Option<String> {
         match self {
-            Self::Done => None,
+            Self::Done | Self::Deferred { .. } => None,
             Self::Retry { error, .. } | Self::Dead { error } => Some(sanitize_error(error)),
         }
     }
 
     fn next_run_at(&self) -> Option<DateTime<Utc>> {
         match self {
-            Self::Retry { next_run_at, .. } => Some(*next_run_at),
+            Self::Retry { next_run_at, .. } | Self::Deferred { next_run_at } => Some(*next_run_at),
             Self::Done | Self::Dead { .. } => None,
         }
+    }
+
+    fn is_deferred(&self) -> bool {
+        matches!(self, Self::Deferred { .. })
     }
 }
 
@@ -115,7 +141,7 @@ fn sanitize_error(error: &str) -> String {
     text
 }
 
-/// One delivery attempt's outcome for outbox row `id`.
+/// One delivery attempt's outcome (or a deferral) for outbox row `id`.
 #[derive(Debug)]
 pub struct Settlement {
     /// The outbox row.
@@ -125,6 +151,11 @@ pub struct Settlement {
     /// Settled once the outcome is committed; `None` for rows that did not come from the
     /// stream (the sweeper).
     pub ack: Option<Ack>,
+    /// Dropped by the writer once the statement that wrote this row committed, or once the
+    /// write was given up (row never appeared, writer stopped). Holders of clones can tell
+    /// from [`Arc::strong_count`] whether writes they handed over are still in flight
+    /// (e.g. parks of one aggregate).
+    pub written: Option<Arc<()>>,
 }
 
 /// Tuning of the status writer; see the `DEFAULT_*` constants for defaults.
@@ -221,7 +252,7 @@ impl StatusWriter {
         let (tx, rx) = mpsc::channel(config.channel_capacity.max(1));
         let stats = Arc::new(StatusWriterStats::default());
         let writer = Writer {
-            sql: update_statement(&store),
+            sql: outcome_update_sql(store.table(), UpdateGuard::Stream),
             store,
             config,
             stats: stats.clone(),
@@ -247,22 +278,111 @@ impl StatusWriter {
     }
 }
 
-fn update_statement(store: &Store) -> String {
+/// Which rows an outcome UPDATE may touch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum UpdateGuard {
+    /// Outcomes of streamed events (the status writer): any existing row, except that a
+    /// deferral applies only to a row still `pending`. Returns the updated ids plus the ids
+    /// of deferred rows that exist but are no longer pending (nothing to write: settled).
+    Stream,
+    /// Outcomes of rows a sweeper claimed: only rows still `processing` under the claim
+    /// token in `$7`, so a sweeper whose lease expired and was reclaimed by another cannot
+    /// overwrite the newer claim. Returns the updated ids.
+    Claimed,
+}
+
+/// The one outcome UPDATE, shared by the status writer and the sweeper. Parameters are the
+/// [`OutcomeColumns`] arrays, plus the claim token for [`UpdateGuard::Claimed`].
+///
+/// `attempts` is added, not set, so a deferral (0) leaves the count alone and merged
+/// settlements count every attempt. `last_error`/`last_error_at` change only with an
+/// error, `delivered_at` only on `done`; `claim_token` is always released.
+pub(super) fn outcome_update_sql(table: &TableName, guard: UpdateGuard) -> String {
+    let table = table.quoted();
+    let (condition, not_pending_deferrals) = match guard {
+        // A deferral must never pull back a row that moved on; the second SELECT reports
+        // such rows as handled. It reads the statement's snapshot: a row that was pending
+        // there but changed concurrently is in neither list and is simply retried.
+        UpdateGuard::Stream => (
+            "(NOT u.deferred OR t.status = 'pending')",
+            format!(
+                "
+          UNION ALL
+         SELECT t.id FROM {table} AS t JOIN u ON t.id = u.id
+          WHERE u.deferred AND t.status <> 'pending'"
+            ),
+        ),
+        UpdateGuard::Claimed => (
+            "t.claim_token = $7 AND t.status = 'processing'",
+            String::new(),
+        ),
+    };
     format!(
-        "UPDATE {table} AS t
-            SET status = u.status,
-                attempts = t.attempts + u.attempts,
-                delivered_at = CASE WHEN u.status = 'done' THEN now() ELSE t.delivered_at END,
-                last_error = COALESCE(u.error, t.last_error),
-                last_error_at = CASE WHEN u.error IS NULL THEN t.last_error_at ELSE now() END,
-                next_run_at = COALESCE(u.next_run_at, t.next_run_at),
-                claim_token = NULL
-           FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::int[])
-                AS u(id, status, error, next_run_at, attempts)
-          WHERE t.id = u.id
-      RETURNING t.id",
-        table = store.table().quoted()
+        "WITH u AS (
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[],
+                                  $5::int[], $6::bool[])
+                 AS u(id, status, error, next_run_at, attempts, deferred)
+         ), written AS (
+             UPDATE {table} AS t
+                SET status = u.status,
+                    attempts = t.attempts + u.attempts,
+                    delivered_at = CASE WHEN u.status = 'done' THEN now() ELSE t.delivered_at END,
+                    last_error = COALESCE(u.error, t.last_error),
+                    last_error_at = CASE WHEN u.error IS NULL THEN t.last_error_at ELSE now() END,
+                    next_run_at = COALESCE(u.next_run_at, t.next_run_at),
+                    claim_token = NULL
+               FROM u
+              WHERE t.id = u.id AND {condition}
+          RETURNING t.id
+         )
+         SELECT id FROM written{not_pending_deferrals}"
     )
+}
+
+/// The parameter arrays of [`outcome_update_sql`], one entry per row, sorted by id: a
+/// stable lock order makes deadlocks with other writers of the same rows rarer.
+#[derive(Debug, Default)]
+pub(super) struct OutcomeColumns {
+    ids: Vec<i64>,
+    statuses: Vec<&'static str>,
+    errors: Vec<Option<String>>,
+    next_run_ats: Vec<Option<DateTime<Utc>>>,
+    attempts: Vec<i32>,
+    deferred: Vec<bool>,
+}
+
+impl OutcomeColumns {
+    /// Columns for `(id, outcome, attempts)` rows; ids must be distinct.
+    pub(super) fn new<'a>(rows: impl IntoIterator<Item = (i64, &'a Outcome, i32)>) -> Self {
+        let mut rows: Vec<_> = rows.into_iter().collect();
+        rows.sort_unstable_by_key(|&(id, _, _)| id);
+        let mut columns = Self::default();
+        for (id, outcome, attempts) in rows {
+            columns.ids.push(id);
+            columns.statuses.push(outcome.status());
+            columns.errors.push(outcome.error());
+            columns.next_run_ats.push(outcome.next_run_at());
+            columns.attempts.push(attempts);
+            columns.deferred.push(outcome.is_deferred());
+        }
+        columns
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// `$1`..`$6`.
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 6] {
+        [
+            &self.ids,
+            &self.statuses,
+            &self.errors,
+            &self.next_run_ats,
+            &self.attempts,
+            &self.deferred,
+        ]
+    }
 }
 
 /// All settlements of one id that are written together; the newest outcome wins.
@@ -271,6 +391,8 @@ struct Row {
     id: i64,
     outcome: Outcome,
     acks: Vec<Ack>,
+    /// Dropped after the write (see [`Settlement::written`]).
+    guards: Vec<Arc<()>>,
     /// Delivery attempts this write accounts for.
     attempts: i32,
     /// Set once the row was not found: when that first happened and the current delay.
@@ -281,19 +403,22 @@ impl Row {
     fn new(settlement: Settlement) -> Self {
         Self {
             id: settlement.id,
+            attempts: settlement.outcome.attempts(),
             outcome: settlement.outcome,
             acks: settlement.ack.into_iter().collect(),
-            attempts: 1,
+            guards: settlement.written.into_iter().collect(),
             missing: None,
         }
     }
 
     fn merge(&mut self, newer: Settlement) {
+        self.attempts = self.attempts.saturating_add(newer.outcome.attempts());
         self.outcome = newer.outcome;
         self.acks.extend(newer.ack);
-        self.attempts = self.attempts.saturating_add(1);
+        self.guards.extend(newer.written);
     }
 
+    /// Settles the acks; the write guards go with `self`, after the acks.
     fn settle(self) {
         for ack in self.acks {
             ack.settle();
@@ -355,15 +480,8 @@ impl Writer {
     /// Writes `batch` and returns the ids the statement updated. Retries failed statements
     /// until one commits.
     async fn write(&self, batch: &[Row]) -> HashSet<i64> {
-        let mut rows: Vec<&Row> = batch.iter().collect();
-        // A stable lock order makes deadlocks with other writers of the same rows rarer.
-        rows.sort_unstable_by_key(|r| r.id);
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let statuses: Vec<&str> = rows.iter().map(|r| r.outcome.status()).collect();
-        let errors: Vec<Option<String>> = rows.iter().map(|r| r.outcome.error()).collect();
-        let next_run_ats: Vec<Option<DateTime<Utc>>> =
-            rows.iter().map(|r| r.outcome.next_run_at()).collect();
-        let attempts: Vec<i32> = rows.iter().map(|r| r.attempts).collect();
+        // `collect` merged settlements per id, so ids are distinct.
+        let columns = OutcomeColumns::new(batch.iter().map(|r| (r.id, &r.outcome, r.attempts)));
 
         let mut backoff = self.config.error_backoff_min;
         loop {
@@ -374,10 +492,7 @@ impl Writer {
                     .await
                     .map_err(|e| StoreError::db("status update", e))?;
                 let updated = client
-                    .query(
-                        &statement,
-                        &[&ids, &statuses, &errors, &next_run_ats, &attempts],
-                    )
+                    .query(&statement, &columns.params())
                     .await
                     .map_err(|e| StoreError::db("status update", e))?;
                 updated
@@ -395,17 +510,17 @@ impl Writer {
                         .fetch_add(written.len() as u64, Ordering::Relaxed);
                     self.stats
                         .last_batch_size
-                        .store(ids.len() as u64, Ordering::Relaxed);
+                        .store(columns.len() as u64, Ordering::Relaxed);
                     return written;
                 }
                 Err(err) => {
                     self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                     if err.is_transient() {
-                        tracing::warn!(error = %err, rows = ids.len(), retry_in = ?backoff, "status update failed; retrying");
+                        tracing::warn!(error = %err, rows = columns.len(), retry_in = ?backoff, "status update failed; retrying");
                     } else {
                         tracing::error!(
                             error = %err,
-                            rows = ids.len(),
+                            rows = columns.len(),
                             retry_in = ?backoff,
                             "status update failed and will keep failing until the database \
                              or the outbox table is fixed; retrying"
@@ -536,7 +651,12 @@ mod tests {
     use crate::replication::progress::Progress;
 
     fn settlement(id: i64, outcome: Outcome, ack: Option<Ack>) -> Settlement {
-        Settlement { id, outcome, ack }
+        Settlement {
+            id,
+            outcome,
+            ack,
+            written: None,
+        }
     }
 
     #[test]
@@ -587,6 +707,47 @@ mod tests {
         assert_eq!(batch.len(), 1);
         assert_eq!(batch[0].outcome, Outcome::Done);
         assert!(batch[0].missing.is_some(), "keeps its deadline");
+    }
+
+    #[test]
+    fn deferrals_count_no_attempt_and_guards_live_until_settled() {
+        let guard = Arc::new(());
+        let deferred = || Outcome::Deferred {
+            next_run_at: Utc::now(),
+        };
+        let mut inbox = vec![
+            Settlement {
+                id: 1,
+                outcome: deferred(),
+                ack: None,
+                written: Some(guard.clone()),
+            },
+            Settlement {
+                id: 2,
+                outcome: deferred(),
+                ack: None,
+                written: Some(guard.clone()),
+            },
+            settlement(
+                2,
+                Outcome::Retry {
+                    error: "x".into(),
+                    next_run_at: Utc::now(),
+                },
+                None,
+            ),
+        ];
+        let batch = collect(&mut inbox, &mut HashMap::new(), Instant::now());
+        assert_eq!(batch[0].attempts, 0);
+        assert_eq!(batch[1].attempts, 1);
+        assert_eq!(Arc::strong_count(&guard), 3);
+        let columns = OutcomeColumns::new(batch.iter().map(|r| (r.id, &r.outcome, r.attempts)));
+        assert_eq!(columns.deferred, vec![true, false]);
+        assert_eq!(columns.statuses, vec!["retry", "retry"]);
+        for row in batch {
+            row.settle();
+        }
+        assert_eq!(Arc::strong_count(&guard), 1);
     }
 
     #[test]

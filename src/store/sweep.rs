@@ -1,0 +1,358 @@
+//! The sweeper's SQL: claiming due rows under a lease, writing the outcomes of claimed
+//! rows, and the backlog questions the relay asks for per-aggregate ordering.
+//!
+//! Claims are row leases: `status = 'processing'`, `claim_token` = the claimer,
+//! `next_run_at` = lease expiry. They are taken with `FOR UPDATE SKIP LOCKED`, so any number
+//! of sweepers (one per relay replica) can claim at once without claiming a row twice or
+//! waiting on each other. Outcomes of claimed rows are written only under the same token,
+//! so a sweeper whose lease expired and was reclaimed cannot overwrite the newer claim.
+//!
+//! What a sweep covers is decided by row state alone: due `retry` rows, `processing` rows
+//! whose lease expired, and `pending` rows the stream should have delivered by now (older
+//! than a grace period, or created before a cutoff after a slot was recreated). It never
+//! uses an id or time watermark: ids do not commit in order, so "everything above the last
+//! id seen" would skip rows committed late.
+//!
+//! This module decides nothing about delivery: it does not choose outcomes, back off, or
+//! talk to sinks.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio_postgres::Row;
+
+use super::status::{outcome_update_sql, Outcome, OutcomeColumns, UpdateGuard};
+use super::{Store, StoreError};
+use crate::event::OutboxEvent;
+use crate::replication::relation::{header_entries, RowError};
+
+/// What one [`Store::claim_due`] call may claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimSettings {
+    /// Most rows claimed by one call; zero or less claims nothing.
+    pub batch: i64,
+    /// How long a claim holds: a row still `processing` this long after its claim is taken
+    /// to be abandoned and may be claimed again (by any sweeper).
+    pub lease: Duration,
+    /// How old a `pending` row must be before the sweeper takes it from the stream; rows
+    /// younger than this are left to the stream, which is about to deliver them.
+    pub grace: Duration,
+    /// Per-aggregate ordering: claim only the head of each aggregate (its lowest-id row
+    /// still `pending`, `retry` or `processing`), so a backlog drains in id order.
+    pub ordering: bool,
+    /// After a replication slot was (re)created: every `pending` row created before this
+    /// instant may have been missed by the stream and is claimed without waiting for the
+    /// grace period. Take it from [`Store::database_now`] once the slot exists.
+    pub pending_created_before: Option<DateTime<Utc>>,
+}
+
+/// Why a row was claimed (what its status was before the claim). A small closed set,
+/// usable as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClaimReason {
+    /// A `retry` row whose `next_run_at` has passed.
+    DueRetry,
+    /// A `processing` row whose lease expired: its claimer crashed or stalled.
+    ExpiredLease,
+    /// A `pending` row the stream did not deliver in time.
+    Missed,
+}
+
+impl ClaimReason {
+    /// `due_retry`, `expired_lease` or `missed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DueRetry => "due_retry",
+            Self::ExpiredLease => "expired_lease",
+            Self::Missed => "missed",
+        }
+    }
+
+    fn from_status(status: &str) -> Option<Self> {
+        match status {
+            "retry" => Some(Self::DueRetry),
+            "processing" => Some(Self::ExpiredLease),
+            "pending" => Some(Self::Missed),
+            _ => None,
+        }
+    }
+}
+
+/// One row claimed by [`Store::claim_due`]; it is `processing` under the caller's token
+/// until its outcome is written with [`Store::write_claimed_outcomes`] or the lease expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedEvent {
+    /// The row's id (also inside `event` when that mapped).
+    pub id: i64,
+    /// The row as the stream would have delivered it, or why it cannot be an event (e.g.
+    /// `headers` is not a JSON object): the caller should mark such a row `dead`.
+    pub event: Result<OutboxEvent, RowError>,
+    /// Delivery attempts recorded before this claim.
+    pub attempts: i32,
+    /// The row's status before this claim.
+    pub reason: ClaimReason,
+}
+
+/// A duration as whole microseconds for `$n::bigint * interval '1 microsecond'`.
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Statuses a row has while it still waits to be delivered; they make an aggregate's later
+/// rows wait (dead rows do not: a dead-lettered event must not stall its aggregate forever).
+const OUTSTANDING: &str = "('pending', 'retry', 'processing')";
+
+impl Store {
+    /// Claims up to `settings.batch` due rows for the claimer `token` (unique per claimer)
+    /// and returns them in id order.
+    ///
+    /// Claimed: `retry` rows that are due, `processing` rows whose lease expired, and
+    /// `pending` rows that are due and older than `grace` (or created before
+    /// `pending_created_before`). Each becomes `processing` with `claim_token = token` and
+    /// `next_run_at = now() + lease`; `attempts` is not touched (the outcome write counts
+    /// the attempt). Concurrent callers never claim the same row.
+    ///
+    /// A row whose columns cannot form an event is claimed too and returned with a
+    /// [`RowError`], so one bad row cannot block the sweep.
+    pub async fn claim_due(
+        &self,
+        token: &str,
+        settings: &ClaimSettings,
+    ) -> Result<Vec<ClaimedEvent>, StoreError> {
+        const CONTEXT: &str = "sweeper claim";
+        if settings.batch <= 0 {
+            return Ok(Vec::new());
+        }
+        let table = self.table().quoted();
+        // Per-aggregate ordering: a row is claimable only when no lower id of its aggregate
+        // is still outstanding (pending rows included: the stream may be delivering them).
+        // The subquery's predicate matches the partial aggregate index of migration 3
+        // exactly, so it is one index probe per candidate. It reads the statement's
+        // snapshot, which errs on the safe side: a lower row settled after the snapshot
+        // still blocks, until the next sweep.
+        let head_only = if settings.ordering {
+            format!(
+                "AND NOT EXISTS (
+                       SELECT 1 FROM {table} AS earlier
+                        WHERE earlier.aggregate_type = t.aggregate_type
+                          AND earlier.aggregate_id = t.aggregate_id
+                          AND earlier.id < t.id
+                          AND earlier.status IN {OUTSTANDING})"
+            )
+        } else {
+            String::new()
+        };
+        // Candidates are found through the due index (`next_run_at` of outstanding rows);
+        // `next_run_at <= now()` doubles as "lease expired" for processing rows. SKIP LOCKED
+        // passes over rows another sweeper is claiming; a row another sweeper claimed and
+        // committed since our snapshot is re-checked on its newest version and fails
+        // `next_run_at <= now()` (its lease is in the future), so it is not claimed twice.
+        // `created_at < NULL` is null, so an unset cutoff adds nothing.
+        // ORDER BY id: oldest first, and a stable lock order.
+        let sql = format!(
+            "WITH due AS (
+                 SELECT t.id, t.status AS claimed_from, t.next_run_at AS due_at
+                   FROM {table} AS t
+                  WHERE t.status IN {OUTSTANDING}
+                    AND t.next_run_at <= now()
+                    AND (t.status IN ('retry', 'processing')
+                         OR t.created_at <= now() - $3::bigint * interval '1 microsecond'
+                         OR t.created_at < $4::timestamptz)
+                    {head_only}
+                  ORDER BY t.id
+                  LIMIT $1
+                    FOR UPDATE OF t SKIP LOCKED
+             )
+             UPDATE {table} AS t
+                SET status = 'processing',
+                    claim_token = $2,
+                    next_run_at = now() + $5::bigint * interval '1 microsecond'
+               FROM due
+              WHERE t.id = due.id
+          RETURNING t.id, due.claimed_from, t.attempts, t.aggregate_type, t.aggregate_id,
+                    t.event_type, t.payload::text, t.headers::text, t.created_at, due.due_at"
+        );
+        let client = self.client(CONTEXT).await?;
+        let statement = client
+            .prepare_cached(&sql)
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &settings.batch,
+                    &token,
+                    &micros(settings.grace),
+                    &settings.pending_created_before,
+                    &micros(settings.lease),
+                ],
+            )
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let mut claimed = rows
+            .iter()
+            .map(claimed_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        claimed.sort_unstable_by_key(|c| c.id);
+        Ok(claimed)
+    }
+
+    /// Writes the outcomes of rows claimed under `token` and releases their claims. Only
+    /// rows still `processing` under `token` are written: a row whose lease expired and was
+    /// claimed again, or that was settled meanwhile, is left alone. Returns the ids written
+    /// (in id order); an id missing from it lost its claim and its outcome was discarded.
+    ///
+    /// Each outcome counts one attempt, except [`Outcome::Deferred`] (back to `retry`
+    /// without an attempt). If an id appears twice, the later outcome wins.
+    pub async fn write_claimed_outcomes(
+        &self,
+        token: &str,
+        outcomes: &[(i64, Outcome)],
+    ) -> Result<Vec<i64>, StoreError> {
+        const CONTEXT: &str = "sweeper outcome update";
+        if outcomes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let latest: BTreeMap<i64, &Outcome> = outcomes.iter().map(|(id, o)| (*id, o)).collect();
+        let columns = OutcomeColumns::new(latest.iter().map(|(&id, o)| (id, *o, o.attempts())));
+        let sql = outcome_update_sql(self.table(), UpdateGuard::Claimed);
+        let client = self.client(CONTEXT).await?;
+        let statement = client
+            .prepare_cached(&sql)
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let [p1, p2, p3, p4, p5, p6] = columns.params();
+        let rows = client
+            .query(&statement, &[p1, p2, p3, p4, p5, p6, &token])
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let mut written = rows
+            .iter()
+            .map(|r| r.try_get::<_, i64>(0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        written.sort_unstable();
+        Ok(written)
+    }
+
+    /// Aggregates `(aggregate_type, aggregate_id)` with rows in `retry` or `processing`:
+    /// the ones whose later events must wait (read at startup to rebuild that knowledge).
+    pub async fn backlogged_aggregates(&self) -> Result<Vec<(String, String)>, StoreError> {
+        const CONTEXT: &str = "backlogged aggregates lookup";
+        // `status IN ('retry','processing')` implies the aggregate index's predicate, so
+        // the planner can read the (small) partial index instead of the table.
+        let sql = format!(
+            "SELECT DISTINCT aggregate_type, aggregate_id FROM {}
+              WHERE status IN ('retry', 'processing')",
+            self.table().quoted()
+        );
+        let client = self.client(CONTEXT).await?;
+        let rows = client
+            .query(&sql, &[])
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, tokio_postgres::Error>>()
+            .map_err(|e| StoreError::db(CONTEXT, e))
+    }
+
+    /// Whether the aggregate has rows in `retry` or `processing` (one index probe).
+    pub async fn aggregate_has_backlog(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<bool, StoreError> {
+        const CONTEXT: &str = "aggregate backlog lookup";
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE aggregate_type = $1 AND aggregate_id = $2
+                              AND status IN ('retry', 'processing'))",
+            self.table().quoted()
+        );
+        let client = self.client(CONTEXT).await?;
+        let statement = client
+            .prepare_cached(&sql)
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        client
+            .query_one(&statement, &[&aggregate_type, &aggregate_id])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| StoreError::db(CONTEXT, e))
+    }
+
+    /// The earliest `next_run_at` among `retry` and `processing` rows (when the next retry
+    /// is due or the next lease expires), or `None` when there are none. Lets a sweeper
+    /// sleep until then instead of polling.
+    pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        const CONTEXT: &str = "next due lookup";
+        // Reads the due index in next_run_at order and stops at the first match.
+        let sql = format!(
+            "SELECT min(next_run_at) FROM {} WHERE status IN ('retry', 'processing')",
+            self.table().quoted()
+        );
+        let client = self.client(CONTEXT).await?;
+        client
+            .query_one(&sql, &[])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| StoreError::db(CONTEXT, e))
+    }
+
+    /// The database's clock (`now()`). Use it, not the relay's clock, for
+    /// [`ClaimSettings::pending_created_before`]: `created_at` is set by the database.
+    pub async fn database_now(&self) -> Result<DateTime<Utc>, StoreError> {
+        const CONTEXT: &str = "database clock";
+        let client = self.client(CONTEXT).await?;
+        client
+            .query_one("SELECT now()", &[])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| StoreError::db(CONTEXT, e))
+    }
+}
+
+/// Maps one `RETURNING` row of the claim. A failure to read a column is a store error
+/// (the statement and the table disagree); a bad `headers` value is the row's own problem.
+fn claimed_event(row: &Row) -> Result<ClaimedEvent, StoreError> {
+    const CONTEXT: &str = "sweeper claim";
+    let db = |e| StoreError::db(CONTEXT, e);
+    let id: i64 = row.try_get(0).map_err(db)?;
+    let claimed_from: &str = row.try_get(1).map_err(db)?;
+    let reason = ClaimReason::from_status(claimed_from).ok_or_else(|| StoreError::Unexpected {
+        context: CONTEXT.into(),
+        detail: format!("row {id} was claimed from status {claimed_from:?}"),
+    })?;
+    let attempts: i32 = row.try_get(2).map_err(db)?;
+    let headers: Option<&str> = row.try_get(7).map_err(db)?;
+    let headers = match headers {
+        None => Ok(Vec::new()),
+        Some(text) => header_entries(text.as_bytes()),
+    };
+    let event = match headers {
+        Ok(headers) => Ok(OutboxEvent {
+            id,
+            aggregate_type: row.try_get(3).map_err(db)?,
+            aggregate_id: row.try_get(4).map_err(db)?,
+            event_type: row.try_get(5).map_err(db)?,
+            // `payload::text` is the type's output function, the same text pgoutput sends.
+            payload: Bytes::from(row.try_get::<_, String>(6).map_err(db)?),
+            headers,
+            created_at: row.try_get(8).map_err(db)?,
+            next_run_at: Some(row.try_get(9).map_err(db)?),
+        }),
+        Err(reason) => Err(RowError {
+            id: Some(id),
+            reason,
+        }),
+    };
+    Ok(ClaimedEvent {
+        id,
+        event,
+        attempts,
+        reason,
+    })
+}
