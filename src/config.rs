@@ -394,12 +394,12 @@ impl Config {
         let ordering = match raw.ordering.trim() {
             "aggregate" => true,
             "none" => false,
-            other => {
-                return Err(ConfigError::new(
-                    "DISPATCHBOX_ORDERING",
-                    format!("{other:?} is not valid; use aggregate (per-aggregate commit order) or none"),
-                ))
-            }
+            other => return Err(ConfigError::new(
+                "DISPATCHBOX_ORDERING",
+                format!(
+                    "{other:?} is not valid; use aggregate (per-aggregate commit order) or none"
+                ),
+            )),
         };
         let sink_names: Vec<&str> = sinks.iter().map(|k| k.name()).collect();
         let router = Router::parse(raw.routes.as_deref(), &sink_names)
@@ -671,7 +671,10 @@ mod tests {
         let config = Config::from_vars(vars(&[
             ("DISPATCHBOX_SINKS", "webhook"),
             ("DISPATCHBOX_WEBHOOK_URL", "https://hooks.example.com/x"),
-            ("DISPATCHBOX_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            (
+                "DISPATCHBOX_WEBHOOK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
         ]))
         .expect("config");
         let webhook = config.webhook.expect("webhook");

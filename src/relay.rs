@@ -21,7 +21,6 @@ use crate::config::{Config, SinkKind};
 use crate::dispatch::backoff::Backoff;
 use crate::dispatch::ordering::BlockedAggregates;
 use crate::dispatch::{self, Deliverer, DispatchConfig, RetryPolicy};
-use crate::sweeper::{self, SweepConfig};
 use crate::replication::lsn::Lsn;
 use crate::replication::progress::Progress;
 use crate::replication::source::{self, SourceConfig, SourceError};
@@ -31,6 +30,7 @@ use crate::sink::webhook::{WebhookSink, WebhookSinkConfig};
 use crate::sink::Sink;
 use crate::store::status::{StatusWriter, StatusWriterConfig};
 use crate::store::{checks, Store};
+use crate::sweeper::{self, SweepConfig};
 
 /// Why the relay stopped with an error.
 #[derive(Debug, thiserror::Error)]

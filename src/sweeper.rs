@@ -48,7 +48,11 @@ pub struct SweepConfig {
 /// A lease holder name unique to this process.
 pub fn claim_token() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".to_owned());
-    format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
 /// Runs until `shutdown`. `catch_up` carries the cut-off after a slot was (re)created.
@@ -75,13 +79,19 @@ pub async fn run(
                 cutoff = *catch_up.borrow_and_update();
             }
         }
-        match sweep(&store, &deliverer, &blocked, &config, &token, cutoff, &shutdown).await {
+        match sweep(
+            &store, &deliverer, &blocked, &config, &token, cutoff, &shutdown,
+        )
+        .await
+        {
             Ok(()) => {
                 if let Some(at) = cutoff.take() {
                     tracing::info!(created_before = %at, "caught up on rows the replication slot cannot stream");
                 }
             }
-            Err(error) => tracing::warn!(error = %error, "sweep failed; retrying at the next interval"),
+            Err(error) => {
+                tracing::warn!(error = %error, "sweep failed; retrying at the next interval")
+            }
         }
         wake = next_wake(&store, config.interval).await;
     }
@@ -144,13 +154,23 @@ async fn deliver_claimed(
         match row.event {
             Ok(event) => {
                 let event = Arc::new(event);
-                tracing::debug!(event_id = event.id, attempt, reason = row.reason.as_str(), "sweeper delivering");
+                tracing::debug!(
+                    event_id = event.id,
+                    attempt,
+                    reason = row.reason.as_str(),
+                    "sweeper delivering"
+                );
                 let delivery = deliverer.deliver(event.clone());
                 deliveries.push(async move { (event, attempt, delivery.await) });
             }
             Err(error) => {
                 tracing::warn!(event_id = row.id, error = %error.reason, "outbox row cannot be delivered; marking it dead");
-                outcomes.push((row.id, Outcome::Dead { error: error.reason }));
+                outcomes.push((
+                    row.id,
+                    Outcome::Dead {
+                        error: error.reason,
+                    },
+                ));
             }
         }
     }

@@ -68,7 +68,12 @@ async fn row(client: &tokio_postgres::Client, id: i64) -> Row {
     }
 }
 
-async fn wait_status(client: &tokio_postgres::Client, id: i64, status: &str, within: Duration) -> Row {
+async fn wait_status(
+    client: &tokio_postgres::Client,
+    id: i64,
+    status: &str,
+    within: Duration,
+) -> Row {
     eventually(within, &format!("event {id} to be {status}"), || async {
         let r = row(client, id).await;
         (r.status == status).then_some(r)
@@ -108,7 +113,8 @@ async fn setup(prefix: &str, extra: &[(&str, &str)]) -> Setup {
 #[tokio::test]
 async fn delivered_on_the_third_attempt_after_two_failures() {
     let s = setup("third", &[]).await;
-    s.receiver.respond(Rule::for_aggregate("A").fail_times(2, 500));
+    s.receiver
+        .respond(Rule::for_aggregate("A").fail_times(2, 500));
     let id = insert(&s.client, "A", "order.placed").await;
     let r = wait_status(&s.client, id, "done", Duration::from_secs(30)).await;
     assert_eq!(r.attempts, 3);
@@ -119,7 +125,10 @@ async fn delivered_on_the_third_attempt_after_two_failures() {
     for (n, pair) in requests.windows(2).enumerate() {
         let gap = pair[1].arrived - pair[0].arrived;
         let ceiling = Duration::from_secs(1 << n);
-        assert!(gap <= ceiling + slack, "gap {n} was {gap:?}, ceiling {ceiling:?}");
+        assert!(
+            gap <= ceiling + slack,
+            "gap {n} was {gap:?}, ceiling {ceiling:?}"
+        );
     }
     drop(s.relay);
 }
@@ -138,8 +147,10 @@ async fn permanent_and_exhausted_failures_are_dead() {
         ],
     )
     .await;
-    s.receiver.respond(Rule::for_aggregate("always-500").always(500));
-    s.receiver.respond(Rule::for_aggregate("bad-request").always(400));
+    s.receiver
+        .respond(Rule::for_aggregate("always-500").always(500));
+    s.receiver
+        .respond(Rule::for_aggregate("bad-request").always(400));
     s.receiver.respond(Rule::for_aggregate("gone").always(410));
     let exhausted = insert(&s.client, "always-500", "order.placed").await;
     let bad = insert(&s.client, "bad-request", "order.placed").await;
@@ -217,7 +228,10 @@ async fn aggregate_order_is_kept_across_retries() {
         .collect();
     let mut delivered_order = a_sequence.clone();
     delivered_order.dedup();
-    assert_eq!(delivered_order, a_ids, "A's events out of commit order: {a_sequence:?}");
+    assert_eq!(
+        delivered_order, a_ids,
+        "A's events out of commit order: {a_sequence:?}"
+    );
     assert_eq!(a_sequence.len(), 7, "A1 three times, then A2..A5 once each");
 
     // B did not wait for A: all of B arrived before A1 finally succeeded.
@@ -245,7 +259,11 @@ async fn signatures_verify_with_an_independent_verifier() {
     let secrets = format!("{OLD} {NEW}");
     let s = setup("signed", &[("DISPATCHBOX_WEBHOOK_SECRET", &secrets)]).await;
     insert(&s.client, "S", "order.placed").await;
-    let request = s.receiver.wait_for(1, Duration::from_secs(20)).await.remove(0);
+    let request = s
+        .receiver
+        .wait_for(1, Duration::from_secs(20))
+        .await
+        .remove(0);
     for secret in [OLD, NEW] {
         let verifier = standardwebhooks::Webhook::new(secret).unwrap();
         verifier
@@ -272,7 +290,11 @@ async fn routes_by_event_type_and_dead_letters_unrouted_events() {
     set(&mut env, "DISPATCHBOX_SINKS", "kafka,webhook");
     set(&mut env, "DISPATCHBOX_KAFKA_BROKERS", &broker.bootstrap());
     set(&mut env, "DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT", "5s");
-    set(&mut env, "DISPATCHBOX_ROUTES", "order.*=kafka; invoice.*=webhook");
+    set(
+        &mut env,
+        "DISPATCHBOX_ROUTES",
+        "order.*=kafka; invoice.*=webhook",
+    );
     migrate(&env);
     let client = cluster.connect(&db).await;
     let _relay = start_streaming(&client, &env).await;
@@ -318,9 +340,16 @@ async fn two_relays_share_the_work_without_double_delivery() {
     }
     let first = start_streaming(&client, &env).await;
     let second = RelayProcess::start(&env);
-    eventually(Duration::from_secs(20), "the second relay to stand by", || async {
-        second.stderr().contains("in use by another process").then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the second relay to stand by",
+        || async {
+            second
+                .stderr()
+                .contains("in use by another process")
+                .then_some(())
+        },
+    )
     .await;
 
     for _ in 0..100 {
@@ -338,7 +367,10 @@ async fn two_relays_share_the_work_without_double_delivery() {
     }
     eventually(Duration::from_secs(90), "every row done", || async {
         let done: i64 = client
-            .query_one(&format!("SELECT count(*) FROM {TABLE} WHERE status = 'done'"), &[])
+            .query_one(
+                &format!("SELECT count(*) FROM {TABLE} WHERE status = 'done'"),
+                &[],
+            )
             .await
             .unwrap()
             .get(0);
@@ -354,13 +386,20 @@ async fn two_relays_share_the_work_without_double_delivery() {
 
     let mut per_id: HashMap<i64, usize> = HashMap::new();
     for request in receiver.requests() {
-        *per_id.entry(request.webhook_id().unwrap().parse().unwrap()).or_default() += 1;
+        *per_id
+            .entry(request.webhook_id().unwrap().parse().unwrap())
+            .or_default() += 1;
     }
-    assert_eq!(per_id.len(), total as usize, "every event reached the receiver");
+    assert_eq!(
+        per_id.len(),
+        total as usize,
+        "every event reached the receiver"
+    );
     for (id, n) in per_id {
         let expected = if id % 5 == 0 { 2 } else { 1 };
         assert_eq!(n, expected, "event {id} was sent {n} times");
     }
-    let sweeps = first.stderr().matches("sweeper").count() + second.stderr().matches("sweeper").count();
+    let sweeps =
+        first.stderr().matches("sweeper").count() + second.stderr().matches("sweeper").count();
     let _ = sweeps;
 }

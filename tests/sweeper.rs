@@ -70,7 +70,10 @@ async fn rows_from_before_the_slot_existed_are_delivered() {
     wait_done(&client, 1_000, Duration::from_secs(60)).await;
     let seen = counts(&relay.delivered_ids());
     assert_eq!(seen.len(), 1_000);
-    assert!(seen.values().all(|&n| n == 1), "a pre-slot row was delivered twice");
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "a pre-slot row was delivered twice"
+    );
 }
 
 /// Given a relay that is stopped, when its slot is dropped and 500 events are inserted,
@@ -102,7 +105,10 @@ async fn slot_dropped_while_stopped_loses_nothing() {
     wait_done(&client, 500, Duration::from_secs(60)).await;
     let seen = counts(&relay.delivered_ids());
     assert_eq!(seen.len(), 500);
-    assert!(seen.values().all(|&n| n == 1), "an event was delivered twice");
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "an event was delivered twice"
+    );
     assert!(
         relay.stderr().contains("does not exist"),
         "the relay should say the slot was missing:\n{}",
@@ -142,7 +148,10 @@ async fn scheduled_event_waits_until_it_is_due() {
         (count_status(&client, "done").await == 5).then_some(())
     })
     .await;
-    assert!(!relay.delivered_ids().contains(&scheduled_id), "delivered before it was due");
+    assert!(
+        !relay.delivered_ids().contains(&scheduled_id),
+        "delivered before it was due"
+    );
 
     let arrived = eventually(Duration::from_secs(20), "the scheduled event", || async {
         relay
@@ -152,8 +161,14 @@ async fn scheduled_event_waits_until_it_is_due() {
     })
     .await;
     let waited = arrived - inserted;
-    assert!(waited >= Duration::from_secs(3), "delivered after {waited:?}");
-    assert!(waited < Duration::from_secs(12), "delivered only after {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(3),
+        "delivered after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(12),
+        "delivered only after {waited:?}"
+    );
     let row = client
         .query_one(
             &format!("SELECT status, attempts FROM {TABLE} WHERE id = $1"),
@@ -185,7 +200,10 @@ async fn broker_outage_under_load_loses_nothing() {
             ("DISPATCHBOX_BACKOFF_BASE", "500ms".to_owned()),
             ("DISPATCHBOX_BACKOFF_MAX", "2s".to_owned()),
             ("DISPATCHBOX_MAX_ATTEMPTS", "50".to_owned()),
-            ("DISPATCHBOX_KAFKA_PROPERTY_RECONNECT_BACKOFF_MAX_MS", "500".to_owned()),
+            (
+                "DISPATCHBOX_KAFKA_PROPERTY_RECONNECT_BACKOFF_MAX_MS",
+                "500".to_owned(),
+            ),
         ]
         .map(|(k, v)| (k.to_owned(), v)),
     );
@@ -223,5 +241,8 @@ async fn broker_outage_under_load_loses_nothing() {
         .map(|r| r.header("id").unwrap().parse().unwrap())
         .collect();
     let missing: Vec<_> = ids.difference(&delivered).take(5).collect();
-    assert!(missing.is_empty(), "events missing from Kafka, e.g. {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "events missing from Kafka, e.g. {missing:?}"
+    );
 }

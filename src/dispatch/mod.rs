@@ -136,7 +136,10 @@ impl Deliverer {
         async move {
             let Some(started) = started else {
                 return Err(DeliveryError::Permanent {
-                    reason: format!("no route: no DISPATCHBOX_ROUTES rule matches event type {:?}", event.event_type),
+                    reason: format!(
+                        "no route: no DISPATCHBOX_ROUTES rule matches event type {:?}",
+                        event.event_type
+                    ),
                 });
             };
             let mut combined = Ok(());
@@ -180,11 +183,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut dispatcher = Dispatcher {
-        deliverer,
-        store,
-        blocked,
-        settlements,
-        config,
+        shared: Shared {
+            deliverer,
+            store,
+            blocked,
+            settlements,
+            config,
+        },
         in_flight: FuturesUnordered::new(),
         queued: HashMap::new(),
         queued_len: 0,
@@ -192,12 +197,17 @@ pub async fn run(
     dispatcher.run(input, shutdown).await;
 }
 
-struct Dispatcher {
+/// The dispatcher's state that is shared across awaits (must be `Sync`).
+struct Shared {
     deliverer: Deliverer,
     store: Store,
     blocked: BlockedAggregates,
     settlements: mpsc::Sender<Settlement>,
     config: DispatchConfig,
+}
+
+struct Dispatcher {
+    shared: Shared,
     in_flight: FuturesUnordered<InFlight>,
     /// Aggregates with a delivery in flight → events waiting behind it (ordering only).
     queued: HashMap<AggregateKey, VecDeque<(Arc<OutboxEvent>, Ack)>>,
@@ -207,11 +217,7 @@ struct Dispatcher {
 /// The dispatcher gave up because the status writer is gone.
 struct WriterGone;
 
-impl Dispatcher {
-    fn outstanding(&self) -> usize {
-        self.in_flight.len() + self.queued_len
-    }
-
+impl Shared {
     async fn settle(
         &self,
         id: i64,
@@ -231,95 +237,11 @@ impl Dispatcher {
             .map_err(|_| WriterGone)
     }
 
-    async fn run(&mut self, mut input: mpsc::Receiver<Work>, shutdown: CancellationToken) {
-        let mut input_open = true;
-        while input_open || !self.in_flight.is_empty() {
-            let can_take = input_open && self.outstanding() < self.config.max_in_flight;
-            let step = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                Some(delivered) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    self.finished(delivered).await
-                }
-                work = input.recv(), if can_take => match work {
-                    Some(Work::Deliver { event, ack }) => self.admit(event, ack).await,
-                    Some(Work::Unusable { id, reason, ack }) => {
-                        tracing::warn!(event_id = id, error = %reason, "outbox row cannot be delivered; marking it dead");
-                        self.settle(id, Outcome::Dead { error: reason }, ack, None).await
-                    }
-                    None => {
-                        input_open = false;
-                        Ok(())
-                    }
-                },
-            };
-            if step.is_err() {
-                return;
-            }
-        }
-        if self.in_flight.is_empty() {
-            return;
-        }
-        tracing::info!(
-            outstanding = self.in_flight.len(),
-            timeout = ?self.config.shutdown_timeout,
-            "waiting for in-flight deliveries"
-        );
-        let timeout = self.config.shutdown_timeout;
-        let drain = async {
-            while let Some((event, ack, result)) = self.in_flight.next().await {
-                let outcome = self.deliverer.policy.outcome(1, result);
-                if self.settle(event.id, outcome, ack, None).await.is_err() {
-                    return;
-                }
-            }
-        };
-        if tokio::time::timeout(timeout, drain).await.is_err() {
-            tracing::warn!(
-                "shutdown timeout reached with deliveries outstanding; they will be delivered again after restart"
-            );
-        }
-    }
-
-    /// Decides what to do with a streamed event: deliver, queue behind its aggregate, or
-    /// park in its row.
-    async fn admit(&mut self, event: Arc<OutboxEvent>, ack: Ack) -> Result<(), WriterGone> {
-        let scheduled = event
-            .next_run_at
-            .filter(|at| *at > Utc::now() + SCHEDULE_TOLERANCE);
-        if !self.config.ordering {
-            if let Some(at) = scheduled {
-                return self.park(event, ack, at, None).await;
-            }
-            self.start(event, ack);
-            return Ok(());
-        }
-
-        let key = key_of(&event);
-        if self.blocked.contains(&key) && !self.drained(&key).await {
-            let guard = self.blocked.park_guard(&key);
-            let at = scheduled.unwrap_or_else(Utc::now);
-            return self.park(event, ack, at, Some(guard)).await;
-        }
-        if let Some(at) = scheduled {
-            // Later events of the aggregate wait behind the scheduled one.
-            let guard = self.blocked.park_guard(&key);
-            return self.park(event, ack, at, Some(guard)).await;
-        }
-        if let Some(waiting) = self.queued.get_mut(&key) {
-            waiting.push_back((event, ack));
-            self.queued_len += 1;
-            return Ok(());
-        }
-        self.queued.insert(key, VecDeque::new());
-        self.start(event, ack);
-        Ok(())
-    }
-
     /// Asks the database (rate-limited) whether a blocked aggregate has drained, and
     /// unblocks it if so.
-    async fn drained(&self, key: &AggregateKey) -> bool {
-        if self.queued.contains_key(key) || !self.blocked.should_recheck(key) {
+    /// `in_delivery`: an event of the aggregate is being delivered or queued in memory.
+    async fn drained(&self, key: &AggregateKey, in_delivery: bool) -> bool {
+        if in_delivery || !self.blocked.should_recheck(key) {
             return false;
         }
         match self.store.aggregate_has_backlog(&key.0, &key.1).await {
@@ -343,30 +265,126 @@ impl Dispatcher {
         guard: Option<Arc<()>>,
     ) -> Result<(), WriterGone> {
         tracing::debug!(event_id = event.id, next_run_at = %at, "parking event in its row");
-        self.settle(
-            event.id,
-            Outcome::Deferred { next_run_at: at },
-            ack,
-            guard,
-        )
-        .await
+        self.settle(event.id, Outcome::Deferred { next_run_at: at }, ack, guard)
+            .await
+    }
+}
+
+impl Dispatcher {
+    fn outstanding(&self) -> usize {
+        self.in_flight.len() + self.queued_len
+    }
+
+    async fn run(&mut self, mut input: mpsc::Receiver<Work>, shutdown: CancellationToken) {
+        let mut input_open = true;
+        while input_open || !self.in_flight.is_empty() {
+            let can_take = input_open && self.outstanding() < self.shared.config.max_in_flight;
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(delivered) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.finished(delivered).await
+                }
+                work = input.recv(), if can_take => match work {
+                    Some(Work::Deliver { event, ack }) => self.admit(event, ack).await,
+                    Some(Work::Unusable { id, reason, ack }) => {
+                        tracing::warn!(event_id = id, error = %reason, "outbox row cannot be delivered; marking it dead");
+                        self.shared.settle(id, Outcome::Dead { error: reason }, ack, None).await
+                    }
+                    None => {
+                        input_open = false;
+                        Ok(())
+                    }
+                },
+            };
+            if step.is_err() {
+                return;
+            }
+        }
+        if self.in_flight.is_empty() {
+            return;
+        }
+        tracing::info!(
+            outstanding = self.in_flight.len(),
+            timeout = ?self.shared.config.shutdown_timeout,
+            "waiting for in-flight deliveries"
+        );
+        let timeout = self.shared.config.shutdown_timeout;
+        let drain = async {
+            while let Some((event, ack, result)) = self.in_flight.next().await {
+                let outcome = self.shared.deliverer.policy.outcome(1, result);
+                if self
+                    .shared
+                    .settle(event.id, outcome, ack, None)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(timeout, drain).await.is_err() {
+            tracing::warn!(
+                "shutdown timeout reached with deliveries outstanding; they will be delivered again after restart"
+            );
+        }
+    }
+
+    /// Decides what to do with a streamed event: deliver, queue behind its aggregate, or
+    /// park in its row.
+    async fn admit(&mut self, event: Arc<OutboxEvent>, ack: Ack) -> Result<(), WriterGone> {
+        let scheduled = event
+            .next_run_at
+            .filter(|at| *at > Utc::now() + SCHEDULE_TOLERANCE);
+        if !self.shared.config.ordering {
+            if let Some(at) = scheduled {
+                return self.shared.park(event, ack, at, None).await;
+            }
+            self.start(event, ack);
+            return Ok(());
+        }
+
+        let key = key_of(&event);
+        if self.shared.blocked.contains(&key)
+            && !self
+                .shared
+                .drained(&key, self.queued.contains_key(&key))
+                .await
+        {
+            let guard = self.shared.blocked.park_guard(&key);
+            let at = scheduled.unwrap_or_else(Utc::now);
+            return self.shared.park(event, ack, at, Some(guard)).await;
+        }
+        if let Some(at) = scheduled {
+            // Later events of the aggregate wait behind the scheduled one.
+            let guard = self.shared.blocked.park_guard(&key);
+            return self.shared.park(event, ack, at, Some(guard)).await;
+        }
+        if let Some(waiting) = self.queued.get_mut(&key) {
+            waiting.push_back((event, ack));
+            self.queued_len += 1;
+            return Ok(());
+        }
+        self.queued.insert(key, VecDeque::new());
+        self.start(event, ack);
+        Ok(())
     }
 
     fn start(&mut self, event: Arc<OutboxEvent>, ack: Ack) {
-        let delivery = self.deliverer.deliver(event.clone());
+        let delivery = self.shared.deliverer.deliver(event.clone());
         self.in_flight
             .push(Box::pin(async move { (event, ack, delivery.await) }));
     }
 
     /// A delivery finished: settle it, then release (or park) the events queued behind it.
     async fn finished(&mut self, (event, ack, result): Delivered) -> Result<(), WriterGone> {
-        let outcome = self.deliverer.policy.outcome(1, result);
+        let outcome = self.shared.deliverer.policy.outcome(1, result);
         // A failure blocks the aggregate; the guard keeps it blocked at least until the
         // `retry` row is written, so no later event can overtake it.
-        let guard = (self.config.ordering && matches!(outcome, Outcome::Retry { .. }))
-            .then(|| self.blocked.park_guard(&key_of(&event)));
-        self.settle(event.id, outcome, ack, guard).await?;
-        if !self.config.ordering {
+        let guard = (self.shared.config.ordering && matches!(outcome, Outcome::Retry { .. }))
+            .then(|| self.shared.blocked.park_guard(&key_of(&event)));
+        self.shared.settle(event.id, outcome, ack, guard).await?;
+        if !self.shared.config.ordering {
             return Ok(());
         }
         let key = key_of(&event);

@@ -133,6 +133,9 @@ mod tests {
         assert!(!blocked.should_recheck(&key("a")), "rate limited");
         blocked.unblock(&key("a"));
         assert!(!blocked.contains(&key("a")));
-        assert!(!blocked.should_recheck(&key("b")), "not blocked: nothing to check");
+        assert!(
+            !blocked.should_recheck(&key("b")),
+            "not blocked: nothing to check"
+        );
     }
 }

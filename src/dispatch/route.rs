@@ -16,7 +16,9 @@ pub enum RouteError {
     Shape { rule: String },
     #[error("rule {rule:?} has an invalid glob pattern: {reason}")]
     Pattern { rule: String, reason: String },
-    #[error("rule {rule:?} names sink {sink:?}, which is not enabled in DISPATCHBOX_SINKS ({enabled})")]
+    #[error(
+        "rule {rule:?} names sink {sink:?}, which is not enabled in DISPATCHBOX_SINKS ({enabled})"
+    )]
     UnknownSink {
         rule: String,
         sink: String,

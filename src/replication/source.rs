@@ -66,7 +66,10 @@ enum SlotLoss {
 }
 
 fn slot_loss(error: &ClientError) -> Option<SlotLoss> {
-    let message = error.server_error().map(|e| e.message.as_str()).unwrap_or("");
+    let message = error
+        .server_error()
+        .map(|e| e.message.as_str())
+        .unwrap_or("");
     match error.sqlstate() {
         Some("42704") if message.contains("replication slot") => Some(SlotLoss::Missing),
         Some("55000") if message.contains("replication slot") => Some(SlotLoss::Invalidated),
