@@ -394,12 +394,14 @@ impl Config {
         let ordering = match raw.ordering.trim() {
             "aggregate" => true,
             "none" => false,
-            other => return Err(ConfigError::new(
-                "DISPATCHBOX_ORDERING",
-                format!(
+            other => {
+                return Err(ConfigError::new(
+                    "DISPATCHBOX_ORDERING",
+                    format!(
                     "{other:?} is not valid; use aggregate (per-aggregate commit order) or none"
                 ),
-            )),
+                ))
+            }
         };
         let sink_names: Vec<&str> = sinks.iter().map(|k| k.name()).collect();
         let router = Router::parse(raw.routes.as_deref(), &sink_names)

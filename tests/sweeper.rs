@@ -194,8 +194,8 @@ async fn broker_outage_under_load_loses_nothing() {
         [
             ("DISPATCHBOX_SINKS", "kafka".to_owned()),
             ("DISPATCHBOX_KAFKA_BROKERS", broker.bootstrap()),
-            ("DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT", "10s".to_owned()),
-            ("DISPATCHBOX_SWEEP_LEASE", "30s".to_owned()),
+            ("DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT", "60s".to_owned()),
+            ("DISPATCHBOX_SWEEP_LEASE", "90s".to_owned()),
             ("DISPATCHBOX_SWEEP_INTERVAL", "1s".to_owned()),
             ("DISPATCHBOX_BACKOFF_BASE", "500ms".to_owned()),
             ("DISPATCHBOX_BACKOFF_MAX", "2s".to_owned()),
@@ -209,7 +209,7 @@ async fn broker_outage_under_load_loses_nothing() {
     );
     migrate(&env);
     let client = cluster.connect(&db).await;
-    let _relay = start_streaming(&client, &env).await;
+    let relay = start_streaming(&client, &env).await;
 
     let writer = {
         let client = cluster.connect(&db).await;
@@ -227,7 +227,28 @@ async fn broker_outage_under_load_loses_nothing() {
     broker.resume();
     writer.await.unwrap();
 
-    wait_done(&client, 4_000, Duration::from_secs(120)).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count_status(&client, "done").await != 4_000 {
+        if Instant::now() > deadline {
+            let stuck: Vec<String> = client
+                .query(
+                    &format!("SELECT status, count(*), max(attempts), max(last_error) FROM {TABLE} GROUP BY status"),
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| format!("{}: {} (max attempts {}, {:?})", r.get::<_, String>(0), r.get::<_, i64>(1), r.get::<_, i32>(2), r.get::<_, Option<String>>(3)))
+                .collect();
+            let log = relay.stderr();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            panic!(
+                "not all rows done: {stuck:?}\nrelay log (newest first):\n{}",
+                tail.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let ids: BTreeSet<i64> = client
         .query(&format!("SELECT id FROM {TABLE}"), &[])
         .await
