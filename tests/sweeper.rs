@@ -267,3 +267,66 @@ async fn broker_outage_under_load_loses_nothing() {
         "events missing from Kafka, e.g. {missing:?}"
     );
 }
+
+/// A slot invalidated because it retained more WAL than `max_slot_wal_keep_size` while the
+/// relay was down: the relay drops and recreates it, and the sweeper delivers the rows
+/// inserted meanwhile.
+#[tokio::test]
+async fn invalidated_slot_is_recreated_and_rows_are_swept() {
+    let cluster = TestCluster::start_with(support::postgres::ClusterOptions {
+        conf: vec![
+            "max_slot_wal_keep_size = '32MB'".into(),
+            "wal_keep_size = 0".into(),
+        ],
+        ..Default::default()
+    });
+    let db = cluster.create_database("invalidated").await;
+    let env = base_env(&cluster, &db);
+    migrate(&env);
+    let client = cluster.connect(&db).await;
+    let mut relay = start_streaming(&client, &env).await;
+    relay.terminate();
+    assert!(relay
+        .wait_exit(Duration::from_secs(30))
+        .expect("exit")
+        .success());
+
+    insert_events(&client, 200).await;
+    client
+        .batch_execute("CREATE TABLE filler (body text)")
+        .await
+        .unwrap();
+    let slot = format!("slot_{db}");
+    eventually(
+        Duration::from_secs(120),
+        "the slot to be invalidated",
+        || async {
+            client
+                .batch_execute(
+                    "INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 20000);
+                 SELECT pg_switch_wal(); CHECKPOINT;",
+                )
+                .await
+                .unwrap();
+            let status: Option<String> = client
+                .query_one(
+                    "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (status.as_deref() == Some("lost")).then_some(())
+        },
+    )
+    .await;
+
+    let relay = RelayProcess::start(&env);
+    wait_done(&client, 200, Duration::from_secs(60)).await;
+    let seen = counts(&relay.delivered_ids());
+    assert_eq!(seen.len(), 200);
+    assert!(relay.stderr().contains("invalidated"), "{}", relay.stderr());
+    // The recreated slot streams new events.
+    insert_events(&client, 5).await;
+    wait_done(&client, 205, Duration::from_secs(30)).await;
+}
