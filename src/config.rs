@@ -89,6 +89,12 @@ pub struct RawConfig {
     pub sweep_lease: String,
     #[envconfig(from = "DISPATCHBOX_SLOT_RECREATE_LIMIT", default = "3")]
     pub slot_recreate_limit: String,
+    #[envconfig(from = "DISPATCHBOX_HTTP_ADDR", default = "0.0.0.0:8080")]
+    pub http_addr: String,
+    #[envconfig(from = "DISPATCHBOX_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<String>,
     #[envconfig(from = "DISPATCHBOX_LOG_FORMAT")]
     pub log_format: Option<String>,
     #[envconfig(from = "DISPATCHBOX_LOG_LEVEL", default = "info")]
@@ -238,6 +244,10 @@ pub struct Config {
     pub sweep_lease: Duration,
     /// `DISPATCHBOX_SLOT_RECREATE_LIMIT`: slot recreations allowed per hour.
     pub slot_recreate_limit: u32,
+    /// `DISPATCHBOX_HTTP_ADDR`: where the admin HTTP server listens.
+    pub http_addr: std::net::SocketAddr,
+    /// `DISPATCHBOX_ADMIN_TOKEN` (or `_FILE`): bearer token of `/api/*`; `None` refuses the API.
+    pub admin_token: Option<Secret<String>>,
     /// `DISPATCHBOX_LOG_FORMAT`: `json` or `text`; `None` = json unless stdout is a terminal.
     pub log_format: Option<LogFormat>,
     /// `DISPATCHBOX_LOG_LEVEL`: a `tracing` filter (`info`, `debug`, `dispatchbox=debug,warn`).
@@ -503,7 +513,34 @@ impl Config {
 
         let names = Names::new(table, publication)
             .map_err(|e| ConfigError::new("DISPATCHBOX_TABLE", e.to_string()))?;
+        let http_addr = raw.http_addr.trim().parse().map_err(|_| {
+            ConfigError::new(
+                "DISPATCHBOX_HTTP_ADDR",
+                format!(
+                    "{:?} is not an address; use IP:PORT, e.g. 0.0.0.0:8080",
+                    raw.http_addr
+                ),
+            )
+        })?;
+        let admin_token =
+            match (&raw.admin_token, &raw.admin_token_file) {
+                (Some(_), Some(_)) => return Err(ConfigError::new(
+                    "DISPATCHBOX_ADMIN_TOKEN",
+                    "set either DISPATCHBOX_ADMIN_TOKEN or DISPATCHBOX_ADMIN_TOKEN_FILE, not both",
+                )),
+                (Some(token), None) => Some(token.clone()),
+                (None, Some(path)) => Some(read_secret_file("DISPATCHBOX_ADMIN_TOKEN_FILE", path)?),
+                (None, None) => None,
+            };
+        if admin_token.as_deref().is_some_and(|t| t.trim().len() < 16) {
+            return Err(ConfigError::new(
+                "DISPATCHBOX_ADMIN_TOKEN",
+                "must be at least 16 characters (e.g. openssl rand -hex 32)",
+            ));
+        }
         Ok(Config {
+            http_addr,
+            admin_token: admin_token.map(|t| Secret::new(t.trim().to_owned())),
             database,
             names,
             slot,

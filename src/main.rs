@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use dispatchbox::cli;
 use dispatchbox::config::Config;
 
 /// Transactional-outbox relay for PostgreSQL: streams outbox INSERTs from a logical
@@ -25,6 +26,16 @@ enum Command {
     Run,
     /// Create or upgrade the outbox table and the publication (idempotent).
     Migrate,
+    /// Check the database and the sinks; say what is wrong and how to fix it.
+    Check(cli::check::CheckArgs),
+    /// Show the replication slot, lag and row counts.
+    Status(cli::status::StatusArgs),
+    /// List, inspect, export and retry dead events.
+    Dead(cli::dead::DeadArgs),
+    /// Move old delivered (and optionally dead) rows to the archive table.
+    Archive(cli::archive::ArchiveArgs),
+    /// Exit 0 when the running relay's /health answers (for container health checks).
+    Healthcheck,
 }
 
 /// Exit code for invalid configuration.
@@ -34,6 +45,10 @@ const EXIT_FAILURE: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Healthcheck = cli.command {
+        // Needs only DISPATCHBOX_HTTP_ADDR: containers run it without the rest.
+        return cli::healthcheck::run_blocking();
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(error) => {
@@ -60,13 +75,19 @@ fn main() -> ExitCode {
                 tokio::spawn(dispatchbox::shutdown::cancel_on_signal(shutdown.clone()));
                 dispatchbox::relay::run(config, shutdown)
                     .await
+                    .map(|()| ExitCode::SUCCESS)
                     .map_err(anyhow::Error::from)
             }
-            Command::Migrate => dispatchbox::cli::migrate(&config).await,
+            Command::Migrate => cli::migrate::run(&config).await.map(|()| ExitCode::SUCCESS),
+            Command::Check(args) => cli::check::run(&config, &args).await,
+            Command::Status(args) => cli::status::run(&config, &args).await,
+            Command::Dead(args) => cli::dead::run(&config, &args).await,
+            Command::Archive(args) => cli::archive::run(&config, &args).await,
+            Command::Healthcheck => Ok(cli::healthcheck::run_blocking()),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             tracing::error!(error = %format!("{error:#}"), "dispatchbox stopped");
             eprintln!("dispatchbox: {error:#}");

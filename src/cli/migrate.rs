@@ -1,12 +1,11 @@
-//! Glue for the one-shot subcommands (`migrate`): connect, call the store, print a report
-//! for a human. The edge of the program, so errors are `anyhow` with context.
+//! `dispatchbox migrate`: applies the embedded migrations and reports what it did.
 
 use anyhow::Context;
 
 use crate::config::Config;
 
 /// `dispatchbox migrate`: applies the embedded migrations to the configured table.
-pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+pub async fn run(config: &Config) -> anyhow::Result<()> {
     let (mut client, connection) = config
         .database
         .connect_sql()
