@@ -188,7 +188,7 @@ async fn preflight(
     }
 }
 
-fn build_sinks(config: &Config) -> Result<Vec<Sink>, RelayError> {
+pub(crate) fn build_sinks(config: &Config) -> Result<Vec<Sink>, RelayError> {
     config
         .sinks
         .iter()

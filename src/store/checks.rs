@@ -1,14 +1,25 @@
 //! Preflight checks for `dispatchbox run` and `dispatchbox check`: read the server's
-//! settings, the role, the outbox table and the publication in a few catalog queries, then
-//! judge them with pure functions so every misconfiguration becomes one error that says
-//! what is wrong and how to fix it.
+//! settings, the role, the outbox table, the publication and the replication slot in a few
+//! catalog queries, then judge them with pure functions so every misconfiguration becomes
+//! one error that says what is wrong ([`CheckError::problem`]) and how to fix it
+//! ([`CheckError::fix`]).
+//!
+//! `run` stops at the first problem ([`preflight`]); `check` reports every judgement,
+//! passed or not, as a [`Finding`] ([`ServerFacts::findings`]). Both use the same
+//! judgements, so they can never disagree.
 //!
 //! Checks only read catalogs; they never change the server (that is `migrate`'s job).
 
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::names::Names;
-use super::StoreError;
+use super::report::{human_bytes, SlotStatus};
+use super::{SlotWalStatus, StoreError};
+use crate::conninfo::SqlConnectError;
 
 /// Oldest supported server (`server_version_num`): PostgreSQL 15 brings publication row
 /// filters, which sharding by several relays relies on.
@@ -36,55 +47,51 @@ const STATUS_COLUMNS: &[&str] = &[
 ];
 
 /// A configuration problem found by the checks. Every variant except
-/// [`CheckError::Database`] is definite: retrying will not help, an operator must act.
+/// [`CheckError::Database`], [`CheckError::Connect`] and [`CheckError::ConnectTimeout`] is
+/// definite: retrying will not help, an operator must act.
+///
+/// Displays as "problem; fix" (one line for logs); [`CheckError::problem`] and
+/// [`CheckError::fix`] give the two parts separately.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     /// The checks could not run.
-    #[error(transparent)]
     Database(#[from] StoreError),
+    /// The database could not be reached, or refused the login.
+    Connect {
+        /// Redacted URL of the database.
+        target: String,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+    /// The database did not answer in time.
+    ConnectTimeout {
+        /// Redacted URL of the database.
+        target: String,
+        /// How long the check waited.
+        timeout: Duration,
+    },
     /// The server is older than [`MIN_SERVER_VERSION_NUM`].
-    #[error(
-        "PostgreSQL {version} is too old: dispatchbox needs PostgreSQL 15 or newer \
-         (publication row filters and current pgoutput); upgrade the server"
-    )]
     ServerTooOld {
         /// `server_version` as the server reports it.
         version: String,
     },
     /// `wal_level` is not `logical`.
-    #[error(
-        "wal_level is {current:?} but logical decoding needs \"logical\"; run \
-         ALTER SYSTEM SET wal_level = logical and restart PostgreSQL (on a managed service \
-         enable its logical replication parameter, e.g. rds.logical_replication = 1)"
-    )]
     WalLevel {
         /// The current setting.
         current: String,
     },
     /// The role can neither stream from a slot nor is it a superuser.
-    #[error(
-        "role \"{role}\" lacks the REPLICATION attribute needed to stream from a replication \
-         slot; as a superuser run ALTER ROLE \"{role}\" REPLICATION"
-    )]
     NoReplicationPrivilege {
         /// The connected role.
         role: String,
     },
     /// The outbox table does not exist.
-    #[error(
-        "outbox table {table} does not exist; run `dispatchbox migrate` to create it, or set \
-         DISPATCHBOX_TABLE to the existing outbox table"
-    )]
     MissingTable {
         /// `schema.name`.
         table: String,
     },
     /// A column every outbox event needs is missing.
-    #[error(
-        "outbox table {table} has no column \"{column}\"; the relay needs id, aggregate_type, \
-         aggregate_id, event_type, payload (json or jsonb) and created_at, as in the Python \
-         Dispatchbox schema; add the column or point DISPATCHBOX_TABLE at an outbox table"
-    )]
     MissingEventColumn {
         /// `schema.name`.
         table: String,
@@ -92,10 +99,6 @@ pub enum CheckError {
         column: &'static str,
     },
     /// A column the status writer needs is missing: the table predates migration 2.
-    #[error(
-        "outbox table {table} has no column \"{column}\", which the relay writes delivery \
-         status into; run `dispatchbox migrate` to add it"
-    )]
     MissingStatusColumn {
         /// `schema.name`.
         table: String,
@@ -103,7 +106,6 @@ pub enum CheckError {
         column: &'static str,
     },
     /// A column has a type the relay cannot use.
-    #[error("column \"{column}\" of outbox table {table} has type {found}; it must be {expected}")]
     WrongColumnType {
         /// `schema.name`.
         table: String,
@@ -113,12 +115,10 @@ pub enum CheckError {
         found: String,
         /// What is accepted.
         expected: &'static str,
+        /// The type to convert it to.
+        convert_to: &'static str,
     },
     /// The publication does not exist.
-    #[error(
-        "publication \"{publication}\" does not exist; run `dispatchbox migrate`, or create it \
-         with CREATE PUBLICATION \"{publication}\" FOR TABLE {table} WITH (publish = 'insert')"
-    )]
     MissingPublication {
         /// The configured publication.
         publication: String,
@@ -126,10 +126,6 @@ pub enum CheckError {
         table: String,
     },
     /// The publication exists but does not include the outbox table.
-    #[error(
-        "publication \"{publication}\" does not include outbox table {table}; run \
-         ALTER PUBLICATION \"{publication}\" ADD TABLE {table}"
-    )]
     TableNotPublished {
         /// The configured publication.
         publication: String,
@@ -137,37 +133,423 @@ pub enum CheckError {
         table: String,
     },
     /// The publication publishes something other than exactly `insert`.
-    #[error(
-        "publication \"{publication}\" publishes {publishes}, but it must publish only insert: \
-         the relay writes delivery status back onto the outbox rows, and published updates \
-         would stream those writes back to it as events; run \
-         ALTER PUBLICATION \"{publication}\" SET (publish = 'insert')"
-    )]
     PublicationNotInsertOnly {
         /// The configured publication.
         publication: String,
         /// The published operations, comma separated (`insert, update`), or `nothing`.
         publishes: String,
     },
+    /// The slot's WAL was removed (`wal_status = lost`): it cannot stream any more.
+    SlotLost {
+        /// The configured slot.
+        slot: String,
+    },
+    /// The slot exists but is physical or uses another output plugin.
+    SlotNotPgoutput {
+        /// The configured slot.
+        slot: String,
+        /// Its plugin; `None` for a physical slot.
+        plugin: Option<String>,
+    },
+    /// The slot decodes another database (slot names are cluster-wide).
+    SlotOtherDatabase {
+        /// The configured slot.
+        slot: String,
+        /// The database it decodes.
+        database: String,
+        /// The database the relay is configured for.
+        expected: String,
+    },
 }
 
 impl CheckError {
     /// True only when the checks could not run for a transient reason.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Database(e) if e.is_transient())
+        match self {
+            Self::Database(e) | Self::Connect { source: e, .. } => e.is_transient(),
+            Self::ConnectTimeout { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// A failed connection attempt of `dispatchbox check`, with a hint chosen by its cause.
+    pub fn from_connect(error: SqlConnectError) -> Self {
+        match error {
+            SqlConnectError::Connect { target, source } => Self::Connect {
+                target,
+                source: StoreError::db("connection", source),
+            },
+            SqlConnectError::Pool { target, source } => Self::Connect {
+                target,
+                source: StoreError::Unexpected {
+                    context: "connection pool setup".into(),
+                    detail: source.to_string(),
+                },
+            },
+        }
+    }
+
+    /// The stable name of the check that produced this problem (the `check` field of a
+    /// [`Finding`]).
+    pub fn check(&self) -> &'static str {
+        match self {
+            Self::Database(_) | Self::Connect { .. } | Self::ConnectTimeout { .. } => "connection",
+            Self::ServerTooOld { .. } => "server_version",
+            Self::WalLevel { .. } => "wal_level",
+            Self::NoReplicationPrivilege { .. } => "replication_privilege",
+            Self::MissingTable { .. }
+            | Self::MissingEventColumn { .. }
+            | Self::MissingStatusColumn { .. }
+            | Self::WrongColumnType { .. } => "table",
+            Self::MissingPublication { .. }
+            | Self::TableNotPublished { .. }
+            | Self::PublicationNotInsertOnly { .. } => "publication",
+            Self::SlotLost { .. }
+            | Self::SlotNotPgoutput { .. }
+            | Self::SlotOtherDatabase { .. } => "slot",
+        }
+    }
+
+    /// What is wrong, without the fix.
+    pub fn problem(&self) -> String {
+        match self {
+            Self::Database(e) => e.to_string(),
+            Self::Connect { target, source } => {
+                format!("cannot connect to PostgreSQL at {target}: {source}")
+            }
+            Self::ConnectTimeout { target, timeout } => format!(
+                "PostgreSQL at {target} did not answer within {}",
+                humantime::format_duration(*timeout)
+            ),
+            Self::ServerTooOld { version } => format!(
+                "PostgreSQL {version} is too old: dispatchbox needs PostgreSQL 15 or newer \
+                 (publication row filters and current pgoutput)"
+            ),
+            Self::WalLevel { current } => {
+                format!("wal_level is {current:?} but logical decoding needs \"logical\"")
+            }
+            Self::NoReplicationPrivilege { role } => format!(
+                "role \"{role}\" lacks the REPLICATION attribute needed to stream from a \
+                 replication slot"
+            ),
+            Self::MissingTable { table } => format!("outbox table {table} does not exist"),
+            Self::MissingEventColumn { table, column } => format!(
+                "outbox table {table} has no column \"{column}\"; the relay needs id, \
+                 aggregate_type, aggregate_id, event_type, payload (json or jsonb) and \
+                 created_at, as in the Python Dispatchbox schema"
+            ),
+            Self::MissingStatusColumn { table, column } => format!(
+                "outbox table {table} has no column \"{column}\", which the relay writes \
+                 delivery status into"
+            ),
+            Self::WrongColumnType {
+                table,
+                column,
+                found,
+                expected,
+                ..
+            } => format!(
+                "column \"{column}\" of outbox table {table} has type {found}; it must be {expected}"
+            ),
+            Self::MissingPublication { publication, .. } => {
+                format!("publication \"{publication}\" does not exist")
+            }
+            Self::TableNotPublished { publication, table } => {
+                format!("publication \"{publication}\" does not include outbox table {table}")
+            }
+            Self::PublicationNotInsertOnly {
+                publication,
+                publishes,
+            } => format!(
+                "publication \"{publication}\" publishes {publishes}, but it must publish only \
+                 insert: the relay writes delivery status back onto the outbox rows, and \
+                 published updates would stream those writes back to it as events"
+            ),
+            Self::SlotLost { slot } => format!(
+                "replication slot \"{slot}\" was invalidated (wal_status lost): the WAL it needs \
+                 was removed, usually because it exceeded max_slot_wal_keep_size while no relay \
+                 was streaming"
+            ),
+            Self::SlotNotPgoutput { slot, plugin: None } => {
+                format!("replication slot \"{slot}\" is a physical slot, not a logical one")
+            }
+            Self::SlotNotPgoutput {
+                slot,
+                plugin: Some(plugin),
+            } => format!(
+                "replication slot \"{slot}\" uses the output plugin {plugin:?}; the relay needs \
+                 pgoutput"
+            ),
+            Self::SlotOtherDatabase {
+                slot,
+                database,
+                expected,
+            } => format!(
+                "replication slot \"{slot}\" decodes database {database:?}, not {expected:?}"
+            ),
+        }
+    }
+
+    /// The command or setting that fixes the problem, when an operator can act.
+    pub fn fix(&self) -> Option<String> {
+        let fix = match self {
+            Self::Database(_) => return None,
+            Self::Connect { source, .. } => connect_fix(source).to_owned(),
+            Self::ConnectTimeout { .. } => "check the host and port in DISPATCHBOX_DATABASE_URL \
+                 and the network path to it (firewalls, security groups)"
+                .to_owned(),
+            Self::ServerTooOld { .. } => "upgrade the server".to_owned(),
+            Self::WalLevel { .. } => "run ALTER SYSTEM SET wal_level = logical and restart \
+                 PostgreSQL (on a managed service enable its logical replication parameter, \
+                 e.g. rds.logical_replication = 1)"
+                .to_owned(),
+            Self::NoReplicationPrivilege { role } => {
+                format!("as a superuser run ALTER ROLE \"{role}\" REPLICATION")
+            }
+            Self::MissingTable { .. } => "run `dispatchbox migrate` to create it, or set \
+                 DISPATCHBOX_TABLE to the existing outbox table"
+                .to_owned(),
+            Self::MissingEventColumn { .. } => {
+                "add the column or point DISPATCHBOX_TABLE at an outbox table".to_owned()
+            }
+            Self::MissingStatusColumn { .. } => "run `dispatchbox migrate` to add it".to_owned(),
+            Self::WrongColumnType {
+                table,
+                column,
+                convert_to,
+                ..
+            } => format!(
+                "run ALTER TABLE {table} ALTER COLUMN \"{column}\" TYPE {convert_to} \
+                 USING \"{column}\"::{convert_to}"
+            ),
+            Self::MissingPublication { publication, table } => format!(
+                "run `dispatchbox migrate`, or create it with CREATE PUBLICATION \
+                 \"{publication}\" FOR TABLE {table} WITH (publish = 'insert')"
+            ),
+            Self::TableNotPublished { publication, table } => {
+                format!("run ALTER PUBLICATION \"{publication}\" ADD TABLE {table}")
+            }
+            Self::PublicationNotInsertOnly { publication, .. } => {
+                format!("run ALTER PUBLICATION \"{publication}\" SET (publish = 'insert')")
+            }
+            Self::SlotLost { slot } => format!(
+                "start `dispatchbox run`: it drops and recreates the slot, and the sweeper \
+                 re-delivers the rows written meanwhile (by hand: \
+                 SELECT pg_drop_replication_slot('{slot}'))"
+            ),
+            Self::SlotNotPgoutput { slot, .. } => format!(
+                "set DISPATCHBOX_SLOT to another name, or drop this slot if nothing else uses it \
+                 (SELECT pg_drop_replication_slot('{slot}')) so `dispatchbox run` recreates it"
+            ),
+            Self::SlotOtherDatabase { .. } => "slot names are cluster-wide: set \
+                 DISPATCHBOX_SLOT to a name used only for this database"
+                .to_owned(),
+        };
+        Some(fix)
+    }
+}
+
+impl fmt::Display for CheckError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.problem())?;
+        match self.fix() {
+            Some(fix) => write!(f, "; {fix}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The hint for a failed connection, by the server's SQLSTATE (none: network or TLS).
+fn connect_fix(source: &StoreError) -> &'static str {
+    match source.sqlstate().map(|code| code.code()) {
+        Some("28P01") => {
+            "check the user name and password in DISPATCHBOX_DATABASE_URL (or in the file \
+             DISPATCHBOX_DATABASE_URL_FILE names)"
+        }
+        Some("28000") => {
+            "the server refused this role from this address: add a pg_hba.conf line for it \
+             (e.g. host DBNAME ROLE ADDRESS/32 scram-sha-256), reload PostgreSQL, and make sure \
+             the role has LOGIN"
+        }
+        Some("3D000") => {
+            "fix the database name in DISPATCHBOX_DATABASE_URL, or create the database"
+        }
+        Some("53300") => {
+            "the server has no free connection slots: raise max_connections or shrink other \
+             clients' pools"
+        }
+        Some("57P03") => {
+            "the server is starting, stopping or in recovery; try again once it accepts \
+             connections"
+        }
+        _ => {
+            "check that PostgreSQL is running and reachable at the host and port of \
+             DISPATCHBOX_DATABASE_URL (listen_addresses, pg_hba.conf, firewalls) and that \
+             sslmode matches the server"
+        }
     }
 }
 
 /// Something that works but an operator should know about.
+///
+/// Displays as "problem; fix" like [`CheckError`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CheckWarning {
     /// Slots may retain WAL without limit.
-    #[error(
-        "max_slot_wal_keep_size is -1 (unlimited): a stopped relay makes its slot retain WAL \
-         until the disk fills; set a limit (e.g. ALTER SYSTEM SET max_slot_wal_keep_size = '50GB'); \
-         a slot that exceeds it is invalidated, and the relay recreates it and sweeps"
-    )]
     UnlimitedSlotWal,
+    /// The slot does not exist yet; `run` creates it.
+    SlotMissing {
+        /// The configured slot.
+        slot: String,
+    },
+    /// The slot retains more than `max_wal_size` of WAL.
+    SlotExtended {
+        /// The configured slot.
+        slot: String,
+        /// Unconfirmed WAL, when known.
+        lag_bytes: Option<i64>,
+    },
+    /// The slot will be invalidated at the next checkpoint unless it catches up.
+    SlotUnreserved {
+        /// The configured slot.
+        slot: String,
+        /// Unconfirmed WAL, when known.
+        lag_bytes: Option<i64>,
+    },
+}
+
+impl CheckWarning {
+    /// The stable name of the check that produced this warning.
+    pub fn check(&self) -> &'static str {
+        match self {
+            Self::UnlimitedSlotWal => "max_slot_wal_keep_size",
+            Self::SlotMissing { .. } | Self::SlotExtended { .. } | Self::SlotUnreserved { .. } => {
+                "slot"
+            }
+        }
+    }
+
+    /// What deserves attention, without the advice.
+    pub fn problem(&self) -> String {
+        let behind = |lag: &Option<i64>| match lag {
+            Some(bytes) => format!(", {} behind", human_bytes(*bytes)),
+            None => String::new(),
+        };
+        match self {
+            Self::UnlimitedSlotWal => "max_slot_wal_keep_size is -1 (unlimited): a stopped relay \
+                 makes its slot retain WAL until the disk fills"
+                .to_owned(),
+            Self::SlotMissing { slot } => {
+                format!("replication slot \"{slot}\" does not exist yet")
+            }
+            Self::SlotExtended { slot, lag_bytes } => format!(
+                "replication slot \"{slot}\" retains more WAL than max_wal_size (wal_status \
+                 extended{})",
+                behind(lag_bytes)
+            ),
+            Self::SlotUnreserved { slot, lag_bytes } => format!(
+                "replication slot \"{slot}\" retains more WAL than max_slot_wal_keep_size allows \
+                 (wal_status unreserved{}): it will be invalidated at the next checkpoint unless \
+                 it catches up",
+                behind(lag_bytes)
+            ),
+        }
+    }
+
+    /// What to do about it.
+    pub fn fix(&self) -> String {
+        match self {
+            Self::UnlimitedSlotWal => "set a limit (e.g. ALTER SYSTEM SET \
+                 max_slot_wal_keep_size = '50GB'; then SELECT pg_reload_conf()); a slot that \
+                 exceeds it is invalidated, and the relay recreates it and sweeps"
+                .to_owned(),
+            Self::SlotMissing { .. } => "nothing to do: `dispatchbox run` creates it on start, \
+                 and its sweeper delivers rows inserted before then"
+                .to_owned(),
+            Self::SlotExtended { .. } => "make sure a relay is streaming from it and keeping up \
+                 (`dispatchbox status` shows the lag)"
+                .to_owned(),
+            Self::SlotUnreserved { .. } => "start the relay or find why it is stuck \
+                 (`dispatchbox status`); raise max_slot_wal_keep_size for more headroom"
+                .to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for CheckWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}; {}", self.problem(), self.fix())
+    }
+}
+
+/// How a [`Finding`] came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The check passed.
+    Ok,
+    /// Works, but deserves attention.
+    Warning,
+    /// Blocks running the relay (or means data needs re-delivery).
+    Error,
+}
+
+/// One judgement of `dispatchbox check`, passed or not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Stable name of the check: `connection`, `server_version`, `wal_level`,
+    /// `replication_privilege`, `table`, `publication`, `max_slot_wal_keep_size`, `slot`,
+    /// `sink.<name>`. One check may produce several findings.
+    pub check: String,
+    /// How it came out.
+    pub severity: Severity,
+    /// What was found.
+    pub message: String,
+    /// The command or setting that fixes it (`None` when it passed).
+    pub fix: Option<String>,
+}
+
+impl Finding {
+    /// A passed check.
+    pub fn ok(check: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            check: check.into(),
+            severity: Severity::Ok,
+            message: message.into(),
+            fix: None,
+        }
+    }
+
+    /// A failed check with its fix.
+    pub fn error(
+        check: impl Into<String>,
+        message: impl Into<String>,
+        fix: Option<String>,
+    ) -> Self {
+        Self {
+            check: check.into(),
+            severity: Severity::Error,
+            message: message.into(),
+            fix,
+        }
+    }
+}
+
+impl From<&CheckError> for Finding {
+    fn from(error: &CheckError) -> Self {
+        Finding::error(error.check(), error.problem(), error.fix())
+    }
+}
+
+impl From<&CheckWarning> for Finding {
+    fn from(warning: &CheckWarning) -> Self {
+        Self {
+            check: warning.check().to_owned(),
+            severity: Severity::Warning,
+            message: warning.problem(),
+            fix: Some(warning.fix()),
+        }
+    }
 }
 
 /// The publication as the catalogs describe it.
@@ -202,6 +584,8 @@ pub struct ServerFacts {
     pub superuser: bool,
     /// Whether the role has REPLICATION.
     pub replication: bool,
+    /// The connected database.
+    pub database: String,
     /// The outbox table's columns and types (`format_type`), or `None` if it does not exist.
     pub columns: Option<Vec<(String, String)>>,
     /// The publication, or `None` if it does not exist.
@@ -218,7 +602,7 @@ pub async fn gather(client: &Client, names: &Names) -> Result<ServerFacts, Store
                     current_setting('server_version'),
                     current_setting('wal_level'),
                     current_setting('max_slot_wal_keep_size', true),
-                    r.rolname::text, r.rolsuper, r.rolreplication
+                    r.rolname::text, r.rolsuper, r.rolreplication, current_database()::text
                FROM pg_catalog.pg_roles r
               WHERE r.rolname = current_user",
             &[],
@@ -280,47 +664,137 @@ pub async fn gather(client: &Client, names: &Names) -> Result<ServerFacts, Store
         role: server.get(4),
         superuser: server.get(5),
         replication: server.get(6),
+        database: server.get(7),
         columns,
         publication,
     })
+}
+
+/// One judgement: the check's name, what it reports when it passes, and its problems.
+struct Judgement {
+    check: &'static str,
+    passed: String,
+    problems: Vec<CheckError>,
 }
 
 impl ServerFacts {
     /// Every problem, in the order an operator should fix them (server, role, table,
     /// publication). Empty when the relay can run.
     pub fn problems(&self, names: &Names) -> Vec<CheckError> {
+        self.judgements(names)
+            .into_iter()
+            .flat_map(|j| j.problems)
+            .collect()
+    }
+
+    /// Settings that work but deserve an operator's attention.
+    pub fn warnings(&self) -> Vec<CheckWarning> {
+        let mut warnings = Vec::new();
+        if self.max_slot_wal_keep_size.as_deref() == Some("-1") {
+            warnings.push(CheckWarning::UnlimitedSlotWal);
+        }
+        warnings
+    }
+
+    /// Every judgement of `dispatchbox check`, passed or not, in the order an operator
+    /// should act on them: the server's problems, `max_slot_wal_keep_size`, then the
+    /// replication slot (its problems matter only to `check`: `run` recreates a lost slot).
+    pub fn findings(&self, names: &Names, slot: &SlotStatus) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        for judgement in self.judgements(names) {
+            if judgement.problems.is_empty() {
+                findings.push(Finding::ok(judgement.check, judgement.passed));
+            } else {
+                findings.extend(judgement.problems.iter().map(Finding::from));
+            }
+        }
+        let warnings = self.warnings();
+        match (&self.max_slot_wal_keep_size, warnings.is_empty()) {
+            (Some(size), true) => findings.push(Finding::ok(
+                "max_slot_wal_keep_size",
+                format!("max_slot_wal_keep_size is {size}"),
+            )),
+            _ => findings.extend(warnings.iter().map(Finding::from)),
+        }
+        let slot_problems = slot_problems(slot, &self.database);
+        let slot_warnings = slot_warnings(slot);
+        if slot_problems.is_empty() && slot_warnings.is_empty() {
+            findings.push(Finding::ok("slot", slot_summary(slot)));
+        }
+        findings.extend(slot_problems.iter().map(Finding::from));
+        findings.extend(slot_warnings.iter().map(Finding::from));
+        findings
+    }
+
+    fn judgements(&self, names: &Names) -> Vec<Judgement> {
         let table = names.table().to_string();
         let publication = names.publication().to_string();
-        let mut problems = Vec::new();
+
+        let mut version = Judgement {
+            check: "server_version",
+            passed: format!("server version {}", self.server_version),
+            problems: Vec::new(),
+        };
         if self.server_version_num < MIN_SERVER_VERSION_NUM {
-            problems.push(CheckError::ServerTooOld {
+            version.problems.push(CheckError::ServerTooOld {
                 version: self.server_version.clone(),
             });
         }
+
+        let mut wal_level = Judgement {
+            check: "wal_level",
+            passed: "wal_level is logical".to_owned(),
+            problems: Vec::new(),
+        };
         if self.wal_level != "logical" {
-            problems.push(CheckError::WalLevel {
+            wal_level.problems.push(CheckError::WalLevel {
                 current: self.wal_level.clone(),
             });
         }
+
+        let mut privilege = Judgement {
+            check: "replication_privilege",
+            passed: if self.superuser {
+                format!("role \"{}\" is a superuser", self.role)
+            } else {
+                format!("role \"{}\" has REPLICATION", self.role)
+            },
+            problems: Vec::new(),
+        };
         if !self.replication && !self.superuser {
-            problems.push(CheckError::NoReplicationPrivilege {
+            privilege.problems.push(CheckError::NoReplicationPrivilege {
                 role: self.role.clone(),
             });
         }
-        match &self.columns {
-            None => problems.push(CheckError::MissingTable {
-                table: table.clone(),
-            }),
-            Some(columns) => problems.extend(column_problems(&table, columns)),
-        }
+
+        let table_judgement = Judgement {
+            check: "table",
+            passed: format!("outbox table {table} has every column the relay uses"),
+            problems: match &self.columns {
+                None => vec![CheckError::MissingTable {
+                    table: table.clone(),
+                }],
+                Some(columns) => column_problems(&table, columns),
+            },
+        };
+
+        let mut publication_judgement = Judgement {
+            check: "publication",
+            passed: format!("publication \"{publication}\" publishes only the inserts of {table}"),
+            problems: Vec::new(),
+        };
         match &self.publication {
-            None => problems.push(CheckError::MissingPublication { publication, table }),
+            None => publication_judgement
+                .problems
+                .push(CheckError::MissingPublication { publication, table }),
             Some(p) => {
                 if !p.contains_table {
-                    problems.push(CheckError::TableNotPublished {
-                        publication: publication.clone(),
-                        table,
-                    });
+                    publication_judgement
+                        .problems
+                        .push(CheckError::TableNotPublished {
+                            publication: publication.clone(),
+                            table,
+                        });
                 }
                 if !p.insert || p.update || p.delete || p.truncate {
                     let published: Vec<&str> = [
@@ -332,28 +806,139 @@ impl ServerFacts {
                     .into_iter()
                     .filter_map(|(on, op)| on.then_some(op))
                     .collect();
-                    problems.push(CheckError::PublicationNotInsertOnly {
-                        publication,
-                        publishes: if published.is_empty() {
-                            "nothing".to_owned()
-                        } else {
-                            published.join(", ")
-                        },
-                    });
+                    publication_judgement
+                        .problems
+                        .push(CheckError::PublicationNotInsertOnly {
+                            publication,
+                            publishes: if published.is_empty() {
+                                "nothing".to_owned()
+                            } else {
+                                published.join(", ")
+                            },
+                        });
                 }
             }
         }
-        problems
-    }
 
-    /// Settings that work but deserve an operator's attention.
-    pub fn warnings(&self) -> Vec<CheckWarning> {
-        let mut warnings = Vec::new();
-        if self.max_slot_wal_keep_size.as_deref() == Some("-1") {
-            warnings.push(CheckWarning::UnlimitedSlotWal);
-        }
-        warnings
+        vec![
+            version,
+            wal_level,
+            privilege,
+            table_judgement,
+            publication_judgement,
+        ]
     }
+}
+
+/// Problems of the replication slot that `run` cannot stream through as is.
+fn slot_problems(slot: &SlotStatus, database: &str) -> Vec<CheckError> {
+    if !slot.exists {
+        return Vec::new();
+    }
+    let name = slot.name.clone();
+    if slot.plugin.as_deref() != Some("pgoutput") {
+        return vec![CheckError::SlotNotPgoutput {
+            slot: name,
+            plugin: slot.plugin.clone(),
+        }];
+    }
+    let mut problems = Vec::new();
+    if let Some(other) = slot.database.as_deref().filter(|d| *d != database) {
+        problems.push(CheckError::SlotOtherDatabase {
+            slot: name.clone(),
+            database: other.to_owned(),
+            expected: database.to_owned(),
+        });
+    }
+    if slot.wal_status == Some(SlotWalStatus::Lost) {
+        problems.push(CheckError::SlotLost { slot: name });
+    }
+    problems
+}
+
+/// States of the replication slot that work but need watching.
+fn slot_warnings(slot: &SlotStatus) -> Vec<CheckWarning> {
+    let name = slot.name.clone();
+    if !slot.exists {
+        return vec![CheckWarning::SlotMissing { slot: name }];
+    }
+    match slot.wal_status {
+        Some(SlotWalStatus::Extended) => vec![CheckWarning::SlotExtended {
+            slot: name,
+            lag_bytes: slot.lag_bytes,
+        }],
+        Some(SlotWalStatus::Unreserved) => vec![CheckWarning::SlotUnreserved {
+            slot: name,
+            lag_bytes: slot.lag_bytes,
+        }],
+        _ => Vec::new(),
+    }
+}
+
+/// "replication slot "x" exists (wal_status reserved, 1.2 KiB behind, active (pid 42))".
+fn slot_summary(slot: &SlotStatus) -> String {
+    let wal_status = slot.wal_status.map_or("unknown", SlotWalStatus::as_str);
+    let lag = slot.lag_bytes.map_or_else(
+        || "lag unknown".to_owned(),
+        |b| format!("{} behind", human_bytes(b)),
+    );
+    let activity = match slot.active_pid {
+        Some(pid) if slot.active => format!("streaming to pid {pid}"),
+        _ => "inactive".to_owned(),
+    };
+    format!(
+        "replication slot \"{}\" exists (wal_status {wal_status}, {lag}, {activity})",
+        slot.name
+    )
+}
+
+/// Accepted types per column (as `format_type` prints them, without type modifiers), as
+/// the decoder and the status writer read them. Optional columns are checked when present.
+const COLUMN_TYPES: &[(&str, &[&str], &str, &str)] = &[
+    // (column, accepted, described as, convert to)
+    (
+        "id",
+        &["bigint", "integer"],
+        "bigint (or integer)",
+        "bigint",
+    ),
+    ("aggregate_type", TEXT_TYPES, "text (or varchar)", "text"),
+    ("aggregate_id", TEXT_TYPES, "text (or varchar)", "text"),
+    ("event_type", TEXT_TYPES, "text (or varchar)", "text"),
+    ("payload", JSON_TYPES, "jsonb (or json)", "jsonb"),
+    ("headers", JSON_TYPES, "jsonb (or json)", "jsonb"),
+    ("created_at", TIMESTAMPTZ, "timestamptz", "timestamptz"),
+    ("next_run_at", TIMESTAMPTZ, "timestamptz", "timestamptz"),
+    ("last_error_at", TIMESTAMPTZ, "timestamptz", "timestamptz"),
+    ("delivered_at", TIMESTAMPTZ, "timestamptz", "timestamptz"),
+    ("status", TEXT_TYPES, "text (or varchar)", "text"),
+    ("claim_token", TEXT_TYPES, "text (or varchar)", "text"),
+    ("last_error", TEXT_TYPES, "text (or varchar)", "text"),
+    (
+        "attempts",
+        &["integer", "bigint", "smallint"],
+        "integer",
+        "integer",
+    ),
+];
+const TEXT_TYPES: &[&str] = &["text", "character varying"];
+const JSON_TYPES: &[&str] = &["jsonb", "json"];
+const TIMESTAMPTZ: &[&str] = &["timestamp with time zone"];
+
+/// `character varying(255)` → `character varying`, `timestamp(3) with time zone` →
+/// `timestamp with time zone`.
+fn without_typmod(ty: &str) -> String {
+    let mut out = String::with_capacity(ty.len());
+    let mut depth = 0_u32;
+    for c in ty.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            c if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
 }
 
 fn column_problems(table: &str, columns: &[(String, String)]) -> Vec<CheckError> {
@@ -380,22 +965,15 @@ fn column_problems(table: &str, columns: &[(String, String)]) -> Vec<CheckError>
             });
         }
     }
-    let typed: [(&'static str, &[&str], &'static str); 2] = [
-        (
-            "id",
-            &["bigint", "integer", "smallint"],
-            "bigint (or another integer type)",
-        ),
-        ("payload", &["json", "jsonb"], "json or jsonb"),
-    ];
-    for (column, accepted, expected) in typed {
+    for &(column, accepted, expected, convert_to) in COLUMN_TYPES {
         if let Some(found) = type_of(column) {
-            if !accepted.contains(&found) {
+            if !accepted.contains(&without_typmod(found).as_str()) {
                 problems.push(CheckError::WrongColumnType {
                     table: table.to_owned(),
                     column,
                     found: found.to_owned(),
                     expected,
+                    convert_to,
                 });
             }
         }
@@ -434,6 +1012,10 @@ mod tests {
                 let ty = match *c {
                     "id" => "bigint",
                     "payload" => "jsonb",
+                    "attempts" => "integer",
+                    "created_at" | "next_run_at" | "last_error_at" => "timestamp with time zone",
+                    "delivered_at" => "timestamp(3) with time zone",
+                    "aggregate_id" => "character varying(64)",
                     _ => "text",
                 };
                 (c.to_string(), ty.to_string())
@@ -447,6 +1029,7 @@ mod tests {
             role: "relay".into(),
             superuser: false,
             replication: true,
+            database: "app".into(),
             columns: Some(columns),
             publication: Some(PublicationFacts {
                 insert: true,

@@ -11,10 +11,12 @@
 //! the server (replication::progress owns that); it only executes and classifies failures
 //! as transient or definite ([`StoreError::is_transient`]).
 
+pub mod archive;
 pub mod checks;
 mod error;
 pub mod migrate;
 mod names;
+pub mod report;
 pub mod status;
 pub mod sweep;
 
