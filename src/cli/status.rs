@@ -54,7 +54,8 @@ fn age(seconds: f64) -> String {
 ///   wal_status       reserved (safe_wal_size 1023.5 MiB)
 ///
 /// outbox table public.outbox_event
-///   pending        12  oldest 3m 20s
+///   pending    12  oldest created 3m 20s ago
+///   processing  0
 ///   …
 /// ```
 fn text(status: &StatusReport) -> String {
@@ -132,7 +133,7 @@ fn text(status: &StatusReport) -> String {
         counts.pending,
         outbox
             .oldest_pending_age_seconds
-            .map(|s| format!("oldest {} old", age(s))),
+            .map(|s| format!("oldest created {} ago", age(s))),
     );
     line("processing", counts.processing, None);
     line(
@@ -140,7 +141,7 @@ fn text(status: &StatusReport) -> String {
         counts.retry,
         outbox
             .oldest_due_retry_overdue_seconds
-            .map(|s| format!("oldest due for {}", age(s))),
+            .map(|s| format!("oldest due {} ago", age(s))),
     );
     line("done", counts.done, None);
     line(

@@ -1108,4 +1108,162 @@ mod tests {
         facts.max_slot_wal_keep_size = Some("-1".into());
         assert_eq!(facts.warnings(), vec![CheckWarning::UnlimitedSlotWal]);
     }
+
+    fn slot(wal_status: SlotWalStatus) -> SlotStatus {
+        SlotStatus {
+            name: "dispatchbox".into(),
+            exists: true,
+            plugin: Some("pgoutput".into()),
+            database: Some("app".into()),
+            active: false,
+            active_pid: None,
+            client_application_name: None,
+            client_addr: None,
+            client_state: None,
+            confirmed_flush_lsn: Some("0/16B3748".into()),
+            restart_lsn: Some("0/16B3710".into()),
+            lag_bytes: Some(2048),
+            wal_status: Some(wal_status),
+            safe_wal_size: Some(1 << 30),
+        }
+    }
+
+    fn severities(findings: &[Finding], check: &str) -> Vec<Severity> {
+        findings
+            .iter()
+            .filter(|f| f.check == check)
+            .map(|f| f.severity)
+            .collect()
+    }
+
+    #[test]
+    fn every_check_reports_a_finding_when_healthy() {
+        let findings = healthy().findings(&names(), &slot(SlotWalStatus::Reserved));
+        let checks: Vec<&str> = findings.iter().map(|f| f.check.as_str()).collect();
+        assert_eq!(
+            checks,
+            [
+                "server_version",
+                "wal_level",
+                "replication_privilege",
+                "table",
+                "publication",
+                "max_slot_wal_keep_size",
+                "slot"
+            ]
+        );
+        assert!(findings
+            .iter()
+            .all(|f| f.severity == Severity::Ok && f.fix.is_none()));
+        assert!(
+            findings[6].message.contains("2.0 KiB behind"),
+            "{findings:#?}"
+        );
+    }
+
+    #[test]
+    fn slot_states_are_judged() {
+        let facts = healthy();
+        let judge = |slot: SlotStatus| facts.findings(&names(), &slot);
+
+        let lost = judge(slot(SlotWalStatus::Lost));
+        assert_eq!(severities(&lost, "slot"), [Severity::Error]);
+        let fix = lost
+            .iter()
+            .find(|f| f.check == "slot")
+            .and_then(|f| f.fix.clone());
+        assert!(fix.is_some_and(|f| f.contains("recreates the slot") && f.contains("sweeper")));
+
+        for status in [SlotWalStatus::Extended, SlotWalStatus::Unreserved] {
+            assert_eq!(
+                severities(&judge(slot(status)), "slot"),
+                [Severity::Warning],
+                "{status:?}"
+            );
+        }
+
+        let mut missing = slot(SlotWalStatus::Reserved);
+        missing.exists = false;
+        assert_eq!(severities(&judge(missing), "slot"), [Severity::Warning]);
+
+        let mut physical = slot(SlotWalStatus::Reserved);
+        physical.plugin = None;
+        let findings = judge(physical);
+        assert_eq!(severities(&findings, "slot"), [Severity::Error]);
+        assert!(findings.iter().any(|f| f.message.contains("physical slot")));
+
+        let mut elsewhere = slot(SlotWalStatus::Lost);
+        elsewhere.database = Some("other".into());
+        let findings = judge(elsewhere);
+        assert_eq!(
+            severities(&findings, "slot"),
+            [Severity::Error, Severity::Error],
+            "{findings:#?}"
+        );
+        assert!(findings
+            .iter()
+            .any(|f| f.message.contains("decodes database \"other\"")));
+    }
+
+    #[test]
+    fn problems_and_findings_agree() {
+        let mut facts = healthy();
+        facts.wal_level = "minimal".into();
+        facts.publication = None;
+        let problems = facts.problems(&names());
+        let findings = facts.findings(&names(), &slot(SlotWalStatus::Reserved));
+        let errors: Vec<&Finding> = findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .collect();
+        assert_eq!(problems.len(), errors.len());
+        for (problem, finding) in problems.iter().zip(errors) {
+            assert_eq!(problem.problem(), finding.message);
+            assert_eq!(problem.fix(), finding.fix);
+            assert_eq!(
+                problem.to_string(),
+                format!(
+                    "{}; {}",
+                    finding.message,
+                    finding.fix.clone().unwrap_or_default()
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn column_types_ignore_type_modifiers() {
+        assert_eq!(
+            without_typmod("character varying(255)"),
+            "character varying"
+        );
+        assert_eq!(
+            without_typmod("timestamp(3) with time zone"),
+            "timestamp with time zone"
+        );
+        let mut facts = healthy();
+        if let Some(columns) = facts.columns.as_mut() {
+            for (name, ty) in columns.iter_mut() {
+                if name == "created_at" {
+                    *ty = "timestamp without time zone".into();
+                }
+            }
+        }
+        let problems = facts.problems(&names());
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(problems[0]
+            .to_string()
+            .contains("ALTER COLUMN \"created_at\" TYPE timestamptz"));
+    }
+
+    #[test]
+    fn connection_hints_follow_the_cause() {
+        let err = CheckError::ConnectTimeout {
+            target: "postgres://relay:***@db:5432/app".into(),
+            timeout: Duration::from_secs(10),
+        };
+        assert!(err.problem().contains("did not answer within 10s"));
+        assert!(err.is_transient());
+        assert_eq!(Finding::from(&err).check, "connection");
+    }
 }
