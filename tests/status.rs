@@ -4,8 +4,10 @@
 
 mod support;
 
+use std::time::Duration;
+
 use serde_json::Value;
-use support::postgres::TestCluster;
+use support::postgres::{eventually, TestCluster};
 use support::relay::{base_env, migrate, run_to_end, start_streaming};
 
 fn status_json(env: &[(String, String)]) -> Value {
@@ -118,11 +120,19 @@ async fn status_reports_counts_ages_and_the_slot() {
 
     // While a relay streams, the slot is active and names its client.
     let _relay = start_streaming(&client, &env).await;
-    let report = status_json(&env);
+    // The walsender reports `catchup` until it reached the end of the WAL.
+    let report = eventually(
+        Duration::from_secs(30),
+        "the walsender to report streaming",
+        || async {
+            let report = status_json(&env);
+            (report["slot"]["client_state"] == "streaming").then_some(report)
+        },
+    )
+    .await;
     let slot = &report["slot"];
     assert_eq!(slot["active"], true, "{report:#}");
     assert!(slot["active_pid"].as_i64().unwrap() > 0);
-    assert_eq!(slot["client_state"], "streaming", "{report:#}");
     assert_eq!(slot["client_addr"], "127.0.0.1", "{report:#}");
     assert!(slot["client_application_name"].is_string(), "{report:#}");
     let (_, stdout, _) = run_to_end(&["status"], &env);
