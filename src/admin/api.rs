@@ -96,30 +96,64 @@ pub fn router(store: Store, token: Option<Secret<String>>) -> Router {
         .with_state(state)
 }
 
-/// `{"error": message}` with `status`.
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+/// A failed call: answered as `{"error": message}` with `status`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
 }
 
-fn bad_request(message: impl Into<String>) -> Response {
-    error(StatusCode::BAD_REQUEST, message)
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn not_dead(id: i64) -> Self {
+        Self::new(StatusCode::NOT_FOUND, format!("no dead event with id {id}"))
+    }
 }
 
-/// A database failure: 503 when retrying may help (connection lost, pool exhausted), 500
-/// otherwise.
-fn store_failure(err: &StoreError) -> Response {
-    tracing::warn!(error = %err, "admin API database call failed");
-    let status = if err.is_transient() {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
-    };
-    error(status, err.to_string())
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    /// 503 when retrying may help (connection lost, pool exhausted), 500 otherwise.
+    fn from(err: StoreError) -> Self {
+        tracing::warn!(error = %err, "admin API database call failed");
+        let status = if err.is_transient() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        Self::new(status, err.to_string())
+    }
+}
+
+impl From<RetryError> for ApiError {
+    fn from(err: RetryError) -> Self {
+        match err {
+            RetryError::NothingSelected => Self::bad_request(format!(
+                "{err} (an empty \"ids\" list or filter selects nothing; use \"all\": true to \
+                 retry every dead event)"
+            )),
+            RetryError::Store(e) => e.into(),
+        }
+    }
 }
 
 async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let Some(expected) = &state.token_digest else {
-        return error(StatusCode::FORBIDDEN, DISABLED);
+        return ApiError::new(StatusCode::FORBIDDEN, DISABLED).into_response();
     };
     let presented = request
         .headers()
@@ -136,22 +170,22 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
 }
 
 fn unauthorized(message: &str) -> Response {
-    let mut response = error(StatusCode::UNAUTHORIZED, message);
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
     response
         .headers_mut()
         .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
 }
 
-async fn not_found(method: Method, uri: Uri) -> Response {
-    error(
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
         StatusCode::NOT_FOUND,
         format!("no such endpoint: {method} {}", uri.path()),
     )
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    error(
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         format!("{method} is not allowed on {}", uri.path()),
     )
@@ -161,8 +195,8 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 type RawQuery = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
 /// The filter and paging parameters of a listing (`paged`) or of the statistics.
-fn parse_query(query: RawQuery, paged: bool) -> Result<(DeadFilter, Page), Response> {
-    let Query(pairs) = query.map_err(|e| bad_request(e.body_text()))?;
+fn parse_query(query: RawQuery, paged: bool) -> Result<(DeadFilter, Page), ApiError> {
+    let Query(pairs) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let now = Utc::now();
     let mut filter = DeadFilter::default();
     let mut limit = DEFAULT_PAGE_LIMIT;
@@ -170,12 +204,13 @@ fn parse_query(query: RawQuery, paged: bool) -> Result<(DeadFilter, Page), Respo
     let mut seen: Vec<&str> = Vec::new();
     for (name, value) in &pairs {
         if seen.contains(&name.as_str()) {
-            return Err(bad_request(format!(
+            return Err(ApiError::bad_request(format!(
                 "query parameter {name:?} is given more than once"
             )));
         }
         seen.push(name);
-        let invalid = |rule: String| bad_request(format!("query parameter {name:?}: {rule}"));
+        let invalid =
+            |rule: String| ApiError::bad_request(format!("query parameter {name:?}: {rule}"));
         match name.as_str() {
             "aggregate_type" => filter.aggregate_type = Some(value.clone()),
             "event_type" => filter.event_type = Some(value.clone()),
@@ -203,75 +238,61 @@ fn parse_query(query: RawQuery, paged: bool) -> Result<(DeadFilter, Page), Respo
                 } else {
                     "aggregate_type, event_type, since, until"
                 };
-                return Err(bad_request(format!(
+                return Err(ApiError::bad_request(format!(
                     "unknown query parameter {name:?}; known parameters: {known}"
                 )));
             }
         }
     }
     let page = Page::new(limit, after_id)
-        .map_err(|e| bad_request(format!("query parameter \"limit\": {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("query parameter \"limit\": {e}")))?;
     Ok((filter, page))
 }
 
-fn parse_id(text: &str) -> Result<i64, Response> {
+fn parse_id(text: &str) -> Result<i64, ApiError> {
     text.parse().map_err(|_| {
-        bad_request(format!(
+        ApiError::bad_request(format!(
             "path parameter \"id\": {text:?} is not an event id (a whole number)"
         ))
     })
 }
 
-async fn list(State(state): State<ApiState>, query: RawQuery) -> Response {
-    let (filter, page) = match parse_query(query, true) {
-        Ok(parsed) => parsed,
-        Err(response) => return response,
-    };
-    match state.store.list_dead(&filter, &page, Detail::Summary).await {
-        Ok(page) => Json(page).into_response(),
-        Err(e) => store_failure(&e),
+async fn list(State(state): State<ApiState>, query: RawQuery) -> Result<Response, ApiError> {
+    let (filter, page) = parse_query(query, true)?;
+    let page = state
+        .store
+        .list_dead(&filter, &page, Detail::Summary)
+        .await?;
+    Ok(Json(page).into_response())
+}
+
+async fn stats(State(state): State<ApiState>, query: RawQuery) -> Result<Response, ApiError> {
+    let (filter, _) = parse_query(query, false)?;
+    let stats = state.store.dead_stats(&filter).await?;
+    Ok(Json(stats).into_response())
+}
+
+async fn show(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    match state.store.show_dead(id).await? {
+        Some(event) => Ok(Json(event).into_response()),
+        None => Err(ApiError::not_dead(id)),
     }
 }
 
-async fn stats(State(state): State<ApiState>, query: RawQuery) -> Response {
-    let (filter, _) = match parse_query(query, false) {
-        Ok(parsed) => parsed,
-        Err(response) => return response,
-    };
-    match state.store.dead_stats(&filter).await {
-        Ok(stats) => Json(stats).into_response(),
-        Err(e) => store_failure(&e),
-    }
-}
-
-async fn show(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
-    let id = match parse_id(&id) {
-        Ok(id) => id,
-        Err(response) => return response,
-    };
-    match state.store.show_dead(id).await {
-        Ok(Some(event)) => Json(event).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no dead event with id {id}")),
-        Err(e) => store_failure(&e),
-    }
-}
-
-async fn retry_one(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
-    let id = match parse_id(&id) {
-        Ok(id) => id,
-        Err(response) => return response,
-    };
-    match state
+async fn retry_one(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let ids = state
         .store
         .retry_dead(&RetrySelection::Ids(vec![id]), false)
-        .await
-    {
-        Ok(ids) if ids.is_empty() => {
-            error(StatusCode::NOT_FOUND, format!("no dead event with id {id}"))
-        }
-        Ok(ids) => retried(&ids, false),
-        Err(e) => retry_failure(&e),
+        .await?;
+    if ids.is_empty() {
+        return Err(ApiError::not_dead(id));
     }
+    Ok(retried(&ids, false))
 }
 
 /// Body of `POST /dead-events/retry`: exactly one of `ids`, `filter` or `"all": true`.
@@ -297,12 +318,12 @@ struct FilterBody {
 }
 
 impl FilterBody {
-    fn into_filter(self, now: DateTime<Utc>) -> Result<DeadFilter, Response> {
+    fn into_filter(self, now: DateTime<Utc>) -> Result<DeadFilter, ApiError> {
         let time = |field: &str, value: Option<String>| {
             value
                 .map(|v| parse_time(&v, now))
                 .transpose()
-                .map_err(|e| bad_request(format!("filter.{field}: {e}")))
+                .map_err(|e| ApiError::bad_request(format!("filter.{field}: {e}")))
         };
         Ok(DeadFilter {
             since: time("since", self.since)?,
@@ -317,43 +338,25 @@ impl FilterBody {
 async fn retry_batch(
     State(state): State<ApiState>,
     body: Result<Json<RetryBody>, JsonRejection>,
-) -> Response {
-    let Json(body) = match body {
-        Ok(body) => body,
-        Err(rejection) => return bad_request(rejection.body_text()),
-    };
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
     let selection = match (body.ids, body.filter, body.all) {
         (Some(ids), None, false) => RetrySelection::Ids(ids),
-        (None, Some(filter), false) => match filter.into_filter(Utc::now()) {
-            Ok(filter) => RetrySelection::Matching(filter),
-            Err(response) => return response,
-        },
+        (None, Some(filter), false) => RetrySelection::Matching(filter.into_filter(Utc::now())?),
         (None, None, true) => RetrySelection::All,
         _ => {
-            return bad_request(
+            return Err(ApiError::bad_request(
                 "give exactly one of \"ids\" (a list of event ids), \"filter\" (an object) or \
                  \"all\": true",
-            )
+            ))
         }
     };
-    match state.store.retry_dead(&selection, body.dry_run).await {
-        Ok(ids) => retried(&ids, body.dry_run),
-        Err(e) => retry_failure(&e),
-    }
+    let ids = state.store.retry_dead(&selection, body.dry_run).await?;
+    Ok(retried(&ids, body.dry_run))
 }
 
 fn retried(ids: &[i64], dry_run: bool) -> Response {
     Json(json!({ "retried": ids, "dry_run": dry_run })).into_response()
-}
-
-fn retry_failure(err: &RetryError) -> Response {
-    match err {
-        RetryError::NothingSelected => bad_request(format!(
-            "{err} (an empty \"ids\" list or filter selects nothing; use \"all\": true to retry \
-             every dead event)"
-        )),
-        RetryError::Store(e) => store_failure(e),
-    }
 }
 
 async fn openapi() -> Json<Value> {
