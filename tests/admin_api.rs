@@ -352,6 +352,12 @@ async fn list_stats_show_retry_and_openapi() {
         .get("/dead-events?since=2024-02-01T00:00:00Z&until=2024-04-01")
         .await;
     assert_eq!(ids(&p), dead[1..3], "since inclusive, until exclusive");
+    // An offset written with an unencoded `+` (decoded to a space) still means the offset.
+    let (status, p) = api
+        .get("/dead-events?since=2024-02-01T01:00:00+01:00&until=2024-03-01T00:00:00%2B00:00")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{p}");
+    assert_eq!(ids(&p), dead[1..2]);
     let (_, p) = api.get("/dead-events?since=1h").await;
     assert_eq!(ids(&p), Vec::<i64>::new());
     let (_, p) = api

@@ -215,10 +215,14 @@ fn parse_query(query: RawQuery, paged: bool) -> Result<(DeadFilter, Page), ApiEr
             "aggregate_type" => filter.aggregate_type = Some(value.clone()),
             "event_type" => filter.event_type = Some(value.clone()),
             "since" => {
-                filter.since = Some(parse_time(value, now).map_err(|e| invalid(e.to_string()))?)
+                filter.since = Some(
+                    parse_time(&restore_plus(value), now).map_err(|e| invalid(e.to_string()))?,
+                )
             }
             "until" => {
-                filter.until = Some(parse_time(value, now).map_err(|e| invalid(e.to_string()))?)
+                filter.until = Some(
+                    parse_time(&restore_plus(value), now).map_err(|e| invalid(e.to_string()))?,
+                )
             }
             "limit" if paged => {
                 limit = value.trim().parse().map_err(|_| {
@@ -247,6 +251,21 @@ fn parse_query(query: RawQuery, paged: bool) -> Result<(DeadFilter, Page), ApiEr
     let page = Page::new(limit, after_id)
         .map_err(|e| ApiError::bad_request(format!("query parameter \"limit\": {e}")))?;
     Ok((filter, page))
+}
+
+/// An RFC 3339 offset written unencoded in a URL (`…T10:00:00+02:00`) arrives with its `+`
+/// decoded to a space; put it back rather than reject a time the user wrote correctly.
+fn restore_plus(value: &str) -> String {
+    let split = value
+        .len()
+        .checked_sub(6)
+        .and_then(|i| Some((value.get(..i)?, value.get(i..)?.strip_prefix(' ')?)));
+    match split {
+        Some((time, offset)) if offset.as_bytes().get(2) == Some(&b':') && time.contains('T') => {
+            format!("{time}+{offset}")
+        }
+        _ => value.to_owned(),
+    }
 }
 
 fn parse_id(text: &str) -> Result<i64, ApiError> {
@@ -556,6 +575,24 @@ fn schemas() -> Value {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unencoded_plus_of_an_offset_is_restored() {
+        assert_eq!(
+            restore_plus("2024-05-01T10:00:00 02:00"),
+            "2024-05-01T10:00:00+02:00"
+        );
+        for unchanged in [
+            "2024-05-01T10:00:00Z",
+            "24h",
+            "2024-05-01",
+            "",
+            " ",
+            "ab 12:34",
+        ] {
+            assert_eq!(restore_plus(unchanged), unchanged);
+        }
+    }
 
     #[test]
     fn openapi_lists_every_route_with_a_method() {

@@ -18,6 +18,10 @@
 //! `last_error` and `last_error_at` are kept as history until the next attempt overwrites
 //! them.
 //!
+//! Ordering: a dead row never holds its aggregate back, so a retried event arrives after
+//! the later events of its aggregate delivered meanwhile, and events streamed between the
+//! retry and the sweep may overtake it as well.
+//!
 //! This module decides nothing about delivery and never touches rows that are not `dead`.
 
 use std::fmt::Write as _;
