@@ -1,6 +1,7 @@
 //! The store: every SQL statement the relay issues lives behind this module.
 //!
 //! - [`migrate`]: the embedded `sql/*.sql` migrations.
+//! - [`dead`]: dead-letter listing, statistics and operator retries (CLI and HTTP API).
 //! - [`checks`]: preflight checks that turn a misconfigured server into one clear error.
 //! - [`status`]: the batched status writer, the only writer of outcomes of streamed events.
 //! - [`sweep`]: the sweeper's claims (row leases), the outcomes of claimed rows, and the
@@ -13,6 +14,7 @@
 
 pub mod archive;
 pub mod checks;
+pub mod dead;
 mod error;
 pub mod migrate;
 mod names;
