@@ -17,6 +17,7 @@
 //! - [`store`] holds all SQL: migrations, status write-back, heartbeats.
 //! - [`relay`] wires the tasks together for `dispatchbox run`, with shutdown.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod conninfo;

@@ -15,6 +15,7 @@ pub mod checks;
 mod error;
 pub mod migrate;
 mod names;
+pub mod stats;
 pub mod status;
 pub mod sweep;
 
