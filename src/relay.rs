@@ -9,7 +9,8 @@
 //! Shutdown order (SIGTERM/SIGINT): the source stops reading and closes the work channel;
 //! the dispatcher lets in-flight deliveries finish (up to the shutdown timeout) and closes
 //! the settlement channel; the status writer flushes; then the source sends a final
-//! standby status covering everything settled and leaves the stream cleanly.
+//! standby status covering everything settled and leaves the stream cleanly. The admin
+//! server answers throughout (`/ready` says 503 from the signal on) and stops last.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, AdminServer, AdminState};
 use crate::config::{Config, SinkKind};
 use crate::dispatch::backoff::Backoff;
 use crate::dispatch::ordering::BlockedAggregates;
@@ -29,8 +31,16 @@ use crate::sink::stdout::StdoutSink;
 use crate::sink::webhook::{WebhookSink, WebhookSinkConfig};
 use crate::sink::Sink;
 use crate::store::status::{StatusWriter, StatusWriterConfig};
-use crate::store::{checks, Store};
+use crate::store::{checks, Identifier, Store};
 use crate::sweeper::{self, SweepConfig};
+use crate::telemetry::health::Health;
+use crate::telemetry::metrics;
+
+/// How often the replication lag and slot state are read for the metrics.
+const SLOT_METRICS_INTERVAL: Duration = Duration::from_secs(5);
+/// The dead-row count (a table scan without an index on dead rows) is refreshed every this
+/// many slot readings (every 15 s).
+const DEAD_COUNT_EVERY: u32 = 3;
 
 /// Why the relay stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -45,19 +55,50 @@ pub enum RelayError {
     Sink { sink: &'static str, reason: String },
     #[error(transparent)]
     Source(Box<SourceError>),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
 }
 
 /// Runs the relay until `shutdown` is cancelled (Ok) or a definite error stops it.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RelayError> {
+    metrics::init();
     let pool = config.database.pool(8)?;
     let store = Store::new(pool, config.names.table().clone());
+    let sinks: Arc<[Sink]> = build_sinks(&config)?.into();
+    let health = Health::new();
+    let admin = AdminServer::start(
+        config.http_addr,
+        admin::router(
+            AdminState::new(health.clone(), store.clone(), sinks.clone()),
+            config.admin_token.clone(),
+        ),
+    )
+    .await?;
+    tokio::spawn({
+        let (health, shutdown) = (health.clone(), shutdown.clone());
+        async move {
+            shutdown.cancelled().await;
+            health.begin_shutdown();
+        }
+    });
 
-    preflight(&store, &config, &shutdown).await?;
+    let result = pipeline(&config, store, sinks, health, &shutdown).await;
+    admin.stop(Duration::from_secs(1)).await;
+    result
+}
+
+/// Checks the database, then runs the pipeline until shutdown or a definite error.
+async fn pipeline(
+    config: &Config,
+    store: Store,
+    sinks: Arc<[Sink]>,
+    health: Health,
+    shutdown: &CancellationToken,
+) -> Result<(), RelayError> {
+    preflight(&store, config, shutdown).await?;
     if shutdown.is_cancelled() {
         return Ok(());
     }
-
-    let sinks: Arc<[Sink]> = build_sinks(&config)?.into();
     let deliverer = Deliverer::new(
         sinks.clone(),
         config.router.clone(),
@@ -108,6 +149,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         config.heartbeat_interval,
         shutdown.clone(),
     ));
+    let database_metrics = tokio::spawn(database_metrics(
+        store.clone(),
+        config.slot.clone(),
+        shutdown.clone(),
+    ));
     let (catch_up_tx, catch_up_rx) = tokio::sync::watch::channel(None);
     let sweeper = tokio::spawn(sweeper::run(
         store.clone(),
@@ -138,6 +184,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
             slot_recreate_limit: config.slot_recreate_limit,
             store: store.clone(),
             catch_up: catch_up_tx,
+            health,
         },
         progress,
         work_tx,
@@ -147,6 +194,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     .await;
     shutdown.cancel();
     let _ = heartbeat.await;
+    let _ = database_metrics.await;
     let _ = tokio::time::timeout(config.shutdown_timeout, sweeper).await;
     for sink in sinks.iter() {
         sink.close(Duration::from_secs(5)).await;
@@ -230,6 +278,33 @@ pub(crate) fn build_sinks(config: &Config) -> Result<Vec<Sink>, RelayError> {
             }
         })
         .collect()
+}
+
+/// Refreshes the gauges read from the database: replication lag and slot state every
+/// [`SLOT_METRICS_INTERVAL`], the dead-row count every [`DEAD_COUNT_EVERY`] of those.
+/// Failures are logged at DEBUG only: an unreachable database is reported elsewhere.
+async fn database_metrics(store: Store, slot: Identifier, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(SLOT_METRICS_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for tick in 0u32.. {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match store.slot_info(&slot).await {
+            Ok(Some(info)) => metrics::replication_slot(info.wal_status.as_str(), info.lag_bytes),
+            Ok(None) => metrics::replication_slot("missing", None),
+            Err(error) => {
+                tracing::debug!(error = %error, "cannot read the replication slot for metrics")
+            }
+        }
+        if tick % DEAD_COUNT_EVERY == 0 {
+            match store.count_dead().await {
+                Ok(rows) => metrics::dead_rows(rows),
+                Err(error) => tracing::debug!(error = %error, "cannot count dead rows for metrics"),
+            }
+        }
+    }
 }
 
 /// Emits a `pg_logical_emit_message` heartbeat every `interval`: it keeps decodable WAL

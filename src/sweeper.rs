@@ -25,10 +25,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::ordering::{key_of, BlockedAggregates};
-use crate::dispatch::Deliverer;
+use crate::dispatch::{self, Deliverer};
 use crate::store::status::Outcome;
 use crate::store::sweep::{ClaimSettings, ClaimedEvent};
 use crate::store::{Store, StoreError};
+use crate::telemetry::metrics;
 
 /// Sweeper settings.
 #[derive(Debug, Clone)]
@@ -151,6 +152,7 @@ async fn deliver_claimed(
     let mut deliveries = Vec::new();
     for row in claimed {
         let attempt = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
+        metrics::sweeper_reclaim(row.reason.as_str());
         match row.event {
             Ok(event) => {
                 let event = Arc::new(event);
@@ -160,11 +162,11 @@ async fn deliver_claimed(
                     reason = row.reason.as_str(),
                     "sweeper delivering"
                 );
-                let delivery = deliverer.deliver(event.clone());
+                let delivery = deliverer.deliver(event.clone(), attempt);
                 deliveries.push(async move { (event, attempt, delivery.await) });
             }
             Err(error) => {
-                tracing::warn!(event_id = row.id, error = %error.reason, "outbox row cannot be delivered; marking it dead");
+                dispatch::unusable_row(row.id, &error.reason);
                 outcomes.push((
                     row.id,
                     Outcome::Dead {
@@ -177,7 +179,7 @@ async fn deliver_claimed(
     // Guards keep failed aggregates blocked for the stream until their rows are written.
     let mut guards = Vec::new();
     for (event, attempt, result) in join_all(deliveries).await {
-        let outcome = deliverer.policy.outcome(attempt, result);
+        let outcome = deliverer.outcome(&event, attempt, result);
         if ordering && matches!(outcome, Outcome::Retry { .. }) {
             guards.push(blocked.park_guard(&key_of(&event)));
         }

@@ -1,4 +1,268 @@
-//! Admin HTTP: the dead-letter API under `/api` (placeholder module file; the server with
-//! /health, /ready and /metrics is merged in by the lead).
+//! The admin HTTP server on `DISPATCHBOX_HTTP_ADDR`: probes and metrics for the platform,
+//! and (mounted under `/api`, behind the admin token) the dead-letter API.
+//!
+//! - `GET /health`: liveness. 200 `{"status":"ok"}` while the process serves HTTP at all.
+//! - `GET /ready`: readiness. 200 only when the database answers (`SELECT 1`, cached for
+//!   [`DATABASE_CHECK_TTL`]), the replication stream runs or the relay stands by as a
+//!   replica, and every sink passes its cheap check (cached for [`SINK_CHECK_TTL`]);
+//!   otherwise 503 with the reasons. 503 `{"status":"shutting down"}` from the moment
+//!   shutdown begins, for as long as the relay still drains.
+//! - `GET /metrics`: Prometheus text format (see [`crate::telemetry::metrics`]).
+//!
+//! The server only reads: the [`Health`] handle, the store (a ping) and the sinks (their
+//! checks). It never changes relay state, and a slow probe never delays the pipeline.
 
 pub mod api;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Secret;
+use crate::sink::Sink;
+use crate::store::Store;
+use crate::telemetry::health::{Health, StreamState};
+use crate::telemetry::metrics;
+
+/// How long a database check result is reused by `/ready`.
+pub const DATABASE_CHECK_TTL: Duration = Duration::from_secs(2);
+/// How long sink check results are reused by `/ready` (a Kafka check is a metadata
+/// request; probes every few seconds should not turn into broker load).
+pub const SINK_CHECK_TTL: Duration = Duration::from_secs(10);
+/// Longest a single readiness check may take before it counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the admin server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(
+        "cannot listen on DISPATCHBOX_HTTP_ADDR {addr}: {source}; \
+         set DISPATCHBOX_HTTP_ADDR to a free address and port"
+    )]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the handlers read. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    health: Health,
+    store: Store,
+    sinks: Arc<[Sink]>,
+    cache: Arc<ReadinessCache>,
+}
+
+impl AdminState {
+    /// State over the relay's health handle, store and sinks.
+    pub fn new(health: Health, store: Store, sinks: Arc<[Sink]>) -> Self {
+        Self {
+            health,
+            store,
+            sinks,
+            cache: Arc::default(),
+        }
+    }
+
+    /// The store (for routers mounted next to the probes).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    async fn database_problems(&self) -> Vec<String> {
+        cached(&self.cache.database, DATABASE_CHECK_TTL, || async {
+            match tokio::time::timeout(CHECK_TIMEOUT, self.store.ping()).await {
+                Ok(Ok(())) => Vec::new(),
+                Ok(Err(error)) => vec![format!("database unreachable: {error}")],
+                Err(_) => vec![format!(
+                    "database unreachable: no answer within {}s",
+                    CHECK_TIMEOUT.as_secs()
+                )],
+            }
+        })
+        .await
+    }
+
+    async fn sink_problems(&self) -> Vec<String> {
+        cached(&self.cache.sinks, SINK_CHECK_TTL, || async {
+            let checks = self.sinks.iter().map(|sink| async move {
+                sink.check(CHECK_TIMEOUT)
+                    .await
+                    .err()
+                    .map(|error| format!("sink {} unusable: {error}", sink.name()))
+            });
+            futures_util::future::join_all(checks)
+                .await
+                .into_iter()
+                .flatten()
+                .collect()
+        })
+        .await
+    }
+}
+
+/// Last results of the readiness checks.
+#[derive(Debug, Default)]
+struct ReadinessCache {
+    database: Mutex<Option<Checked>>,
+    sinks: Mutex<Option<Checked>>,
+}
+
+#[derive(Debug, Clone)]
+struct Checked {
+    at: Instant,
+    problems: Vec<String>,
+}
+
+/// The cached problems in `slot` when younger than `ttl`, else runs `check` and caches it.
+/// Concurrent probes wait for one check instead of each running their own.
+async fn cached<F, Fut>(slot: &Mutex<Option<Checked>>, ttl: Duration, check: F) -> Vec<String>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Vec<String>>,
+{
+    let mut slot = slot.lock().await;
+    if let Some(checked) = slot.as_ref().filter(|c| c.at.elapsed() < ttl) {
+        return checked.problems.clone();
+    }
+    let problems = check().await;
+    *slot = Some(Checked {
+        at: Instant::now(),
+        problems: problems.clone(),
+    });
+    problems
+}
+
+/// The admin routes over `state`.
+pub fn router(state: AdminState, admin_token: Option<Secret<String>>) -> Router {
+    let api = api::router(state.store().clone(), admin_token);
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(render_metrics))
+        .with_state(state)
+        // The dead-letter API, guarded by DISPATCHBOX_ADMIN_TOKEN.
+        .nest("/api", api)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+fn shutting_down() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "status": "shutting down" })),
+    )
+        .into_response()
+}
+
+async fn ready(State(state): State<AdminState>) -> Response {
+    if state.health.is_shutting_down() {
+        return shutting_down();
+    }
+    let (mut reasons, sinks) = tokio::join!(state.database_problems(), state.sink_problems());
+    let stream = state.health.stream();
+    match stream {
+        StreamState::Streaming | StreamState::StandingBy => {}
+        StreamState::Starting => reasons.push("replication stream not started yet".into()),
+        StreamState::Reconnecting => {
+            reasons.push("replication stream disconnected; reconnecting".into())
+        }
+        StreamState::Stopped => reasons.push("replication stream stopped".into()),
+    }
+    reasons.extend(sinks);
+    // Shutdown may have begun while the checks ran.
+    if state.health.is_shutting_down() {
+        return shutting_down();
+    }
+    if reasons.is_empty() {
+        (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "stream": stream.as_str() })),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "not ready",
+                "stream": stream.as_str(),
+                "reasons": reasons,
+            })),
+        )
+            .into_response()
+    }
+}
+
+async fn render_metrics() -> Response {
+    match metrics::render() {
+        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode metrics: {error}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// The running admin server.
+#[derive(Debug)]
+pub struct AdminServer {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Binds `addr` and serves `app` until [`AdminServer::stop`]. Logs the bound address
+    /// (`admin server listening`, field `addr`), which tells the real port when `addr`
+    /// asked for port 0.
+    pub async fn start(addr: SocketAddr, app: Router) -> Result<Self, AdminError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AdminError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| AdminError::Bind { addr, source })?;
+        tracing::info!(addr = %addr, "admin server listening");
+        let stop = CancellationToken::new();
+        let graceful = stop.clone().cancelled_owned();
+        let task = tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app)
+                .with_graceful_shutdown(graceful)
+                .await
+            {
+                tracing::error!(error = %error, "admin server failed");
+            }
+        });
+        Ok(Self { addr, stop, task })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets open requests finish for up to `timeout`, then drops the rest.
+    pub async fn stop(self, timeout: Duration) {
+        self.stop.cancel();
+        let mut task = self.task;
+        if tokio::time::timeout(timeout, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}

@@ -35,6 +35,7 @@ use crate::replication::progress::Ack;
 use crate::sink::{DeliveryError, Sink};
 use crate::store::status::{Outcome, Settlement};
 use crate::store::Store;
+use crate::telemetry::metrics::{self, DeliveryOutcome};
 use backoff::Backoff;
 use ordering::{key_of, AggregateKey, BlockedAggregates};
 use route::Router;
@@ -46,8 +47,13 @@ const SCHEDULE_TOLERANCE: chrono::Duration = chrono::Duration::milliseconds(1000
 /// Work handed from the replication stream to the dispatcher.
 #[derive(Debug)]
 pub enum Work {
-    /// Deliver this event; settle `ack` once its outcome is durable.
-    Deliver { event: Arc<OutboxEvent>, ack: Ack },
+    /// Deliver this event; settle `ack` once its outcome is durable. `committed_at` is
+    /// the commit time of its transaction (for the commit-to-ack latency metric).
+    Deliver {
+        event: Arc<OutboxEvent>,
+        ack: Ack,
+        committed_at: Option<DateTime<Utc>>,
+    },
     /// A row that cannot become an event (e.g. a malformed `headers` value): it is marked
     /// `dead` with `reason` and never delivered.
     Unusable { id: i64, reason: String, ack: Ack },
@@ -115,25 +121,37 @@ impl Deliverer {
         &self.sinks
     }
 
-    /// Starts delivering `event` to its routed sinks now (hand-off in call order) and
-    /// returns the combined result: Ok only when every routed sink accepted it; a permanent
-    /// failure on any sink wins over a retryable one. No matching route is permanent.
+    /// Starts delivery attempt number `attempt` (1-based) of `event` to its routed sinks
+    /// now (hand-off in call order) and returns the combined result: Ok only when every
+    /// routed sink accepted it; a permanent failure on any sink wins over a retryable one.
+    /// No matching route is permanent.
+    ///
+    /// Logs each sink's result (DEBUG `delivered`, WARN `delivery failed`) and records it
+    /// in the delivery metrics.
     pub fn deliver(
         &self,
         event: Arc<OutboxEvent>,
+        attempt: u32,
     ) -> impl std::future::Future<Output = Result<(), DeliveryError>> + Send + 'static {
+        let in_flight = metrics::in_flight();
+        let last_attempt = attempt >= self.policy.max_attempts;
         let started: Option<Vec<_>> = self.router.route(&event.event_type).map(|indexes| {
             indexes
                 .iter()
                 .filter_map(|&i| self.sinks.get(i))
                 .map(|sink| {
                     let name = sink.name();
+                    let since = std::time::Instant::now();
                     let delivery = sink.deliver(event.clone());
-                    async move { (name, delivery.await) }
+                    async move {
+                        let result = delivery.await;
+                        (name, since.elapsed(), result)
+                    }
                 })
                 .collect()
         });
         async move {
+            let _in_flight = in_flight;
             let Some(started) = started else {
                 return Err(DeliveryError::Permanent {
                     reason: format!(
@@ -143,9 +161,22 @@ impl Deliverer {
                 });
             };
             let mut combined = Ok(());
-            for (sink, result) in futures_util::future::join_all(started).await {
-                let Err(error) = result else { continue };
-                tracing::warn!(event_id = event.id, event_type = %event.event_type, sink, error = %error, "delivery failed");
+            for (sink, took, result) in futures_util::future::join_all(started).await {
+                let error = match result {
+                    Ok(()) => {
+                        tracing::debug!(event_id = event.id, event_type = %event.event_type, sink, attempt, took = ?took, "delivered");
+                        metrics::delivery(sink, DeliveryOutcome::Done, took);
+                        continue;
+                    }
+                    Err(error) => error,
+                };
+                tracing::warn!(event_id = event.id, event_type = %event.event_type, sink, attempt, error = %error, "delivery failed");
+                let outcome = if error.is_permanent() || last_attempt {
+                    DeliveryOutcome::Dead
+                } else {
+                    DeliveryOutcome::Retry
+                };
+                metrics::delivery(sink, outcome, took);
                 if !matches!(combined, Err(DeliveryError::Permanent { .. })) {
                     combined = Err(error);
                 }
@@ -153,6 +184,29 @@ impl Deliverer {
             combined
         }
     }
+
+    /// The outcome of attempt number `attempt` of `event` (see [`RetryPolicy::outcome`]);
+    /// a `dead` outcome is logged and counted.
+    pub fn outcome(
+        &self,
+        event: &OutboxEvent,
+        attempt: u32,
+        result: Result<(), DeliveryError>,
+    ) -> Outcome {
+        let outcome = self.policy.outcome(attempt, result);
+        if let Outcome::Dead { error } = &outcome {
+            tracing::warn!(event_id = event.id, event_type = %event.event_type, attempt, error = %error, "event is dead; it will not be retried automatically");
+            metrics::dead_event(Some(&event.event_type), attempt);
+        }
+        outcome
+    }
+}
+
+/// Logs and counts a row that cannot become an event and is marked `dead` without an
+/// attempt.
+pub fn unusable_row(id: i64, reason: &str) {
+    tracing::warn!(event_id = id, error = %reason, "outbox row cannot be delivered; marking it dead");
+    metrics::dead_event(None, 0);
 }
 
 /// Dispatcher settings.
@@ -167,6 +221,8 @@ pub struct DispatchConfig {
 }
 
 type Delivered = (Arc<OutboxEvent>, Ack, Result<(), DeliveryError>);
+/// A streamed event waiting behind its aggregate: the event, its ack, its commit time.
+type Streamed = (Arc<OutboxEvent>, Ack, Option<DateTime<Utc>>);
 type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = Delivered> + Send>>;
 
 /// Runs until `input` closes (then drains) or `shutdown` is cancelled (then stops intake at
@@ -210,7 +266,7 @@ struct Dispatcher {
     shared: Shared,
     in_flight: FuturesUnordered<InFlight>,
     /// Aggregates with a delivery in flight → events waiting behind it (ordering only).
-    queued: HashMap<AggregateKey, VecDeque<(Arc<OutboxEvent>, Ack)>>,
+    queued: HashMap<AggregateKey, VecDeque<Streamed>>,
     queued_len: usize,
 }
 
@@ -286,9 +342,11 @@ impl Dispatcher {
                     self.finished(delivered).await
                 }
                 work = input.recv(), if can_take => match work {
-                    Some(Work::Deliver { event, ack }) => self.admit(event, ack).await,
+                    Some(Work::Deliver { event, ack, committed_at }) => {
+                        self.admit(event, ack, committed_at).await
+                    }
                     Some(Work::Unusable { id, reason, ack }) => {
-                        tracing::warn!(event_id = id, error = %reason, "outbox row cannot be delivered; marking it dead");
+                        unusable_row(id, &reason);
                         self.shared.settle(id, Outcome::Dead { error: reason }, ack, None).await
                     }
                     None => {
@@ -312,7 +370,7 @@ impl Dispatcher {
         let timeout = self.shared.config.shutdown_timeout;
         let drain = async {
             while let Some((event, ack, result)) = self.in_flight.next().await {
-                let outcome = self.shared.deliverer.policy.outcome(1, result);
+                let outcome = self.shared.deliverer.outcome(&event, 1, result);
                 if self
                     .shared
                     .settle(event.id, outcome, ack, None)
@@ -332,7 +390,12 @@ impl Dispatcher {
 
     /// Decides what to do with a streamed event: deliver, queue behind its aggregate, or
     /// park in its row.
-    async fn admit(&mut self, event: Arc<OutboxEvent>, ack: Ack) -> Result<(), WriterGone> {
+    async fn admit(
+        &mut self,
+        event: Arc<OutboxEvent>,
+        ack: Ack,
+        committed_at: Option<DateTime<Utc>>,
+    ) -> Result<(), WriterGone> {
         let scheduled = event
             .next_run_at
             .filter(|at| *at > Utc::now() + SCHEDULE_TOLERANCE);
@@ -340,7 +403,7 @@ impl Dispatcher {
             if let Some(at) = scheduled {
                 return self.shared.park(event, ack, at, None).await;
             }
-            self.start(event, ack);
+            self.start(event, ack, committed_at);
             return Ok(());
         }
 
@@ -361,24 +424,30 @@ impl Dispatcher {
             return self.shared.park(event, ack, at, Some(guard)).await;
         }
         if let Some(waiting) = self.queued.get_mut(&key) {
-            waiting.push_back((event, ack));
+            waiting.push_back((event, ack, committed_at));
             self.queued_len += 1;
             return Ok(());
         }
         self.queued.insert(key, VecDeque::new());
-        self.start(event, ack);
+        self.start(event, ack, committed_at);
         Ok(())
     }
 
-    fn start(&mut self, event: Arc<OutboxEvent>, ack: Ack) {
-        let delivery = self.shared.deliverer.deliver(event.clone());
-        self.in_flight
-            .push(Box::pin(async move { (event, ack, delivery.await) }));
+    fn start(&mut self, event: Arc<OutboxEvent>, ack: Ack, committed_at: Option<DateTime<Utc>>) {
+        // Streamed events are on their first attempt as far as the dispatcher knows.
+        let delivery = self.shared.deliverer.deliver(event.clone(), 1);
+        self.in_flight.push(Box::pin(async move {
+            let result = delivery.await;
+            if let (Ok(()), Some(at)) = (&result, committed_at) {
+                metrics::commit_to_ack(at);
+            }
+            (event, ack, result)
+        }));
     }
 
     /// A delivery finished: settle it, then release (or park) the events queued behind it.
     async fn finished(&mut self, (event, ack, result): Delivered) -> Result<(), WriterGone> {
-        let outcome = self.shared.deliverer.policy.outcome(1, result);
+        let outcome = self.shared.deliverer.outcome(&event, 1, result);
         // A failure blocks the aggregate; the guard keeps it blocked at least until the
         // `retry` row is written, so no later event can overtake it.
         let guard = (self.shared.config.ordering && matches!(outcome, Outcome::Retry { .. }))
@@ -394,8 +463,8 @@ impl Dispatcher {
         self.queued_len -= waiting.len();
         // Re-admit in commit order: after a failure they are parked (the aggregate is
         // blocked); after a success the first starts and the rest queue behind it.
-        for (event, ack) in waiting {
-            self.admit(event, ack).await?;
+        for (event, ack, committed_at) in waiting {
+            self.admit(event, ack, committed_at).await?;
         }
         Ok(())
     }

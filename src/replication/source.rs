@@ -24,13 +24,14 @@ use super::client::{
     ClientError, ClientOptions, ReplicationClient, ReplicationMessage, ReplicationWriter,
 };
 use super::lsn::Lsn;
-use super::pgoutput::{Decoder, PgOutputMessage};
+use super::pgoutput::{pg_timestamp_to_datetime, Decoder, PgOutputMessage};
 use super::progress::{Progress, TxnSeq};
 use super::relation::{InsertOutcome, OutboxMapper, OutboxTable, RelationError};
 use crate::conninfo::ConnInfo;
 use crate::dispatch::backoff::Backoff;
 use crate::dispatch::Work;
 use crate::store::{Identifier, Store, TableName};
+use crate::telemetry::health::{Health, StreamState};
 
 /// Settings of the replication source.
 #[derive(Debug, Clone)]
@@ -54,6 +55,8 @@ pub struct SourceConfig {
     pub store: Store,
     /// Tells the sweeper the cut-off after the slot was (re)created.
     pub catch_up: watch::Sender<Option<DateTime<Utc>>>,
+    /// Where the stream's state is reported (probes and the stream gauges).
+    pub health: Health,
 }
 
 /// Why START_REPLICATION found no usable slot.
@@ -156,6 +159,10 @@ pub async fn run(
                 break;
             }
             Err(error) if error.is_transient() => {
+                config.health.set_stream(match error {
+                    SourceError::SlotBusy { .. } => StreamState::StandingBy,
+                    _ => StreamState::Reconnecting,
+                });
                 progress.abandon_open();
                 failures = failures.saturating_add(1);
                 let delay = reconnect.delay(failures, &mut rand::thread_rng());
@@ -169,12 +176,14 @@ pub async fn run(
                 }
             }
             Err(error) => {
+                config.health.set_stream(StreamState::Stopped);
                 progress.abandon_open();
                 work.take();
                 return Err(error);
             }
         }
     }
+    config.health.set_stream(StreamState::Stopped);
     // Stop intake: the dispatcher drains once its input closes.
     work.take();
     if tokio::time::timeout(config.shutdown_timeout + Duration::from_secs(5), settled)
@@ -211,6 +220,8 @@ struct Session<'a> {
     /// The transaction being received: `Some(Some(seq))` when its events are dispatched,
     /// `Some(None)` when it is a re-sent transaction whose events are skipped.
     current: Option<Option<TxnSeq>>,
+    /// Commit time of the transaction being received (for the commit-to-ack metric).
+    committed_at: Option<DateTime<Utc>>,
     /// True once the stream delivered something (resets the reconnect backoff).
     streamed: bool,
     /// When the slot was (re)created recently (shared across sessions).
@@ -231,6 +242,7 @@ impl<'a> Session<'a> {
             decoder: Decoder::new(1, false),
             outbox: OutboxMapper::new(OutboxTable::new(config.table.schema(), config.table.name())),
             current: None,
+            committed_at: None,
             streamed: false,
             recreations,
         }
@@ -280,6 +292,7 @@ impl<'a> Session<'a> {
             }
         };
 
+        config.health.set_stream(StreamState::Streaming);
         let reply_now = Arc::new(Notify::new());
         let stop_feedback = CancellationToken::new();
         let feedback = tokio::spawn(feedback_loop(
@@ -408,6 +421,7 @@ impl<'a> Session<'a> {
                     ));
                 }
                 self.current = Some(self.progress.begin(begin.final_lsn));
+                self.committed_at = pg_timestamp_to_datetime(begin.commit_ts);
             }
             PgOutputMessage::Commit(commit) => {
                 let Some(current) = self.current.take() else {
@@ -435,6 +449,7 @@ impl<'a> Session<'a> {
                     InsertOutcome::Event(event) => Work::Deliver {
                         event: Arc::new(event),
                         ack: self.progress.event(seq),
+                        committed_at: self.committed_at,
                     },
                     InsertOutcome::Dead(error) => match error.id {
                         Some(id) => Work::Unusable {

@@ -19,6 +19,7 @@ mod error;
 pub mod migrate;
 mod names;
 pub mod report;
+pub mod stats;
 pub mod status;
 pub mod sweep;
 

@@ -504,6 +504,7 @@ impl Writer {
             .await;
             match result {
                 Ok(written) => {
+                    crate::telemetry::metrics::status_write_batch(columns.len());
                     self.stats.batches.fetch_add(1, Ordering::Relaxed);
                     self.stats
                         .rows_written

@@ -20,7 +20,9 @@ pub fn binary() -> PathBuf {
 }
 
 /// Environment for a relay on `database` of `cluster` with the stdout sink and short
-/// intervals suited to tests. Callers add or override entries.
+/// intervals suited to tests. The admin server listens on a port the system picks
+/// (`127.0.0.1:0`), so parallel relays never collide; [`RelayProcess::admin_url`] reads the
+/// real address from the log. Callers add or override entries.
 pub fn base_env(cluster: &TestCluster, database: &str) -> Vec<(String, String)> {
     [
         ("DISPATCHBOX_DATABASE_URL", cluster.superuser_url(database)),
@@ -32,6 +34,7 @@ pub fn base_env(cluster: &TestCluster, database: &str) -> Vec<(String, String)> 
         ("DISPATCHBOX_RECONNECT_MAX", "2s".to_owned()),
         ("DISPATCHBOX_LOG_FORMAT", "json".to_owned()),
         ("DISPATCHBOX_LOG_LEVEL", "info".to_owned()),
+        ("DISPATCHBOX_HTTP_ADDR", "127.0.0.1:0".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -94,6 +97,23 @@ impl RelayProcess {
     /// Everything the relay logged so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+    }
+
+    /// `http://ADDR` of the relay's admin server, read from its `admin server listening`
+    /// log line (waits up to 30 s for it; JSON or text logs).
+    pub fn admin_url(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(addr) = self.stderr().lines().find_map(admin_addr) {
+                return format!("http://{addr}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the relay never logged its admin address:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Parsed stdout-sink lines.
@@ -161,6 +181,72 @@ impl RelayProcess {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmHWM")
     }
+}
+
+/// The `addr` field of an `admin server listening` log line.
+fn admin_addr(line: &str) -> Option<String> {
+    if !line.contains("admin server listening") {
+        return None;
+    }
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(line) {
+        return json["addr"].as_str().map(str::to_owned);
+    }
+    let start = line.find("addr=")? + "addr=".len();
+    line[start..].split_whitespace().next().map(str::to_owned)
+}
+
+/// `GET {base}{path}` with a fresh connection; returns the status code and the body.
+/// Fails (instead of panicking) when nothing listens, so callers can poll.
+pub async fn http_get(base: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 10 s"))??;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head:?}")))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+/// Decodes a chunked HTTP/1.1 body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 impl Drop for RelayProcess {

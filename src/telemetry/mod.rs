@@ -1,6 +1,12 @@
+//! What the relay tells operators about itself: logs (this file), Prometheus metrics
+//! ([`metrics`]) and the health the probes read ([`health`]).
+//!
 //! Logs: `tracing` to stderr (stdout belongs to the stdout sink), JSON when stderr is not a
 //! terminal or `DISPATCHBOX_LOG_FORMAT=json`, text otherwise. Fields first, message last;
 //! payloads and secrets are never logged.
+
+pub mod health;
+pub mod metrics;
 
 use std::io::IsTerminal;
 

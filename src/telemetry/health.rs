@@ -1,0 +1,133 @@
+//! The relay's health as the probes see it: what the replication stream is doing and
+//! whether shutdown has begun. The source reports its state, the relay reports shutdown,
+//! and the admin server reads both for `/ready`. Plain atomics: setting a state never
+//! blocks or fails.
+//!
+//! Setting the stream state also updates the `dispatchbox_stream_connected` and
+//! `dispatchbox_leader` gauges, so the metrics and the probe can never disagree. This
+//! module decides nothing; it only records what it is told.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use super::metrics;
+
+/// What the replication stream is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamState {
+    /// Not connected yet (startup checks, first connection).
+    Starting,
+    /// Streaming from the slot: this process is the leader.
+    Streaming,
+    /// Another process holds the slot; this one waits to take over.
+    StandingBy,
+    /// The stream broke; reconnecting with backoff.
+    Reconnecting,
+    /// The source stopped (shutdown or a definite error).
+    Stopped,
+}
+
+impl StreamState {
+    /// Lower-case words for probes and logs: `starting`, `streaming`, `standing by`,
+    /// `reconnecting`, `stopped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Streaming => "streaming",
+            Self::StandingBy => "standing by",
+            Self::Reconnecting => "reconnecting",
+            Self::Stopped => "stopped",
+        }
+    }
+
+    fn from_u8(value: u8) -> Self {
+        match value {
+            1 => Self::Streaming,
+            2 => Self::StandingBy,
+            3 => Self::Reconnecting,
+            4 => Self::Stopped,
+            _ => Self::Starting,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Self::Starting => 0,
+            Self::Streaming => 1,
+            Self::StandingBy => 2,
+            Self::Reconnecting => 3,
+            Self::Stopped => 4,
+        }
+    }
+}
+
+/// Shared health handle; clones see the same state.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    stream: AtomicU8,
+    shutting_down: AtomicBool,
+}
+
+impl Health {
+    /// A handle in [`StreamState::Starting`], not shutting down.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records the stream's state and updates the stream gauges. `dispatchbox_leader`
+    /// becomes 1 when streaming and 0 when standing by or stopped; while reconnecting it
+    /// keeps its value (the slot is presumably still ours until another process takes it).
+    pub fn set_stream(&self, state: StreamState) {
+        self.inner.stream.store(state.to_u8(), Ordering::Release);
+        metrics::stream_connected(state == StreamState::Streaming);
+        match state {
+            StreamState::Streaming => metrics::leader(true),
+            StreamState::StandingBy | StreamState::Stopped => metrics::leader(false),
+            StreamState::Starting | StreamState::Reconnecting => {}
+        }
+    }
+
+    /// The stream's current state.
+    pub fn stream(&self) -> StreamState {
+        StreamState::from_u8(self.inner.stream.load(Ordering::Acquire))
+    }
+
+    /// Marks the start of shutdown: from now on the relay is never ready again.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::Release);
+    }
+
+    /// True once [`Health::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clones_share_state() {
+        let health = Health::new();
+        let seen_by_probe = health.clone();
+        assert_eq!(seen_by_probe.stream(), StreamState::Starting);
+        for state in [
+            StreamState::Streaming,
+            StreamState::StandingBy,
+            StreamState::Reconnecting,
+            StreamState::Stopped,
+        ] {
+            health.set_stream(state);
+            assert_eq!(seen_by_probe.stream(), state);
+        }
+        assert!(!seen_by_probe.is_shutting_down());
+        health.begin_shutdown();
+        assert!(seen_by_probe.is_shutting_down());
+    }
+}

@@ -1,0 +1,428 @@
+//! Prometheus metrics: the one place that names, types and labels every metric the relay
+//! exports, and one small function per event that updates them. Call sites say what
+//! happened (`metrics::delivery(sink, outcome, duration)`); they never touch a metric object.
+//!
+//! Naming follows Prometheus conventions: prefix `dispatchbox_`, base units (seconds,
+//! bytes), `_total` for counters. Label values come from small closed sets (sink, outcome,
+//! reason, status); the one exception, `event_type` on dead events, is user data that is
+//! bounded in practice and capped here at [`MAX_EVENT_TYPE_LABELS`] distinct values.
+//!
+//! This module never logs and never blocks; it holds no relay state besides the metrics.
+
+use std::collections::HashSet;
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Distinct `event_type` label values kept on `dispatchbox_dead_events_total`; further
+/// types are counted under [`OTHER_EVENT_TYPE`], so a flood of odd event types cannot blow
+/// up the series count.
+pub const MAX_EVENT_TYPE_LABELS: usize = 200;
+/// The `event_type` label for dead events past [`MAX_EVENT_TYPE_LABELS`].
+pub const OTHER_EVENT_TYPE: &str = "_other";
+/// The `event_type` label for rows that could not be read as an event at all.
+pub const UNKNOWN_EVENT_TYPE: &str = "_unknown";
+/// Longest `event_type` label value (longer ones are cut at a character boundary).
+const MAX_EVENT_TYPE_LABEL_BYTES: usize = 100;
+
+/// Every `wal_status` label value of `dispatchbox_slot_wal_status`: PostgreSQL's values,
+/// `unknown` for a null or new value, and `missing` when the slot does not exist.
+pub const WAL_STATUSES: [&str; 6] = [
+    "reserved",
+    "extended",
+    "unreserved",
+    "lost",
+    "unknown",
+    "missing",
+];
+
+/// What one delivery attempt to one sink came to (label `outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// The sink accepted the event.
+    Done,
+    /// The attempt failed and the event will be tried again.
+    Retry,
+    /// The attempt failed for good (permanent error or last attempt).
+    Dead,
+}
+
+impl DeliveryOutcome {
+    /// `done`, `retry` or `dead`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::Retry => "retry",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+/// Seconds: from a millisecond (stdout) to the Kafka delivery timeout's range.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Seconds from commit to ack: includes replication lag, so the tail reaches minutes.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+];
+/// Rows per status UPDATE (at most `DISPATCHBOX_STATUS_BATCH_SIZE`, 1000 by default).
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 10000.0,
+];
+/// Attempts (at most `DISPATCHBOX_MAX_ATTEMPTS`, 5 by default, 1000 at most).
+const ATTEMPT_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0];
+
+struct Metrics {
+    registry: Registry,
+    events_processed: IntCounterVec,
+    in_flight: IntGauge,
+    delivery_duration: HistogramVec,
+    commit_to_ack: Histogram,
+    status_write_batch_size: Histogram,
+    retries: IntCounterVec,
+    dead_events_total: IntCounterVec,
+    dead_event_types: Mutex<HashSet<String>>,
+    dead_events: IntGauge,
+    attempts_before_dead: Histogram,
+    replication_lag: IntGauge,
+    slot_wal_status: IntGaugeVec,
+    sweeper_reclaims: IntCounterVec,
+    stream_connected: IntGauge,
+    leader: IntGauge,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+// Registration fails only for an invalid or duplicate descriptor, i.e. a bug in the
+// constants below (the unit test builds them all); it is not reachable from input.
+#[allow(clippy::expect_used)]
+fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric descriptors are valid and unique");
+    c
+}
+
+#[allow(clippy::expect_used)]
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+    register(registry, metric)
+}
+
+#[allow(clippy::expect_used)]
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    register(registry, IntGauge::new(name, help).expect("valid gauge"))
+}
+
+#[allow(clippy::expect_used)]
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    register(
+        registry,
+        Histogram::with_opts(opts).expect("valid histogram"),
+    )
+}
+
+impl Metrics {
+    #[allow(clippy::expect_used)]
+    fn new() -> Self {
+        let registry = Registry::new();
+        // process_cpu_seconds_total, process_resident_memory_bytes, open fds, …
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("the process collector registers once");
+
+        let build_info = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "dispatchbox_build_info",
+                    "Always 1; the version label says which build runs.",
+                ),
+                &["version"],
+            )
+            .expect("valid gauge"),
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        let delivery_duration = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "dispatchbox_delivery_duration_seconds",
+                    "Time from handing an event to a sink until the sink's answer.",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+                &["sink"],
+            )
+            .expect("valid histogram"),
+        );
+        let slot_wal_status = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "dispatchbox_slot_wal_status",
+                    "1 for the replication slot's current wal_status (missing: no such slot), 0 for the others.",
+                ),
+                &["status"],
+            )
+            .expect("valid gauge"),
+        );
+        for status in WAL_STATUSES {
+            slot_wal_status.with_label_values(&[status]).set(0);
+        }
+
+        Self {
+            events_processed: counter_vec(
+                &registry,
+                "dispatchbox_events_processed_total",
+                "Delivery attempts per sink by result: done, retry or dead.",
+                &["sink", "outcome"],
+            ),
+            in_flight: gauge(
+                &registry,
+                "dispatchbox_events_in_flight",
+                "Events being delivered right now.",
+            ),
+            delivery_duration,
+            commit_to_ack: histogram(
+                &registry,
+                "dispatchbox_commit_to_ack_seconds",
+                "Time from the transaction's commit in PostgreSQL to the sinks' acknowledgement (streamed events).",
+                LATENCY_BUCKETS,
+            ),
+            status_write_batch_size: histogram(
+                &registry,
+                "dispatchbox_status_write_batch_size",
+                "Rows written per status UPDATE.",
+                BATCH_BUCKETS,
+            ),
+            retries: counter_vec(
+                &registry,
+                "dispatchbox_retries_total",
+                "Delivery attempts per sink that failed and will be retried.",
+                &["sink"],
+            ),
+            dead_events_total: counter_vec(
+                &registry,
+                "dispatchbox_dead_events_total",
+                "Events marked dead by this process, by event type.",
+                &["event_type"],
+            ),
+            dead_event_types: Mutex::new(HashSet::new()),
+            dead_events: gauge(
+                &registry,
+                "dispatchbox_dead_events",
+                "Rows with status dead in the outbox table (refreshed periodically).",
+            ),
+            attempts_before_dead: histogram(
+                &registry,
+                "dispatchbox_attempts_before_dead",
+                "Delivery attempts an event had when it was marked dead.",
+                ATTEMPT_BUCKETS,
+            ),
+            replication_lag: gauge(
+                &registry,
+                "dispatchbox_replication_lag_bytes",
+                "WAL bytes between the server's current position and the slot's confirmed_flush_lsn (refreshed periodically).",
+            ),
+            slot_wal_status,
+            sweeper_reclaims: counter_vec(
+                &registry,
+                "dispatchbox_sweeper_reclaims_total",
+                "Rows the sweeper claimed, by reason: due_retry, expired_lease or missed.",
+                &["reason"],
+            ),
+            stream_connected: gauge(
+                &registry,
+                "dispatchbox_stream_connected",
+                "1 while the replication stream is running.",
+            ),
+            leader: gauge(
+                &registry,
+                "dispatchbox_leader",
+                "1 while this process holds the replication slot; 0 while it stands by.",
+            ),
+            registry,
+        }
+    }
+}
+
+/// Makes sure every metric exists (so the first scrape shows them all, at zero).
+pub fn init() {
+    LazyLock::force(&METRICS);
+}
+
+/// All metrics in the Prometheus text exposition format ([`CONTENT_TYPE`]).
+pub fn render() -> Result<String, prometheus::Error> {
+    let mut buffer = Vec::new();
+    TextEncoder::new().encode(&METRICS.registry.gather(), &mut buffer)?;
+    String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
+
+/// One delivery attempt of one event to `sink` ended with `outcome` after `duration`.
+pub fn delivery(sink: &'static str, outcome: DeliveryOutcome, duration: Duration) {
+    let m = &*METRICS;
+    m.events_processed
+        .with_label_values(&[sink, outcome.as_str()])
+        .inc();
+    m.delivery_duration
+        .with_label_values(&[sink])
+        .observe(duration.as_secs_f64());
+    if outcome == DeliveryOutcome::Retry {
+        m.retries.with_label_values(&[sink]).inc();
+    }
+}
+
+/// Counts one event in delivery until the returned guard is dropped (also when the
+/// delivery is abandoned, e.g. at the shutdown deadline).
+pub fn in_flight() -> InFlightGuard {
+    METRICS.in_flight.inc();
+    InFlightGuard(())
+}
+
+/// Keeps `dispatchbox_events_in_flight` raised while alive; see [`in_flight`].
+#[derive(Debug)]
+pub struct InFlightGuard(());
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        METRICS.in_flight.dec();
+    }
+}
+
+/// Every routed sink acknowledged an event whose transaction committed at `committed_at`
+/// (database clock; a relay clock behind it counts as zero).
+pub fn commit_to_ack(committed_at: DateTime<Utc>) {
+    let latency = (Utc::now() - committed_at).to_std().unwrap_or_default();
+    METRICS.commit_to_ack.observe(latency.as_secs_f64());
+}
+
+/// A status UPDATE of `rows` rows committed.
+pub fn status_write_batch(rows: usize) {
+    METRICS.status_write_batch_size.observe(rows as f64);
+}
+
+/// An event of `event_type` (`None`: the row could not be read as an event) was marked
+/// dead after `attempts` delivery attempts.
+pub fn dead_event(event_type: Option<&str>, attempts: u32) {
+    let m = &*METRICS;
+    let label = match event_type {
+        None => UNKNOWN_EVENT_TYPE.to_owned(),
+        Some(event_type) => bounded_event_type(&m.dead_event_types, event_type),
+    };
+    m.dead_events_total.with_label_values(&[&label]).inc();
+    m.attempts_before_dead.observe(f64::from(attempts));
+}
+
+/// The label for `event_type`: cut to a sane length, and [`OTHER_EVENT_TYPE`] once
+/// [`MAX_EVENT_TYPE_LABELS`] distinct types were seen.
+fn bounded_event_type(seen: &Mutex<HashSet<String>>, event_type: &str) -> String {
+    let mut cut = event_type.len().min(MAX_EVENT_TYPE_LABEL_BYTES);
+    while !event_type.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let label = &event_type[..cut];
+    // A poisoned lock only means another thread panicked mid-insert; the set is still usable.
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.contains(label) {
+        return label.to_owned();
+    }
+    if seen.len() >= MAX_EVENT_TYPE_LABELS {
+        return OTHER_EVENT_TYPE.to_owned();
+    }
+    seen.insert(label.to_owned());
+    label.to_owned()
+}
+
+/// The outbox table holds `rows` dead rows.
+pub fn dead_rows(rows: i64) {
+    METRICS.dead_events.set(rows);
+}
+
+/// The replication slot's state: `wal_status` one of [`WAL_STATUSES`], `lag_bytes` when
+/// known (a missing slot or one that never confirmed leaves the last value).
+pub fn replication_slot(wal_status: &str, lag_bytes: Option<i64>) {
+    let m = &*METRICS;
+    for status in WAL_STATUSES {
+        m.slot_wal_status
+            .with_label_values(&[status])
+            .set(i64::from(status == wal_status));
+    }
+    if let Some(lag) = lag_bytes {
+        m.replication_lag.set(lag);
+    }
+}
+
+/// The sweeper claimed a row for `reason` (`due_retry`, `expired_lease` or `missed`).
+pub fn sweeper_reclaim(reason: &'static str) {
+    METRICS.sweeper_reclaims.with_label_values(&[reason]).inc();
+}
+
+/// The replication stream started (`true`) or stopped running (`false`).
+pub fn stream_connected(connected: bool) {
+    METRICS.stream_connected.set(i64::from(connected));
+}
+
+/// This process took (`true`) or gave up (`false`) the replication slot.
+pub fn leader(leader: bool) {
+    METRICS.leader.set(i64::from(leader));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_exported_with_its_prefix() {
+        init();
+        delivery("stdout", DeliveryOutcome::Done, Duration::from_millis(3));
+        dead_event(Some("order.placed"), 5);
+        let text = render().expect("render");
+        for name in [
+            "dispatchbox_events_processed_total",
+            "dispatchbox_events_in_flight",
+            "dispatchbox_delivery_duration_seconds_bucket",
+            "dispatchbox_commit_to_ack_seconds_count",
+            "dispatchbox_status_write_batch_size_count",
+            "dispatchbox_dead_events_total",
+            "dispatchbox_dead_events ",
+            "dispatchbox_attempts_before_dead_bucket",
+            "dispatchbox_replication_lag_bytes",
+            "dispatchbox_slot_wal_status{status=\"missing\"}",
+            "dispatchbox_stream_connected",
+            "dispatchbox_leader",
+            "dispatchbox_build_info{version=",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        assert!(text.contains("event_type=\"order.placed\""), "{text}");
+    }
+
+    #[test]
+    fn event_type_labels_are_bounded() {
+        let seen = Mutex::new(HashSet::new());
+        for i in 0..MAX_EVENT_TYPE_LABELS {
+            assert_eq!(bounded_event_type(&seen, &format!("t{i}")), format!("t{i}"));
+        }
+        assert_eq!(bounded_event_type(&seen, "one.more"), OTHER_EVENT_TYPE);
+        assert_eq!(bounded_event_type(&seen, "t7"), "t7");
+        let long = "é".repeat(80);
+        let label = bounded_event_type(&Mutex::new(HashSet::new()), &long);
+        assert!(label.len() <= MAX_EVENT_TYPE_LABEL_BYTES && long.starts_with(&label));
+    }
+}
