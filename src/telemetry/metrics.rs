@@ -262,9 +262,31 @@ impl Metrics {
     }
 }
 
-/// Makes sure every metric exists (so the first scrape shows them all, at zero).
+/// Sink labels (the closed set of sinks).
+const SINKS: [&str; 3] = ["kafka", "webhook", "stdout"];
+/// Sweeper reclaim reasons (`ClaimReason::as_str`).
+const RECLAIM_REASONS: [&str; 3] = ["due_retry", "expired_lease", "missed"];
+
+/// Makes sure every metric exists, with every series of its closed label sets at zero, so
+/// the first scrape shows them all and rates work from the start (dashboards and alerts
+/// never see a missing series for a known label value).
 pub fn init() {
-    LazyLock::force(&METRICS);
+    let m = &*METRICS;
+    for sink in SINKS {
+        for outcome in [
+            DeliveryOutcome::Done,
+            DeliveryOutcome::Retry,
+            DeliveryOutcome::Dead,
+        ] {
+            m.events_processed
+                .with_label_values(&[sink, outcome.as_str()]);
+        }
+        m.retries.with_label_values(&[sink]);
+        m.delivery_duration.with_label_values(&[sink]);
+    }
+    for reason in RECLAIM_REASONS {
+        m.sweeper_reclaims.with_label_values(&[reason]);
+    }
 }
 
 /// All metrics in the Prometheus text exposition format ([`CONTENT_TYPE`]).
