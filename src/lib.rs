@@ -4,18 +4,23 @@
 //! Postgres WAL ──slot/pgoutput──▶ replication::client ──▶ replication::pgoutput ──▶ OutboxEvent
 //!    ▲                                ▲ standby status (flush = settled prefix, replication::progress)
 //!    │                                │
-//!    │        store::status (batched UPDATE … FROM unnest) ◀── outcomes ◀── dispatch ──▶ sink::{kafka,stdout}
+//!    │        store::status (batched UPDATE … FROM unnest) ◀── outcomes ◀── dispatch ──▶ sink::{kafka,webhook,stdout}
 //!    │                                                                        ▲
-//!    └── store (migrations, SQL plane) ────────────────────────────────────────┘
+//!    └── sweeper (due retries, expired leases, rows the stream missed) ───────┘
 //! ```
 //!
 //! - [`replication`] owns the WAL side: the wire client, the pure pgoutput decoder, the
 //!   relation → event mapping, and [`replication::progress`], the single owner of the
 //!   confirmed-flush LSN.
-//! - [`dispatch`] hands events to sinks and turns results into outcomes; it never sees LSNs.
+//! - [`dispatch`] routes events, keeps per-aggregate order, parks what must wait, and turns
+//!   results into outcomes with the retry policy; it never sees LSNs.
 //! - [`sink`] delivers events; sinks never touch the database.
-//! - [`store`] holds all SQL: migrations, status write-back, heartbeats.
-//! - [`relay`] wires the tasks together for `dispatchbox run`, with shutdown.
+//! - [`sweeper`] delivers due rows with leases: retries, expired claims, missed rows.
+//! - [`store`] holds all SQL: migrations, status write-back, claims, checks, reports, dead
+//!   letters, archive.
+//! - [`relay`] wires the tasks together for `dispatchbox run`, with shutdown; [`admin`]
+//!   serves probes, metrics and the dead-letter API; [`telemetry`] owns logs and metrics.
+//! - [`cli`] holds the one-shot commands; [`config`] the validated environment.
 
 pub mod admin;
 pub mod cli;

@@ -103,6 +103,7 @@ async fn invalid_configuration_names_the_variable() {
     for (key, value) in [
         ("DISPATCHBOX_MAX_ATTEMPTS", "zero"),
         ("DISPATCHBOX_SHUTDOWN_TIMEOUT", "forever"),
+        ("DISPATCHBOX_SWEEP_INTERVAL", "forever"),
         ("DISPATCHBOX_SINKS", "carrier-pigeon"),
     ] {
         let mut env = base_env(&cluster, &db);

@@ -18,7 +18,7 @@
 //! transaction has settled too.
 //!
 //! This module does no I/O. The replication stream registers transactions and events; the
-//! status writer settles events through [`Ack`]; the feedback task reads [`Progress::flush`].
+//! status writer settles events through [`Ack`]; the feedback task reads [`Progress::feedback`].
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};

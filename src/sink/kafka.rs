@@ -8,7 +8,7 @@
 //! forged idempotency key.
 //!
 //! Owns: topic templates, producer configuration, and the classification of every librdkafka
-//! failure into retryable or permanent, in [`classify`]. Must not: log payloads or header
+//! failure into retryable or permanent, in `classify`. Must not: log payloads or header
 //! values, touch the database, or retry on its own (the dispatcher owns retries; librdkafka
 //! retries internally within `delivery_timeout`).
 //!

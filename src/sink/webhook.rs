@@ -17,7 +17,7 @@
 //!
 //! Owns: request building and signing, the HTTP client (one pooled `reqwest` client over
 //! rustls with the ring provider and the webpki root set), the concurrency limit, and the
-//! classification of every answer into retryable or permanent, in [`classify`]. Must not:
+//! classification of every answer into retryable or permanent, in `classify`. Must not:
 //! log bodies, URLs beyond their origin (paths and queries may carry tokens) or secrets,
 //! follow redirects, or retry on its own (the dispatcher owns retries).
 //!
