@@ -38,7 +38,7 @@ use crate::telemetry::metrics;
 
 /// How often the replication lag and slot state are read for the metrics.
 const SLOT_METRICS_INTERVAL: Duration = Duration::from_secs(5);
-/// The dead-row count (a table scan without an index on dead rows) is refreshed every this
+/// The dead-row count (a count over the partial dead-letter index) is refreshed every this
 /// many slot readings (every 15 s).
 const DEAD_COUNT_EVERY: u32 = 3;
 

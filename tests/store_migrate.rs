@@ -90,7 +90,7 @@ async fn migrate_creates_the_table_and_an_insert_only_publication_once() {
     let store = store(&cluster, &db, &names);
 
     let report = store.migrate(&names).await.unwrap();
-    assert_eq!(report.applied, vec![1, 2, 3]);
+    assert_eq!(report.applied, vec![1, 2, 3, 4]);
     assert!(report.skipped.is_empty());
 
     let client = cluster.connect(&db).await;
@@ -117,6 +117,7 @@ async fn migrate_creates_the_table_and_an_insert_only_publication_once() {
         indexes,
         [
             "idx_outbox_aggregate",
+            "idx_outbox_dead",
             "idx_outbox_due",
             "outbox_event_pkey"
         ]
@@ -145,7 +146,7 @@ async fn migrate_creates_the_table_and_an_insert_only_publication_once() {
     // Second run: nothing applied, nothing changed.
     let report = store.migrate(&names).await.unwrap();
     assert!(report.applied.is_empty());
-    assert_eq!(report.skipped, vec![1, 2, 3]);
+    assert_eq!(report.skipped, vec![1, 2, 3, 4]);
     let recorded: i64 = client
         .query_one(
             "SELECT count(*) FROM public.dispatchbox_migrations WHERE target = 'public.outbox_event'",
@@ -154,7 +155,7 @@ async fn migrate_creates_the_table_and_an_insert_only_publication_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(recorded, 3);
+    assert_eq!(recorded, 4);
 
     // A freshly migrated database passes every preflight check.
     let facts = store.preflight(&names).await.unwrap();
@@ -185,13 +186,13 @@ async fn migrate_supports_a_schema_qualified_table_next_to_another() {
         .migrate(&custom)
         .await
         .unwrap();
-    assert_eq!(report.applied, vec![1, 2, 3]);
+    assert_eq!(report.applied, vec![1, 2, 3, 4]);
     // Migrations are recorded per table: the default table still gets its own.
     let report = store(&cluster, &db, &default)
         .migrate(&default)
         .await
         .unwrap();
-    assert_eq!(report.applied, vec![1, 2, 3]);
+    assert_eq!(report.applied, vec![1, 2, 3, 4]);
 
     assert_eq!(columns(&client, "app", "events").await, ALL_COLUMNS);
     assert_eq!(
@@ -207,14 +208,14 @@ async fn migrate_supports_a_schema_qualified_table_next_to_another() {
         .query_one(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = 'app'
-                AND c.relname IN ('events_due_idx', 'events_aggregate_idx', 'events_archive',
-                                  'events_archive_date_idx')",
+                AND c.relname IN ('events_due_idx', 'events_aggregate_idx', 'events_dead_idx',
+                                  'events_archive', 'events_archive_date_idx')",
             &[],
         )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(derived, 4);
+    assert_eq!(derived, 5);
     client
         .batch_execute("SELECT app.archive_events(1)")
         .await
@@ -274,7 +275,7 @@ async fn an_existing_python_dispatchbox_table_is_upgraded_in_place() {
 
     let names = names("outbox_event", "dispatchbox");
     let report = store(&cluster, &db, &names).migrate(&names).await.unwrap();
-    assert_eq!(report.applied, vec![1, 2, 3]);
+    assert_eq!(report.applied, vec![1, 2, 3, 4]);
 
     let after: Vec<(i64, String, i32, String)> = client
         .query(
@@ -300,8 +301,8 @@ async fn an_existing_python_dispatchbox_table_is_upgraded_in_place() {
         .unwrap()
         .get(0);
     assert_eq!(
-        indexes, 3,
-        "the Python index is adopted, not duplicated; only the ordering index is added"
+        indexes, 4,
+        "the Python index is adopted, not duplicated; only the ordering and dead-letter indexes are added"
     );
     // The serial keeps counting from the existing rows.
     let next_id: i64 = client
@@ -331,11 +332,15 @@ async fn concurrent_migrations_apply_each_version_once() {
     let mut applied = Vec::new();
     for run in runs {
         let report = run.await.unwrap().unwrap();
-        assert_eq!(report.applied.len() + report.skipped.len(), 3);
+        assert_eq!(report.applied.len() + report.skipped.len(), 4);
         applied.extend(report.applied);
     }
     applied.sort();
-    assert_eq!(applied, vec![1, 2, 3], "every version applied exactly once");
+    assert_eq!(
+        applied,
+        vec![1, 2, 3, 4],
+        "every version applied exactly once"
+    );
 }
 
 #[tokio::test]

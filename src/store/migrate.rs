@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "aggregate ordering index",
         template: include_str!("../../sql/0003_aggregate_ordering_index.sql"),
     },
+    Migration {
+        version: 4,
+        name: "dead letter index",
+        template: include_str!("../../sql/0004_dead_letter_index.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serialises concurrent `migrate` runs in one database

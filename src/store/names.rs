@@ -220,6 +220,7 @@ pub struct Names {
     publication: Identifier,
     due_index: String,
     aggregate_index: String,
+    dead_index: String,
     archive_table: String,
     archive_index: String,
     archive_function: String,
@@ -229,29 +230,38 @@ impl Names {
     /// Validates that every derived name fits PostgreSQL's identifier limit.
     pub fn new(table: TableName, publication: Identifier) -> Result<Self, NameError> {
         let n = table.name();
-        let (due_index, aggregate_index, archive_table, archive_index, archive_function) =
-            if n == PYTHON_TABLE {
-                (
-                    "idx_outbox_due".to_owned(),
-                    "idx_outbox_aggregate".to_owned(),
-                    "outbox_event_archive".to_owned(),
-                    "idx_outbox_archive_date".to_owned(),
-                    "archive_outbox_events".to_owned(),
-                )
-            } else {
-                (
-                    format!("{n}_due_idx"),
-                    format!("{n}_aggregate_idx"),
-                    format!("{n}_archive"),
-                    format!("{n}_archive_date_idx"),
-                    format!("archive_{n}"),
-                )
-            };
+        let (
+            due_index,
+            aggregate_index,
+            dead_index,
+            archive_table,
+            archive_index,
+            archive_function,
+        ) = if n == PYTHON_TABLE {
+            (
+                "idx_outbox_due".to_owned(),
+                "idx_outbox_aggregate".to_owned(),
+                "idx_outbox_dead".to_owned(),
+                "outbox_event_archive".to_owned(),
+                "idx_outbox_archive_date".to_owned(),
+                "archive_outbox_events".to_owned(),
+            )
+        } else {
+            (
+                format!("{n}_due_idx"),
+                format!("{n}_aggregate_idx"),
+                format!("{n}_dead_idx"),
+                format!("{n}_archive"),
+                format!("{n}_archive_date_idx"),
+                format!("archive_{n}"),
+            )
+        };
         // The longest suffix decides how long a table name may be.
         let longest_suffix = "_archive_date_idx".len();
         for derived in [
             &due_index,
             &aggregate_index,
+            &dead_index,
             &archive_table,
             &archive_index,
             &archive_function,
@@ -270,6 +280,7 @@ impl Names {
             publication,
             due_index,
             aggregate_index,
+            dead_index,
             archive_table,
             archive_index,
             archive_function,
@@ -295,6 +306,12 @@ impl Names {
     /// used by per-aggregate ordering.
     pub fn aggregate_index(&self) -> &str {
         &self.aggregate_index
+    }
+
+    /// Name of the partial index on `id` of `dead` rows, used by dead-letter listing,
+    /// statistics and the dead-events gauge.
+    pub fn dead_index(&self) -> &str {
+        &self.dead_index
     }
 
     /// Unqualified name of the archive table (same schema as the outbox table).
@@ -327,6 +344,7 @@ impl Names {
                 "{{aggregate_index}}",
                 format!("\"{}\"", self.aggregate_index),
             ),
+            ("{{dead_index}}", format!("\"{}\"", self.dead_index)),
             (
                 "{{archive_table}}",
                 format!("\"{schema}\".\"{}\"", self.archive_table),
@@ -385,11 +403,13 @@ mod tests {
         let names = Names::new(TableName::default(), "dispatchbox".parse().unwrap()).unwrap();
         assert_eq!(names.due_index(), "idx_outbox_due");
         assert_eq!(names.aggregate_index(), "idx_outbox_aggregate");
+        assert_eq!(names.dead_index(), "idx_outbox_dead");
         assert_eq!(names.archive_table(), "outbox_event_archive");
         assert_eq!(names.archive_function(), "archive_outbox_events");
         let names = Names::new("app.events".parse().unwrap(), "p".parse().unwrap()).unwrap();
         assert_eq!(names.due_index(), "events_due_idx");
         assert_eq!(names.aggregate_index(), "events_aggregate_idx");
+        assert_eq!(names.dead_index(), "events_dead_idx");
         assert_eq!(names.archive_index(), "events_archive_date_idx");
     }
 

@@ -15,8 +15,8 @@ impl Store {
         Ok(())
     }
 
-    /// Rows of the outbox table with status `dead`. Without an index on dead rows this
-    /// scans the table, so callers ask rarely (the metrics refresher: every 15 s).
+    /// Rows of the outbox table with status `dead` (an index-only count over the partial
+    /// dead-letter index of migration 4; callers still ask rarely: every 15 s).
     pub async fn count_dead(&self) -> Result<i64, StoreError> {
         const CONTEXT: &str = "dead row count";
         let client = self.client(CONTEXT).await?;
