@@ -3,32 +3,19 @@
 
 mod support;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use dispatchbox::store::checks::CheckError;
 use dispatchbox::store::{Identifier, Names, SlotWalStatus, Store, StoreError, TableName};
 use std::time::Duration;
 
 use support::postgres::{eventually, ClusterOptions, TestCluster};
-use tokio_postgres::NoTls;
-
-fn pool(url: &str) -> Pool {
-    let config: tokio_postgres::Config = url.parse().unwrap();
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager).max_size(4).build().unwrap()
-}
+use support::store::pool;
 
 fn names(table: &str, publication: &str) -> Names {
     Names::new(table.parse().unwrap(), publication.parse().unwrap()).unwrap()
 }
 
 fn store(cluster: &TestCluster, db: &str, names: &Names) -> Store {
-    Store::new(pool(&cluster.superuser_url(db)), names.table().clone())
+    Store::new(pool(&cluster.superuser_url(db), 4), names.table().clone())
 }
 
 async fn columns(client: &tokio_postgres::Client, schema: &str, table: &str) -> Vec<String> {
@@ -369,7 +356,7 @@ async fn checks_name_each_misconfiguration() {
         .await
         .unwrap();
     let relay = Store::new(
-        pool(&cluster.url("relay", "relay-pw", &db)),
+        pool(&cluster.url("relay", "relay-pw", &db), 4),
         names.table().clone(),
     );
     let err = relay.preflight(&names).await.unwrap_err();
@@ -485,7 +472,7 @@ async fn checks_reject_wal_level_replica() {
 async fn slot_helpers_and_heartbeat() {
     let cluster = TestCluster::start();
     let db = cluster.create_database("slots").await;
-    let store = Store::new(pool(&cluster.superuser_url(&db)), TableName::default());
+    let store = Store::new(pool(&cluster.superuser_url(&db), 4), TableName::default());
     let slot: Identifier = "dispatchbox_test".parse().unwrap();
 
     assert_eq!(store.slot_info(&slot).await.unwrap(), None);

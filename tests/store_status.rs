@@ -8,38 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use dispatchbox::replication::lsn::Lsn;
 use dispatchbox::replication::progress::Progress;
 use dispatchbox::store::status::{Outcome, Settlement, StatusWriter, StatusWriterConfig};
-use dispatchbox::store::{Names, Store};
 use support::postgres::{eventually, TestCluster};
-use tokio_postgres::NoTls;
-
-fn pool(url: &str) -> Pool {
-    let config: tokio_postgres::Config = url.parse().unwrap();
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager).max_size(4).build().unwrap()
-}
-
-/// A migrated database with the default outbox table and a store over it.
-async fn migrated(cluster: &TestCluster, prefix: &str) -> (String, Store) {
-    let db = cluster.create_database(prefix).await;
-    let names = Names::new(
-        "outbox_event".parse().unwrap(),
-        "dispatchbox".parse().unwrap(),
-    )
-    .unwrap();
-    let store = Store::new(pool(&cluster.superuser_url(&db)), names.table().clone());
-    store.migrate(&names).await.unwrap();
-    (db, store)
-}
+use support::store::migrated;
 
 async fn insert_rows(client: &tokio_postgres::Client, n: i64) {
     client
@@ -81,7 +54,7 @@ fn transaction(
 #[tokio::test]
 async fn writes_mixed_outcomes_in_batches_and_settles_every_ack() {
     let cluster = TestCluster::start();
-    let (db, store) = migrated(&cluster, "status").await;
+    let (db, store) = migrated(&cluster, "status", 4).await;
     let client = cluster.connect(&db).await;
     insert_rows(&client, 5000).await;
 
@@ -165,7 +138,7 @@ async fn writes_mixed_outcomes_in_batches_and_settles_every_ack() {
 #[tokio::test]
 async fn a_row_that_becomes_visible_late_is_written_before_its_ack_settles() {
     let cluster = TestCluster::start();
-    let (db, store) = migrated(&cluster, "race").await;
+    let (db, store) = migrated(&cluster, "race", 4).await;
     let client = cluster.connect(&db).await;
 
     let progress = Progress::new(Lsn(10));
@@ -221,7 +194,7 @@ async fn a_row_that_becomes_visible_late_is_written_before_its_ack_settles() {
 #[tokio::test]
 async fn a_row_that_never_appears_is_settled_after_the_deadline() {
     let cluster = TestCluster::start();
-    let (db, store) = migrated(&cluster, "missing").await;
+    let (db, store) = migrated(&cluster, "missing", 4).await;
     let client = cluster.connect(&db).await;
     insert_rows(&client, 1).await;
 
@@ -291,7 +264,7 @@ async fn a_row_that_never_appears_is_settled_after_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settlements_survive_a_database_restart() {
     let cluster = Arc::new(TestCluster::start());
-    let (db, store) = migrated(&cluster, "restart").await;
+    let (db, store) = migrated(&cluster, "restart", 4).await;
     let client = cluster.connect(&db).await;
     insert_rows(&client, 3000).await;
     drop(client);
@@ -379,7 +352,7 @@ async fn settlements_survive_a_database_restart() {
 #[tokio::test]
 async fn a_deferral_parks_only_pending_rows_and_releases_its_guard_after_the_write() {
     let cluster = TestCluster::start();
-    let (db, store) = migrated(&cluster, "defer").await;
+    let (db, store) = migrated(&cluster, "defer", 4).await;
     let client = cluster.connect(&db).await;
     insert_rows(&client, 3).await;
     client
@@ -480,7 +453,7 @@ async fn a_deferral_parks_only_pending_rows_and_releases_its_guard_after_the_wri
 #[tokio::test]
 async fn a_deferral_of_a_row_not_yet_visible_waits_for_it() {
     let cluster = TestCluster::start();
-    let (db, store) = migrated(&cluster, "defer_late").await;
+    let (db, store) = migrated(&cluster, "defer_late", 4).await;
     let client = cluster.connect(&db).await;
 
     let progress = Progress::new(Lsn(10));

@@ -11,37 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use dispatchbox::store::status::Outcome;
 use dispatchbox::store::sweep::{ClaimReason, ClaimSettings, ClaimedEvent};
-use dispatchbox::store::{Names, Store};
 use support::postgres::TestCluster;
-use tokio_postgres::NoTls;
-
-fn pool(url: &str) -> Pool {
-    let config: tokio_postgres::Config = url.parse().unwrap();
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager).max_size(6).build().unwrap()
-}
-
-/// A migrated database with the default outbox table and a store over it.
-async fn migrated(cluster: &TestCluster, prefix: &str) -> (String, Store) {
-    let db = cluster.create_database(prefix).await;
-    let names = Names::new(
-        "outbox_event".parse().unwrap(),
-        "dispatchbox".parse().unwrap(),
-    )
-    .unwrap();
-    let store = Store::new(pool(&cluster.superuser_url(&db)), names.table().clone());
-    store.migrate(&names).await.unwrap();
-    (db, store)
-}
+use support::store::migrated;
 
 fn settings() -> ClaimSettings {
     ClaimSettings {
@@ -88,7 +61,7 @@ fn ids(claimed: &[ClaimedEvent]) -> Vec<i64> {
 #[tokio::test]
 async fn a_claim_takes_due_retries_expired_leases_and_missed_rows_only() {
     let cluster = TestCluster::start();
-    let (db, store) = migrated(&cluster, "claim").await;
+    let (db, store) = migrated(&cluster, "claim", 6).await;
     let client = cluster.connect(&db).await;
 
     let due_retry = row(&client, "a", "retry", -1.0, 600.0).await;
@@ -201,7 +174,7 @@ async fn a_claim_takes_due_retries_expired_leases_and_missed_rows_only() {
 #[tokio::test]
 async fn ordering_claims_only_the_head_of_each_aggregate() {
     let cluster = TestCluster::start();
-    let (db, store) = migrated(&cluster, "heads").await;
+    let (db, store) = migrated(&cluster, "heads", 6).await;
     let client = cluster.connect(&db).await;
     let a1 = row(&client, "A", "retry", -1.0, 600.0).await;
     let a2 = row(&client, "A", "retry", -1.0, 600.0).await;
@@ -257,7 +230,7 @@ async fn ordering_claims_only_the_head_of_each_aggregate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_claimers_never_claim_a_row_twice() {
     let cluster = TestCluster::start();
-    let (db, store) = migrated(&cluster, "concurrent").await;
+    let (db, store) = migrated(&cluster, "concurrent", 6).await;
     let client = cluster.connect(&db).await;
     client
         .execute(
@@ -359,7 +332,7 @@ async fn concurrent_claimers_never_claim_a_row_twice() {
 #[tokio::test]
 async fn claimed_outcomes_are_written_only_under_the_claim_token() {
     let cluster = TestCluster::start();
-    let (db, store) = migrated(&cluster, "token").await;
+    let (db, store) = migrated(&cluster, "token", 6).await;
     let client = cluster.connect(&db).await;
     let mut rows = Vec::new();
     for aggregate in ["1", "2", "3", "4"] {
@@ -527,7 +500,7 @@ async fn claimed_rows_map_exactly_like_the_stream() {
     use dispatchbox::replication::relation::{InsertOutcome, OutboxMapper, OutboxTable};
 
     let cluster = TestCluster::start();
-    let (db, store) = migrated(&cluster, "mapping").await;
+    let (db, store) = migrated(&cluster, "mapping", 6).await;
     let client = cluster.connect(&db).await;
     // The replication client pins these; a synchronous commit makes the rows decodable.
     client

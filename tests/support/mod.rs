@@ -5,4 +5,5 @@
 pub mod kafka;
 pub mod postgres;
 pub mod relay;
+pub mod store;
 pub mod webhook;
