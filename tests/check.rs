@@ -9,12 +9,7 @@ use std::process::ExitStatus;
 
 use serde_json::Value;
 use support::postgres::{ClusterOptions, TestCluster};
-use support::relay::{base_env, migrate, run_to_end};
-
-fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
-    env.retain(|(k, _)| k != key);
-    env.push((key.to_owned(), value.to_owned()));
-}
+use support::relay::{base_env, migrate, run_to_end, set_env};
 
 /// Runs `check --format json` (plus `extra` arguments) and parses its report.
 fn check_json(env: &[(String, String)], extra: &[&str]) -> (ExitStatus, Value) {
@@ -196,7 +191,7 @@ async fn role_without_replication_is_an_error() {
         .batch_execute("CREATE ROLE plain LOGIN PASSWORD 'plain-pw'")
         .await
         .unwrap();
-    set(
+    set_env(
         &mut env,
         "DISPATCHBOX_DATABASE_URL",
         &cluster.url("plain", "plain-pw", &db),
@@ -270,7 +265,7 @@ async fn unreachable_database_and_wrong_password_are_one_error_each() {
     let cluster = TestCluster::start();
     let db = cluster.create_database("pw").await;
     let mut env = base_env(&cluster, &db);
-    set(
+    set_env(
         &mut env,
         "DISPATCHBOX_DATABASE_URL",
         &cluster.url("postgres", "wrong-pw", &db),
@@ -293,8 +288,8 @@ async fn unreachable_kafka_broker_is_an_error() {
     let mut env = base_env(&cluster, &db);
     migrate(&env);
     let brokers = format!("127.0.0.1:{}", closed_port());
-    set(&mut env, "DISPATCHBOX_SINKS", "kafka");
-    set(&mut env, "DISPATCHBOX_KAFKA_BROKERS", &brokers);
+    set_env(&mut env, "DISPATCHBOX_SINKS", "kafka");
+    set_env(&mut env, "DISPATCHBOX_KAFKA_BROKERS", &brokers);
 
     let started = std::time::Instant::now();
     let (status, report) = check_json(&env, &["--timeout", "2s"]);

@@ -13,15 +13,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use support::postgres::{eventually, TestCluster};
-use support::relay::{base_env, migrate, run_to_end, start_streaming, RelayProcess};
+use support::relay::{base_env, migrate, run_to_end, set_env, start_streaming, RelayProcess};
 use support::webhook::{Receiver, Rule};
 
 const TABLE: &str = "public.outbox_event";
-
-fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
-    env.retain(|(k, _)| k != key);
-    env.push((key.to_owned(), value.to_owned()));
-}
 
 struct Setup {
     _cluster: TestCluster,
@@ -156,12 +151,12 @@ async fn setup() -> (Setup, Events) {
     let receiver = Receiver::start().await;
     let db = cluster.create_database("dead").await;
     let mut env = base_env(&cluster, &db);
-    set(&mut env, "DISPATCHBOX_SINKS", "webhook");
-    set(&mut env, "DISPATCHBOX_WEBHOOK_URL", &receiver.url());
-    set(&mut env, "DISPATCHBOX_WEBHOOK_TIMEOUT", "2s");
-    set(&mut env, "DISPATCHBOX_SWEEP_INTERVAL", "200ms");
-    set(&mut env, "DISPATCHBOX_SWEEP_LEASE", "10s");
-    set(
+    set_env(&mut env, "DISPATCHBOX_SINKS", "webhook");
+    set_env(&mut env, "DISPATCHBOX_WEBHOOK_URL", &receiver.url());
+    set_env(&mut env, "DISPATCHBOX_WEBHOOK_TIMEOUT", "2s");
+    set_env(&mut env, "DISPATCHBOX_SWEEP_INTERVAL", "200ms");
+    set_env(&mut env, "DISPATCHBOX_SWEEP_LEASE", "10s");
+    set_env(
         &mut env,
         "DISPATCHBOX_ROUTES",
         "order.*=webhook; invoice.*=webhook",

@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::postgres::{ClusterOptions, TestCluster};
-use support::relay::{base_env, migrate, run_to_end, RelayProcess};
+use support::relay::{base_env, migrate, run_to_end, set_env, RelayProcess};
 
 /// Runs the relay and expects it to exit non-zero within 20 s; returns its stderr.
 fn expect_fast_failure(env: &[(String, String)]) -> String {
@@ -21,18 +21,13 @@ fn expect_fast_failure(env: &[(String, String)]) -> String {
     relay.stderr()
 }
 
-fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
-    env.retain(|(k, _)| k != key);
-    env.push((key.to_owned(), value.to_owned()));
-}
-
 #[tokio::test]
 async fn wrong_password_fails_fast() {
     let cluster = TestCluster::start();
     let db = cluster.create_database("pw").await;
     let mut env = base_env(&cluster, &db);
     migrate(&env);
-    set(
+    set_env(
         &mut env,
         "DISPATCHBOX_DATABASE_URL",
         &cluster.url("postgres", "wrong-password", &db),
@@ -107,7 +102,7 @@ async fn invalid_configuration_names_the_variable() {
         ("DISPATCHBOX_SINKS", "carrier-pigeon"),
     ] {
         let mut env = base_env(&cluster, &db);
-        set(&mut env, key, value);
+        set_env(&mut env, key, value);
         let (status, _stdout, stderr) = run_to_end(&["run"], &env);
         assert_eq!(status.code(), Some(2), "{key}={value}: {stderr}");
         assert!(stderr.contains(key), "{key} not named: {stderr}");

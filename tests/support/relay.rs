@@ -41,6 +41,12 @@ pub fn base_env(cluster: &TestCluster, database: &str) -> Vec<(String, String)> 
     .collect()
 }
 
+/// Sets `key` to `value` in `env`, replacing an earlier value.
+pub fn set_env(env: &mut Vec<(String, String)>, key: &str, value: &str) {
+    env.retain(|(k, _)| k != key);
+    env.push((key.to_owned(), value.to_owned()));
+}
+
 /// Runs `dispatchbox <args>` to completion with `env`; returns (status, stdout, stderr).
 pub fn run_to_end(args: &[&str], env: &[(String, String)]) -> (ExitStatus, String, String) {
     let out = Command::new(binary())
