@@ -5,7 +5,9 @@
 //! - `processing` rows whose lease expired (a relay died while delivering them);
 //! - `pending` rows the stream missed: older than `DISPATCHBOX_SWEEP_GRACE`, or, right after
 //!   a replication slot was created or recreated, every pending row created before that
-//!   moment (no grace: the new slot will never stream them).
+//!   moment (no grace: the new slot will never stream them);
+//! - `pending` rows attempted before (with a `last_error_at`): dead events an operator
+//!   retried, which the insert-only stream never sees again (no grace either).
 //!
 //! Safe on every replica at once: rows are claimed with `FOR UPDATE SKIP LOCKED`, marked
 //! `processing` with this sweeper's `claim_token` and a lease, and outcomes are written only

@@ -440,7 +440,8 @@ async fn list_stats_show_retry_and_openapi() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(error_text(&body).contains("/no-such-thing"), "{body}");
 
-    // Retry one: due now, attempts reset, error kept; a second retry finds it not dead.
+    // Retry one: pending and due now, attempts reset, error kept; a second retry finds it
+    // not dead.
     let (status, body) = api
         .post(&format!("/dead-events/{}/retry", dead[0]), None)
         .await;
@@ -449,7 +450,7 @@ async fn list_stats_show_retry_and_openapi() {
     let (status, attempts, last_error, due, token) = api.row(dead[0]).await;
     assert_eq!(
         (status.as_str(), attempts, due, token),
-        ("retry", 0, true, None)
+        ("pending", 0, true, None)
     );
     assert_eq!(
         last_error.as_deref(),

@@ -73,16 +73,27 @@ async fn a_claim_takes_due_retries_expired_leases_and_missed_rows_only() {
     let _scheduled = row(&client, "g", "pending", 3600.0, 600.0).await;
     let _done = row(&client, "h", "done", -600.0, 600.0).await;
     let _dead = row(&client, "i", "dead", -600.0, 600.0).await;
+    // Fresh, but attempted before: returned from `dead` by an operator.
+    let requeued = row(&client, "k", "pending", 0.0, 0.0).await;
+    client
+        .execute(
+            "UPDATE outbox_event SET last_error = 'webhook answered 500', last_error_at = now()
+              WHERE id = $1",
+            &[&requeued],
+        )
+        .await
+        .unwrap();
 
     let claimed = store.claim_due("sweeper-1", &settings()).await.unwrap();
-    assert_eq!(ids(&claimed), vec![due_retry, expired, missed]);
+    assert_eq!(ids(&claimed), vec![due_retry, expired, missed, requeued]);
     let reasons: Vec<(ClaimReason, i32)> = claimed.iter().map(|c| (c.reason, c.attempts)).collect();
     assert_eq!(
         reasons,
         vec![
             (ClaimReason::DueRetry, 1),
             (ClaimReason::ExpiredLease, 1),
-            (ClaimReason::Missed, 0)
+            (ClaimReason::Missed, 0),
+            (ClaimReason::Requeued, 0)
         ]
     );
     let leased = client
@@ -97,7 +108,7 @@ async fn a_claim_takes_due_retries_expired_leases_and_missed_rows_only() {
         .unwrap();
     assert_eq!(
         leased.iter().map(|r| r.get(0)).collect::<Vec<i64>>(),
-        vec![due_retry, expired, missed]
+        vec![due_retry, expired, missed, requeued]
     );
     let attempts: i32 = client
         .query_one(

@@ -493,8 +493,9 @@ pub fn openapi_document() -> Value {
             "title": "dispatchbox admin API",
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Dead-letter management for the dispatchbox outbox relay. A retried \
-                            event becomes `retry`, due now, and the running relay's sweeper \
-                            delivers it within DISPATCHBOX_SWEEP_INTERVAL."
+                            event returns to `pending` (attempts reset, last error kept) and \
+                            the running relay's sweeper delivers it within \
+                            DISPATCHBOX_SWEEP_INTERVAL."
         },
         "servers": [{"url": "/api"}],
         "security": [{"bearerAuth": []}],

@@ -7,16 +7,14 @@
 //! (keyset: `id > after_id ORDER BY id`), which stays correct and cheap however deep the
 //! page, and never skips or repeats a row that stays dead between pages.
 //!
-//! **Retry means "due now", not `pending`.** The design says an operator retry returns a
-//! row to `pending`. A relay only streams INSERTs (the publication is insert-only), so an
-//! UPDATE back to `pending` is never streamed; the sweeper would only pick such a row up
-//! once it is older than `DISPATCHBOX_SWEEP_GRACE` (5 minutes by default, and measured
-//! from `created_at`, so old rows would be taken at once while fresh ones would wait). A
-//! retry therefore sets `status = 'retry'`, `next_run_at = now()`, `attempts = 0` and clears
-//! `claim_token`: the running relay's sweeper delivers it within
-//! `DISPATCHBOX_SWEEP_INTERVAL`, with the full `DISPATCHBOX_MAX_ATTEMPTS` budget again.
-//! `last_error` and `last_error_at` are kept as history until the next attempt overwrites
-//! them.
+//! **A retry returns the row to `pending`** with `attempts = 0`, `next_run_at = now()` and
+//! no claim; `last_error` and `last_error_at` are kept as history until the next attempt
+//! overwrites them. The publication streams INSERTs only, so the stream never sees this
+//! UPDATE: the sweeper delivers the row. A `pending` row that carries a `last_error_at` has
+//! been attempted before (an application inserts rows without one), so the sweeper takes it
+//! at its next sweep instead of leaving it to the stream for `DISPATCHBOX_SWEEP_GRACE`
+//! (see `store::sweep`); the running relay delivers it within `DISPATCHBOX_SWEEP_INTERVAL`,
+//! with the full `DISPATCHBOX_MAX_ATTEMPTS` budget again.
 //!
 //! Ordering: a dead row never holds its aggregate back, so a retried event arrives after
 //! the later events of its aggregate delivered meanwhile, and events streamed between the
@@ -417,9 +415,9 @@ impl Store {
 
     /// Makes the selected dead events due for delivery now and returns their ids (in id
     /// order). Only rows that are `dead` when the statement runs are changed: `status =
-    /// 'retry'`, `attempts = 0`, `next_run_at = now()`, `claim_token = NULL`; `last_error`
-    /// is kept. The running relay's sweeper delivers them within its interval (see the
-    /// module doc for why this is not `pending`). Concurrent retries of the same rows
+    /// 'pending'`, `attempts = 0`, `next_run_at = now()`, `claim_token = NULL`; `last_error`
+    /// and `last_error_at` are kept. The running relay's sweeper delivers them within its
+    /// interval (see the module doc). Concurrent retries of the same rows
     /// change each row once: the second finds it no longer dead.
     ///
     /// With `dry_run` nothing changes: the ids that would be retried are returned.
@@ -448,7 +446,7 @@ impl Store {
         } else {
             format!(
                 "UPDATE {table}
-                    SET status = 'retry', attempts = 0, next_run_at = now(), claim_token = NULL
+                    SET status = 'pending', attempts = 0, next_run_at = now(), claim_token = NULL
                   WHERE {}
               RETURNING id",
                 p.sql

@@ -8,8 +8,10 @@
 //! so a sweeper whose lease expired and was reclaimed cannot overwrite the newer claim.
 //!
 //! What a sweep covers is decided by row state alone: due `retry` rows, `processing` rows
-//! whose lease expired, and `pending` rows the stream should have delivered by now (older
-//! than a grace period, or created before a cutoff after a slot was recreated). It never
+//! whose lease expired, `pending` rows the stream should have delivered by now (older
+//! than a grace period, or created before a cutoff after a slot was recreated), and
+//! `pending` rows that carry a `last_error_at`: rows an operator returned from `dead`
+//! (`dispatchbox dead retry`), which the insert-only stream never sees again. It never
 //! uses an id or time watermark: ids do not commit in order, so "everything above the last
 //! id seen" would skip rows committed late.
 //!
@@ -58,25 +60,32 @@ pub enum ClaimReason {
     ExpiredLease,
     /// A `pending` row the stream did not deliver in time.
     Missed,
+    /// A `pending` row that was attempted before: returned from `dead` by an operator.
+    Requeued,
 }
 
 impl ClaimReason {
-    /// `due_retry`, `expired_lease` or `missed`.
+    /// Every reason, for metric label sets.
+    pub const ALL: [Self; 4] = [
+        Self::DueRetry,
+        Self::ExpiredLease,
+        Self::Missed,
+        Self::Requeued,
+    ];
+
+    /// `due_retry`, `expired_lease`, `missed` or `requeued`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::DueRetry => "due_retry",
             Self::ExpiredLease => "expired_lease",
             Self::Missed => "missed",
+            Self::Requeued => "requeued",
         }
     }
 
-    fn from_status(status: &str) -> Option<Self> {
-        match status {
-            "retry" => Some(Self::DueRetry),
-            "processing" => Some(Self::ExpiredLease),
-            "pending" => Some(Self::Missed),
-            _ => None,
-        }
+    /// The inverse of [`ClaimReason::as_str`] (the claim query computes the reason).
+    fn parse(reason: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == reason)
     }
 }
 
@@ -91,7 +100,7 @@ pub struct ClaimedEvent {
     pub event: Result<OutboxEvent, RowError>,
     /// Delivery attempts recorded before this claim.
     pub attempts: i32,
-    /// The row's status before this claim.
+    /// Why the row was claimed (from its state before this claim).
     pub reason: ClaimReason,
 }
 
@@ -110,7 +119,7 @@ impl Store {
     ///
     /// Claimed: `retry` rows that are due, `processing` rows whose lease expired, and
     /// `pending` rows that are due and older than `grace` (or created before
-    /// `pending_created_before`). Each becomes `processing` with `claim_token = token` and
+    /// `pending_created_before`, or carrying a `last_error_at`: returned from `dead`). Each becomes `processing` with `claim_token = token` and
     /// `next_run_at = now() + lease`; `attempts` is not touched (the outcome write counts
     /// the attempt). Concurrent callers never claim the same row.
     ///
@@ -149,15 +158,23 @@ impl Store {
         // passes over rows another sweeper is claiming; a row another sweeper claimed and
         // committed since our snapshot is re-checked on its newest version and fails
         // `next_run_at <= now()` (its lease is in the future), so it is not claimed twice.
-        // `created_at < NULL` is null, so an unset cutoff adds nothing.
+        // `created_at < NULL` is null, so an unset cutoff adds nothing. A `pending` row with
+        // a `last_error_at` was attempted before, so it was returned from `dead`: the
+        // insert-only stream will not deliver it, and it is taken without grace.
         // ORDER BY id: oldest first, and a stable lock order.
         let sql = format!(
             "WITH due AS (
-                 SELECT t.id, t.status AS claimed_from, t.next_run_at AS due_at
+                 SELECT t.id,
+                        CASE WHEN t.status = 'retry' THEN 'due_retry'
+                             WHEN t.status = 'processing' THEN 'expired_lease'
+                             WHEN t.last_error_at IS NOT NULL THEN 'requeued'
+                             ELSE 'missed' END AS reason,
+                        t.next_run_at AS due_at
                    FROM {table} AS t
                   WHERE t.status IN {OUTSTANDING}
                     AND t.next_run_at <= now()
                     AND (t.status IN ('retry', 'processing')
+                         OR t.last_error_at IS NOT NULL
                          OR t.created_at <= now() - $3::bigint * interval '1 microsecond'
                          OR t.created_at < $4::timestamptz)
                     {head_only}
@@ -171,7 +188,7 @@ impl Store {
                     next_run_at = now() + $5::bigint * interval '1 microsecond'
                FROM due
               WHERE t.id = due.id
-          RETURNING t.id, due.claimed_from, t.attempts, t.aggregate_type, t.aggregate_id,
+          RETURNING t.id, due.reason, t.attempts, t.aggregate_type, t.aggregate_id,
                     t.event_type, t.payload::text, t.headers::text, t.created_at, due.due_at"
         );
         let client = self.client(CONTEXT).await?;
@@ -321,10 +338,10 @@ fn claimed_event(row: &Row) -> Result<ClaimedEvent, StoreError> {
     const CONTEXT: &str = "sweeper claim";
     let db = |e| StoreError::db(CONTEXT, e);
     let id: i64 = row.try_get(0).map_err(db)?;
-    let claimed_from: &str = row.try_get(1).map_err(db)?;
-    let reason = ClaimReason::from_status(claimed_from).ok_or_else(|| StoreError::Unexpected {
+    let reason: &str = row.try_get(1).map_err(db)?;
+    let reason = ClaimReason::parse(reason).ok_or_else(|| StoreError::Unexpected {
         context: CONTEXT.into(),
-        detail: format!("row {id} was claimed from status {claimed_from:?}"),
+        detail: format!("row {id} was claimed for the unknown reason {reason:?}"),
     })?;
     let attempts: i32 = row.try_get(2).map_err(db)?;
     let headers: Option<&str> = row.try_get(7).map_err(db)?;

@@ -19,6 +19,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::store::sweep::ClaimReason;
+
 /// Content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -244,7 +246,7 @@ impl Metrics {
             sweeper_reclaims: counter_vec(
                 &registry,
                 "dispatchbox_sweeper_reclaims_total",
-                "Rows the sweeper claimed, by reason: due_retry, expired_lease or missed.",
+                "Rows the sweeper claimed, by reason: due_retry, expired_lease, missed or requeued.",
                 &["reason"],
             ),
             stream_connected: gauge(
@@ -264,8 +266,6 @@ impl Metrics {
 
 /// Sink labels (the closed set of sinks).
 const SINKS: [&str; 3] = ["kafka", "webhook", "stdout"];
-/// Sweeper reclaim reasons (`ClaimReason::as_str`).
-const RECLAIM_REASONS: [&str; 3] = ["due_retry", "expired_lease", "missed"];
 
 /// Makes sure every metric exists, with every series of its closed label sets at zero, so
 /// the first scrape shows them all and rates work from the start (dashboards and alerts
@@ -284,8 +284,8 @@ pub fn init() {
         m.retries.with_label_values(&[sink]);
         m.delivery_duration.with_label_values(&[sink]);
     }
-    for reason in RECLAIM_REASONS {
-        m.sweeper_reclaims.with_label_values(&[reason]);
+    for reason in ClaimReason::ALL {
+        m.sweeper_reclaims.with_label_values(&[reason.as_str()]);
     }
 }
 
@@ -390,7 +390,8 @@ pub fn replication_slot(wal_status: &str, lag_bytes: Option<i64>) {
     }
 }
 
-/// The sweeper claimed a row for `reason` (`due_retry`, `expired_lease` or `missed`).
+/// The sweeper claimed a row for `reason` (`due_retry`, `expired_lease`, `missed` or
+/// `requeued`).
 pub fn sweeper_reclaim(reason: &'static str) {
     METRICS.sweeper_reclaims.with_label_values(&[reason]).inc();
 }
