@@ -236,7 +236,8 @@ pub struct Config {
     pub router: Router,
     /// `DISPATCHBOX_SWEEP_INTERVAL`: how often the sweeper looks for due rows.
     pub sweep_interval: Duration,
-    /// `DISPATCHBOX_SWEEP_GRACE`: age after which a `pending` row is the sweeper's.
+    /// `DISPATCHBOX_SWEEP_GRACE`: how long a committed `pending` row is left to the stream
+    /// (from the sweeper's first sight of it) when the slot does not show it was passed.
     pub sweep_grace: Duration,
     /// `DISPATCHBOX_SWEEP_BATCH`: rows per sweeper claim.
     pub sweep_batch: i64,

@@ -162,6 +162,7 @@ async fn pipeline(
         SweepConfig {
             interval: config.sweep_interval,
             grace: config.sweep_grace,
+            slot: config.slot.as_str().to_owned(),
             batch: config.sweep_batch,
             lease: config.sweep_lease,
             ordering: config.ordering,

@@ -3,33 +3,41 @@
 //!
 //! - `retry` rows whose `next_run_at` has come (failed attempts, parked and scheduled events);
 //! - `processing` rows whose lease expired (a relay died while delivering them);
-//! - `pending` rows the stream missed: older than `DISPATCHBOX_SWEEP_GRACE`, or, right after
-//!   a replication slot was created or recreated, every pending row created before that
-//!   moment (no grace: the new slot will never stream them);
+//! - `pending` rows the stream missed: rows seen committed before a WAL position the slot's
+//!   confirmed flush position has since passed (the stream went past them without settling
+//!   them), rows seen `pending` for longer than `DISPATCHBOX_SWEEP_GRACE` (the stream is
+//!   stuck or far behind), and, right after a replication slot was created or recreated,
+//!   every pending row created before that moment (the new slot will never stream them);
 //! - `pending` rows attempted before (with a `last_error_at`): dead events an operator
 //!   retried, which the insert-only stream never sees again (no grace either).
 //!
 //! Safe on every replica at once: rows are claimed with `FOR UPDATE SKIP LOCKED`, marked
 //! `processing` with this sweeper's `claim_token` and a lease, and outcomes are written only
-//! while the token still holds the row. It does not race a healthy stream: fresh `pending`
-//! rows belong to the stream until the grace period has passed, and the slot-creation
-//! cut-off only covers rows that committed before the slot existed (slot creation waits
-//! for every transaction running when it starts). No id or time watermark is kept.
+//! while the token still holds the row. It does not race a healthy stream: a `pending` row
+//! belongs to the stream until the stream has provably passed its commit or the grace
+//! period, counted from when the sweeper first saw the row committed (not from
+//! `created_at`, so a transaction held open for long is no exception), has passed; and the
+//! slot-creation cut-off only covers rows that committed before the slot existed (slot
+//! creation waits for every transaction running when it starts). No id or time watermark
+//! is kept: [`Sightings`] remembers individual rows, a bounded number of them.
 //! With ordering on, only the head of each aggregate's backlog is claimed, and claiming
 //! repeats until nothing is due, so a parked aggregate drains in id order.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
-use std::sync::Arc;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::ordering::{key_of, BlockedAggregates};
 use crate::dispatch::{self, Deliverer};
+use crate::replication::lsn::Lsn;
 use crate::store::status::Outcome;
-use crate::store::sweep::{ClaimSettings, ClaimedEvent};
+use crate::store::sweep::{ClaimSettings, ClaimedEvent, PendingSighting};
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics;
 
@@ -38,14 +46,74 @@ use crate::telemetry::metrics;
 pub struct SweepConfig {
     /// `DISPATCHBOX_SWEEP_INTERVAL`: how often to look for due rows, at least.
     pub interval: Duration,
-    /// `DISPATCHBOX_SWEEP_GRACE`: a `pending` row younger than this belongs to the stream.
+    /// `DISPATCHBOX_SWEEP_GRACE`: how long a committed `pending` row is left to the stream
+    /// when nothing shows the stream has passed it.
     pub grace: Duration,
+    /// The replication slot whose confirmed flush position shows how far the stream got.
+    pub slot: String,
     /// `DISPATCHBOX_SWEEP_BATCH`: rows claimed per statement.
     pub batch: i64,
     /// `DISPATCHBOX_SWEEP_LEASE`: how long a claim holds a row.
     pub lease: Duration,
     /// Per-aggregate ordering on.
     pub ordering: bool,
+}
+
+/// Most `pending` rows remembered by [`Sightings`] (about 40 bytes each). A larger backlog
+/// of missed rows is taken this many at a time.
+const SIGHTING_LIMIT: i64 = 10_000;
+
+/// When this sweeper first saw each `pending` row committed, and the WAL position that
+/// bounded its commit then. A row is the sweeper's once the stream has settled past that
+/// position (it passed the commit without delivering the row) or once it has been seen
+/// `pending` for the grace period (the stream is stuck or far behind).
+#[derive(Debug, Default)]
+pub struct Sightings {
+    first_seen: HashMap<i64, (Lsn, Instant)>,
+}
+
+impl Sightings {
+    /// Records a look at the pending rows: rows seen before keep their first sighting,
+    /// new rows are sighted now, rows no longer pending (or beyond the limit) are
+    /// forgotten.
+    pub fn observe(&mut self, sighting: &PendingSighting, now: Instant) {
+        let mut first_seen = HashMap::with_capacity(sighting.ids.len());
+        for &id in &sighting.ids {
+            let first = self
+                .first_seen
+                .get(&id)
+                .copied()
+                .unwrap_or((sighting.wal_position, now));
+            first_seen.insert(id, first);
+        }
+        self.first_seen = first_seen;
+    }
+
+    /// The remembered rows the stream has missed, lowest id first: those sighted at or
+    /// before `stream_settled`, and those sighted at least `grace` ago.
+    pub fn missed(&self, stream_settled: Option<Lsn>, grace: Duration, now: Instant) -> Vec<i64> {
+        let mut missed: Vec<i64> = self
+            .first_seen
+            .iter()
+            .filter(|(_, &(position, at))| {
+                stream_settled.is_some_and(|settled| position <= settled)
+                    || now.saturating_duration_since(at) >= grace
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        missed.sort_unstable();
+        missed
+    }
+
+    /// How many rows are remembered.
+    pub fn len(&self) -> usize {
+        self.first_seen.len()
+    }
+
+    /// True when no row is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.first_seen.is_empty()
+    }
 }
 
 /// A lease holder name unique to this process.
@@ -68,6 +136,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let token = claim_token();
+    let mut sightings = Sightings::default();
     let mut cutoff: Option<DateTime<Utc>> = None;
     let mut wake = tokio::time::Instant::now();
     loop {
@@ -83,7 +152,14 @@ pub async fn run(
             }
         }
         match sweep(
-            &store, &deliverer, &blocked, &config, &token, cutoff, &shutdown,
+            &store,
+            &deliverer,
+            &blocked,
+            &config,
+            &token,
+            cutoff,
+            &mut sightings,
+            &shutdown,
         )
         .await
         {
@@ -115,6 +191,7 @@ async fn next_wake(store: &Store, interval: Duration) -> tokio::time::Instant {
 }
 
 /// Claims and delivers until nothing is due.
+#[allow(clippy::too_many_arguments)]
 async fn sweep(
     store: &Store,
     deliverer: &Deliverer,
@@ -122,16 +199,20 @@ async fn sweep(
     config: &SweepConfig,
     token: &str,
     cutoff: Option<DateTime<Utc>>,
+    sightings: &mut Sightings,
     shutdown: &CancellationToken,
 ) -> Result<(), StoreError> {
-    let settings = ClaimSettings {
-        batch: config.batch,
-        lease: config.lease,
-        grace: config.grace,
-        ordering: config.ordering,
-        pending_created_before: cutoff,
-    };
     while !shutdown.is_cancelled() {
+        let sighting = store.sight_pending(&config.slot, SIGHTING_LIMIT).await?;
+        let now = Instant::now();
+        sightings.observe(&sighting, now);
+        let settings = ClaimSettings {
+            batch: config.batch,
+            lease: config.lease,
+            missed_pending: sightings.missed(sighting.stream_settled, config.grace, now),
+            ordering: config.ordering,
+            pending_created_before: cutoff,
+        };
         let claimed = store.claim_due(token, &settings).await?;
         if claimed.is_empty() {
             return Ok(());
@@ -196,4 +277,58 @@ async fn deliver_claimed(
     }
     drop(guards);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sighting(ids: &[i64], wal_position: u64) -> PendingSighting {
+        PendingSighting {
+            ids: ids.to_vec(),
+            wal_position: Lsn(wal_position),
+            stream_settled: None,
+        }
+    }
+
+    const GRACE: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn a_row_is_missed_once_the_stream_settles_past_its_first_sighting() {
+        let t0 = Instant::now();
+        let mut sightings = Sightings::default();
+        sightings.observe(&sighting(&[1, 2], 100), t0);
+        // Seen again later at a higher position: the first sighting counts.
+        sightings.observe(&sighting(&[1, 2, 3], 200), t0 + Duration::from_secs(1));
+        let now = t0 + Duration::from_secs(2);
+        assert!(sightings.missed(None, GRACE, now).is_empty());
+        assert!(sightings.missed(Some(Lsn(99)), GRACE, now).is_empty());
+        assert_eq!(sightings.missed(Some(Lsn(100)), GRACE, now), vec![1, 2]);
+        assert_eq!(sightings.missed(Some(Lsn(250)), GRACE, now), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_row_is_missed_after_the_grace_period_from_its_first_sighting() {
+        let t0 = Instant::now();
+        let mut sightings = Sightings::default();
+        sightings.observe(&sighting(&[7], 100), t0);
+        sightings.observe(&sighting(&[7, 8], 200), t0 + Duration::from_secs(10));
+        let missed = |after: u64| sightings.missed(None, GRACE, t0 + Duration::from_secs(after));
+        assert!(missed(299).is_empty());
+        assert_eq!(missed(300), vec![7]);
+        assert_eq!(missed(310), vec![7, 8]);
+    }
+
+    #[test]
+    fn rows_no_longer_pending_are_forgotten_and_sighted_anew_if_they_return() {
+        let t0 = Instant::now();
+        let mut sightings = Sightings::default();
+        sightings.observe(&sighting(&[1, 2], 100), t0);
+        sightings.observe(&sighting(&[2], 200), t0 + Duration::from_secs(1));
+        assert_eq!(sightings.len(), 1);
+        sightings.observe(&sighting(&[1, 2], 300), t0 + Duration::from_secs(2));
+        assert_eq!(sightings.missed(Some(Lsn(200)), GRACE, t0), vec![2]);
+        sightings.observe(&sighting(&[], 400), t0 + Duration::from_secs(3));
+        assert!(sightings.is_empty());
+    }
 }

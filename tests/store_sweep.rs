@@ -20,7 +20,7 @@ fn settings() -> ClaimSettings {
     ClaimSettings {
         batch: 100,
         lease: Duration::from_secs(60),
-        grace: Duration::from_secs(60),
+        missed_pending: Vec::new(),
         ordering: false,
         pending_created_before: None,
     }
@@ -55,8 +55,9 @@ fn ids(claimed: &[ClaimedEvent]) -> Vec<i64> {
     claimed.iter().map(|c| c.id).collect()
 }
 
-/// Given rows in every state, a claim takes due retries, expired leases and pending rows
-/// older than the grace period, and nothing else; claimed rows are leased to the token.
+/// Given rows in every state, a claim takes due retries, expired leases, due pending rows
+/// the caller names as missed and requeued rows, and nothing else; claimed rows are leased
+/// to the token.
 /// After a slot was recreated, a cutoff takes fresh pending rows created before it.
 #[tokio::test]
 async fn a_claim_takes_due_retries_expired_leases_and_missed_rows_only() {
@@ -70,9 +71,10 @@ async fn a_claim_takes_due_retries_expired_leases_and_missed_rows_only() {
     let _live_lease = row(&client, "d", "processing", 3600.0, 600.0).await;
     let missed = row(&client, "e", "pending", -600.0, 600.0).await;
     let fresh = row(&client, "f", "pending", 0.0, 0.0).await;
-    let _scheduled = row(&client, "g", "pending", 3600.0, 600.0).await;
-    let _done = row(&client, "h", "done", -600.0, 600.0).await;
-    let _dead = row(&client, "i", "dead", -600.0, 600.0).await;
+    let old_unnamed = row(&client, "l", "pending", -600.0, 600.0).await;
+    let scheduled = row(&client, "g", "pending", 3600.0, 600.0).await;
+    let done = row(&client, "h", "done", -600.0, 600.0).await;
+    let dead = row(&client, "i", "dead", -600.0, 600.0).await;
     // Fresh, but attempted before: returned from `dead` by an operator.
     let requeued = row(&client, "k", "pending", 0.0, 0.0).await;
     client
@@ -84,7 +86,19 @@ async fn a_claim_takes_due_retries_expired_leases_and_missed_rows_only() {
         .await
         .unwrap();
 
-    let claimed = store.claim_due("sweeper-1", &settings()).await.unwrap();
+    // Named as missed: only a due pending row is taken (not a scheduled one, not rows in
+    // other states). Pending rows not named are left to the stream, however old:
+    // `created_at` is when the inserting transaction began, not when it committed.
+    let claimed = store
+        .claim_due(
+            "sweeper-1",
+            &ClaimSettings {
+                missed_pending: vec![missed, scheduled, done, dead],
+                ..settings()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(ids(&claimed), vec![due_retry, expired, missed, requeued]);
     let reasons: Vec<(ClaimReason, i32)> = claimed.iter().map(|c| (c.reason, c.attempts)).collect();
     assert_eq!(
@@ -141,7 +155,7 @@ async fn a_claim_takes_due_retries_expired_leases_and_missed_rows_only() {
         )
         .await
         .unwrap();
-    assert_eq!(ids(&claimed), vec![fresh]);
+    assert_eq!(ids(&claimed), vec![fresh, old_unnamed]);
     assert_eq!(claimed[0].reason, ClaimReason::Missed);
     let status: String = client
         .query_one(
@@ -575,7 +589,6 @@ async fn claimed_rows_map_exactly_like_the_stream() {
             "sweeper",
             &ClaimSettings {
                 pending_created_before: Some(store.database_now().await.unwrap()),
-                grace: Duration::from_secs(3600),
                 ..settings()
             },
         )
@@ -609,4 +622,56 @@ async fn claimed_rows_map_exactly_like_the_stream() {
     assert_eq!(bad.id, Some(claimed[2].id));
     assert!(bad.reason.contains("headers"), "{bad}");
     assert!(claimed[3].event.as_ref().unwrap().headers.is_empty());
+}
+
+/// A sighting lists due, never-attempted pending rows in id order, and the WAL positions
+/// that bound them: every listed row committed before `wal_position`, so a slot created
+/// afterwards starts at or past it (and the slot is absent before that).
+#[tokio::test]
+async fn a_sighting_bounds_the_commits_of_the_pending_rows_it_lists() {
+    let cluster = TestCluster::start();
+    let (db, store) = migrated(&cluster, "sighting", 6).await;
+    let client = cluster.connect(&db).await;
+
+    let a = row(&client, "a", "pending", 0.0, 0.0).await;
+    let _scheduled = row(&client, "b", "pending", 3600.0, 0.0).await;
+    let requeued = row(&client, "c", "pending", 0.0, 0.0).await;
+    client
+        .execute(
+            "UPDATE outbox_event SET last_error_at = now() WHERE id = $1",
+            &[&requeued],
+        )
+        .await
+        .unwrap();
+    let _retry = row(&client, "d", "retry", -1.0, 0.0).await;
+    let _done = row(&client, "e", "done", -1.0, 0.0).await;
+    let b = row(&client, "f", "pending", -1.0, 0.0).await;
+    let c = row(&client, "g", "pending", -1.0, 0.0).await;
+
+    let first = store.sight_pending("sighting_slot", 100).await.unwrap();
+    assert_eq!(first.ids, vec![a, b, c]);
+    assert_eq!(first.stream_settled, None, "no slot yet");
+    let limited = store.sight_pending("sighting_slot", 2).await.unwrap();
+    assert_eq!(limited.ids, vec![a, b]);
+    assert!(limited.wal_position >= first.wal_position);
+
+    client
+        .execute(
+            "SELECT pg_create_logical_replication_slot('sighting_slot', 'pgoutput')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let second = store.sight_pending("sighting_slot", 100).await.unwrap();
+    let settled = second.stream_settled.expect("the slot exists");
+    assert!(
+        settled >= first.wal_position,
+        "a slot created after the sighting starts at {settled}, before {}",
+        first.wal_position
+    );
+    assert!(second.wal_position >= settled);
+    client
+        .execute("SELECT pg_drop_replication_slot('sighting_slot')", &[])
+        .await
+        .unwrap();
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use support::kafka::TestBroker;
 use support::postgres::{eventually, TestCluster};
-use support::relay::{base_env, migrate, start_streaming, RelayProcess};
+use support::relay::{base_env, migrate, set_env, start_streaming, RelayProcess};
+use support::webhook::{Receiver, Rule};
 
 const TABLE: &str = "public.outbox_event";
 
@@ -117,6 +118,98 @@ async fn slot_dropped_while_stopped_loses_nothing() {
     // New writes flow through the recreated slot.
     insert_events(&client, 10).await;
     wait_done(&client, 510, Duration::from_secs(30)).await;
+}
+
+/// Given a transaction that inserts an event and stays open for longer than the grace
+/// period, and a receiver that takes 1.5 s to answer, when it commits, then the stream
+/// delivers the event exactly once: the sweeper counts the grace period from when it saw
+/// the row committed, not from `created_at` (the transaction's start), and does not take
+/// a row the stream is delivering.
+#[tokio::test]
+async fn a_long_transaction_is_delivered_once() {
+    let cluster = TestCluster::start();
+    let db = cluster.create_database("longtx").await;
+    let receiver = Receiver::start().await;
+    receiver.respond(Rule::any().delay(Duration::from_millis(1500)));
+    let mut env = base_env(&cluster, &db);
+    set_env(&mut env, "DISPATCHBOX_SINKS", "webhook");
+    set_env(&mut env, "DISPATCHBOX_WEBHOOK_URL", &receiver.url());
+    set_env(&mut env, "DISPATCHBOX_SWEEP_GRACE", "3s");
+    set_env(&mut env, "DISPATCHBOX_SWEEP_INTERVAL", "200ms");
+    migrate(&env);
+    let client = cluster.connect(&db).await;
+    let _relay = start_streaming(&client, &env).await;
+
+    let mut writer = cluster.connect(&db).await;
+    let tx = writer.transaction().await.unwrap();
+    let id: i64 = tx
+        .query_one(
+            &format!(
+                "INSERT INTO {TABLE} (aggregate_type, aggregate_id, event_type, payload)
+                 VALUES ('order', 'long', 'order.placed', '{{}}') RETURNING id"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    tx.commit().await.unwrap();
+
+    wait_done(&client, 1, Duration::from_secs(30)).await;
+    // Past the grace period counted from the commit: nothing more arrives.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let requests = receiver.requests_for("long");
+    assert_eq!(requests.len(), 1, "delivered {} times", requests.len());
+    let attempts: i32 = client
+        .query_one(
+            &format!("SELECT attempts FROM {TABLE} WHERE id = $1"),
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 1);
+}
+
+/// Given a healthy stream and a long grace period, when a row commits while the table is
+/// out of the publication (the stream never sees it), then the sweeper delivers it as soon
+/// as the slot's confirmed position passes the point where it saw the row, long before the
+/// grace period; rows the stream does see are delivered once.
+#[tokio::test]
+async fn a_row_the_stream_passed_is_swept_without_waiting_for_the_grace_period() {
+    let cluster = TestCluster::start();
+    let db = cluster.create_database("passed").await;
+    let mut env = base_env(&cluster, &db);
+    set_env(&mut env, "DISPATCHBOX_SWEEP_GRACE", "10m");
+    set_env(&mut env, "DISPATCHBOX_SWEEP_INTERVAL", "200ms");
+    migrate(&env);
+    let client = cluster.connect(&db).await;
+    let relay = start_streaming(&client, &env).await;
+
+    let publication = format!("pub_{db}");
+    client
+        .batch_execute(&format!(
+            "ALTER PUBLICATION {publication} DROP TABLE {TABLE}"
+        ))
+        .await
+        .unwrap();
+    insert_events(&client, 3).await;
+    client
+        .batch_execute(&format!(
+            "ALTER PUBLICATION {publication} ADD TABLE {TABLE}"
+        ))
+        .await
+        .unwrap();
+    insert_events(&client, 2).await;
+
+    wait_done(&client, 5, Duration::from_secs(30)).await;
+    let seen = counts(&relay.delivered_ids());
+    assert_eq!(seen.len(), 5);
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "an event was delivered twice: {seen:?}"
+    );
 }
 
 /// A row inserted with `next_run_at` 3 s in the future is delivered no earlier than that,

@@ -7,9 +7,9 @@
 //! waiting on each other. Outcomes of claimed rows are written only under the same token,
 //! so a sweeper whose lease expired and was reclaimed cannot overwrite the newer claim.
 //!
-//! What a sweep covers is decided by row state alone: due `retry` rows, `processing` rows
-//! whose lease expired, `pending` rows the stream should have delivered by now (older
-//! than a grace period, or created before a cutoff after a slot was recreated), and
+//! What a sweep covers: due `retry` rows, `processing` rows whose lease expired, `pending`
+//! rows the caller has found the stream missed (see [`Store::sight_pending`]; the sweeper
+//! decides), `pending` rows created before a cutoff after a slot was recreated, and
 //! `pending` rows that carry a `last_error_at`: rows an operator returned from `dead`
 //! (`dispatchbox dead retry`), which the insert-only stream never sees again. It never
 //! uses an id or time watermark: ids do not commit in order, so "everything above the last
@@ -28,6 +28,7 @@ use tokio_postgres::Row;
 use super::status::{outcome_update_sql, Outcome, OutcomeColumns, UpdateGuard};
 use super::{Store, StoreError};
 use crate::event::OutboxEvent;
+use crate::replication::lsn::Lsn;
 use crate::replication::relation::{header_entries, RowError};
 
 /// What one [`Store::claim_due`] call may claim.
@@ -38,9 +39,10 @@ pub struct ClaimSettings {
     /// How long a claim holds: a row still `processing` this long after its claim is taken
     /// to be abandoned and may be claimed again (by any sweeper).
     pub lease: Duration,
-    /// How old a `pending` row must be before the sweeper takes it from the stream; rows
-    /// younger than this are left to the stream, which is about to deliver them.
-    pub grace: Duration,
+    /// `pending` rows the stream has missed, as the caller established from earlier
+    /// [`Store::sight_pending`] answers; other `pending` rows are left to the stream. Ids
+    /// no longer `pending` are ignored.
+    pub missed_pending: Vec<i64>,
     /// Per-aggregate ordering: claim only the head of each aggregate (its lowest-id row
     /// still `pending`, `retry` or `processing`), so a backlog drains in id order.
     pub ordering: bool,
@@ -104,6 +106,21 @@ pub struct ClaimedEvent {
     pub reason: ClaimReason,
 }
 
+/// One look at the `pending` rows the stream has not settled, with the WAL positions that
+/// tell whether it still can. See [`Store::sight_pending`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingSighting {
+    /// Due `pending` rows never attempted (no `last_error_at`), lowest id first, at most
+    /// the limit asked for.
+    pub ids: Vec<i64>,
+    /// The server's WAL insert position, read after the rows' snapshot: the transaction
+    /// that inserted each of `ids` committed before this position.
+    pub wal_position: Lsn,
+    /// The slot's `confirmed_flush_lsn`: the stream has settled every outbox row whose
+    /// transaction committed before it. `None` when the slot does not exist (yet).
+    pub stream_settled: Option<Lsn>,
+}
+
 /// A duration as whole microseconds for `$n::bigint * interval '1 microsecond'`.
 fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
@@ -117,9 +134,9 @@ impl Store {
     /// Claims up to `settings.batch` due rows for the claimer `token` (unique per claimer)
     /// and returns them in id order.
     ///
-    /// Claimed: `retry` rows that are due, `processing` rows whose lease expired, and
-    /// `pending` rows that are due and older than `grace` (or created before
-    /// `pending_created_before`, or carrying a `last_error_at`: returned from `dead`). Each becomes `processing` with `claim_token = token` and
+    /// Claimed: `retry` rows that are due, `processing` rows whose lease expired, and due
+    /// `pending` rows that are in `missed_pending`, were created before
+    /// `pending_created_before`, or carry a `last_error_at` (returned from `dead`). Each becomes `processing` with `claim_token = token` and
     /// `next_run_at = now() + lease`; `attempts` is not touched (the outcome write counts
     /// the attempt). Concurrent callers never claim the same row.
     ///
@@ -175,7 +192,7 @@ impl Store {
                     AND t.next_run_at <= now()
                     AND (t.status IN ('retry', 'processing')
                          OR t.last_error_at IS NOT NULL
-                         OR t.created_at <= now() - $3::bigint * interval '1 microsecond'
+                         OR t.id = ANY($3::bigint[])
                          OR t.created_at < $4::timestamptz)
                     {head_only}
                   ORDER BY t.id
@@ -202,7 +219,7 @@ impl Store {
                 &[
                     &settings.batch,
                     &token,
-                    &micros(settings.grace),
+                    &settings.missed_pending,
                     &settings.pending_created_before,
                     &micros(settings.lease),
                 ],
@@ -299,6 +316,54 @@ impl Store {
             .await
             .and_then(|r| r.try_get(0))
             .map_err(|e| StoreError::db(CONTEXT, e))
+    }
+
+    /// Looks at up to `limit` due `pending` rows that were never attempted, and reads, in the
+    /// same statement, the server's WAL insert position and the confirmed flush position of
+    /// the replication slot `slot`.
+    ///
+    /// The statement's snapshot is taken before the positions are read, so every row it
+    /// sees was committed before `wal_position` (a commit's WAL record is written before
+    /// the transaction becomes visible). Once the slot's confirmed flush position reaches
+    /// that `wal_position`, the stream has passed those commits and settled every outbox
+    /// row in them; a row still `pending` then was never streamed (a publication changed by
+    /// hand, a slot created after the row committed) and is the sweeper's. This measures
+    /// from the commit, not from `created_at` (the start of the inserting transaction), so
+    /// a long transaction is never mistaken for a missed one.
+    pub async fn sight_pending(
+        &self,
+        slot: &str,
+        limit: i64,
+    ) -> Result<PendingSighting, StoreError> {
+        const CONTEXT: &str = "pending rows sighting";
+        let sql = format!(
+            "SELECT ARRAY(SELECT id FROM {}
+                           WHERE status = 'pending' AND last_error_at IS NULL
+                             AND next_run_at <= now()
+                           ORDER BY id
+                           LIMIT $1),
+                    (pg_current_wal_insert_lsn() - '0/0')::bigint,
+                    (SELECT (confirmed_flush_lsn - '0/0')::bigint
+                       FROM pg_replication_slots
+                      WHERE slot_name = $2 AND database = current_database())",
+            self.table().quoted()
+        );
+        let client = self.client(CONTEXT).await?;
+        let statement = client
+            .prepare_cached(&sql)
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let row = client
+            .query_one(&statement, &[&limit, &slot])
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let db = |e| StoreError::db(CONTEXT, e);
+        let lsn = |v: i64| Lsn(u64::try_from(v).unwrap_or(0));
+        Ok(PendingSighting {
+            ids: row.try_get(0).map_err(db)?,
+            wal_position: lsn(row.try_get(1).map_err(db)?),
+            stream_settled: row.try_get::<_, Option<i64>>(2).map_err(db)?.map(lsn),
+        })
     }
 
     /// The earliest `next_run_at` among `retry` and `processing` rows (when the next retry
