@@ -136,7 +136,8 @@ impl Store {
     ///
     /// Claimed: `retry` rows that are due, `processing` rows whose lease expired, and due
     /// `pending` rows that are in `missed_pending`, were created before
-    /// `pending_created_before`, or carry a `last_error_at` (returned from `dead`). Each becomes `processing` with `claim_token = token` and
+    /// `pending_created_before`, or carry a `last_error_at` (returned from `dead`). Each
+    /// becomes `processing` with `claim_token = token` and
     /// `next_run_at = now() + lease`; `attempts` is not touched (the outcome write counts
     /// the attempt). Concurrent callers never claim the same row.
     ///
