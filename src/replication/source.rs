@@ -464,7 +464,13 @@ impl<'a> Session<'a> {
                     InsertOutcome::Ignored => return Ok(()),
                 };
                 tokio::select! {
-                    sent = self.work.send(work) => sent.map_err(|_| SourceError::DispatcherGone)?,
+                    sent = self.work.send(work) => {
+                        // The dispatcher stops taking work as soon as shutdown begins, which
+                        // can win the race with this send: that is shutdown, not a failure.
+                        if sent.is_err() && !shutdown.is_cancelled() {
+                            return Err(SourceError::DispatcherGone);
+                        }
+                    }
                     // Shutdown while blocked on backpressure: the event stays unsettled and
                     // is delivered again after a restart.
                     _ = shutdown.cancelled() => {}
