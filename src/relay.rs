@@ -154,7 +154,7 @@ async fn pipeline(
         config.slot.clone(),
         shutdown.clone(),
     ));
-    let (catch_up_tx, catch_up_rx) = tokio::sync::watch::channel(None);
+    let sweep_now = Arc::new(tokio::sync::Notify::new());
     let sweeper = tokio::spawn(sweeper::run(
         store.clone(),
         deliverer,
@@ -167,7 +167,7 @@ async fn pipeline(
             lease: config.sweep_lease,
             ordering: config.ordering,
         },
-        catch_up_rx,
+        sweep_now.clone(),
         shutdown.clone(),
     ));
 
@@ -184,7 +184,7 @@ async fn pipeline(
             shutdown_timeout: config.shutdown_timeout,
             slot_recreate_limit: config.slot_recreate_limit,
             store: store.clone(),
-            catch_up: catch_up_tx,
+            sweep_now,
             health,
         },
         progress,

@@ -6,8 +6,9 @@
 //! - `pending` rows the stream missed: rows seen committed before a WAL position the slot's
 //!   confirmed flush position has since passed (the stream went past them without settling
 //!   them), rows seen `pending` for longer than `DISPATCHBOX_SWEEP_GRACE` (the stream is
-//!   stuck or far behind), and, right after a replication slot was created or recreated,
-//!   every pending row created before that moment (the new slot will never stream them);
+//!   stuck or far behind). This also covers rows committed while no slot existed (a table
+//!   adopted by the relay, a slot lost and recreated): the new slot starts past them, so
+//!   they are taken as soon as the sweeper has seen them once;
 //! - `pending` rows attempted before (with a `last_error_at`): dead events an operator
 //!   retried, which the insert-only stream never sees again (no grace either).
 //!
@@ -16,10 +17,9 @@
 //! while the token still holds the row. It does not race a healthy stream: a `pending` row
 //! belongs to the stream until the stream has provably passed its commit or the grace
 //! period, counted from when the sweeper first saw the row committed (not from
-//! `created_at`, so a transaction held open for long is no exception), has passed; and the
-//! slot-creation cut-off only covers rows that committed before the slot existed (slot
-//! creation waits for every transaction running when it starts). No id or time watermark
-//! is kept: [`Sightings`] remembers individual rows, a bounded number of them.
+//! `created_at`, so a transaction held open for long is no exception), has passed. No id
+//! or time watermark is kept: [`Sightings`] remembers individual rows, a bounded number of
+//! them.
 //! With ordering on, only the head of each aggregate's backlog is claimed, and claiming
 //! repeats until nothing is due, so a parked aggregate drains in id order.
 
@@ -27,9 +27,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures_util::future::join_all;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -126,51 +126,36 @@ pub fn claim_token() -> String {
     )
 }
 
-/// Runs until `shutdown`. `catch_up` carries the cut-off after a slot was (re)created.
+/// Runs until `shutdown`, sweeping at the interval, when a retry falls due, and at once
+/// when `sweep_now` is notified (the source does so after it (re)created the slot).
 pub async fn run(
     store: Store,
     deliverer: Deliverer,
     blocked: BlockedAggregates,
     config: SweepConfig,
-    mut catch_up: watch::Receiver<Option<DateTime<Utc>>>,
+    sweep_now: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     let token = claim_token();
     let mut sightings = Sightings::default();
-    let mut cutoff: Option<DateTime<Utc>> = None;
     let mut wake = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep_until(wake) => {}
-            changed = catch_up.changed() => {
-                if changed.is_err() {
-                    // The source is gone; keep sweeping on the timer.
-                    catch_up = watch::channel(None).1;
-                }
-                cutoff = *catch_up.borrow_and_update();
-            }
+            _ = sweep_now.notified() => {}
         }
-        match sweep(
+        let swept = sweep(
             &store,
             &deliverer,
             &blocked,
             &config,
             &token,
-            cutoff,
             &mut sightings,
             &shutdown,
-        )
-        .await
-        {
-            Ok(()) => {
-                if let Some(at) = cutoff.take() {
-                    tracing::info!(created_before = %at, "caught up on rows the replication slot cannot stream");
-                }
-            }
-            Err(error) => {
-                tracing::warn!(error = %error, "sweep failed; retrying at the next interval")
-            }
+        );
+        if let Err(error) = swept.await {
+            tracing::warn!(error = %error, "sweep failed; retrying at the next interval")
         }
         wake = next_wake(&store, config.interval).await;
     }
@@ -191,14 +176,12 @@ async fn next_wake(store: &Store, interval: Duration) -> tokio::time::Instant {
 }
 
 /// Claims and delivers until nothing is due.
-#[allow(clippy::too_many_arguments)]
 async fn sweep(
     store: &Store,
     deliverer: &Deliverer,
     blocked: &BlockedAggregates,
     config: &SweepConfig,
     token: &str,
-    cutoff: Option<DateTime<Utc>>,
     sightings: &mut Sightings,
     shutdown: &CancellationToken,
 ) -> Result<(), StoreError> {
@@ -211,7 +194,6 @@ async fn sweep(
             lease: config.lease,
             missed_pending: sightings.missed(sighting.stream_settled, config.grace, now),
             ordering: config.ordering,
-            pending_created_before: cutoff,
         };
         let claimed = store.claim_due(token, &settings).await?;
         if claimed.is_empty() {

@@ -22,7 +22,6 @@ fn settings() -> ClaimSettings {
         lease: Duration::from_secs(60),
         missed_pending: Vec::new(),
         ordering: false,
-        pending_created_before: None,
     }
 }
 
@@ -58,7 +57,6 @@ fn ids(claimed: &[ClaimedEvent]) -> Vec<i64> {
 /// Given rows in every state, a claim takes due retries, expired leases, due pending rows
 /// the caller names as missed and requeued rows, and nothing else; claimed rows are leased
 /// to the token.
-/// After a slot was recreated, a cutoff takes fresh pending rows created before it.
 #[tokio::test]
 async fn a_claim_takes_due_retries_expired_leases_and_missed_rows_only() {
     let cluster = TestCluster::start();
@@ -141,15 +139,13 @@ async fn a_claim_takes_due_retries_expired_leases_and_missed_rows_only() {
         .unwrap()
         .is_empty());
 
-    // After a slot was recreated: every pending row created before the cutoff, no grace;
-    // a scheduled row still waits for its time.
-    let cutoff = store.database_now().await.unwrap();
-    let after_cutoff = row(&client, "j", "pending", 0.0, -1.0).await;
+    // Named later, the other pending rows are taken too; a scheduled row still waits for
+    // its time.
     let claimed = store
         .claim_due(
             "sweeper-2",
             &ClaimSettings {
-                pending_created_before: Some(cutoff),
+                missed_pending: vec![fresh, scheduled, old_unnamed],
                 ..settings()
             },
         )
@@ -157,15 +153,6 @@ async fn a_claim_takes_due_retries_expired_leases_and_missed_rows_only() {
         .unwrap();
     assert_eq!(ids(&claimed), vec![fresh, old_unnamed]);
     assert_eq!(claimed[0].reason, ClaimReason::Missed);
-    let status: String = client
-        .query_one(
-            "SELECT status FROM outbox_event WHERE id = $1",
-            &[&after_cutoff],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(status, "pending");
 
     // A batch size bounds the claim.
     client
@@ -584,11 +571,18 @@ async fn claimed_rows_map_exactly_like_the_stream() {
         .execute("UPDATE outbox_event SET next_run_at = now()", &[])
         .await
         .unwrap();
+    let all_ids: Vec<i64> = client
+        .query("SELECT id FROM outbox_event", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let claimed = store
         .claim_due(
             "sweeper",
             &ClaimSettings {
-                pending_created_before: Some(store.database_now().await.unwrap()),
+                missed_pending: all_ids,
                 ..settings()
             },
         )

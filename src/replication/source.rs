@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -51,10 +51,11 @@ pub struct SourceConfig {
     pub shutdown_timeout: Duration,
     /// Slot recreations allowed per hour.
     pub slot_recreate_limit: u32,
-    /// For slot maintenance (drop an invalidated slot) and the database clock.
+    /// For slot maintenance (drop an invalidated slot).
     pub store: Store,
-    /// Tells the sweeper the cut-off after the slot was (re)created.
-    pub catch_up: watch::Sender<Option<DateTime<Utc>>>,
+    /// Wakes the sweeper after the slot was (re)created: rows committed without a slot
+    /// are its to deliver.
+    pub sweep_now: Arc<Notify>,
     /// Where the stream's state is reported (probes and the stream gauges).
     pub health: Health,
 }
@@ -344,9 +345,8 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Creates the slot (dropping an invalidated one first), then asks the sweeper to
-    /// deliver every pending row created before that moment: the new slot will never
-    /// stream them. Bounded by `DISPATCHBOX_SLOT_RECREATE_LIMIT` per hour so that a
+    /// Creates the slot (dropping an invalidated one first), then wakes the sweeper, which
+    /// delivers the pending rows the new slot will never stream. Bounded by `DISPATCHBOX_SLOT_RECREATE_LIMIT` per hour so that a
     /// misconfiguration (e.g. a `max_slot_wal_keep_size` too small for the load) cannot
     /// loop forever.
     async fn recreate_slot(
@@ -390,16 +390,11 @@ impl<'a> Session<'a> {
             .await
             .map_err(slot_error)?;
         client.close().await;
-        // Every transaction running when the slot creation began had committed before its
-        // consistent point, so rows created before now were never streamed: the sweeper
-        // delivers them without waiting for the grace period.
-        let cutoff = config
-            .store
-            .database_now()
-            .await
-            .map_err(|e| SourceError::Store(Box::new(e)))?;
-        config.catch_up.send_replace(Some(cutoff));
-        tracing::info!(slot = %config.slot, consistent_point = %created.consistent_point, created_before = %cutoff, "created replication slot; sweeping rows it cannot stream");
+        // Rows committed before the consistent point will never be streamed. The sweeper
+        // takes every pending row it sees once the slot's confirmed position passes the
+        // point where it saw it, which covers exactly those rows; wake it now.
+        config.sweep_now.notify_one();
+        tracing::info!(slot = %config.slot, consistent_point = %created.consistent_point, "created replication slot; the sweeper delivers rows it cannot stream");
         Ok(())
     }
 

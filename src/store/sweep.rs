@@ -9,8 +9,7 @@
 //!
 //! What a sweep covers: due `retry` rows, `processing` rows whose lease expired, `pending`
 //! rows the caller has found the stream missed (see [`Store::sight_pending`]; the sweeper
-//! decides), `pending` rows created before a cutoff after a slot was recreated, and
-//! `pending` rows that carry a `last_error_at`: rows an operator returned from `dead`
+//! decides), and `pending` rows that carry a `last_error_at`: rows an operator returned from `dead`
 //! (`dispatchbox dead retry`), which the insert-only stream never sees again. It never
 //! uses an id or time watermark: ids do not commit in order, so "everything above the last
 //! id seen" would skip rows committed late.
@@ -46,10 +45,6 @@ pub struct ClaimSettings {
     /// Per-aggregate ordering: claim only the head of each aggregate (its lowest-id row
     /// still `pending`, `retry` or `processing`), so a backlog drains in id order.
     pub ordering: bool,
-    /// After a replication slot was (re)created: every `pending` row created before this
-    /// instant may have been missed by the stream and is claimed without waiting for the
-    /// grace period. Take it from [`Store::database_now`] once the slot exists.
-    pub pending_created_before: Option<DateTime<Utc>>,
 }
 
 /// Why a row was claimed (what its status was before the claim). A small closed set,
@@ -135,9 +130,8 @@ impl Store {
     /// and returns them in id order.
     ///
     /// Claimed: `retry` rows that are due, `processing` rows whose lease expired, and due
-    /// `pending` rows that are in `missed_pending`, were created before
-    /// `pending_created_before`, or carry a `last_error_at` (returned from `dead`). Each
-    /// becomes `processing` with `claim_token = token` and
+    /// `pending` rows that are in `missed_pending` or carry a `last_error_at` (returned from
+    /// `dead`). Each becomes `processing` with `claim_token = token` and
     /// `next_run_at = now() + lease`; `attempts` is not touched (the outcome write counts
     /// the attempt). Concurrent callers never claim the same row.
     ///
@@ -176,7 +170,7 @@ impl Store {
         // passes over rows another sweeper is claiming; a row another sweeper claimed and
         // committed since our snapshot is re-checked on its newest version and fails
         // `next_run_at <= now()` (its lease is in the future), so it is not claimed twice.
-        // `created_at < NULL` is null, so an unset cutoff adds nothing. A `pending` row with
+        // A `pending` row with
         // a `last_error_at` was attempted before, so it was returned from `dead`: the
         // insert-only stream will not deliver it, and it is taken without grace.
         // ORDER BY id: oldest first, and a stable lock order.
@@ -193,8 +187,7 @@ impl Store {
                     AND t.next_run_at <= now()
                     AND (t.status IN ('retry', 'processing')
                          OR t.last_error_at IS NOT NULL
-                         OR t.id = ANY($3::bigint[])
-                         OR t.created_at < $4::timestamptz)
+                         OR t.id = ANY($3::bigint[]))
                     {head_only}
                   ORDER BY t.id
                   LIMIT $1
@@ -203,7 +196,7 @@ impl Store {
              UPDATE {table} AS t
                 SET status = 'processing',
                     claim_token = $2,
-                    next_run_at = now() + $5::bigint * interval '1 microsecond'
+                    next_run_at = now() + $4::bigint * interval '1 microsecond'
                FROM due
               WHERE t.id = due.id
           RETURNING t.id, due.reason, t.attempts, t.aggregate_type, t.aggregate_id,
@@ -221,7 +214,6 @@ impl Store {
                     &settings.batch,
                     &token,
                     &settings.missed_pending,
-                    &settings.pending_created_before,
                     &micros(settings.lease),
                 ],
             )
@@ -328,7 +320,8 @@ impl Store {
     /// the transaction becomes visible). Once the slot's confirmed flush position reaches
     /// that `wal_position`, the stream has passed those commits and settled every outbox
     /// row in them; a row still `pending` then was never streamed (a publication changed by
-    /// hand, a slot created after the row committed) and is the sweeper's. This measures
+    /// hand, a slot created after the row committed, or lost and recreated) and is the
+    /// sweeper's. This measures
     /// from the commit, not from `created_at` (the start of the inserting transaction), so
     /// a long transaction is never mistaken for a missed one.
     pub async fn sight_pending(
@@ -380,18 +373,6 @@ impl Store {
         let client = self.client(CONTEXT).await?;
         client
             .query_one(&sql, &[])
-            .await
-            .and_then(|r| r.try_get(0))
-            .map_err(|e| StoreError::db(CONTEXT, e))
-    }
-
-    /// The database's clock (`now()`). Use it, not the relay's clock, for
-    /// [`ClaimSettings::pending_created_before`]: `created_at` is set by the database.
-    pub async fn database_now(&self) -> Result<DateTime<Utc>, StoreError> {
-        const CONTEXT: &str = "database clock";
-        let client = self.client(CONTEXT).await?;
-        client
-            .query_one("SELECT now()", &[])
             .await
             .and_then(|r| r.try_get(0))
             .map_err(|e| StoreError::db(CONTEXT, e))
