@@ -55,6 +55,21 @@ fn counts(ids: &[i64]) -> HashMap<i64, usize> {
     seen
 }
 
+/// Asserts the relay delivered exactly `total` distinct events, none more than once.
+fn assert_each_delivered_once(relay: &RelayProcess, total: usize) {
+    let seen = counts(&relay.delivered_ids());
+    let repeated: Vec<i64> = seen
+        .iter()
+        .filter(|(_, &n)| n > 1)
+        .map(|(&id, _)| id)
+        .collect();
+    assert_eq!(seen.len(), total, "distinct events delivered");
+    assert!(
+        repeated.is_empty(),
+        "delivered more than once: {repeated:?}"
+    );
+}
+
 /// Given 1,000 pending rows written before any slot existed (an existing Dispatchbox table
 /// adopted by the relay), when the relay starts and creates its slot, then the sweeper
 /// delivers all of them exactly once, without waiting for the grace period.
@@ -69,12 +84,7 @@ async fn rows_from_before_the_slot_existed_are_delivered() {
 
     let relay = RelayProcess::start(&env);
     wait_done(&client, 1_000, Duration::from_secs(60)).await;
-    let seen = counts(&relay.delivered_ids());
-    assert_eq!(seen.len(), 1_000);
-    assert!(
-        seen.values().all(|&n| n == 1),
-        "a pre-slot row was delivered twice"
-    );
+    assert_each_delivered_once(&relay, 1_000);
 }
 
 /// Given a relay that is stopped, when its slot is dropped and 500 events are inserted,
@@ -104,12 +114,7 @@ async fn slot_dropped_while_stopped_loses_nothing() {
 
     let relay = RelayProcess::start(&env);
     wait_done(&client, 500, Duration::from_secs(60)).await;
-    let seen = counts(&relay.delivered_ids());
-    assert_eq!(seen.len(), 500);
-    assert!(
-        seen.values().all(|&n| n == 1),
-        "an event was delivered twice"
-    );
+    assert_each_delivered_once(&relay, 500);
     assert!(
         relay.stderr().contains("does not exist"),
         "the relay should say the slot was missing:\n{}",
@@ -204,12 +209,7 @@ async fn a_row_the_stream_passed_is_swept_without_waiting_for_the_grace_period()
     insert_events(&client, 2).await;
 
     wait_done(&client, 5, Duration::from_secs(30)).await;
-    let seen = counts(&relay.delivered_ids());
-    assert_eq!(seen.len(), 5);
-    assert!(
-        seen.values().all(|&n| n == 1),
-        "an event was delivered twice: {seen:?}"
-    );
+    assert_each_delivered_once(&relay, 5);
 }
 
 /// A row inserted with `next_run_at` 3 s in the future is delivered no earlier than that,
