@@ -15,8 +15,9 @@ use chrono::{DateTime, Utc};
 
 use crate::replication::lsn::Lsn;
 
-/// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01 00:00:00 UTC).
-const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+/// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01 00:00:00 UTC),
+/// the clock of pgoutput timestamps and of the replication protocol.
+pub(crate) const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 
 /// Converts a PostgreSQL timestamp (µs since 2000-01-01 UTC) to a `DateTime<Utc>`.
 ///
@@ -756,11 +757,6 @@ impl Decoder {
     /// The context the next message will be decoded under.
     pub fn context(&self) -> &DecodeContext {
         &self.ctx
-    }
-
-    /// Forgets any open stream block (on reconnect).
-    pub fn reset(&mut self) {
-        self.ctx.in_stream = false;
     }
 }
 
@@ -1800,8 +1796,6 @@ mod tests {
         };
         assert_eq!(i.xid, None);
         d.decode(Bytes::from(hex("53 0000031f 00"))).unwrap();
-        d.reset();
-        assert!(d.decode(Bytes::from(insert_outside)).is_ok());
     }
 
     #[test]

@@ -57,6 +57,13 @@ struct State {
 }
 
 impl State {
+    /// The registered transaction `seq` (`txns` is in `seq` order: a binary search, since
+    /// this runs for every event and thousands of transactions may be pending).
+    fn txn_mut(&mut self, seq: TxnSeq) -> Option<&mut Txn> {
+        let index = self.txns.binary_search_by_key(&seq, |t| t.seq).ok()?;
+        self.txns.get_mut(index)
+    }
+
     fn settle_front(&mut self) -> bool {
         let mut advanced = false;
         while let Some(front) = self.txns.front() {
@@ -147,7 +154,7 @@ impl Progress {
     /// event's outcome is durable on its row.
     pub fn event(&self, seq: TxnSeq) -> Ack {
         let mut state = self.lock();
-        if let Some(txn) = state.txns.iter_mut().rev().find(|t| t.seq == seq) {
+        if let Some(txn) = state.txn_mut(seq) {
             txn.unsettled += 1;
         }
         Ack {
@@ -160,7 +167,7 @@ impl Progress {
     pub fn commit(&self, seq: TxnSeq, end_lsn: Lsn) {
         let mut state = self.lock();
         state.received = state.received.max(end_lsn);
-        if let Some(txn) = state.txns.iter_mut().rev().find(|t| t.seq == seq) {
+        if let Some(txn) = state.txn_mut(seq) {
             txn.end_lsn = Some(end_lsn);
         }
         if state.settle_front() {
@@ -197,7 +204,7 @@ impl Progress {
 
     fn settle(&self, seq: TxnSeq) {
         let mut state = self.lock();
-        let Some(txn) = state.txns.iter_mut().find(|t| t.seq == seq) else {
+        let Some(txn) = state.txn_mut(seq) else {
             return;
         };
         txn.unsettled = txn.unsettled.saturating_sub(1);
@@ -230,13 +237,9 @@ impl Progress {
     }
 
     /// True when no transaction is open or unsettled.
-    pub fn is_idle(&self) -> bool {
+    #[cfg(test)]
+    fn is_idle(&self) -> bool {
         self.lock().txns.is_empty()
-    }
-
-    /// Number of registered transactions not yet settled (including an open one).
-    pub fn pending_transactions(&self) -> usize {
-        self.lock().txns.len()
     }
 
     /// Resolves when the reportable position has advanced since the last call. Meant for

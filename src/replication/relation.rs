@@ -126,48 +126,6 @@ impl fmt::Display for RowId {
     }
 }
 
-/// The latest Relation message per relation OID, as sent on this replication connection.
-#[derive(Debug, Default, Clone)]
-pub struct RelationCache {
-    entries: HashMap<u32, Relation>,
-}
-
-impl RelationCache {
-    /// An empty cache.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Stores `relation`, replacing (not merging with) any earlier entry for its OID.
-    /// Returns the replaced entry.
-    pub fn insert(&mut self, relation: Relation) -> Option<Relation> {
-        self.entries.insert(relation.oid, relation)
-    }
-
-    /// The relation for `oid`; a change for an unknown OID means the stream is out of sync.
-    pub fn get(&self, oid: u32) -> Result<&Relation, RelationError> {
-        self.entries
-            .get(&oid)
-            .ok_or(RelationError::UnknownRelation { oid })
-    }
-
-    /// Forgets everything. Call on every reconnect: the server resends Relations per
-    /// walsender session.
-    pub fn clear(&mut self) {
-        self.entries.clear();
-    }
-
-    /// Number of cached relations.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
-
 /// The configured outbox table (`namespace.name`, unquoted, as stored in the catalog).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxTable {
@@ -325,11 +283,6 @@ impl OutboxSchema {
         })
     }
 
-    /// The table this schema was resolved from (`namespace.name`).
-    pub fn table(&self) -> &str {
-        &self.table
-    }
-
     /// Maps an Insert's new tuple (text or binary columns) to an event.
     pub fn map_row(&self, tuple: &TupleData) -> Result<OutboxEvent, RowError> {
         let row = Row {
@@ -371,15 +324,17 @@ pub enum InsertOutcome {
     Ignored,
 }
 
-/// The relation cache plus the outbox mapping, as the stream loop uses them: feed every
-/// Relation to [`OutboxMapper::on_relation`] and every Insert to
-/// [`OutboxMapper::map_insert`]; call [`OutboxMapper::clear`] on reconnect.
+/// The relations of this replication connection plus the outbox mapping, as the stream
+/// loop uses them: feed every Relation to [`OutboxMapper::on_relation`] and every Insert
+/// to [`OutboxMapper::map_insert`]. The server sends Relations per walsender session, so
+/// each connection starts with a new mapper.
 #[derive(Debug, Clone)]
 pub struct OutboxMapper {
     table: OutboxTable,
-    relations: RelationCache,
-    /// Outbox-table OIDs only; a failed validation is kept so later Inserts fail loudly.
-    schemas: HashMap<u32, Result<OutboxSchema, SchemaError>>,
+    /// Every relation OID announced on this connection (a later Relation replaces an
+    /// earlier one): `None` for another table, the validated schema for the outbox table
+    /// (a failed validation is kept so later Inserts fail loudly).
+    relations: HashMap<u32, Option<Result<OutboxSchema, SchemaError>>>,
 }
 
 impl OutboxMapper {
@@ -387,45 +342,41 @@ impl OutboxMapper {
     pub fn new(table: OutboxTable) -> Self {
         Self {
             table,
-            relations: RelationCache::new(),
-            schemas: HashMap::new(),
+            relations: HashMap::new(),
         }
     }
 
-    /// Caches `relation` (replacing any earlier one) and, if it is the outbox table,
+    /// Records `relation` (replacing any earlier one) and, if it is the outbox table,
     /// validates its columns. A [`SchemaError`] means the stream must stop.
     pub fn on_relation(&mut self, relation: Relation) -> Result<(), SchemaError> {
-        let oid = relation.oid;
         let schema = self
             .table
             .matches(&relation)
             .then(|| OutboxSchema::from_relation(&relation));
-        self.relations.insert(relation);
-        match schema {
-            Some(schema) => {
-                let result = schema.as_ref().map(|_| ()).map_err(Clone::clone);
-                self.schemas.insert(oid, schema);
-                result
-            }
-            None => {
-                self.schemas.remove(&oid);
-                Ok(())
-            }
-        }
+        let result = match &schema {
+            Some(Err(err)) => Err(err.clone()),
+            _ => Ok(()),
+        };
+        self.relations.insert(relation.oid, schema);
+        result
     }
 
     /// Maps an Insert. `Err` means the stream is out of sync; `Ok(Dead(..))` means only this
     /// row is bad.
     pub fn map_insert(&self, insert: &Insert) -> Result<InsertOutcome, RelationError> {
-        let relation = self.relations.get(insert.relation_oid)?;
-        let schema = match self.schemas.get(&insert.relation_oid) {
-            None => return Ok(InsertOutcome::Ignored),
-            Some(Err(err)) => return Err(err.clone().into()),
-            Some(Ok(schema)) => schema,
+        let schema = match self.relations.get(&insert.relation_oid) {
+            None => {
+                return Err(RelationError::UnknownRelation {
+                    oid: insert.relation_oid,
+                })
+            }
+            Some(None) => return Ok(InsertOutcome::Ignored),
+            Some(Some(Err(err))) => return Err(err.clone().into()),
+            Some(Some(Ok(schema))) => schema,
         };
         if insert.new.0.len() != schema.column_count {
             return Err(RelationError::ColumnCountMismatch {
-                table: relation.qualified_name(),
+                table: schema.table.clone(),
                 expected: schema.column_count,
                 found: insert.new.0.len(),
             });
@@ -434,23 +385,6 @@ impl OutboxMapper {
             Ok(event) => InsertOutcome::Event(event),
             Err(err) => InsertOutcome::Dead(err),
         })
-    }
-
-    /// The relation for `oid` (for Update/Delete/Truncate, which must also name a known
-    /// relation).
-    pub fn relation(&self, oid: u32) -> Result<&Relation, RelationError> {
-        self.relations.get(oid)
-    }
-
-    /// The configured outbox table.
-    pub fn table(&self) -> &OutboxTable {
-        &self.table
-    }
-
-    /// Forgets all relations (on reconnect).
-    pub fn clear(&mut self) {
-        self.relations.clear();
-        self.schemas.clear();
     }
 }
 
@@ -924,7 +858,7 @@ mod tests {
 
     #[test]
     fn unknown_relation_and_column_count_are_stream_errors() {
-        let mut m = mapper();
+        let m = mapper();
         assert_eq!(
             m.map_insert(&Insert {
                 xid: None,
@@ -941,22 +875,22 @@ mod tests {
                 ..
             })
         ));
-        m.clear();
-        assert!(m.relation(16388).is_err());
     }
 
     #[test]
-    fn relation_cache_replaces_entries() {
-        let mut cache = RelationCache::new();
-        assert!(cache.insert(design_relation()).is_none());
+    fn a_newer_relation_replaces_the_earlier_one() {
+        let mut m = mapper();
         let mut newer = design_relation();
         newer.columns.push(col("added", type_oid::TEXT));
-        let old = cache.insert(newer).unwrap();
-        assert_eq!(old.columns.len(), 14);
-        assert_eq!(cache.get(16388).unwrap().columns.len(), 15);
-        assert_eq!(cache.len(), 1);
-        cache.clear();
-        assert!(cache.is_empty());
+        m.on_relation(newer).unwrap();
+        assert!(matches!(
+            m.map_insert(&insert(design_row(Column::Null, "2026-01-01 00:00:00+00"))),
+            Err(RelationError::ColumnCountMismatch {
+                expected: 15,
+                found: 14,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -193,7 +193,8 @@ fn tune_socket(stream: &TcpStream) -> io::Result<()> {
     Ok(())
 }
 
-async fn send(
+/// Writes `buf` and flushes it.
+pub(super) async fn send(
     reader: &mut FrameReader<BoxedTransport>,
     buf: &[u8],
     context: &'static str,

@@ -95,11 +95,6 @@ pub struct SimpleRow {
 }
 
 impl SimpleRow {
-    /// Column names, in order.
-    pub fn columns(&self) -> &[String] {
-        &self.columns
-    }
-
     /// The value at `index`; `None` for NULL or out of range.
     pub fn get(&self, index: usize) -> Option<&str> {
         self.values.get(index).and_then(|v| v.as_deref())
@@ -109,16 +104,6 @@ impl SimpleRow {
     pub fn get_by_name(&self, name: &str) -> Option<&str> {
         let index = self.columns.iter().position(|c| c == name)?;
         self.get(index)
-    }
-
-    /// Number of values.
-    pub fn len(&self) -> usize {
-        self.values.len()
-    }
-
-    /// Whether the row has no columns.
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
     }
 }
 
@@ -322,11 +307,7 @@ impl ReplicationClient {
             what: "query",
             value: query.to_owned(),
         })?;
-        let io = self.frames.get_mut();
-        io.write_all(&buf)
-            .await
-            .map_err(ClientError::io("sending a query"))?;
-        io.flush().await.map_err(ClientError::io("sending a query"))
+        connect::send(&mut self.frames, &buf, "sending a query").await
     }
 }
 
@@ -391,21 +372,16 @@ fn data_row_values(
         .map_err(ClientError::from)
 }
 
-fn single_row(command: &'static str, mut rows: Vec<SimpleRow>) -> Result<SimpleRow, ClientError> {
-    if rows.len() != 1 {
-        return Err(ProtocolError::UnexpectedResult {
-            command,
-            detail: format!("{} rows instead of 1", rows.len()),
-        }
-        .into());
-    }
-    rows.pop().ok_or_else(|| {
-        ProtocolError::UnexpectedResult {
-            command,
-            detail: "no row".to_owned(),
-        }
-        .into()
-    })
+fn single_row(command: &'static str, rows: Vec<SimpleRow>) -> Result<SimpleRow, ClientError> {
+    <[SimpleRow; 1]>::try_from(rows)
+        .map(|[row]| row)
+        .map_err(|rows| {
+            ProtocolError::UnexpectedResult {
+                command,
+                detail: format!("{} rows instead of 1", rows.len()),
+            }
+            .into()
+        })
 }
 
 fn parse_column<T>(

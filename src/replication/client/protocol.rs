@@ -8,6 +8,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::error::ProtocolError;
 use crate::replication::lsn::Lsn;
+use crate::replication::pgoutput::PG_EPOCH_OFFSET_MICROS;
 
 /// Size of the XLogData header before the pgoutput payload.
 pub const XLOG_DATA_HEADER_LEN: usize = 25;
@@ -17,9 +18,6 @@ pub const PRIMARY_KEEPALIVE_LEN: usize = 18;
 pub const STANDBY_STATUS_LEN: usize = 34;
 /// A standby status update as sent: `'d'`, Int32 length, then the payload.
 pub const STANDBY_STATUS_FRAME_LEN: usize = 1 + 4 + STANDBY_STATUS_LEN;
-
-/// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01 00:00 UTC).
-const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 
 /// One message of a logical replication stream, as sent inside CopyData.
 #[derive(Debug, Clone, PartialEq, Eq)]
