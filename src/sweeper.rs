@@ -33,10 +33,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::ordering::{key_of, BlockedAggregates};
+use crate::dispatch::ordering::BlockedAggregates;
 use crate::dispatch::{self, Deliverer};
 use crate::replication::lsn::Lsn;
-use crate::store::status::Outcome;
 use crate::store::sweep::{ClaimSettings, ClaimedEvent, PendingSighting};
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics;
@@ -223,13 +222,7 @@ async fn deliver_claimed(
                 deliveries.push(async move { (event, attempt, delivery.await) });
             }
             Err(error) => {
-                dispatch::unusable_row(row.id, &error.reason);
-                outcomes.push((
-                    row.id,
-                    Outcome::Dead {
-                        error: error.reason,
-                    },
-                ));
+                outcomes.push((row.id, dispatch::unusable_row(row.id, error.reason)));
             }
         }
     }
@@ -237,8 +230,8 @@ async fn deliver_claimed(
     let mut guards = Vec::new();
     for (event, attempt, result) in join_all(deliveries).await {
         let outcome = deliverer.outcome(&event, attempt, result);
-        if ordering && matches!(outcome, Outcome::Retry { .. }) {
-            guards.push(blocked.park_guard(&key_of(&event)));
+        if ordering {
+            guards.extend(blocked.retry_guard(&event, &outcome));
         }
         outcomes.push((event.id, outcome));
     }

@@ -69,14 +69,19 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// True when attempt number `attempt` failing with `error` makes the event `dead`.
+    pub fn gives_up(&self, attempt: u32, error: &DeliveryError) -> bool {
+        error.is_permanent() || attempt >= self.max_attempts
+    }
+
     /// The outcome of attempt number `attempt` (1-based) that ended with `result`.
     pub fn outcome(&self, attempt: u32, result: Result<(), DeliveryError>) -> Outcome {
         match result {
             Ok(()) => Outcome::Done,
             Err(DeliveryError::Permanent { reason }) => Outcome::Dead { error: reason },
-            Err(DeliveryError::Retryable { reason, .. }) if attempt >= self.max_attempts => {
+            Err(error @ DeliveryError::Retryable { .. }) if self.gives_up(attempt, &error) => {
                 Outcome::Dead {
-                    error: format!("{reason} (gave up after {attempt} attempts)"),
+                    error: format!("{} (gave up after {attempt} attempts)", error.reason()),
                 }
             }
             Err(DeliveryError::Retryable {
@@ -116,11 +121,6 @@ impl Deliverer {
         }
     }
 
-    /// The enabled sinks.
-    pub fn sinks(&self) -> &[Sink] {
-        &self.sinks
-    }
-
     /// Starts delivery attempt number `attempt` (1-based) of `event` to its routed sinks
     /// now (hand-off in call order) and returns the combined result: Ok only when every
     /// routed sink accepted it; a permanent failure on any sink wins over a retryable one.
@@ -134,7 +134,7 @@ impl Deliverer {
         attempt: u32,
     ) -> impl std::future::Future<Output = Result<(), DeliveryError>> + Send + 'static {
         let in_flight = metrics::in_flight();
-        let last_attempt = attempt >= self.policy.max_attempts;
+        let policy = self.policy;
         let started: Option<Vec<_>> = self.router.route(&event.event_type).map(|indexes| {
             indexes
                 .iter()
@@ -171,7 +171,7 @@ impl Deliverer {
                     Err(error) => error,
                 };
                 tracing::warn!(event_id = event.id, event_type = %event.event_type, sink, attempt, error = %error, "delivery failed");
-                let outcome = if error.is_permanent() || last_attempt {
+                let outcome = if policy.gives_up(attempt, &error) {
                     DeliveryOutcome::Dead
                 } else {
                     DeliveryOutcome::Retry
@@ -202,11 +202,12 @@ impl Deliverer {
     }
 }
 
-/// Logs and counts a row that cannot become an event and is marked `dead` without an
-/// attempt.
-pub fn unusable_row(id: i64, reason: &str) {
+/// Logs and counts a row that cannot become an event; returns its `dead` outcome (written
+/// without an attempt).
+pub fn unusable_row(id: i64, reason: String) -> Outcome {
     tracing::warn!(event_id = id, error = %reason, "outbox row cannot be delivered; marking it dead");
     metrics::dead_event(None, 0);
+    Outcome::Dead { error: reason }
 }
 
 /// Dispatcher settings.
@@ -301,16 +302,28 @@ impl Shared {
             return false;
         }
         match self.store.aggregate_has_backlog(&key.0, &key.1).await {
-            Ok(false) => {
-                self.blocked.unblock(key);
-                !self.blocked.contains(key)
-            }
+            Ok(false) => self.blocked.unblock(key),
             Ok(true) => false,
             Err(error) => {
                 tracing::warn!(error = %error, "cannot check an aggregate's backlog; keeping it parked");
                 false
             }
         }
+    }
+
+    /// Settles a finished delivery (attempt 1 of a streamed event).
+    async fn settle_delivered(
+        &self,
+        (event, ack, result): Delivered,
+    ) -> Result<Arc<OutboxEvent>, WriterGone> {
+        let outcome = self.deliverer.outcome(&event, 1, result);
+        let guard = self
+            .config
+            .ordering
+            .then(|| self.blocked.retry_guard(&event, &outcome))
+            .flatten();
+        self.settle(event.id, outcome, ack, guard).await?;
+        Ok(event)
     }
 
     async fn park(
@@ -346,8 +359,8 @@ impl Dispatcher {
                         self.admit(event, ack, committed_at).await
                     }
                     Some(Work::Unusable { id, reason, ack }) => {
-                        unusable_row(id, &reason);
-                        self.shared.settle(id, Outcome::Dead { error: reason }, ack, None).await
+                        let outcome = unusable_row(id, reason);
+                        self.shared.settle(id, outcome, ack, None).await
                     }
                     None => {
                         input_open = false;
@@ -369,14 +382,8 @@ impl Dispatcher {
         );
         let timeout = self.shared.config.shutdown_timeout;
         let drain = async {
-            while let Some((event, ack, result)) = self.in_flight.next().await {
-                let outcome = self.shared.deliverer.outcome(&event, 1, result);
-                if self
-                    .shared
-                    .settle(event.id, outcome, ack, None)
-                    .await
-                    .is_err()
-                {
+            while let Some(delivered) = self.in_flight.next().await {
+                if self.shared.settle_delivered(delivered).await.is_err() {
                     return;
                 }
             }
@@ -396,39 +403,52 @@ impl Dispatcher {
         ack: Ack,
         committed_at: Option<DateTime<Utc>>,
     ) -> Result<(), WriterGone> {
+        let key = self.shared.config.ordering.then(|| key_of(&event));
+        self.admit_keyed(event, ack, committed_at, key.as_ref())
+            .await
+    }
+
+    /// [`Dispatcher::admit`] with the event's aggregate key computed by the caller (`None`
+    /// when ordering is off).
+    async fn admit_keyed(
+        &mut self,
+        event: Arc<OutboxEvent>,
+        ack: Ack,
+        committed_at: Option<DateTime<Utc>>,
+        key: Option<&AggregateKey>,
+    ) -> Result<(), WriterGone> {
         let scheduled = event
             .next_run_at
             .filter(|at| *at > Utc::now() + SCHEDULE_TOLERANCE);
-        if !self.shared.config.ordering {
+        let Some(key) = key else {
             if let Some(at) = scheduled {
                 return self.shared.park(event, ack, at, None).await;
             }
             self.start(event, ack, committed_at);
             return Ok(());
-        }
+        };
 
-        let key = key_of(&event);
-        if self.shared.blocked.contains(&key)
+        if self.shared.blocked.contains(key)
             && !self
                 .shared
-                .drained(&key, self.queued.contains_key(&key))
+                .drained(key, self.queued.contains_key(key))
                 .await
         {
-            let guard = self.shared.blocked.park_guard(&key);
+            let guard = self.shared.blocked.park_guard(key);
             let at = scheduled.unwrap_or_else(Utc::now);
             return self.shared.park(event, ack, at, Some(guard)).await;
         }
         if let Some(at) = scheduled {
             // Later events of the aggregate wait behind the scheduled one.
-            let guard = self.shared.blocked.park_guard(&key);
+            let guard = self.shared.blocked.park_guard(key);
             return self.shared.park(event, ack, at, Some(guard)).await;
         }
-        if let Some(waiting) = self.queued.get_mut(&key) {
+        if let Some(waiting) = self.queued.get_mut(key) {
             waiting.push_back((event, ack, committed_at));
             self.queued_len += 1;
             return Ok(());
         }
-        self.queued.insert(key, VecDeque::new());
+        self.queued.insert(key.clone(), VecDeque::new());
         self.start(event, ack, committed_at);
         Ok(())
     }
@@ -446,13 +466,8 @@ impl Dispatcher {
     }
 
     /// A delivery finished: settle it, then release (or park) the events queued behind it.
-    async fn finished(&mut self, (event, ack, result): Delivered) -> Result<(), WriterGone> {
-        let outcome = self.shared.deliverer.outcome(&event, 1, result);
-        // A failure blocks the aggregate; the guard keeps it blocked at least until the
-        // `retry` row is written, so no later event can overtake it.
-        let guard = (self.shared.config.ordering && matches!(outcome, Outcome::Retry { .. }))
-            .then(|| self.shared.blocked.park_guard(&key_of(&event)));
-        self.shared.settle(event.id, outcome, ack, guard).await?;
+    async fn finished(&mut self, delivered: Delivered) -> Result<(), WriterGone> {
+        let event = self.shared.settle_delivered(delivered).await?;
         if !self.shared.config.ordering {
             return Ok(());
         }
@@ -464,7 +479,8 @@ impl Dispatcher {
         // Re-admit in commit order: after a failure they are parked (the aggregate is
         // blocked); after a success the first starts and the rest queue behind it.
         for (event, ack, committed_at) in waiting {
-            self.admit(event, ack, committed_at).await?;
+            self.admit_keyed(event, ack, committed_at, Some(&key))
+                .await?;
         }
         Ok(())
     }

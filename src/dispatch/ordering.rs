@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::event::OutboxEvent;
+use crate::store::status::Outcome;
 
 /// `(aggregate_type, aggregate_id)`.
 pub type AggregateKey = (String, String);
@@ -25,7 +26,7 @@ pub fn key_of(event: &OutboxEvent) -> AggregateKey {
 /// How often, at most, the database is asked whether a blocked aggregate has drained.
 const RECHECK_EVERY: Duration = Duration::from_millis(250);
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Entry {
     /// Cloned into every park settlement of this aggregate; the status writer drops the
     /// clone once the row is written, so a strong count of 1 means no park is in flight.
@@ -48,10 +49,7 @@ impl BlockedAggregates {
 
     /// Marks `key` as having a backlog.
     pub fn block(&self, key: AggregateKey) {
-        self.lock().entry(key).or_insert_with(|| Entry {
-            parks: Arc::new(()),
-            checked_at: None,
-        });
+        self.lock().entry(key).or_default();
     }
 
     /// True while `key` is blocked.
@@ -62,11 +60,17 @@ impl BlockedAggregates {
     /// The guard to attach to a park settlement of `key` (blocking it if needed).
     pub fn park_guard(&self, key: &AggregateKey) -> Arc<()> {
         let mut map = self.lock();
-        let entry = map.entry(key.clone()).or_insert_with(|| Entry {
-            parks: Arc::new(()),
-            checked_at: None,
-        });
-        entry.parks.clone()
+        if let Some(entry) = map.get(key) {
+            return entry.parks.clone();
+        }
+        map.entry(key.clone()).or_default().parks.clone()
+    }
+
+    /// The guard for writing `outcome` of `event` when ordering is on: a `retry` blocks
+    /// the aggregate, and the guard keeps it blocked at least until the row is written, so
+    /// no later event can overtake it. `None` for other outcomes.
+    pub fn retry_guard(&self, event: &OutboxEvent, outcome: &Outcome) -> Option<Arc<()>> {
+        matches!(outcome, Outcome::Retry { .. }).then(|| self.park_guard(&key_of(event)))
     }
 
     /// True when it is time to ask the database whether `key` drained: no park of ours is
@@ -90,25 +94,17 @@ impl BlockedAggregates {
     }
 
     /// Unblocks `key` after the database showed no waiting rows, unless a park started
-    /// meanwhile.
-    pub fn unblock(&self, key: &AggregateKey) {
+    /// meanwhile. Returns whether `key` is unblocked now.
+    pub fn unblock(&self, key: &AggregateKey) -> bool {
         let mut map = self.lock();
-        if map
-            .get(key)
-            .is_some_and(|entry| Arc::strong_count(&entry.parks) == 1)
-        {
-            map.remove(key);
+        match map.get(key) {
+            Some(entry) if Arc::strong_count(&entry.parks) > 1 => false,
+            Some(_) => {
+                map.remove(key);
+                true
+            }
+            None => true,
         }
-    }
-
-    /// Number of blocked aggregates.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// True when nothing is blocked.
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
     }
 }
 
@@ -126,12 +122,12 @@ mod tests {
         blocked.block(key("a"));
         let guard = blocked.park_guard(&key("a"));
         assert!(!blocked.should_recheck(&key("a")));
-        blocked.unblock(&key("a"));
+        assert!(!blocked.unblock(&key("a")));
         assert!(blocked.contains(&key("a")), "a park is still in flight");
         drop(guard);
         assert!(blocked.should_recheck(&key("a")));
         assert!(!blocked.should_recheck(&key("a")), "rate limited");
-        blocked.unblock(&key("a"));
+        assert!(blocked.unblock(&key("a")));
         assert!(!blocked.contains(&key("a")));
         assert!(
             !blocked.should_recheck(&key("b")),

@@ -139,7 +139,8 @@ pub enum KafkaSinkError {
 /// Publishes events to Kafka. See the module doc for the record shape and [`super::Sink`]
 /// for the delivery contract.
 pub struct KafkaSink {
-    brokers: String,
+    /// Shared with every in-flight delivery (for error messages) without copying.
+    brokers: Arc<str>,
     template: TopicTemplate,
     client_config: ClientConfig,
     /// Replaced only when the current producer reports a fatal error; cloning is cheap.
@@ -191,7 +192,7 @@ impl KafkaSink {
         }
         let producer = create_producer(&client_config, &config.brokers)?;
         Ok(Self {
-            brokers: config.brokers,
+            brokers: config.brokers.into(),
             template,
             client_config,
             producer: Mutex::new(producer),
@@ -211,21 +212,12 @@ impl KafkaSink {
     ) -> impl Future<Output = Result<(), DeliveryError>> + Send + 'static {
         let topic = self.topic_for(&event);
         let handoff = self.enqueue(&event, &topic);
-        let brokers = self.brokers.clone();
+        let brokers = Arc::clone(&self.brokers);
         async move {
-            let outcome = match handoff?.await {
-                Ok(outcome) => outcome,
-                Err(_canceled) => {
-                    return Err(DeliveryError::retryable(format!(
-                        "kafka producer for topic {topic:?} was shut down before the broker \
-                         confirmed event {}",
-                        event.id
-                    )))
-                }
-            };
-            match outcome {
-                Ok(_delivery) => Ok(()),
-                Err((error, _message)) => Err(classify(&error, &topic, &brokers)),
+            match handoff?.await {
+                Ok(Ok(_delivery)) => Ok(()),
+                Ok(Err((error, _message))) => Err(classify(&error, &topic, &brokers)),
+                Err(_canceled) => Err(classify(&KafkaError::Canceled, &topic, &brokers)),
             }
         }
     }

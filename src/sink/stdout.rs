@@ -17,7 +17,7 @@
 //! `retry` rows are picked up again by the sweeper after a restart.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
@@ -30,7 +30,7 @@ use crate::event::OutboxEvent;
 ///
 /// Safe to share between tasks: each line is written and flushed under one lock.
 pub struct StdoutSink {
-    out: Arc<Mutex<Box<dyn Write + Send>>>,
+    out: Mutex<Box<dyn Write + Send>>,
 }
 
 impl std::fmt::Debug for StdoutSink {
@@ -54,7 +54,7 @@ impl StdoutSink {
     /// A sink writing to `writer` (tests capture the output this way).
     pub fn with_writer(writer: impl Write + Send + 'static) -> Self {
         Self {
-            out: Arc::new(Mutex::new(Box::new(writer))),
+            out: Mutex::new(Box::new(writer)),
         }
     }
 
@@ -148,6 +148,7 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use chrono::TimeZone;
+    use std::sync::Arc;
 
     /// A writer whose bytes the test can read back.
     #[derive(Clone, Default)]

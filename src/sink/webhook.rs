@@ -218,7 +218,7 @@ struct Inner {
     /// `scheme://host[:port]`: what messages name (paths and queries may carry tokens).
     origin: String,
     signer: Signer,
-    permits: Arc<Semaphore>,
+    permits: Semaphore,
     timeout: Duration,
 }
 
@@ -281,7 +281,7 @@ impl WebhookSink {
                 origin: url.origin().ascii_serialization(),
                 url,
                 signer: Signer { keys },
-                permits: Arc::new(Semaphore::new(config.max_concurrency)),
+                permits: Semaphore::new(config.max_concurrency),
                 timeout: config.timeout,
             }),
         })
@@ -298,15 +298,12 @@ impl WebhookSink {
         let inner = Arc::clone(&self.inner);
         async move {
             let body = body?;
-            let _permit = Arc::clone(&inner.permits)
-                .acquire_owned()
-                .await
-                .map_err(|_| {
-                    DeliveryError::retryable(format!(
-                        "webhook sink for {} was shut down before event {} was sent",
-                        inner.origin, event.id
-                    ))
-                })?;
+            let _permit = inner.permits.acquire().await.map_err(|_| {
+                DeliveryError::retryable(format!(
+                    "webhook sink for {} was shut down before event {} was sent",
+                    inner.origin, event.id
+                ))
+            })?;
             let id = event.id.to_string();
             // Taken after the permit: a request that queued behind others must not carry an
             // old timestamp, which receivers reject after five minutes.
