@@ -15,15 +15,6 @@ use crate::dispatch::route::Router;
 use crate::sink::kafka::kafka_properties_from_env;
 use crate::store::{Identifier, Names, TableName};
 
-/// Default outbox table.
-pub const DEFAULT_TABLE: &str = "public.outbox_event";
-/// Default publication name.
-pub const DEFAULT_PUBLICATION: &str = "dispatchbox";
-/// Default replication slot name.
-pub const DEFAULT_SLOT: &str = "dispatchbox";
-/// Default Kafka topic template.
-pub const DEFAULT_KAFKA_TOPIC: &str = "outbox.{aggregate_type}";
-
 /// Raw variables as `envconfig` reads them; validated by [`Config::from_raw`].
 #[derive(Debug, Envconfig)]
 pub struct RawConfig {
@@ -295,6 +286,28 @@ fn read_secret_file(variable: &'static str, path: &str) -> Result<String, Config
         .map_err(|e| ConfigError::new(variable, format!("cannot read file {path:?}: {e}")))
 }
 
+/// A value given either directly in `variable` or as a file named by `file_variable`, not
+/// both. Returns it with the variable it came from (for errors about its content).
+fn value_or_file(
+    variable: &'static str,
+    file_variable: &'static str,
+    value: &Option<String>,
+    path: &Option<String>,
+) -> Result<Option<(&'static str, String)>, ConfigError> {
+    match (value, path) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            variable,
+            format!("set either {variable} or {file_variable}, not both"),
+        )),
+        (Some(value), None) => Ok(Some((variable, value.clone()))),
+        (None, Some(path)) => Ok(Some((
+            file_variable,
+            read_secret_file(file_variable, path)?,
+        ))),
+        (None, None) => Ok(None),
+    }
+}
+
 impl Config {
     /// Reads and validates the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -315,20 +328,19 @@ impl Config {
         raw: RawConfig,
         vars: impl Iterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let url = match (&raw.database_url, &raw.database_url_file) {
-            (Some(_), Some(_)) => return Err(ConfigError::new(
+        let url =
+            match value_or_file(
                 "DISPATCHBOX_DATABASE_URL",
-                "set either DISPATCHBOX_DATABASE_URL or DISPATCHBOX_DATABASE_URL_FILE, not both",
-            )),
-            (Some(url), None) => url.clone(),
-            (None, Some(path)) => read_secret_file("DISPATCHBOX_DATABASE_URL_FILE", path)?,
-            (None, None) => {
-                return Err(ConfigError::new(
+                "DISPATCHBOX_DATABASE_URL_FILE",
+                &raw.database_url,
+                &raw.database_url_file,
+            )? {
+                Some((_, url)) => url,
+                None => return Err(ConfigError::new(
                     "DISPATCHBOX_DATABASE_URL",
                     "is required (e.g. postgres://relay:secret@db:5432/app?sslmode=verify-full)",
-                ))
-            }
-        };
+                )),
+            };
         let database = url
             .parse::<ConnInfo>()
             .map_err(|e| ConfigError::new("DISPATCHBOX_DATABASE_URL", e.to_string()))?;
@@ -442,22 +454,13 @@ impl Config {
                     )
                 })?
                 .to_owned();
-            let (variable, secrets) = match (&raw.webhook_secret, &raw.webhook_secret_file) {
-                (Some(_), Some(_)) => {
-                    return Err(ConfigError::new(
-                        "DISPATCHBOX_WEBHOOK_SECRET",
-                        "set either DISPATCHBOX_WEBHOOK_SECRET or DISPATCHBOX_WEBHOOK_SECRET_FILE, not both",
-                    ))
-                }
-                (Some(value), None) => ("DISPATCHBOX_WEBHOOK_SECRET", Some(value.clone())),
-                (None, Some(path)) => (
-                    "DISPATCHBOX_WEBHOOK_SECRET_FILE",
-                    Some(read_secret_file("DISPATCHBOX_WEBHOOK_SECRET_FILE", path)?),
-                ),
-                (None, None) => ("DISPATCHBOX_WEBHOOK_SECRET", None),
-            };
-            let secrets = match secrets {
-                Some(text) => crate::sink::webhook::parse_secrets(&text)
+            let secrets = match value_or_file(
+                "DISPATCHBOX_WEBHOOK_SECRET",
+                "DISPATCHBOX_WEBHOOK_SECRET_FILE",
+                &raw.webhook_secret,
+                &raw.webhook_secret_file,
+            )? {
+                Some((variable, text)) => crate::sink::webhook::parse_secrets(&text)
                     .map_err(|e| ConfigError::new(variable, e.to_string()))?,
                 None => Vec::new(),
             };
@@ -523,16 +526,13 @@ impl Config {
                 ),
             )
         })?;
-        let admin_token =
-            match (&raw.admin_token, &raw.admin_token_file) {
-                (Some(_), Some(_)) => return Err(ConfigError::new(
-                    "DISPATCHBOX_ADMIN_TOKEN",
-                    "set either DISPATCHBOX_ADMIN_TOKEN or DISPATCHBOX_ADMIN_TOKEN_FILE, not both",
-                )),
-                (Some(token), None) => Some(token.clone()),
-                (None, Some(path)) => Some(read_secret_file("DISPATCHBOX_ADMIN_TOKEN_FILE", path)?),
-                (None, None) => None,
-            };
+        let admin_token = value_or_file(
+            "DISPATCHBOX_ADMIN_TOKEN",
+            "DISPATCHBOX_ADMIN_TOKEN_FILE",
+            &raw.admin_token,
+            &raw.admin_token_file,
+        )?
+        .map(|(_, token)| token);
         if admin_token.as_deref().is_some_and(|t| t.trim().len() < 16) {
             return Err(ConfigError::new(
                 "DISPATCHBOX_ADMIN_TOKEN",

@@ -74,14 +74,6 @@ impl SslMode {
             SslMode::VerifyFull => "verify-full",
         }
     }
-
-    /// Whether a server that refuses TLS must be refused in turn.
-    pub fn requires_tls(self) -> bool {
-        matches!(
-            self,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-        )
-    }
 }
 
 impl fmt::Display for SslMode {

@@ -12,6 +12,13 @@ impl Lsn {
     pub const ZERO: Lsn = Lsn(0);
 }
 
+/// As `tokio-postgres` reads a `pg_lsn` column.
+impl From<tokio_postgres::types::PgLsn> for Lsn {
+    fn from(lsn: tokio_postgres::types::PgLsn) -> Self {
+        Lsn(u64::from(lsn))
+    }
+}
+
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)

@@ -101,11 +101,6 @@ impl Page {
     pub fn limit(&self) -> i64 {
         self.limit
     }
-
-    /// Only ids above this one.
-    pub fn after_id(&self) -> Option<i64> {
-        self.after_id
-    }
 }
 
 /// How much of each row a listing reads.

@@ -28,6 +28,7 @@ pub use migrate::MigrationReport;
 pub use names::{Identifier, NameError, Names, TableName, DEFAULT_SCHEMA, MAX_IDENTIFIER_BYTES};
 
 use deadpool_postgres::{Object, Pool};
+use tokio_postgres::types::PgLsn;
 
 use crate::replication::lsn::Lsn;
 
@@ -111,25 +112,15 @@ impl SlotWalStatus {
     }
 }
 
-fn parse_lsn(context: &'static str, text: Option<String>) -> Result<Option<Lsn>, StoreError> {
-    text.map(|t| {
-        t.parse::<Lsn>().map_err(|e| StoreError::Unexpected {
-            context: context.into(),
-            detail: e.to_string(),
-        })
-    })
-    .transpose()
+/// Reads a `pg_lsn` column.
+fn lsn_column(row: &tokio_postgres::Row, index: usize) -> Option<Lsn> {
+    row.get::<_, Option<PgLsn>>(index).map(Lsn::from)
 }
 
 impl Store {
     /// A store over `pool` (built by the caller, with its TLS settings) for `table`.
     pub fn new(pool: Pool, table: TableName) -> Self {
         Self { pool, table }
-    }
-
-    /// The connection pool.
-    pub fn pool(&self) -> &Pool {
-        &self.pool
     }
 
     /// The outbox table.
@@ -166,12 +157,12 @@ impl Store {
         let client = self.client(CONTEXT).await?;
         let row = client
             .query_one(
-                "SELECT pg_logical_emit_message(false, $1, now()::text)::text",
+                "SELECT pg_logical_emit_message(false, $1, now()::text)",
                 &[&HEARTBEAT_PREFIX],
             )
             .await
             .map_err(|e| StoreError::db(CONTEXT, e))?;
-        parse_lsn(CONTEXT, row.get(0))?.ok_or_else(|| StoreError::Unexpected {
+        lsn_column(&row, 0).ok_or_else(|| StoreError::Unexpected {
             context: CONTEXT.into(),
             detail: "pg_logical_emit_message returned null".into(),
         })
@@ -184,7 +175,7 @@ impl Store {
         let row = client
             .query_opt(
                 "SELECT plugin::text, database::text, active, active_pid,
-                        confirmed_flush_lsn::text, restart_lsn::text, wal_status,
+                        confirmed_flush_lsn, restart_lsn, wal_status,
                         pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
                    FROM pg_catalog.pg_replication_slots
                   WHERE slot_name = $1",
@@ -200,8 +191,8 @@ impl Store {
             database: row.get(1),
             active: row.get(2),
             active_pid: row.get(3),
-            confirmed_flush_lsn: parse_lsn(CONTEXT, row.get(4))?,
-            restart_lsn: parse_lsn(CONTEXT, row.get(5))?,
+            confirmed_flush_lsn: lsn_column(&row, 4),
+            restart_lsn: lsn_column(&row, 5),
             wal_status: SlotWalStatus::parse(row.get::<_, Option<&str>>(6)),
             lag_bytes: row.get(7),
         }))
@@ -217,12 +208,12 @@ impl Store {
         let client = self.client(CONTEXT).await?;
         let row = client
             .query_one(
-                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                "SELECT lsn FROM pg_create_logical_replication_slot($1, 'pgoutput')",
                 &[&name.as_str()],
             )
             .await
             .map_err(|e| StoreError::db(CONTEXT, e))?;
-        parse_lsn(CONTEXT, row.get(0))?.ok_or_else(|| StoreError::Unexpected {
+        lsn_column(&row, 0).ok_or_else(|| StoreError::Unexpected {
             context: CONTEXT.into(),
             detail: "pg_create_logical_replication_slot returned no LSN".into(),
         })

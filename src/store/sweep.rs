@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use tokio_postgres::types::PgLsn;
 use tokio_postgres::Row;
 
 use super::status::{outcome_update_sql, Outcome, OutcomeColumns, UpdateGuard};
@@ -336,8 +337,8 @@ impl Store {
                              AND next_run_at <= now()
                            ORDER BY id
                            LIMIT $1),
-                    (pg_current_wal_insert_lsn() - '0/0')::bigint,
-                    (SELECT (confirmed_flush_lsn - '0/0')::bigint
+                    pg_current_wal_insert_lsn(),
+                    (SELECT confirmed_flush_lsn
                        FROM pg_replication_slots
                       WHERE slot_name = $2 AND database = current_database())",
             self.table().quoted()
@@ -352,11 +353,13 @@ impl Store {
             .await
             .map_err(|e| StoreError::db(CONTEXT, e))?;
         let db = |e| StoreError::db(CONTEXT, e);
-        let lsn = |v: i64| Lsn(u64::try_from(v).unwrap_or(0));
         Ok(PendingSighting {
             ids: row.try_get(0).map_err(db)?,
-            wal_position: lsn(row.try_get(1).map_err(db)?),
-            stream_settled: row.try_get::<_, Option<i64>>(2).map_err(db)?.map(lsn),
+            wal_position: row.try_get::<_, PgLsn>(1).map_err(db)?.into(),
+            stream_settled: row
+                .try_get::<_, Option<PgLsn>>(2)
+                .map_err(db)?
+                .map(Lsn::from),
         })
     }
 

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::store::sweep::ClaimReason;
@@ -291,9 +291,7 @@ pub fn init() {
 
 /// All metrics in the Prometheus text exposition format ([`CONTENT_TYPE`]).
 pub fn render() -> Result<String, prometheus::Error> {
-    let mut buffer = Vec::new();
-    TextEncoder::new().encode(&METRICS.registry.gather(), &mut buffer)?;
-    String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    TextEncoder::new().encode_to_string(&METRICS.registry.gather())
 }
 
 /// One delivery attempt of one event to `sink` ended with `outcome` after `duration`.
