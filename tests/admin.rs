@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use support::kafka::TestBroker;
 use support::postgres::{eventually, TestCluster};
-use support::relay::{base_env, http_get, migrate, run_to_end, start_streaming, RelayProcess};
+use support::relay::{
+    base_env, http_get, migrate, run_to_end, set_env, start_streaming, RelayProcess,
+};
+use support::store::count_status;
 use support::webhook::{Receiver, Rule};
 
 const TABLE: &str = "public.outbox_event";
@@ -172,17 +175,6 @@ async fn insert(client: &tokio_postgres::Client, aggregate_type: &str, event_typ
         )
         .await
         .unwrap();
-}
-
-async fn count_status(client: &tokio_postgres::Client, status: &str) -> i64 {
-    client
-        .query_one(
-            &format!("SELECT count(*) FROM {TABLE} WHERE status = $1"),
-            &[&status],
-        )
-        .await
-        .unwrap()
-        .get(0)
 }
 
 /// A loopback port nothing listens on (bound, then released).
@@ -492,6 +484,50 @@ async fn sweeper_reclaims_are_counted_by_reason() {
             &[("sink", "stdout"), ("outcome", "done")]
         ),
         3.0
+    );
+}
+
+/// A failed attempt is counted as a retry for its sink, and the sweeper's re-delivery as a
+/// due retry.
+#[tokio::test]
+async fn retries_are_counted_per_sink() {
+    let cluster = TestCluster::start();
+    let db = cluster.create_database("adminretry").await;
+    let receiver = Receiver::start().await;
+    receiver.respond(Rule::any().fail_times(1, 503));
+    let mut env = base_env(&cluster, &db);
+    set_env(&mut env, "DISPATCHBOX_SINKS", "webhook");
+    set_env(&mut env, "DISPATCHBOX_WEBHOOK_URL", &receiver.url());
+    set_env(&mut env, "DISPATCHBOX_BACKOFF_BASE", "100ms");
+    set_env(&mut env, "DISPATCHBOX_BACKOFF_MAX", "200ms");
+    set_env(&mut env, "DISPATCHBOX_SWEEP_INTERVAL", "200ms");
+    migrate(&env);
+    let client = cluster.connect(&db).await;
+    let relay = start_streaming(&client, &env).await;
+    let url = relay.admin_url();
+    insert(&client, "order", "order.placed", 1).await;
+    eventually(Duration::from_secs(30), "the event done", || async {
+        (count_status(&client, "done").await == 1).then_some(())
+    })
+    .await;
+    let scrape = Scrape::from(&url).await;
+    assert_eq!(
+        scrape.value("dispatchbox_retries_total", &[("sink", "webhook")]),
+        1.0
+    );
+    let processed = |outcome| {
+        scrape.value(
+            "dispatchbox_events_processed_total",
+            &[("sink", "webhook"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!((processed("retry"), processed("done")), (1.0, 1.0));
+    assert_eq!(
+        scrape.value(
+            "dispatchbox_sweeper_reclaims_total",
+            &[("reason", "due_retry")]
+        ),
+        1.0
     );
 }
 

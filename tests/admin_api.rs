@@ -16,6 +16,7 @@ use dispatchbox::config::Secret;
 use dispatchbox::conninfo::ConnInfo;
 use dispatchbox::store::{Names, Store};
 use support::postgres::TestCluster;
+use support::store::count_status;
 
 const TOKEN: &str = "test-admin-token-0123456789";
 const TABLE: &str = "public.outbox_event";
@@ -266,16 +267,7 @@ async fn every_call_needs_the_bearer_token() {
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // The refused retry changed nothing.
-    let dead: i64 = api
-        .client
-        .query_one(
-            &format!("SELECT count(*) FROM {TABLE} WHERE status = 'dead'"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(dead, 4);
+    assert_eq!(count_status(&api.client, "dead").await, 4);
 
     for good in [format!("Bearer {TOKEN}"), format!("bearer {TOKEN}")] {
         let (status, body) = get(Some(good)).await;

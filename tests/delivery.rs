@@ -11,6 +11,7 @@ use std::time::Duration;
 use support::kafka::TestBroker;
 use support::postgres::{eventually, TestCluster};
 use support::relay::{base_env, migrate, set_env, start_streaming, RelayProcess};
+use support::store::count_status;
 use support::webhook::{Receiver, Rule};
 
 const TABLE: &str = "public.outbox_event";
@@ -115,8 +116,9 @@ async fn delivered_on_the_third_attempt_after_two_failures() {
     assert_eq!(r.attempts, 3);
     let requests = s.receiver.requests_for("A");
     assert_eq!(requests.len(), 3);
-    // Ceilings 1 s and 2 s, plus the sweeper interval and processing slack.
-    let slack = Duration::from_millis(900);
+    // Ceilings 1 s and 2 s, plus the sweeper interval and processing slack (generous: three
+    // clusters share the CI machine's two cores).
+    let slack = Duration::from_millis(1500);
     for (n, pair) in requests.windows(2).enumerate() {
         let gap = pair[1].arrived - pair[0].arrived;
         let ceiling = Duration::from_secs(1 << n);
@@ -361,15 +363,7 @@ async fn two_relays_share_the_work_without_double_delivery() {
             .unwrap();
     }
     eventually(Duration::from_secs(90), "every row done", || async {
-        let done: i64 = client
-            .query_one(
-                &format!("SELECT count(*) FROM {TABLE} WHERE status = 'done'"),
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (done == total).then_some(())
+        (count_status(&client, "done").await == total).then_some(())
     })
     .await;
     let streaming: i64 = client

@@ -106,7 +106,8 @@ async fn delivers_key_headers_and_exact_payload_in_order_per_key() {
                     ("event_type", sent.event_type.clone()),
                     ("aggregate_type", sent.aggregate_type.clone()),
                     ("aggregate_id", sent.aggregate_id.clone()),
-                    ("created_at", sent.created_at_rfc3339()),
+                    // RFC 3339 in UTC with microseconds (the fixture adds `id` µs).
+                    ("created_at", format!("2024-05-06T07:08:09.{id:06}Z")),
                     ("traceparent", format!("00-trace{id}-01")),
                 ]
             );

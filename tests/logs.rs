@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use support::postgres::{eventually, TestCluster};
 use support::relay::{base_env, migrate, start_streaming};
+use support::store::count_status;
 use support::webhook::{Receiver, Rule};
 
 const TABLE: &str = "public.outbox_event";
@@ -72,15 +73,7 @@ async fn debug_logs_are_json_with_delivery_fields_and_no_secrets() {
         .await
         .unwrap();
     eventually(Duration::from_secs(60), "3 rows done", || async {
-        let done: i64 = client
-            .query_one(
-                &format!("SELECT count(*) FROM {TABLE} WHERE status = 'done'"),
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (done == 3).then_some(())
+        (count_status(&client, "done").await == 3).then_some(())
     })
     .await;
     relay.terminate();

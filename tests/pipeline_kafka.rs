@@ -11,6 +11,7 @@ use std::time::Duration;
 use support::kafka::{Record, TestBroker};
 use support::postgres::{eventually, TestCluster};
 use support::relay::{base_env, migrate, start_streaming, RelayProcess};
+use support::store::count_status;
 
 const TABLE: &str = "public.outbox_event";
 const AGGREGATE_TYPES: [&str; 3] = ["order", "invoice", "customer"];
@@ -102,7 +103,7 @@ async fn wait_done(
     relay: &RelayProcess,
 ) {
     let deadline = std::time::Instant::now() + within;
-    while count_done(client).await != total {
+    while count_status(client, "done").await != total {
         if std::time::Instant::now() > deadline {
             let stuck: Vec<String> = client
                 .query(
@@ -181,17 +182,6 @@ async fn unacknowledged_ids(client: &tokio_postgres::Client, db: &str) -> BTreeS
         }
     }
     ids
-}
-
-async fn count_done(client: &tokio_postgres::Client) -> i64 {
-    client
-        .query_one(
-            &format!("SELECT count(*) FROM {TABLE} WHERE status = 'done'"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
 }
 
 /// Given 10,000 events in transactions of 1 to 500 rows across three aggregate types, every
@@ -281,7 +271,7 @@ async fn sigkill_mid_stream_loses_nothing() {
     eventually(
         Duration::from_secs(60),
         "part of the stream delivered",
-        || async { (count_done(&client).await > 1_000).then_some(()) },
+        || async { (count_status(&client, "done").await > 1_000).then_some(()) },
     )
     .await;
     relay.kill9();

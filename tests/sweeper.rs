@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use support::kafka::TestBroker;
 use support::postgres::{eventually, TestCluster};
 use support::relay::{base_env, migrate, set_env, start_streaming, RelayProcess};
+use support::store::count_status;
 use support::webhook::{Receiver, Rule};
 
 const TABLE: &str = "public.outbox_event";
@@ -27,17 +28,6 @@ async fn insert_events(client: &tokio_postgres::Client, n: i64) {
         )
         .await
         .unwrap();
-}
-
-async fn count_status(client: &tokio_postgres::Client, status: &str) -> i64 {
-    client
-        .query_one(
-            &format!("SELECT count(*) FROM {TABLE} WHERE status = $1"),
-            &[&status],
-        )
-        .await
-        .unwrap()
-        .get(0)
 }
 
 async fn wait_done(client: &tokio_postgres::Client, total: i64, within: Duration) {

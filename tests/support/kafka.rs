@@ -343,9 +343,11 @@ async fn read_topic_until(
 
     let mut records = Vec::new();
     while records.len() < expected {
+        // The idle stop applies only once records flow: the first fetch after assignment
+        // can take a while on a loaded machine.
         let wait_until = match idle {
-            Some(idle) => deadline.min(tokio::time::Instant::now() + idle),
-            None => deadline,
+            Some(idle) if !records.is_empty() => deadline.min(tokio::time::Instant::now() + idle),
+            _ => deadline,
         };
         let message = match tokio::time::timeout_at(wait_until, consumer.recv()).await {
             Err(_elapsed) => break,

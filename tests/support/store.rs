@@ -33,3 +33,15 @@ pub async fn migrated(cluster: &TestCluster, prefix: &str, max_size: usize) -> (
     store.migrate(&names).await.expect("migrate");
     (db, store)
 }
+
+/// Rows of the default outbox table (`public.outbox_event`) with `status`.
+pub async fn count_status(client: &tokio_postgres::Client, status: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM public.outbox_event WHERE status = $1",
+            &[&status],
+        )
+        .await
+        .expect("count rows by status")
+        .get(0)
+}
