@@ -75,8 +75,28 @@ pub fn migrate(env: &[(String, String)]) {
 impl RelayProcess {
     /// Starts `dispatchbox run` with exactly `env` (plus PATH).
     pub fn start(env: &[(String, String)]) -> Self {
+        Self::start_with_stdout(env, None)
+    }
+
+    /// Like [`RelayProcess::start`], with the relay's stdout piped instead of captured to a
+    /// file (take it with [`RelayProcess::take_stdout`]); for readers that timestamp lines.
+    pub fn start_piped(env: &[(String, String)]) -> Self {
+        Self::start_with_stdout(env, Some(Stdio::piped()))
+    }
+
+    /// The piped stdout of a relay started with [`RelayProcess::start_piped`].
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    fn start_with_stdout(env: &[(String, String)], piped: Option<Stdio>) -> Self {
         let dir = tempfile::tempdir().expect("relay dir");
-        let stdout = std::fs::File::create(dir.path().join("stdout")).expect("stdout file");
+        let stdout = match piped {
+            Some(piped) => piped,
+            None => std::fs::File::create(dir.path().join("stdout"))
+                .expect("stdout file")
+                .into(),
+        };
         let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
         let child = Command::new(binary())
             .arg("run")
