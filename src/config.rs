@@ -50,6 +50,8 @@ pub struct RawConfig {
     pub max_in_flight: String,
     #[envconfig(from = "DISPATCHBOX_STATUS_BATCH_SIZE", default = "1000")]
     pub status_batch_size: String,
+    #[envconfig(from = "DISPATCHBOX_STATUS_LINGER", default = "100ms")]
+    pub status_linger: String,
     #[envconfig(from = "DISPATCHBOX_STATUS_INTERVAL", default = "2s")]
     pub status_interval: String,
     #[envconfig(from = "DISPATCHBOX_HEARTBEAT_INTERVAL", default = "30s")]
@@ -205,6 +207,9 @@ pub struct Config {
     pub max_in_flight: usize,
     /// `DISPATCHBOX_STATUS_BATCH_SIZE`: rows per status UPDATE, at most.
     pub status_batch_size: usize,
+    /// `DISPATCHBOX_STATUS_LINGER`: how long the status writer waits for more outcomes
+    /// before writing a batch that is not full (fewer, larger status transactions).
+    pub status_linger: Duration,
     /// `DISPATCHBOX_STATUS_INTERVAL`: standby status updates to PostgreSQL, at least this often.
     pub status_interval: Duration,
     /// `DISPATCHBOX_HEARTBEAT_INTERVAL`: `pg_logical_emit_message` heartbeat period.
@@ -259,6 +264,16 @@ fn positive_duration(variable: &'static str, value: &str) -> Result<Duration, Co
     let d = duration(variable, value)?;
     if d.is_zero() {
         return Err(ConfigError::new(variable, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn at_most(variable: &'static str, d: Duration, max: Duration) -> Result<Duration, ConfigError> {
+    if d > max {
+        return Err(ConfigError::new(
+            variable,
+            format!("must be at most {}", humantime::format_duration(max)),
+        ));
     }
     Ok(d)
 }
@@ -559,6 +574,11 @@ impl Config {
                 &raw.status_batch_size,
                 1,
                 100_000,
+            )?,
+            status_linger: at_most(
+                "DISPATCHBOX_STATUS_LINGER",
+                duration("DISPATCHBOX_STATUS_LINGER", &raw.status_linger)?,
+                Duration::from_secs(1),
             )?,
             status_interval: positive_duration(
                 "DISPATCHBOX_STATUS_INTERVAL",

@@ -458,6 +458,16 @@ impl ConnInfo {
 
     /// A connection pool of at most `max_size` SQL connections, opened lazily.
     pub fn pool(&self, max_size: usize) -> Result<deadpool_postgres::Pool, SqlConnectError> {
+        self.pool_with_setup(max_size, None)
+    }
+
+    /// Like [`ConnInfo::pool`], running `setup` (e.g. `SET` statements) on every new
+    /// connection before it is handed out; a connection whose setup fails is discarded.
+    pub fn pool_with_setup(
+        &self,
+        max_size: usize,
+        setup: Option<&'static str>,
+    ) -> Result<deadpool_postgres::Pool, SqlConnectError> {
         let manager = deadpool_postgres::Manager::from_config(
             self.sql_config(),
             self.tls_connector(),
@@ -465,14 +475,23 @@ impl ConnInfo {
                 recycling_method: deadpool_postgres::RecyclingMethod::Fast,
             },
         );
-        deadpool_postgres::Pool::builder(manager)
+        let mut builder = deadpool_postgres::Pool::builder(manager)
             .max_size(max_size)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|source| SqlConnectError::Pool {
-                target: self.redacted_url(),
-                source,
-            })
+            .runtime(deadpool_postgres::Runtime::Tokio1);
+        if let Some(setup) = setup {
+            builder = builder.post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
+                Box::pin(async move {
+                    client
+                        .batch_execute(setup)
+                        .await
+                        .map_err(deadpool_postgres::HookError::Backend)
+                })
+            }));
+        }
+        builder.build().map_err(|source| SqlConnectError::Pool {
+            target: self.redacted_url(),
+            source,
+        })
     }
 }
 

@@ -62,7 +62,9 @@ pub enum RelayError {
 /// Runs the relay until `shutdown` is cancelled (Ok) or a definite error stops it.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RelayError> {
     metrics::init();
-    let pool = config.database.pool(8)?;
+    let pool = config
+        .database
+        .pool_with_setup(8, Some(crate::store::PLANNER_SETTINGS))?;
     let store = Store::new(pool, config.names.table().clone());
     let sinks: Arc<[Sink]> = build_sinks(&config)?.into();
     let health = Health::new();
@@ -123,6 +125,7 @@ async fn pipeline(
         store.clone(),
         StatusWriterConfig {
             max_batch: config.status_batch_size,
+            linger: config.status_linger,
             ..StatusWriterConfig::default()
         },
     );

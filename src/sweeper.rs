@@ -179,10 +179,13 @@ async fn sweep(
     let sighting = store.sight_pending(&config.slot, SIGHTING_LIMIT).await?;
     let now = Instant::now();
     sightings.observe(&sighting, now);
+    // Rows returned from `dead` are taken at once: the stream will never deliver them.
+    let mut missed_pending = sightings.missed(sighting.stream_settled, config.grace, now);
+    missed_pending.extend_from_slice(&sighting.requeued);
     let settings = ClaimSettings {
         batch: config.batch,
         lease: config.lease,
-        missed_pending: sightings.missed(sighting.stream_settled, config.grace, now),
+        missed_pending,
         ordering: config.ordering,
     };
     while !shutdown.is_cancelled() {
@@ -253,6 +256,7 @@ mod tests {
     fn sighting(ids: &[i64], wal_position: u64) -> PendingSighting {
         PendingSighting {
             ids: ids.to_vec(),
+            requeued: Vec::new(),
             wal_position: Lsn(wal_position),
             stream_settled: None,
         }

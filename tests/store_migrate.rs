@@ -77,7 +77,7 @@ async fn migrate_creates_the_table_and_an_insert_only_publication_once() {
     let store = store(&cluster, &db, &names);
 
     let report = store.migrate(&names).await.unwrap();
-    assert_eq!(report.applied, vec![1, 2, 3, 4]);
+    assert_eq!(report.applied, vec![1, 2, 3, 4, 5]);
     assert!(report.skipped.is_empty());
 
     let client = cluster.connect(&db).await;
@@ -109,6 +109,20 @@ async fn migrate_creates_the_table_and_an_insert_only_publication_once() {
             "outbox_event_pkey"
         ]
     );
+    // Migration 5 keys the due index by status first, so each sweeper question is a range
+    // scan of the rows it asks about.
+    let due: String = client
+        .query_one(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_outbox_due'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        due.contains("(status, next_run_at)") && due.contains("WHERE (status = ANY"),
+        "{due}"
+    );
 
     // The archive function of the Python schema works on the migrated table.
     client
@@ -133,7 +147,7 @@ async fn migrate_creates_the_table_and_an_insert_only_publication_once() {
     // Second run: nothing applied, nothing changed.
     let report = store.migrate(&names).await.unwrap();
     assert!(report.applied.is_empty());
-    assert_eq!(report.skipped, vec![1, 2, 3, 4]);
+    assert_eq!(report.skipped, vec![1, 2, 3, 4, 5]);
     let recorded: i64 = client
         .query_one(
             "SELECT count(*) FROM public.dispatchbox_migrations WHERE target = 'public.outbox_event'",
@@ -142,7 +156,7 @@ async fn migrate_creates_the_table_and_an_insert_only_publication_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(recorded, 4);
+    assert_eq!(recorded, 5);
 
     // A freshly migrated database passes every preflight check.
     let facts = store.preflight(&names).await.unwrap();
@@ -173,13 +187,13 @@ async fn migrate_supports_a_schema_qualified_table_next_to_another() {
         .migrate(&custom)
         .await
         .unwrap();
-    assert_eq!(report.applied, vec![1, 2, 3, 4]);
+    assert_eq!(report.applied, vec![1, 2, 3, 4, 5]);
     // Migrations are recorded per table: the default table still gets its own.
     let report = store(&cluster, &db, &default)
         .migrate(&default)
         .await
         .unwrap();
-    assert_eq!(report.applied, vec![1, 2, 3, 4]);
+    assert_eq!(report.applied, vec![1, 2, 3, 4, 5]);
 
     assert_eq!(columns(&client, "app", "events").await, ALL_COLUMNS);
     assert_eq!(
@@ -262,7 +276,7 @@ async fn an_existing_python_dispatchbox_table_is_upgraded_in_place() {
 
     let names = names("outbox_event", "dispatchbox");
     let report = store(&cluster, &db, &names).migrate(&names).await.unwrap();
-    assert_eq!(report.applied, vec![1, 2, 3, 4]);
+    assert_eq!(report.applied, vec![1, 2, 3, 4, 5]);
 
     let after: Vec<(i64, String, i32, String)> = client
         .query(
@@ -319,13 +333,13 @@ async fn concurrent_migrations_apply_each_version_once() {
     let mut applied = Vec::new();
     for run in runs {
         let report = run.await.unwrap().unwrap();
-        assert_eq!(report.applied.len() + report.skipped.len(), 4);
+        assert_eq!(report.applied.len() + report.skipped.len(), 5);
         applied.extend(report.applied);
     }
     applied.sort();
     assert_eq!(
         applied,
-        vec![1, 2, 3, 4],
+        vec![1, 2, 3, 4, 5],
         "every version applied exactly once"
     );
 }

@@ -54,9 +54,9 @@ fn ids(claimed: &[ClaimedEvent]) -> Vec<i64> {
     claimed.iter().map(|c| c.id).collect()
 }
 
-/// Given rows in every state, a claim takes due retries, expired leases, due pending rows
-/// the caller names as missed and requeued rows, and nothing else; claimed rows are leased
-/// to the token.
+/// Given rows in every state, a claim takes due retries, expired leases and the due pending
+/// rows the caller names (as missed, or as requeued from `dead`), and nothing else; claimed
+/// rows are leased to the token and keep the reason they were claimed for.
 #[tokio::test]
 async fn a_claim_takes_due_retries_expired_leases_and_missed_rows_only() {
     let cluster = TestCluster::start();
@@ -91,7 +91,7 @@ async fn a_claim_takes_due_retries_expired_leases_and_missed_rows_only() {
         .claim_due(
             "sweeper-1",
             &ClaimSettings {
-                missed_pending: vec![missed, scheduled, done, dead],
+                missed_pending: vec![missed, scheduled, done, dead, requeued],
                 ..settings()
             },
         )
@@ -618,7 +618,8 @@ async fn claimed_rows_map_exactly_like_the_stream() {
     assert!(claimed[3].event.as_ref().unwrap().headers.is_empty());
 }
 
-/// A sighting lists due, never-attempted pending rows in id order, and the WAL positions
+/// A sighting lists due pending rows in id order (never attempted apart from requeued
+/// ones), the ones due first when limited, and the WAL positions
 /// that bound them: every listed row committed before `wal_position`, so a slot created
 /// afterwards starts at or past it (and the slot is absent before that).
 #[tokio::test]
@@ -644,9 +645,16 @@ async fn a_sighting_bounds_the_commits_of_the_pending_rows_it_lists() {
 
     let first = store.sight_pending("sighting_slot", 100).await.unwrap();
     assert_eq!(first.ids, vec![a, b, c]);
+    assert_eq!(
+        first.requeued,
+        vec![requeued],
+        "attempted before: returned from dead"
+    );
     assert_eq!(first.stream_settled, None, "no slot yet");
+    // The limit takes the rows due first.
     let limited = store.sight_pending("sighting_slot", 2).await.unwrap();
-    assert_eq!(limited.ids, vec![a, b]);
+    assert_eq!(limited.ids, vec![b, c]);
+    assert!(limited.requeued.is_empty());
     assert!(limited.wal_position >= first.wal_position);
 
     client

@@ -56,6 +56,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "dead letter index",
         template: include_str!("../../sql/0004_dead_letter_index.sql"),
     },
+    Migration {
+        version: 5,
+        name: "due index by status",
+        template: include_str!("../../sql/0005_due_index_by_status.sql"),
+    },
 ];
 
 /// Key of the advisory lock that serialises concurrent `migrate` runs in one database

@@ -32,6 +32,22 @@ use tokio_postgres::types::PgLsn;
 
 use crate::replication::lsn::Lsn;
 
+/// Session settings of the relay's own SQL connections (`dispatchbox run`).
+///
+/// Every statement the relay repeats is an index lookup or an index range scan by design:
+/// the status UPDATE (one primary-key lookup per row), the sweeper's claims and sightings
+/// (range scans of the due index per status), backlog checks (the aggregate index), the
+/// dead-row gauge (the dead index). Left to the planner, a prepared statement's cached
+/// generic plan can still be a sequential scan: planned while the table was empty, it
+/// stays a scan as the table grows, until autovacuum happens to analyze it, and each
+/// status UPDATE then reads the whole outbox to write one row. With sequential scans and
+/// hash and merge joins priced out, the only plans left are the index-driven ones, whatever
+/// the statistics say (the settings add a huge cost; they forbid nothing when no other path
+/// exists, e.g. for catalog queries). Operator commands (`dispatchbox status`, `archive`)
+/// keep the planner's defaults: they scan on purpose.
+pub const PLANNER_SETTINGS: &str =
+    "SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off";
+
 /// Prefix of the logical messages written by [`Store::emit_heartbeat`].
 pub const HEARTBEAT_PREFIX: &str = "dispatchbox.heartbeat";
 

@@ -297,7 +297,8 @@ impl Names {
         &self.publication
     }
 
-    /// Name of the partial index on `next_run_at` used by workers and the sweeper.
+    /// Name of the partial index on `(status, next_run_at)` of outstanding rows, used by
+    /// workers and the sweeper (keyed by `next_run_at` alone before migration 5).
     pub fn due_index(&self) -> &str {
         &self.due_index
     }

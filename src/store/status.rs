@@ -2,10 +2,16 @@
 //! outbox rows, and the only caller of [`Ack::settle`]. (Rows a sweeper claimed are written
 //! by [`Store::write_claimed_outcomes`] with the same UPDATE, guarded by the claim token.)
 //!
-//! Settlements arrive on a bounded channel. The writer takes whatever is queued (up to
-//! `max_batch`, never waiting to fill a batch) and writes it with one prepared
-//! `UPDATE … FROM unnest(…) RETURNING id`. An ack is settled only after the statement
-//! that wrote its row has committed; that is what lets the flush LSN move past the event.
+//! Settlements arrive on a bounded channel. The writer takes whatever is queued, waits up
+//! to `linger` for more while the batch is not full (`DISPATCHBOX_STATUS_LINGER`: at low
+//! rates this turns one status transaction per event into one per few dozen events, and
+//! every status transaction costs the database a commit and the walsender a decoded
+//! transaction), and writes the batch with one prepared statement: `UPDATE … WHERE id =
+//! ANY($1)` when every row is simply `done` (the common case), else the general
+//! `UPDATE … FROM unnest(…)`. Both return the ids written. An ack is settled only after the
+//! statement that wrote its row has committed; that is what lets the flush LSN move past
+//! the event. The status is not on the delivery path: lingering delays only the row's
+//! status and the flush position, never a delivery.
 //!
 //! Two things can keep a row from being written, and neither may lose it:
 //! - **The row is not visible yet.** The WAL can reach the relay a moment before the
@@ -38,8 +44,11 @@ use tokio_postgres::types::ToSql;
 use super::{Store, StoreError, TableName};
 use crate::replication::progress::Ack;
 
-/// Most rows written by one statement (`DISPATCHBOX_STATUS_BATCH_MAX`).
+/// Most rows written by one statement (`DISPATCHBOX_STATUS_BATCH_SIZE`).
 pub const DEFAULT_MAX_BATCH: usize = 1000;
+/// How long a batch that is not full waits for more settlements
+/// (`DISPATCHBOX_STATUS_LINGER`).
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(100);
 /// Settlements queued before senders wait.
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 10_000;
 /// How long an id whose row cannot be found is retried before it is settled without a write.
@@ -163,6 +172,8 @@ pub struct Settlement {
 pub struct StatusWriterConfig {
     /// Most rows per statement.
     pub max_batch: usize,
+    /// How long a batch that is not full waits for more settlements (zero: write at once).
+    pub linger: Duration,
     /// Capacity of the settlement channel.
     pub channel_capacity: usize,
     /// How long a row that cannot be found is retried before its acks are settled anyway.
@@ -183,6 +194,7 @@ impl Default for StatusWriterConfig {
     fn default() -> Self {
         Self {
             max_batch: DEFAULT_MAX_BATCH,
+            linger: DEFAULT_LINGER,
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             missing_row_deadline: DEFAULT_MISSING_ROW_DEADLINE,
             missing_row_retry_min: DEFAULT_MISSING_ROW_RETRY_MIN,
@@ -253,6 +265,7 @@ impl StatusWriter {
         let stats = Arc::new(StatusWriterStats::default());
         let writer = Writer {
             sql: outcome_update_sql(store.table(), UpdateGuard::Stream),
+            done_sql: done_update_sql(store.table()),
             store,
             config,
             stats: stats.clone(),
@@ -336,6 +349,20 @@ pub(super) fn outcome_update_sql(table: &TableName, guard: UpdateGuard) -> Strin
           RETURNING t.id
          )
          SELECT id FROM written{not_pending_deferrals}"
+    )
+}
+
+/// The fast path of the status writer for a batch whose every row is `done` after one
+/// attempt: the same effect as [`outcome_update_sql`] with [`UpdateGuard::Stream`] for such
+/// rows, as one index lookup per id (no join, no parameter arrays to unnest). `$1` holds
+/// the ids.
+pub(super) fn done_update_sql(table: &TableName) -> String {
+    format!(
+        "UPDATE {} SET status = 'done', attempts = attempts + 1, delivered_at = now(),
+                claim_token = NULL
+          WHERE id = ANY($1::bigint[])
+      RETURNING id",
+        table.quoted()
     )
 }
 
@@ -436,7 +463,10 @@ struct Waiting {
 #[derive(Debug)]
 struct Writer {
     store: Store,
+    /// The general outcome UPDATE.
     sql: String,
+    /// The fast path when every row is `done` after one attempt.
+    done_sql: String,
     config: StatusWriterConfig,
     stats: Arc<StatusWriterStats>,
 }
@@ -458,6 +488,8 @@ impl Writer {
                     n = rx.recv_many(&mut inbox, max_batch), if accept => {
                         if n == 0 {
                             open = false;
+                        } else {
+                            open = linger(&mut rx, &mut inbox, max_batch, self.config.linger).await;
                         }
                     }
                     () = sleep_until(next_try) => {}
@@ -482,17 +514,23 @@ impl Writer {
     async fn write(&self, batch: &[Row]) -> HashSet<i64> {
         // `collect` merged settlements per id, so ids are distinct.
         let columns = OutcomeColumns::new(batch.iter().map(|r| (r.id, &r.outcome, r.attempts)));
+        let only_done = batch
+            .iter()
+            .all(|r| r.outcome == Outcome::Done && r.attempts == 1);
 
         let mut backoff = self.config.error_backoff_min;
         loop {
             let result: Result<HashSet<i64>, StoreError> = async {
                 let client = self.store.client("status update").await?;
+                let sql = if only_done { &self.done_sql } else { &self.sql };
                 let statement = client
-                    .prepare_cached(&self.sql)
+                    .prepare_cached(sql)
                     .await
                     .map_err(|e| StoreError::db("status update", e))?;
+                let params = columns.params();
+                let params = if only_done { &params[..1] } else { &params[..] };
                 let updated = client
-                    .query(&statement, &columns.params())
+                    .query(&statement, params)
                     .await
                     .map_err(|e| StoreError::db("status update", e))?;
                 updated
@@ -631,6 +669,33 @@ fn collect(
     batch
 }
 
+/// After the first settlements of a batch arrived: waits up to `linger` for more, until
+/// `inbox` holds `max_batch`. Returns false when the channel closed meanwhile (every
+/// sender dropped: shutdown, so the batch is written at once).
+async fn linger(
+    rx: &mut mpsc::Receiver<Settlement>,
+    inbox: &mut Vec<Settlement>,
+    max_batch: usize,
+    linger: Duration,
+) -> bool {
+    if linger.is_zero() {
+        return true;
+    }
+    let deadline = Instant::now() + linger;
+    while inbox.len() < max_batch {
+        tokio::select! {
+            biased;
+            n = rx.recv_many(inbox, max_batch - inbox.len()) => {
+                if n == 0 {
+                    return false;
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    true
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -749,6 +814,44 @@ mod tests {
             row.settle();
         }
         assert_eq!(Arc::strong_count(&guard), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn linger_waits_for_more_until_the_batch_is_full_or_the_time_is_up() {
+        let (tx, mut rx) = mpsc::channel(100);
+        let sender = tokio::spawn(async move {
+            for id in 0..10 {
+                tx.send(settlement(id, Outcome::Done, None)).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let mut inbox = Vec::new();
+        assert_eq!(rx.recv_many(&mut inbox, 100).await, 1);
+
+        // Full (five rows) after 40 ms: written before the 100 ms are up.
+        let started = Instant::now();
+        assert!(linger(&mut rx, &mut inbox, 5, Duration::from_millis(100)).await);
+        assert_eq!(inbox.len(), 5);
+        assert_eq!(started.elapsed(), Duration::from_millis(40));
+
+        // Not full: written when the linger is up, with what arrived meanwhile.
+        inbox.clear();
+        let started = Instant::now();
+        assert!(linger(&mut rx, &mut inbox, 100, Duration::from_millis(25)).await);
+        assert_eq!(started.elapsed(), Duration::from_millis(25));
+        assert_eq!(inbox.len(), 2, "rows 5 and 6 arrived within the 25 ms");
+
+        // No linger: at once.
+        inbox.clear();
+        let started = Instant::now();
+        assert!(linger(&mut rx, &mut inbox, 100, Duration::ZERO).await);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+
+        // Every sender gone: the batch goes out at once and the writer learns it.
+        sender.await.unwrap();
+        let started = Instant::now();
+        assert!(!linger(&mut rx, &mut inbox, 100, Duration::from_secs(1)).await);
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[test]

@@ -7,12 +7,16 @@
 //! waiting on each other. Outcomes of claimed rows are written only under the same token,
 //! so a sweeper whose lease expired and was reclaimed cannot overwrite the newer claim.
 //!
-//! What a sweep covers: due `retry` rows, `processing` rows whose lease expired, `pending`
-//! rows the caller has found the stream missed (see [`Store::sight_pending`]; the sweeper
-//! decides), and `pending` rows that carry a `last_error_at`: rows an operator returned from `dead`
-//! (`dispatchbox dead retry`), which the insert-only stream never sees again. It never
+//! What a sweep covers: due `retry` rows, `processing` rows whose lease expired, and the
+//! `pending` rows the caller names: rows it has found the stream missed, and rows that carry
+//! a `last_error_at` (returned from `dead` by an operator, `dispatchbox dead retry`, which
+//! the insert-only stream never sees again); [`Store::sight_pending`] reports both. It never
 //! uses an id or time watermark: ids do not commit in order, so "everything above the last
 //! id seen" would skip rows committed late.
+//!
+//! Every statement here is a range scan of the due index (keyed `(status, next_run_at)`,
+//! migration 5) or the aggregate index, or a primary-key lookup: none reads rows of
+//! another status, so a backlog of pending rows costs a due-retry lookup nothing.
 //!
 //! This module decides nothing about delivery: it does not choose outcomes, back off, or
 //! talk to sinks.
@@ -39,9 +43,9 @@ pub struct ClaimSettings {
     /// How long a claim holds: a row still `processing` this long after its claim is taken
     /// to be abandoned and may be claimed again (by any sweeper).
     pub lease: Duration,
-    /// `pending` rows the stream has missed, as the caller established from earlier
-    /// [`Store::sight_pending`] answers; other `pending` rows are left to the stream. Ids
-    /// no longer `pending` are ignored.
+    /// `pending` rows to take: those the stream has missed, as the caller established from
+    /// earlier [`Store::sight_pending`] answers, and those returned from `dead`; other
+    /// `pending` rows are left to the stream. Ids no longer `pending` are ignored.
     pub missed_pending: Vec<i64>,
     /// Per-aggregate ordering: claim only the head of each aggregate (its lowest-id row
     /// still `pending`, `retry` or `processing`), so a backlog drains in id order.
@@ -106,9 +110,11 @@ pub struct ClaimedEvent {
 /// tell whether it still can. See [`Store::sight_pending`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingSighting {
-    /// Due `pending` rows never attempted (no `last_error_at`), lowest id first, at most
-    /// the limit asked for.
+    /// Due `pending` rows never attempted (no `last_error_at`), lowest id first.
     pub ids: Vec<i64>,
+    /// Due `pending` rows attempted before (with a `last_error_at`): returned from `dead`
+    /// by an operator; the stream will never deliver them. Lowest id first.
+    pub requeued: Vec<i64>,
     /// The server's WAL insert position, read after the rows' snapshot: the transaction
     /// that inserted each of `ids` committed before this position.
     pub wal_position: Lsn,
@@ -131,8 +137,7 @@ impl Store {
     /// and returns them in id order.
     ///
     /// Claimed: `retry` rows that are due, `processing` rows whose lease expired, and due
-    /// `pending` rows that are in `missed_pending` or carry a `last_error_at` (returned from
-    /// `dead`). Each becomes `processing` with `claim_token = token` and
+    /// `pending` rows that are in `missed_pending`. Each becomes `processing` with `claim_token = token` and
     /// `next_run_at = now() + lease`; `attempts` is not touched (the outcome write counts
     /// the attempt). Concurrent callers never claim the same row.
     ///
@@ -166,31 +171,37 @@ impl Store {
         } else {
             String::new()
         };
-        // Candidates are found through the due index (`next_run_at` of outstanding rows);
-        // `next_run_at <= now()` doubles as "lease expired" for processing rows. SKIP LOCKED
-        // passes over rows another sweeper is claiming; a row another sweeper claimed and
-        // committed since our snapshot is re-checked on its newest version and fails
-        // `next_run_at <= now()` (its lease is in the future), so it is not claimed twice.
-        // A `pending` row with
-        // a `last_error_at` was attempted before, so it was returned from `dead`: the
-        // insert-only stream will not deliver it, and it is taken without grace.
-        // ORDER BY id: oldest first, and a stable lock order.
+        // Candidates, gathered first: due `retry` rows and expired `processing` leases (a
+        // range scan of the due index per status: `next_run_at <= now()` doubles as "lease
+        // expired") and the named `pending` rows (primary-key lookups). Gathering them in
+        // their own materialized step keeps the planner from walking the primary key in id
+        // order to satisfy `ORDER BY … LIMIT`, which, when the statistics promise early
+        // matches, reads the whole table to claim nothing (tests/plans.rs).
+        // SKIP LOCKED passes over rows another sweeper is claiming; a row another sweeper
+        // claimed and committed since our snapshot is re-checked on its newest version and
+        // fails `next_run_at <= now()` (its lease is in the future), so it is not claimed
+        // twice. A `pending` row with a `last_error_at` was attempted before, so it was
+        // returned from `dead`. ORDER BY id: oldest first, and a stable lock order.
         let sql = format!(
-            "WITH due AS (
+            "WITH candidate AS MATERIALIZED (
+                 SELECT id FROM {table}
+                  WHERE status IN ('retry', 'processing') AND next_run_at <= now()
+                 UNION
+                 SELECT unnest($3::bigint[])
+             ), due AS (
                  SELECT t.id,
                         CASE WHEN t.status = 'retry' THEN 'due_retry'
                              WHEN t.status = 'processing' THEN 'expired_lease'
                              WHEN t.last_error_at IS NOT NULL THEN 'requeued'
                              ELSE 'missed' END AS reason,
                         t.next_run_at AS due_at
-                   FROM {table} AS t
-                  WHERE t.status IN {OUTSTANDING}
-                    AND t.next_run_at <= now()
-                    AND (t.status IN ('retry', 'processing')
-                         OR t.last_error_at IS NOT NULL
-                         OR t.id = ANY($3::bigint[]))
+                   FROM candidate AS c
+                   JOIN {table} AS t ON t.id = c.id
+                  WHERE ((t.status IN ('retry', 'processing') AND t.next_run_at <= now())
+                         OR (t.status = 'pending' AND t.id = ANY($3::bigint[])
+                             AND t.next_run_at <= now()))
                     {head_only}
-                  ORDER BY t.id
+                  ORDER BY c.id
                   LIMIT $1
                     FOR UPDATE OF t SKIP LOCKED
              )
@@ -312,9 +323,10 @@ impl Store {
             .map_err(|e| StoreError::db(CONTEXT, e))
     }
 
-    /// Looks at up to `limit` due `pending` rows that were never attempted, and reads, in the
-    /// same statement, the server's WAL insert position and the confirmed flush position of
-    /// the replication slot `slot`.
+    /// Looks at up to `limit` due `pending` rows (those due first), and reads, in the same
+    /// statement, the server's WAL insert position and the confirmed flush position of the
+    /// replication slot `slot`. Rows never attempted are reported in `ids`, rows returned
+    /// from `dead` in `requeued`.
     ///
     /// The statement's snapshot is taken before the positions are read, so every row it
     /// sees was committed before `wal_position` (a commit's WAL record is written before
@@ -322,9 +334,10 @@ impl Store {
     /// that `wal_position`, the stream has passed those commits and settled every outbox
     /// row in them; a row still `pending` then was never streamed (a publication changed by
     /// hand, a slot created after the row committed, or lost and recreated) and is the
-    /// sweeper's. This measures
-    /// from the commit, not from `created_at` (the start of the inserting transaction), so
-    /// a long transaction is never mistaken for a missed one.
+    /// sweeper's. This measures from the commit, not from `created_at` (the start of the
+    /// inserting transaction), so a long transaction is never mistaken for a missed one.
+    ///
+    /// One range scan of the due index over `pending` rows, at most `limit` entries long.
     pub async fn sight_pending(
         &self,
         slot: &str,
@@ -332,15 +345,18 @@ impl Store {
     ) -> Result<PendingSighting, StoreError> {
         const CONTEXT: &str = "pending rows sighting";
         let sql = format!(
-            "SELECT ARRAY(SELECT id FROM {}
-                           WHERE status = 'pending' AND last_error_at IS NULL
-                             AND next_run_at <= now()
-                           ORDER BY id
-                           LIMIT $1),
+            "SELECT coalesce(array_agg(p.id ORDER BY p.id)
+                                 FILTER (WHERE p.last_error_at IS NULL), '{{}}'),
+                    coalesce(array_agg(p.id ORDER BY p.id)
+                                 FILTER (WHERE p.last_error_at IS NOT NULL), '{{}}'),
                     pg_current_wal_insert_lsn(),
                     (SELECT confirmed_flush_lsn
                        FROM pg_replication_slots
-                      WHERE slot_name = $2 AND database = current_database())",
+                      WHERE slot_name = $2 AND database = current_database())
+               FROM (SELECT id, last_error_at FROM {}
+                      WHERE status = 'pending' AND next_run_at <= now()
+                      ORDER BY next_run_at
+                      LIMIT $1) AS p",
             self.table().quoted()
         );
         let client = self.client(CONTEXT).await?;
@@ -355,9 +371,10 @@ impl Store {
         let db = |e| StoreError::db(CONTEXT, e);
         Ok(PendingSighting {
             ids: row.try_get(0).map_err(db)?,
-            wal_position: row.try_get::<_, PgLsn>(1).map_err(db)?.into(),
+            requeued: row.try_get(1).map_err(db)?,
+            wal_position: row.try_get::<_, PgLsn>(2).map_err(db)?.into(),
             stream_settled: row
-                .try_get::<_, Option<PgLsn>>(2)
+                .try_get::<_, Option<PgLsn>>(3)
                 .map_err(db)?
                 .map(Lsn::from),
         })
@@ -368,14 +385,20 @@ impl Store {
     /// sleep until then instead of polling.
     pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         const CONTEXT: &str = "next due lookup";
-        // Reads the due index in next_run_at order and stops at the first match.
+        // One probe of the due index per status (its first entry), whatever the number of
+        // waiting rows.
+        let table = self.table().quoted();
         let sql = format!(
-            "SELECT min(next_run_at) FROM {} WHERE status IN ('retry', 'processing')",
-            self.table().quoted()
+            "SELECT LEAST((SELECT min(next_run_at) FROM {table} WHERE status = 'retry'),
+                          (SELECT min(next_run_at) FROM {table} WHERE status = 'processing'))"
         );
         let client = self.client(CONTEXT).await?;
+        let statement = client
+            .prepare_cached(&sql)
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
         client
-            .query_one(&sql, &[])
+            .query_one(&statement, &[])
             .await
             .and_then(|r| r.try_get(0))
             .map_err(|e| StoreError::db(CONTEXT, e))

@@ -3,14 +3,17 @@
 
 use deadpool_postgres::Pool;
 use dispatchbox::conninfo::ConnInfo;
-use dispatchbox::store::{Names, Store};
+use dispatchbox::store::{Names, Store, PLANNER_SETTINGS};
 
 use super::postgres::TestCluster;
 
-/// A pool of at most `max_size` connections to `url`, through the relay's own `ConnInfo`.
+/// A pool of at most `max_size` connections to `url`, through the relay's own `ConnInfo`,
+/// with the session settings `dispatchbox run` uses.
 pub fn pool(url: &str, max_size: usize) -> Pool {
     let conninfo: ConnInfo = url.parse().expect("test database URL");
-    conninfo.pool(max_size).expect("build pool")
+    conninfo
+        .pool_with_setup(max_size, Some(PLANNER_SETTINGS))
+        .expect("build pool")
 }
 
 /// The default names: `public.outbox_event` and publication `dispatchbox`.
