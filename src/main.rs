@@ -58,7 +58,13 @@ fn main() -> ExitCode {
     };
     dispatchbox::telemetry::init_logging(config.log_format, &config.log_level);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread runs every async task. The relay's work is hand-offs between its stages
+    // (stream → dispatcher → sinks → status writer → feedback); on one thread they cost a
+    // queue push, across threads a wake-up each, which at a few thousand events per second
+    // was half of the relay's CPU and took cores from PostgreSQL (docs/benchmarks.md). What
+    // may block runs on threads of its own: librdkafka's, the stdout sink's writer, and
+    // `spawn_blocking`.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -116,8 +116,8 @@ async fn pipeline(
     if config.ordering {
         // Aggregates with events already waiting in their rows (from before a restart)
         // stay blocked until their backlog drained.
-        for key in store.backlogged_aggregates().await? {
-            blocked.block(key);
+        for (aggregate_type, aggregate_id) in store.backlogged_aggregates().await? {
+            blocked.block(&aggregate_type, &aggregate_id);
         }
     }
 

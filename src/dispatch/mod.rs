@@ -135,38 +135,33 @@ impl Deliverer {
     ) -> impl std::future::Future<Output = Result<(), DeliveryError>> + Send + 'static {
         let in_flight = metrics::in_flight();
         let policy = self.policy;
-        let started: Option<Vec<_>> = self.router.route(&event.event_type).map(|indexes| {
-            indexes
-                .iter()
-                .filter_map(|&i| self.sinks.get(i))
-                .map(|sink| {
-                    let name = sink.name();
-                    let since = std::time::Instant::now();
-                    let delivery = sink.deliver(event.clone());
-                    async move {
-                        let result = delivery.await;
-                        (name, since.elapsed(), result)
-                    }
-                })
-                .collect()
-        });
+        let since = std::time::Instant::now();
+        // Hand-offs happen now, in route order; the futures only learn the outcomes.
+        let routes = self.router.route(&event.event_type);
+        let routed = routes.is_some();
+        let mut started: Vec<_> = routes
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|&i| self.sinks.get(i))
+            .map(|sink| (sink.name(), sink.deliver(event.clone())))
+            .collect();
         async move {
             let _in_flight = in_flight;
-            let Some(started) = started else {
+            if !routed {
                 return Err(DeliveryError::Permanent {
                     reason: format!(
                         "no route: no DISPATCHBOX_ROUTES rule matches event type {:?}",
                         event.event_type
                     ),
                 });
-            };
+            }
             let mut combined = Ok(());
-            for (sink, took, result) in futures_util::future::join_all(started).await {
+            let mut record = |sink: &'static str, took, result: Result<(), DeliveryError>| {
                 let error = match result {
                     Ok(()) => {
                         tracing::debug!(event_id = event.id, event_type = %event.event_type, sink, attempt, took = ?took, "delivered");
                         metrics::delivery(sink, DeliveryOutcome::Done, took);
-                        continue;
+                        return;
                     }
                     Err(error) => error,
                 };
@@ -179,6 +174,21 @@ impl Deliverer {
                 metrics::delivery(sink, outcome, took);
                 if !matches!(combined, Err(DeliveryError::Permanent { .. })) {
                     combined = Err(error);
+                }
+            };
+            // One routed sink (the common case) needs no join.
+            if started.len() == 1 {
+                if let Some((sink, delivery)) = started.pop() {
+                    let result = delivery.await;
+                    record(sink, since.elapsed(), result);
+                }
+            } else {
+                let timed = started.into_iter().map(|(sink, delivery)| async move {
+                    let result = delivery.await;
+                    (sink, since.elapsed(), result)
+                });
+                for (sink, took, result) in futures_util::future::join_all(timed).await {
+                    record(sink, took, result);
                 }
             }
             combined
@@ -298,10 +308,17 @@ impl Shared {
     /// unblocks it if so.
     /// `in_delivery`: an event of the aggregate is being delivered or queued in memory.
     async fn drained(&self, key: &AggregateKey, in_delivery: bool) -> bool {
-        if in_delivery || !self.blocked.should_recheck(key) {
+        if in_delivery {
             return false;
         }
-        match self.store.aggregate_has_backlog(&key.0, &key.1).await {
+        let Some((aggregate_type, aggregate_id)) = self.blocked.should_recheck(key) else {
+            return false;
+        };
+        match self
+            .store
+            .aggregate_has_backlog(&aggregate_type, &aggregate_id)
+            .await
+        {
             Ok(false) => self.blocked.unblock(key),
             Ok(true) => false,
             Err(error) => {
@@ -346,11 +363,14 @@ impl Dispatcher {
 
     async fn run(&mut self, mut input: mpsc::Receiver<Work>, shutdown: CancellationToken) {
         let mut input_open = true;
+        // One waiter for the whole run, not one registered and dropped per event.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         while input_open || !self.in_flight.is_empty() {
             let can_take = input_open && self.outstanding() < self.shared.config.max_in_flight;
             let step = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
+                _ = &mut cancelled => break,
                 Some(delivered) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     self.finished(delivered).await
                 }
@@ -417,9 +437,10 @@ impl Dispatcher {
         committed_at: Option<DateTime<Utc>>,
         key: Option<&AggregateKey>,
     ) -> Result<(), WriterGone> {
-        let scheduled = event
-            .next_run_at
-            .filter(|at| *at > Utc::now() + SCHEDULE_TOLERANCE);
+        // A row due when it was created (the default) needs no look at the clock.
+        let scheduled = event.next_run_at.filter(|&at| {
+            at > event.created_at + SCHEDULE_TOLERANCE && at > Utc::now() + SCHEDULE_TOLERANCE
+        });
         let Some(key) = key else {
             if let Some(at) = scheduled {
                 return self.shared.park(event, ack, at, None).await;
@@ -434,13 +455,13 @@ impl Dispatcher {
                 .drained(key, self.queued.contains_key(key))
                 .await
         {
-            let guard = self.shared.blocked.park_guard(key);
+            let guard = self.shared.blocked.park_guard(&event);
             let at = scheduled.unwrap_or_else(Utc::now);
             return self.shared.park(event, ack, at, Some(guard)).await;
         }
         if let Some(at) = scheduled {
             // Later events of the aggregate wait behind the scheduled one.
-            let guard = self.shared.blocked.park_guard(key);
+            let guard = self.shared.blocked.park_guard(&event);
             return self.shared.park(event, ack, at, Some(guard)).await;
         }
         if let Some(waiting) = self.queued.get_mut(key) {
@@ -448,7 +469,7 @@ impl Dispatcher {
             self.queued_len += 1;
             return Ok(());
         }
-        self.queued.insert(key.clone(), VecDeque::new());
+        self.queued.insert(*key, VecDeque::new());
         self.start(event, ack, committed_at);
         Ok(())
     }

@@ -9,29 +9,57 @@
 //! database confirms the aggregate has no waiting rows and no park of ours is in flight.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::event::OutboxEvent;
 use crate::store::status::Outcome;
 
-/// `(aggregate_type, aggregate_id)`.
-pub type AggregateKey = (String, String);
+/// An aggregate `(aggregate_type, aggregate_id)` as the dispatcher tracks it in memory: a
+/// 64-bit hash of the pair, computed once per event, cheap to copy and compare (the
+/// dispatcher looks aggregates up several times per event). Two aggregates whose hashes
+/// collide (about one pair in 10^19) are treated as one: their events wait for each other,
+/// which delays them but never reorders either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AggregateKey(u64);
+
+impl AggregateKey {
+    /// The key of `(aggregate_type, aggregate_id)`.
+    pub fn new(aggregate_type: &str, aggregate_id: &str) -> Self {
+        // SipHash with fixed keys: the same pair always gets the same key.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (aggregate_type, aggregate_id).hash(&mut hasher);
+        Self(hasher.finish())
+    }
+}
 
 /// The ordering key of `event`.
 pub fn key_of(event: &OutboxEvent) -> AggregateKey {
-    (event.aggregate_type.clone(), event.aggregate_id.clone())
+    AggregateKey::new(&event.aggregate_type, &event.aggregate_id)
 }
 
 /// How often, at most, the database is asked whether a blocked aggregate has drained.
 const RECHECK_EVERY: Duration = Duration::from_millis(250);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Entry {
+    /// `(aggregate_type, aggregate_id)`: what the database is asked about.
+    names: (String, String),
     /// Cloned into every park settlement of this aggregate; the status writer drops the
     /// clone once the row is written, so a strong count of 1 means no park is in flight.
     parks: Arc<()>,
     checked_at: Option<Instant>,
+}
+
+impl Entry {
+    fn new(aggregate_type: &str, aggregate_id: &str) -> Self {
+        Self {
+            names: (aggregate_type.to_owned(), aggregate_id.to_owned()),
+            parks: Arc::new(()),
+            checked_at: None,
+        }
+    }
 }
 
 /// Aggregates that may have events waiting in their rows. Cheap to clone.
@@ -47,9 +75,11 @@ impl BlockedAggregates {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Marks `key` as having a backlog.
-    pub fn block(&self, key: AggregateKey) {
-        self.lock().entry(key).or_default();
+    /// Marks the aggregate `(aggregate_type, aggregate_id)` as having a backlog.
+    pub fn block(&self, aggregate_type: &str, aggregate_id: &str) {
+        self.lock()
+            .entry(AggregateKey::new(aggregate_type, aggregate_id))
+            .or_insert_with(|| Entry::new(aggregate_type, aggregate_id));
     }
 
     /// True while `key` is blocked.
@@ -57,40 +87,40 @@ impl BlockedAggregates {
         self.lock().contains_key(key)
     }
 
-    /// The guard to attach to a park settlement of `key` (blocking it if needed).
-    pub fn park_guard(&self, key: &AggregateKey) -> Arc<()> {
-        let mut map = self.lock();
-        if let Some(entry) = map.get(key) {
-            return entry.parks.clone();
-        }
-        map.entry(key.clone()).or_default().parks.clone()
+    /// The guard to attach to a park settlement of `event`'s aggregate (blocking it if
+    /// needed).
+    pub fn park_guard(&self, event: &OutboxEvent) -> Arc<()> {
+        self.lock()
+            .entry(key_of(event))
+            .or_insert_with(|| Entry::new(&event.aggregate_type, &event.aggregate_id))
+            .parks
+            .clone()
     }
 
     /// The guard for writing `outcome` of `event` when ordering is on: a `retry` blocks
     /// the aggregate, and the guard keeps it blocked at least until the row is written, so
     /// no later event can overtake it. `None` for other outcomes.
     pub fn retry_guard(&self, event: &OutboxEvent, outcome: &Outcome) -> Option<Arc<()>> {
-        matches!(outcome, Outcome::Retry { .. }).then(|| self.park_guard(&key_of(event)))
+        matches!(outcome, Outcome::Retry { .. }).then(|| self.park_guard(event))
     }
 
-    /// True when it is time to ask the database whether `key` drained: no park of ours is
-    /// in flight and the last check is old enough. Records the check.
-    pub fn should_recheck(&self, key: &AggregateKey) -> bool {
+    /// The aggregate's `(aggregate_type, aggregate_id)` when it is time to ask the
+    /// database whether `key` drained: no park of ours is in flight and the last check is
+    /// old enough. Records the check.
+    pub fn should_recheck(&self, key: &AggregateKey) -> Option<(String, String)> {
         let mut map = self.lock();
-        let Some(entry) = map.get_mut(key) else {
-            return false;
-        };
+        let entry = map.get_mut(key)?;
         if Arc::strong_count(&entry.parks) > 1 {
-            return false;
+            return None;
         }
         if entry
             .checked_at
             .is_some_and(|at| at.elapsed() < RECHECK_EVERY)
         {
-            return false;
+            return None;
         }
         entry.checked_at = Some(Instant::now());
-        true
+        Some(entry.names.clone())
     }
 
     /// Unblocks `key` after the database showed no waiting rows, unless a park started
@@ -112,26 +142,58 @@ impl BlockedAggregates {
 mod tests {
     use super::*;
 
+    fn event(id: &str) -> OutboxEvent {
+        OutboxEvent {
+            id: 1,
+            aggregate_type: "order".to_owned(),
+            aggregate_id: id.to_owned(),
+            event_type: "order.created".to_owned(),
+            payload: bytes::Bytes::from_static(b"{}"),
+            headers: Vec::new(),
+            created_at: chrono::Utc::now(),
+            next_run_at: None,
+        }
+    }
+
     fn key(id: &str) -> AggregateKey {
-        ("order".to_owned(), id.to_owned())
+        key_of(&event(id))
     }
 
     #[test]
     fn parks_in_flight_prevent_rechecks_and_unblocking() {
         let blocked = BlockedAggregates::default();
-        blocked.block(key("a"));
-        let guard = blocked.park_guard(&key("a"));
-        assert!(!blocked.should_recheck(&key("a")));
+        blocked.block("order", "a");
+        let guard = blocked.park_guard(&event("a"));
+        assert_eq!(blocked.should_recheck(&key("a")), None);
         assert!(!blocked.unblock(&key("a")));
         assert!(blocked.contains(&key("a")), "a park is still in flight");
         drop(guard);
-        assert!(blocked.should_recheck(&key("a")));
-        assert!(!blocked.should_recheck(&key("a")), "rate limited");
+        assert_eq!(
+            blocked.should_recheck(&key("a")),
+            Some(("order".to_owned(), "a".to_owned()))
+        );
+        assert_eq!(blocked.should_recheck(&key("a")), None, "rate limited");
         assert!(blocked.unblock(&key("a")));
         assert!(!blocked.contains(&key("a")));
-        assert!(
-            !blocked.should_recheck(&key("b")),
+        assert_eq!(
+            blocked.should_recheck(&key("b")),
+            None,
             "not blocked: nothing to check"
+        );
+    }
+
+    #[test]
+    fn keys_tell_aggregates_apart_and_name_the_same_one_alike() {
+        assert_eq!(key("a"), key("a"));
+        assert_ne!(key("a"), key("b"));
+        // The pair is hashed as a pair: moving text between its halves is another key.
+        assert_ne!(
+            AggregateKey::new("order", "ab"),
+            AggregateKey::new("ordera", "b")
+        );
+        assert_ne!(
+            AggregateKey::new("order", "1"),
+            AggregateKey::new("invoice", "1")
         );
     }
 }

@@ -546,6 +546,9 @@ fn fixed<const N: usize>(b: &[u8]) -> Option<[u8; N]> {
 /// Parses timestamptz text output under `DateStyle=ISO`: `2026-11-23 02:33:19.001946+00`,
 /// with or without fraction, offsets `+HH`, `+HH:MM` or `+HH:MM:SS`.
 fn parse_timestamptz(s: &str) -> Result<DateTime<Utc>, &'static str> {
+    if let Some(utc) = parse_utc_fast(s) {
+        return Ok(utc);
+    }
     if s == "infinity" || s == "-infinity" {
         return Err("is infinite; an outbox timestamp must be finite");
     }
@@ -558,6 +561,37 @@ fn parse_timestamptz(s: &str) -> Result<DateTime<Utc>, &'static str> {
     let parsed = DateTime::parse_from_str(base, "%Y-%m-%d %H:%M:%S%.f%#z")
         .map_err(|_| "is not an ISO timestamp with a UTC offset")?;
     Ok(parsed.with_timezone(&Utc) - chrono::Duration::seconds(extra_secs))
+}
+
+/// The shape the walsender renders every timestamp in (the session pins `TimeZone=UTC` and
+/// `DateStyle=ISO`): `YYYY-MM-DD HH:MM:SS[.f…]+00`, read without chrono's format machinery
+/// (it runs twice per event). `None` for anything else, which takes the general path.
+fn parse_utc_fast(s: &str) -> Option<DateTime<Utc>> {
+    let b = s.as_bytes();
+    let body = b.strip_suffix(b"+00")?;
+    if body.len() < 19 || body[4] != b'-' || body[7] != b'-' || body[10] != b' ' {
+        return None;
+    }
+    if body[13] != b':' || body[16] != b':' {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| -> Option<u32> {
+        body.get(range)?.iter().try_fold(0u32, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+        })
+    };
+    let micros = match body.get(19..) {
+        Some([]) => 0,
+        Some([b'.', digits @ ..]) if (1..=6).contains(&digits.len()) => {
+            let n = num(20..body.len())?;
+            n * 10u32.pow(6 - digits.len() as u32)
+        }
+        _ => return None,
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
+    let time =
+        chrono::NaiveTime::from_hms_micro_opt(num(11..13)?, num(14..16)?, num(17..19)?, micros)?;
+    Some(date.and_time(time).and_utc())
 }
 
 /// Splits a trailing `:SS` seconds part off a `±HH:MM:SS` offset; returns the signed
@@ -976,6 +1010,30 @@ mod tests {
             ok("1883-11-18 11:55:00-04:56:02"),
             "1883-11-18T16:51:02+00:00"
         );
+        // The fast path agrees with the general one on the walsender's own shape.
+        for s in [
+            "2026-11-23 02:33:19+00",
+            "2026-11-23 02:33:19.1+00",
+            "2026-11-23 02:33:19.000001+00",
+            "1999-12-31 23:59:59.999999+00",
+            "2024-02-29 00:00:00.5+00",
+        ] {
+            let base = split_offset_seconds(s).0;
+            let general = DateTime::parse_from_str(base, "%Y-%m-%d %H:%M:%S%.f%#z")
+                .unwrap()
+                .with_timezone(&Utc);
+            assert_eq!(parse_utc_fast(s), Some(general), "{s}");
+        }
+        for other in [
+            "2026-11-23 02:33:19.1234567+00",
+            "2026-02-30 02:33:19+00",
+            "2026-11-23 24:00:00+00",
+            "12026-11-23 02:33:19+00",
+            "2026-11-23 02:33:19.+00",
+            "2026-11-23 02:33:19+09",
+        ] {
+            assert_eq!(parse_utc_fast(other), None, "{other}");
+        }
         for bad in [
             "infinity",
             "-infinity",

@@ -305,10 +305,13 @@ impl<'a> Session<'a> {
         ));
         let _stop_on_exit = stop_feedback.clone().drop_guard();
 
+        // One waiter for the whole session, not one registered and dropped per message.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         let result = loop {
             let message = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break Ok(()),
+                _ = &mut cancelled => break Ok(()),
                 message = reader.next() => message,
             };
             match message {
@@ -457,6 +460,18 @@ impl<'a> Session<'a> {
                     },
                     // Another table in the publication: not ours to deliver.
                     InsertOutcome::Ignored => return Ok(()),
+                };
+                // Without backpressure the hand-off is immediate; only a full channel needs
+                // to wait, and to watch for shutdown meanwhile.
+                let work = match self.work.try_send(work) {
+                    Ok(()) => return Ok(()),
+                    Err(mpsc::error::TrySendError::Full(work)) => work,
+                    Err(mpsc::error::TrySendError::Closed(_)) if shutdown.is_cancelled() => {
+                        return Ok(())
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        return Err(SourceError::DispatcherGone)
+                    }
                 };
                 tokio::select! {
                     sent = self.work.send(work) => {

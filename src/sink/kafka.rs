@@ -181,6 +181,10 @@ impl KafkaSink {
                 "topic.metadata.propagation.max.ms",
                 (timeout_ms / 2).clamp(1, 30_000).to_string(),
             )
+            // An outbox relay is latency-bound at ordinary rates: librdkafka's default of
+            // 5 ms was most of the commit → broker-ack time. Under load batches still fill
+            // while earlier requests are in flight.
+            .set("linger.ms", "1")
             // Same key → same partition as the Java client, so mixed producers agree.
             .set("partitioner", "murmur2_random")
             // Outbox payloads of a few MiB are legitimate; librdkafka's own default (1 MB)
@@ -191,6 +195,7 @@ impl KafkaSink {
             client_config.set(name, value);
         }
         let producer = create_producer(&client_config, &config.brokers)?;
+        warm_up(&producer);
         Ok(Self {
             brokers: config.brokers.into(),
             template,
@@ -258,6 +263,7 @@ impl KafkaSink {
                     self.brokers
                 ))
             })?;
+            warm_up(&fresh);
             let broken = std::mem::replace(&mut *producer, fresh);
             // Dropping a producer purges and flushes for up to 500 ms: keep that off the
             // caller's thread when a runtime is there to take it.
@@ -310,6 +316,30 @@ impl KafkaSink {
                 self.brokers
             ))),
         }
+    }
+}
+
+/// Gets the producer ready now instead of at the first delivery. The idempotent producer
+/// needs a producer id before it sends anything; librdkafka asks for one after each metadata
+/// answer, but only from a broker that is already connected, and otherwise on a 500 ms
+/// timer. librdkafka connects to brokers only when it needs one, so left alone the first
+/// events of a run waited 0.5–1 s. Here, on a background thread: a first metadata request
+/// (over the bootstrap connection) names the brokers and makes librdkafka connect to them;
+/// a second one, a moment later, is answered while they are up, and the producer id
+/// follows at once. The results do not matter here: failures show in deliveries.
+fn warm_up(producer: &FutureProducer) {
+    let producer = producer.clone();
+    let spawned = std::thread::Builder::new()
+        .name("kafka-warm-up".into())
+        .spawn(move || {
+            let client = producer.client();
+            if client.fetch_metadata(None, Duration::from_secs(10)).is_ok() {
+                std::thread::sleep(Duration::from_millis(50));
+                let _ = client.fetch_metadata(None, Duration::from_secs(10));
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::debug!(sink = "kafka", error = %error, "cannot start the kafka warm-up thread");
     }
 }
 

@@ -77,9 +77,7 @@ impl Sink {
     ) -> impl Future<Output = Result<(), DeliveryError>> + Send + 'static {
         match self {
             Sink::Kafka(sink) => Either::Left(Either::Left(sink.deliver(event))),
-            Sink::Stdout(sink) => {
-                Either::Left(Either::Right(std::future::ready(sink.deliver(&event))))
-            }
+            Sink::Stdout(sink) => Either::Left(Either::Right(sink.deliver(&event))),
             Sink::Webhook(sink) => Either::Right(sink.deliver(event)),
         }
     }

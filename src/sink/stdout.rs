@@ -8,29 +8,36 @@
 //!  "created_at":"2024-01-02T03:04:05.000006Z","headers":{"traceparent":"…"},"payload":{…}}
 //! ```
 //!
-//! Writes happen synchronously on the calling thread, under a lock, followed by a flush, so
-//! lines never interleave and `Ok` means the line left the process. A slow reader therefore
-//! slows the caller down: that is the intended backpressure for a debugging sink.
+//! Lines are handed to a writer thread in call order and written in batches: whatever
+//! queued while the previous write ran goes out with one `write` and one flush, so a fast
+//! stream costs a system call per batch rather than per event, and a slow reader never
+//! blocks the relay's async tasks (the replication feedback keeps running). `Ok` means the
+//! line was written and flushed. A slow reader still slows delivery down: outcomes wait for
+//! the writes, and the dispatcher bounds the events in flight.
 //!
 //! Write errors (including a broken pipe) are retryable: they are never the event's fault,
 //! and a `dead` row would need an operator to resurrect it once the pipe is fixed, whereas
-//! `retry` rows are picked up again by the sweeper after a restart.
+//! `retry` rows are picked up again by the sweeper after a restart. A failed write fails
+//! every line of its batch (some may have been written: at-least-once allows that).
 
+use std::future::Future;
 use std::io::Write;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::value::RawValue;
+use tokio::sync::oneshot;
 
 use super::DeliveryError;
 use crate::event::OutboxEvent;
 
 /// Writes events as JSON lines to stdout (or any writer, for tests).
 ///
-/// Safe to share between tasks: each line is written and flushed under one lock.
+/// Safe to share between tasks: lines are queued under one lock, in call order, and
+/// written whole by one thread.
 pub struct StdoutSink {
-    out: Mutex<Box<dyn Write + Send>>,
+    queue: Arc<Queue>,
 }
 
 impl std::fmt::Debug for StdoutSink {
@@ -45,6 +52,34 @@ impl Default for StdoutSink {
     }
 }
 
+/// Lines waiting for the writer thread.
+#[derive(Default)]
+struct Queue {
+    pending: Mutex<Pending>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// One entry per queued line: its event id and who waits for the outcome.
+    waiting: Vec<(i64, oneshot::Sender<Result<(), DeliveryError>>)>,
+    /// No more lines will come: write what is queued, then stop.
+    closed: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // Every mutation is a single push or swap: a panic cannot leave it half done.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+}
+
 impl StdoutSink {
     /// A sink writing to the process's standard output.
     pub fn new() -> Self {
@@ -53,27 +88,94 @@ impl StdoutSink {
 
     /// A sink writing to `writer` (tests capture the output this way).
     pub fn with_writer(writer: impl Write + Send + 'static) -> Self {
-        Self {
-            out: Mutex::new(Box::new(writer)),
+        let queue = Arc::new(Queue::default());
+        let spawned = std::thread::Builder::new()
+            .name("stdout-sink".into())
+            .spawn({
+                let queue = Arc::clone(&queue);
+                move || write_batches(&queue, writer)
+            });
+        if let Err(error) = spawned {
+            // Without the thread every delivery fails (retryably) with this reason.
+            tracing::error!(sink = "stdout", error = %error, "cannot start the stdout writer thread");
+            queue.close();
+        }
+        Self { queue }
+    }
+
+    /// Renders `event`'s line and queues it now (lines keep the order of these calls);
+    /// the future resolves once the line is written and flushed.
+    pub fn deliver(
+        &self,
+        event: &OutboxEvent,
+    ) -> impl Future<Output = Result<(), DeliveryError>> + Send + 'static {
+        let id = event.id;
+        let queued = render_line(event).and_then(|line| {
+            let (tx, rx) = oneshot::channel();
+            let mut pending = self.queue.lock();
+            if pending.closed {
+                return Err(DeliveryError::retryable(format!(
+                    "the stdout sink is shut down; event {id} was not written"
+                )));
+            }
+            pending.bytes.extend_from_slice(&line);
+            pending.waiting.push((id, tx));
+            if pending.waiting.len() == 1 {
+                self.queue.ready.notify_one();
+            }
+            Ok(rx)
+        });
+        async move {
+            match queued?.await {
+                Ok(result) => result,
+                Err(_) => Err(DeliveryError::retryable(format!(
+                    "the stdout writer stopped before event {id} was written"
+                ))),
+            }
         }
     }
 
-    /// Writes one line for `event` and flushes. `Ok` once the line is written.
-    pub fn deliver(&self, event: &OutboxEvent) -> Result<(), DeliveryError> {
-        let line = render_line(event)?;
-        // A panic while holding the lock cannot leave a half-written line that matters more
-        // than losing the sink, so a poisoned lock is simply taken over.
-        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
-        out.write_all(&line)
-            .and_then(|()| out.flush())
-            .map_err(|err| classify(&err, event.id))
-    }
-
-    /// Flushes the writer; stdout has nothing else buffered.
+    /// Lets the writer thread write what is queued and stop; later deliveries fail.
     pub fn close(&self) {
-        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Err(error) = out.flush() {
-            tracing::warn!(sink = "stdout", error = %error, "flushing stdout on shutdown failed");
+        self.queue.close();
+    }
+}
+
+impl Drop for StdoutSink {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
+/// The writer thread: takes everything queued, writes it with one `write_all` and a flush,
+/// tells each line's waiter, and repeats until closed and empty.
+fn write_batches(queue: &Queue, mut out: impl Write) {
+    let mut bytes = Vec::new();
+    let mut waiting = Vec::new();
+    loop {
+        {
+            let mut pending = queue.lock();
+            while pending.waiting.is_empty() && !pending.closed {
+                pending = queue
+                    .ready
+                    .wait(pending)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if pending.waiting.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut bytes, &mut pending.bytes);
+            std::mem::swap(&mut waiting, &mut pending.waiting);
+        }
+        let written = out.write_all(&bytes).and_then(|()| out.flush());
+        bytes.clear();
+        for (id, tx) in waiting.drain(..) {
+            let outcome = match &written {
+                Ok(()) => Ok(()),
+                Err(error) => Err(classify(error, id)),
+            };
+            // A waiter that went away (shutdown) no longer needs the outcome.
+            let _ = tx.send(outcome);
         }
     }
 }
@@ -148,7 +250,6 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use chrono::TimeZone;
-    use std::sync::Arc;
 
     /// A writer whose bytes the test can read back.
     #[derive(Clone, Default)]
@@ -202,12 +303,19 @@ mod tests {
         parsed.payload.get().to_owned()
     }
 
+    /// Delivers on the calling thread and waits for the outcome.
+    fn deliver_now(sink: &StdoutSink, event: &OutboxEvent) -> Result<(), DeliveryError> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(sink.deliver(event))
+    }
+
     #[test]
     fn line_carries_every_field_and_parses_back() {
         let capture = Capture::default();
         let sink = StdoutSink::with_writer(capture.clone());
-        sink.deliver(&event(42, r#"{"total": 10, "items": [1, 2]}"#))
-            .unwrap();
+        deliver_now(&sink, &event(42, r#"{"total": 10, "items": [1, 2]}"#)).unwrap();
 
         let out = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
         assert!(
@@ -273,9 +381,41 @@ mod tests {
     #[test]
     fn broken_pipe_is_retryable_and_named() {
         let sink = StdoutSink::with_writer(BrokenPipe);
-        let err = sink.deliver(&event(9, "{}")).unwrap_err();
+        let err = deliver_now(&sink, &event(9, "{}")).unwrap_err();
         assert!(!err.is_permanent());
         assert!(err.reason().contains("broken pipe"), "{}", err.reason());
+    }
+
+    #[test]
+    fn lines_keep_call_order_and_closing_writes_what_is_queued() {
+        let capture = Capture::default();
+        let sink = StdoutSink::with_writer(capture.clone());
+        // Queued without waiting, then closed: every line still goes out, in order.
+        let outcomes: Vec<_> = (0..100).map(|i| sink.deliver(&event(i, "{}"))).collect();
+        sink.close();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for outcome in outcomes {
+            runtime.block_on(outcome).unwrap();
+        }
+        let out = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        let ids: Vec<i64> = out
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(ids, (0..100).collect::<Vec<_>>());
+        let late = runtime
+            .block_on(sink.deliver(&event(100, "{}")))
+            .unwrap_err();
+        assert!(
+            !late.is_permanent() && late.reason().contains("shut down"),
+            "{late}"
+        );
     }
 
     #[test]
@@ -289,7 +429,7 @@ mod tests {
                 let payload = payload.clone();
                 std::thread::spawn(move || {
                     for i in 0..50 {
-                        sink.deliver(&event(t * 1000 + i, &payload)).unwrap();
+                        deliver_now(&sink, &event(t * 1000 + i, &payload)).unwrap();
                     }
                 })
             })
