@@ -29,10 +29,12 @@ mod support;
 
 mod arrivals;
 mod cpu;
+mod drain;
 mod floor;
 mod load;
 mod poller;
 mod report;
+mod steady;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -40,17 +42,13 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use arrivals::{
-    commit_to_ack_buckets, count_lines, histogram_quantiles, latencies, stdout_arrivals,
-    webhook_id, KafkaReader,
-};
 use cpu::{learn_owners, Owners, ServerCpu, ServerSampler};
-use floor::{Recvlogical, Target};
-use load::{Load, AGGREGATE_TYPES};
-use poller::{Commit, Poller};
+use floor::Target;
+use load::AGGREGATE_TYPES;
+use poller::Commit;
 use support::kafka::TestBroker;
 use support::postgres::{eventually, ClusterOptions, TestCluster};
-use support::relay::{base_env, migrate, wait_streaming, RelayProcess};
+use support::relay::{base_env, migrate, RelayProcess};
 use support::webhook::Receiver;
 
 /// The role every consumer (relay, pg_recvlogical, poller) connects as, so its backends and
@@ -267,7 +265,11 @@ pub struct Drain {
 struct Bench {
     args: Args,
     cluster: TestCluster,
-    broker: TestBroker,
+    /// Restarted (empty) before every run with the Kafka sink: tansu keeps everything in
+    /// memory and slows down as it fills over a long benchmark.
+    broker: tokio::sync::Mutex<TestBroker>,
+    /// `host:port` of the broker (the same across restarts).
+    bootstrap: String,
     receiver: Receiver,
     postmaster: u32,
     monitor: tokio_postgres::Client,
@@ -292,11 +294,6 @@ async fn run(args: Args) {
         ..ClusterOptions::default()
     });
     let broker = TestBroker::start();
-    for t in AGGREGATE_TYPES {
-        broker
-            .create_topic(&format!("outbox.{t}"), PARTITIONS)
-            .await;
-    }
     let monitor = cluster.connect("postgres").await;
     monitor
         .batch_execute(&format!(
@@ -310,7 +307,8 @@ async fn run(args: Args) {
         receiver: start_receiver(),
         args,
         cluster,
-        broker,
+        bootstrap: broker.bootstrap(),
+        broker: tokio::sync::Mutex::new(broker),
         postmaster,
         monitor,
     };
@@ -436,7 +434,7 @@ impl Bench {
         env.push(("DISPATCHBOX_SINKS".into(), sink.name().into()));
         match sink {
             SinkKind::Kafka => {
-                env.push(("DISPATCHBOX_KAFKA_BROKERS".into(), self.broker.bootstrap()));
+                env.push(("DISPATCHBOX_KAFKA_BROKERS".into(), self.bootstrap.clone()));
                 env.push(("DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT".into(), "60s".into()));
             }
             SinkKind::Webhook => {
@@ -469,6 +467,9 @@ impl Bench {
         prefix: &str,
         sink: SinkKind,
     ) -> (String, Vec<(String, String)>, tokio_postgres::Client) {
+        if sink == SinkKind::Kafka {
+            self.fresh_broker().await;
+        }
         let db = self.cluster.create_database(prefix).await;
         let env = self.relay_env(&db, sink);
         migrate(&env);
@@ -481,11 +482,25 @@ impl Bench {
         (db, env, app)
     }
 
-    fn broker_cpu(&self) -> f64 {
+    async fn broker_cpu(&self) -> f64 {
         self.broker
+            .lock()
+            .await
             .pid()
             .and_then(cpu::process_tree_seconds)
             .unwrap_or_default()
+    }
+
+    /// An empty broker with the outbox topics.
+    async fn fresh_broker(&self) {
+        let mut broker = self.broker.lock().await;
+        broker.stop();
+        broker.restart();
+        for t in AGGREGATE_TYPES {
+            broker
+                .create_topic(&format!("outbox.{t}"), PARTITIONS)
+                .await;
+        }
     }
 
     async fn checkpoint(&self) {
@@ -597,274 +612,6 @@ impl Bench {
         )
         .await;
     }
-
-    async fn drain(&self, sink: SinkKind) -> Drain {
-        let events = self.args.drain_events;
-        let (db, env, app) = self.database(&format!("drain_{}", sink.name()), sink).await;
-        let floor_slot = format!("floor_{db}");
-        let relay_slot = format!("slot_{db}");
-        for slot in [&floor_slot, &relay_slot] {
-            app.query(
-                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                &[slot],
-            )
-            .await
-            .expect("create slot");
-        }
-        let queue_rate = load::queue(
-            &app,
-            events,
-            self.args.drain_tx_rows,
-            self.args.drain_aggregates,
-        )
-        .await;
-        self.checkpoint().await;
-
-        // The floor: process start → last event received.
-        let window = self.window(&db).await;
-        let started = Instant::now();
-        let mut floor = Recvlogical::start(&self.target(&db, &floor_slot));
-        let deadline = started + Duration::from_secs(600);
-        while floor.received() < events as usize {
-            assert!(
-                floor.is_running() && Instant::now() < deadline,
-                "pg_recvlogical stopped or timed out after {} of {events} events",
-                floor.received()
-            );
-            std::thread::sleep(POLL);
-        }
-        let (floor_server, _) = window.finish(self).await;
-        let arrivals = floor.stop();
-        let last = arrivals.iter().map(|&(_, at)| at).max().unwrap();
-        let floor_seconds = last.duration_since(started).as_secs_f64();
-        self.drop_slot(&db, &floor_slot).await;
-
-        // The relay: process start → every row's status written.
-        let window = self.window(&db).await;
-        let broker_before = self.broker_cpu();
-        let bench_before = cpu::process_tree_seconds(std::process::id()).unwrap_or_default();
-        let started = Instant::now();
-        let mut relay = RelayProcess::start_piped(&env);
-        let lines = count_lines(relay.take_stdout());
-        let deadline = started + Duration::from_secs(600);
-        loop {
-            if !outstanding(&app).await {
-                break;
-            }
-            assert!(
-                relay.is_running() && Instant::now() < deadline,
-                "the relay stopped or timed out; log tail:\n{}",
-                tail(&relay.stderr(), 30)
-            );
-            tokio::time::sleep(POLL).await;
-        }
-        let relay_seconds = started.elapsed().as_secs_f64();
-        let relay_cpu = cpu::process_tree_seconds(relay.pid()).unwrap_or_default();
-        let broker_cpu = self.broker_cpu() - broker_before;
-        let bench_cpu =
-            cpu::process_tree_seconds(std::process::id()).unwrap_or_default() - bench_before;
-        let peak_rss_kib = relay.peak_rss_kib();
-        let (relay_server, _) = window.finish(self).await;
-        assert_eq!(done_rows(&app).await, i64::from(events), "every row done");
-        let statements = self.statements(&db).await;
-        stop_relay(&mut relay);
-        let lines = lines.join().unwrap();
-        if sink == SinkKind::Stdout {
-            assert!(
-                lines >= events as usize,
-                "{lines} stdout lines for {events} events"
-            );
-        }
-        Drain {
-            round: 0,
-            sink,
-            events,
-            queue_rate,
-            floor_seconds,
-            floor_server,
-            relay_seconds,
-            relay_server,
-            relay_cpu,
-            broker_cpu,
-            bench_cpu,
-            peak_rss_kib,
-            statements,
-        }
-    }
-
-    async fn steady(&self, rate: u32, consumer: ConsumerKind) -> SteadyRun {
-        let sink = match consumer {
-            ConsumerKind::Relay(sink) => sink,
-            _ => SinkKind::Stdout,
-        };
-        let (db, env, app) = self
-            .database(&format!("r{rate}_{}", consumer.tag()), sink)
-            .await;
-        let load = Load {
-            rate,
-            seconds: self.args.seconds,
-            tx_rows: self.args.tx_rows,
-            aggregates: self.args.aggregates,
-        };
-        let floor_slot = format!("floor_{db}");
-        let relay_slot = format!("slot_{db}");
-
-        // Start the consumer and let it settle in before the window opens.
-        let mut running = match consumer {
-            ConsumerKind::Baseline => Running::Nothing,
-            ConsumerKind::Floor => {
-                app.query(
-                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                    &[&floor_slot],
-                )
-                .await
-                .expect("create slot");
-                let floor = Recvlogical::start(&self.target(&db, &floor_slot));
-                wait_streaming(&app).await;
-                Running::Floor(floor)
-            }
-            ConsumerKind::Polling(commit) => Running::Polling(
-                Poller::start(
-                    &self.cluster.url(CONSUMER_ROLE, CONSUMER_PASSWORD, &db),
-                    commit,
-                )
-                .await,
-            ),
-            ConsumerKind::Relay(sink) => {
-                let mut relay = RelayProcess::start_piped(&env);
-                let stdout = relay.take_stdout();
-                wait_streaming(&app).await;
-                let admin = relay.admin_url();
-                let arrivals = match sink {
-                    SinkKind::Stdout => Arrivals::Lines(stdout_arrivals(stdout)),
-                    SinkKind::Webhook => Arrivals::Webhook(Instant::now()),
-                    SinkKind::Kafka => {
-                        drop(stdout);
-                        Arrivals::Kafka(KafkaReader::start(&self.broker.bootstrap()))
-                    }
-                };
-                Running::Relay {
-                    relay,
-                    admin,
-                    arrivals,
-                }
-            }
-        };
-        // Let the first status update and sweep pass outside the window.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        self.checkpoint().await;
-
-        let ack_before = match &running {
-            Running::Relay { admin, .. } => Some(commit_to_ack_buckets(admin).await),
-            _ => None,
-        };
-        let relay_cpu_before = match &running {
-            Running::Relay { relay, .. } => cpu::process_tree_seconds(relay.pid()),
-            _ => None,
-        };
-        let window = self.window(&db).await;
-        let committed = load::run(&app, load, 1).await;
-        let events = committed.at.len();
-        // Wait until the consumer settled everything.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let settled = match &mut running {
-                Running::Nothing => true,
-                Running::Floor(floor) => floor.received() >= events,
-                Running::Polling(_) | Running::Relay { .. } => !outstanding(&app).await,
-            };
-            if settled {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not settle {events} events within 120 s",
-                consumer.label()
-            );
-            tokio::time::sleep(POLL).await;
-        }
-        let relay_cpu = match (&running, relay_cpu_before) {
-            (Running::Relay { relay, .. }, Some(before)) => {
-                cpu::process_tree_seconds(relay.pid()).map(|after| after - before)
-            }
-            _ => None,
-        };
-        let window_length = window.started.elapsed();
-        let (server, wal_bytes) = window.finish(self).await;
-        let statements = self.statements(&db).await;
-
-        let (arrivals, commit_to_ack, peak_rss_kib) = match running {
-            Running::Nothing => (Vec::new(), None, None),
-            Running::Floor(floor) => {
-                let arrivals = floor.stop();
-                self.drop_slot(&db, &floor_slot).await;
-                (arrivals, None, None)
-            }
-            Running::Polling(poller) => {
-                poller.stop().await;
-                (Vec::new(), None, None)
-            }
-            Running::Relay {
-                mut relay,
-                admin,
-                arrivals,
-            } => {
-                let peak = relay.peak_rss_kib();
-                let ack = match ack_before {
-                    Some(before) if sink == SinkKind::Kafka => {
-                        let after = commit_to_ack_buckets(&admin).await;
-                        Some(histogram_quantiles(&before, &after))
-                    }
-                    _ => None,
-                };
-                // Give the last Kafka records a moment to reach the reader.
-                let arrivals = match arrivals {
-                    Arrivals::Lines(reader) => {
-                        stop_relay(&mut relay);
-                        reader.join().unwrap()
-                    }
-                    Arrivals::Webhook(since) => {
-                        stop_relay(&mut relay);
-                        self.receiver
-                            .requests()
-                            .into_iter()
-                            .filter(|r| r.arrived >= since)
-                            .filter_map(|r| Some((webhook_id(&r.json())?, r.arrived)))
-                            .collect()
-                    }
-                    Arrivals::Kafka(reader) => {
-                        let arrivals = reader.finish(&committed, Duration::from_secs(30));
-                        stop_relay(&mut relay);
-                        arrivals
-                    }
-                };
-                self.drop_slot(&db, &relay_slot).await;
-                (arrivals, ack, Some(peak))
-            }
-        };
-        let (latency_ms, missing, duplicates) = latencies(&committed, &arrivals);
-        let (missing, duplicates) = match consumer {
-            ConsumerKind::Baseline | ConsumerKind::Polling(_) => (0, 0),
-            _ => (missing, duplicates),
-        };
-        SteadyRun {
-            round: 0,
-            rate,
-            consumer,
-            achieved_rate: committed.achieved_rate,
-            events,
-            window: window_length,
-            server,
-            relay_cpu,
-            wal_bytes,
-            statements,
-            latency_ms,
-            missing,
-            duplicates,
-            commit_to_ack,
-            peak_rss_kib,
-        }
-    }
 }
 
 /// A measured window: the server's processes are sampled and attributed to owners from its
@@ -889,27 +636,6 @@ impl Window {
         let owners = self.owners.lock().unwrap().clone();
         (ServerCpu::split(&per_pid, &owners), wal)
     }
-}
-
-enum Running {
-    Nothing,
-    Floor(Recvlogical),
-    Polling(Poller),
-    Relay {
-        relay: RelayProcess,
-        admin: String,
-        arrivals: Arrivals,
-    },
-}
-
-/// How a relay run's deliveries are seen arriving.
-enum Arrivals {
-    /// stdout lines, read by a thread until the relay exits.
-    Lines(std::thread::JoinHandle<Vec<(i64, Instant)>>),
-    /// The shared webhook receiver's requests since this moment.
-    Webhook(Instant),
-    /// A Kafka reader.
-    Kafka(KafkaReader),
 }
 
 /// True while any row is `pending`, `retry` or `processing` (one probe of the partial due
