@@ -52,6 +52,8 @@ pub struct RawConfig {
     pub status_batch_size: String,
     #[envconfig(from = "DISPATCHBOX_STATUS_LINGER", default = "100ms")]
     pub status_linger: String,
+    #[envconfig(from = "DISPATCHBOX_STATUS_STALL_TIMEOUT", default = "60s")]
+    pub status_stall_timeout: String,
     #[envconfig(from = "DISPATCHBOX_STATUS_INTERVAL", default = "2s")]
     pub status_interval: String,
     #[envconfig(from = "DISPATCHBOX_HEARTBEAT_INTERVAL", default = "30s")]
@@ -210,6 +212,9 @@ pub struct Config {
     /// `DISPATCHBOX_STATUS_LINGER`: how long the status writer waits for more outcomes
     /// before writing a batch that is not full (fewer, larger status transactions).
     pub status_linger: Duration,
+    /// `DISPATCHBOX_STATUS_STALL_TIMEOUT`: how long the status writer may fail to write
+    /// anything before `/ready` turns 503.
+    pub status_stall_timeout: Duration,
     /// `DISPATCHBOX_STATUS_INTERVAL`: standby status updates to PostgreSQL, at least this often.
     pub status_interval: Duration,
     /// `DISPATCHBOX_HEARTBEAT_INTERVAL`: `pg_logical_emit_message` heartbeat period.
@@ -579,6 +584,10 @@ impl Config {
                 "DISPATCHBOX_STATUS_LINGER",
                 duration("DISPATCHBOX_STATUS_LINGER", &raw.status_linger)?,
                 Duration::from_secs(1),
+            )?,
+            status_stall_timeout: positive_duration(
+                "DISPATCHBOX_STATUS_STALL_TIMEOUT",
+                &raw.status_stall_timeout,
             )?,
             status_interval: positive_duration(
                 "DISPATCHBOX_STATUS_INTERVAL",

@@ -97,10 +97,11 @@ async fn pipeline(
     health: Health,
     shutdown: &CancellationToken,
 ) -> Result<(), RelayError> {
-    preflight(&store, config, shutdown).await?;
-    if shutdown.is_cancelled() {
+    let Some(facts) = preflight(&store, config, shutdown).await? else {
         return Ok(());
-    }
+    };
+    // Every text the relay writes is cut to fit the columns it goes into.
+    let store = store.with_text_widths(facts.text_widths());
     let deliverer = Deliverer::new(
         sinks.clone(),
         config.router.clone(),
@@ -126,6 +127,8 @@ async fn pipeline(
         StatusWriterConfig {
             max_batch: config.status_batch_size,
             linger: config.status_linger,
+            stall_timeout: config.status_stall_timeout,
+            health: health.clone(),
             ..StatusWriterConfig::default()
         },
     );
@@ -208,11 +211,12 @@ async fn pipeline(
 
 /// Checks the database before streaming. Unreachable databases are retried (they may be
 /// starting); misconfiguration fails at once with what to fix.
+/// Returns what the checks read, or `None` when shutdown came first.
 async fn preflight(
     store: &Store,
     config: &Config,
     shutdown: &CancellationToken,
-) -> Result<(), RelayError> {
+) -> Result<Option<checks::ServerFacts>, RelayError> {
     let backoff = Backoff {
         base: Duration::from_millis(250),
         max: config.reconnect_max,
@@ -221,10 +225,10 @@ async fn preflight(
     loop {
         match store.preflight(&config.names).await {
             Ok(facts) => {
-                for warning in facts.warnings() {
+                for warning in facts.warnings(&config.names) {
                     tracing::warn!(warning = %warning, "database check");
                 }
-                return Ok(());
+                return Ok((!shutdown.is_cancelled()).then_some(facts));
             }
             Err(error) if error.is_transient() => {
                 attempt += 1;
@@ -232,7 +236,7 @@ async fn preflight(
                 tracing::warn!(error = %error, retry_in = ?delay, "database not reachable yet");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = shutdown.cancelled() => return Ok(None),
                 }
             }
             Err(error) => return Err(error.into()),

@@ -125,7 +125,7 @@ pub async fn run(
     sweep_now: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let token = claim_token();
+    let token = store.text_widths().fit_claim_token(&claim_token());
     let mut sightings = Sightings::default();
     let mut wake = tokio::time::Instant::now();
     loop {

@@ -510,3 +510,260 @@ async fn a_deferral_of_a_row_not_yet_visible_waits_for_it() {
     drop(tx);
     writer.join().await.unwrap();
 }
+
+/// Sends `Done` for rows `1..=n` (one transaction of `n` events) and returns the progress
+/// the acks settle.
+async fn send_done(tx: &tokio::sync::mpsc::Sender<Settlement>, n: i64) -> Progress {
+    let progress = Progress::new(Lsn(10));
+    let acks = transaction(&progress, 20, 30, n as usize);
+    for (id, ack) in (1..=n).zip(acks) {
+        tx.send(Settlement {
+            id,
+            outcome: Outcome::Done,
+            ack: Some(ack),
+            written: None,
+        })
+        .await
+        .unwrap();
+    }
+    progress
+}
+
+async fn status_and_error(client: &tokio_postgres::Client, id: i64) -> (String, Option<String>) {
+    let row = client
+        .query_one(
+            "SELECT status, last_error FROM outbox_event WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn a_row_the_database_rejects_is_isolated_and_written_dead() {
+    let cluster = TestCluster::start();
+    let (db, store) = migrated(&cluster, "reject", 4).await;
+    let client = cluster.connect(&db).await;
+    insert_rows(&client, 200).await;
+    // Row 77 may not become done (a rule of the application's, as a CHECK constraint).
+    client
+        .batch_execute(
+            "ALTER TABLE outbox_event ADD CONSTRAINT no_done_77
+               CHECK (id <> 77 OR status <> 'done')",
+        )
+        .await
+        .unwrap();
+
+    let (tx, writer) = StatusWriter::spawn(
+        store,
+        StatusWriterConfig {
+            linger: Duration::from_millis(200),
+            ..StatusWriterConfig::default()
+        },
+    );
+    let stats = writer.stats();
+    let progress = send_done(&tx, 200).await;
+    eventually(Duration::from_secs(20), "every ack to settle", || {
+        let progress = progress.clone();
+        async move { (progress.feedback().flush == Lsn(30)).then_some(()) }
+    })
+    .await;
+
+    assert_eq!(support::store::count_status(&client, "done").await, 199);
+    let (status, error) = status_and_error(&client, 77).await;
+    assert_eq!(status, "dead");
+    let error = error.unwrap();
+    assert!(
+        error.contains("could not write this row's status (done; it was delivered)")
+            && error.contains("23514"),
+        "{error}"
+    );
+    assert_eq!(stats.rows_rejected(), 1);
+    drop(tx);
+    writer.join().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_row_that_cannot_be_written_at_all_is_left_and_the_rest_move_on() {
+    let cluster = TestCluster::start();
+    let (db, store) = migrated(&cluster, "unwritable", 4).await;
+    let client = cluster.connect(&db).await;
+    insert_rows(&client, 50).await;
+    // Row 13 rejects every change (a trigger of the application's).
+    client
+        .batch_execute(
+            "CREATE FUNCTION freeze_13() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.id = 13 THEN RAISE EXCEPTION 'row 13 is frozen'; END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER freeze_13 BEFORE UPDATE ON outbox_event
+               FOR EACH ROW EXECUTE FUNCTION freeze_13();",
+        )
+        .await
+        .unwrap();
+
+    let (tx, writer) = StatusWriter::spawn(store, StatusWriterConfig::default());
+    let stats = writer.stats();
+    let progress = send_done(&tx, 50).await;
+    eventually(Duration::from_secs(20), "every ack to settle", || {
+        let progress = progress.clone();
+        async move { (progress.feedback().flush == Lsn(30)).then_some(()) }
+    })
+    .await;
+    assert_eq!(support::store::count_status(&client, "done").await, 49);
+    assert_eq!(
+        status_and_error(&client, 13).await,
+        ("pending".into(), None)
+    );
+    assert_eq!(stats.rows_rejected(), 1);
+    let metrics = dispatchbox::telemetry::metrics::render().unwrap();
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("dispatchbox_status_rows_rejected_total{written=\"none\"}")
+            && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    drop(tx);
+    writer.join().await.unwrap();
+}
+
+#[tokio::test]
+async fn errors_are_cut_to_fit_a_narrow_column() {
+    let cluster = TestCluster::start();
+    let (db, store) = migrated(&cluster, "narrow", 4).await;
+    let client = cluster.connect(&db).await;
+    insert_rows(&client, 2).await;
+    // What an ORM makes of the error column.
+    client
+        .batch_execute("ALTER TABLE outbox_event ALTER COLUMN last_error TYPE varchar(255)")
+        .await
+        .unwrap();
+    // The widths as the relay learns them at start-up: from the preflight checks.
+    let names = support::store::default_names();
+    let facts = store.preflight(&names).await.unwrap();
+    assert!(
+        facts
+            .warnings(&names)
+            .iter()
+            .any(|w| w.to_string().contains("holds at most 255 characters")),
+        "check warns about the narrow column"
+    );
+    let store = store.with_text_widths(facts.text_widths());
+
+    let (tx, writer) = StatusWriter::spawn(store, StatusWriterConfig::default());
+    let stats = writer.stats();
+    let long = "upstream said: ".to_owned() + &"ü".repeat(1000);
+    for id in 1..=2 {
+        tx.send(Settlement {
+            id,
+            outcome: Outcome::Retry {
+                error: long.clone(),
+                next_run_at: Utc::now(),
+            },
+            ack: None,
+            written: None,
+        })
+        .await
+        .unwrap();
+    }
+    drop(tx);
+    writer.join().await.unwrap();
+    for id in 1..=2 {
+        let (status, error) = status_and_error(&client, id).await;
+        assert_eq!(status, "retry", "written as it was, not rejected");
+        let error = error.unwrap();
+        assert_eq!(error.chars().count(), 255);
+        assert!(error.starts_with("upstream said: üü"), "{error}");
+        assert!(
+            error.ends_with(dispatchbox::store::widths::TRUNCATION_MARKER),
+            "{error}"
+        );
+    }
+    assert_eq!(stats.rows_rejected(), 0);
+}
+
+#[tokio::test]
+async fn a_writer_that_cannot_write_turns_ready_red_until_it_writes_again() {
+    let cluster = TestCluster::start();
+    let (db, store) = migrated(&cluster, "stall", 4).await;
+    let client = cluster.connect(&db).await;
+    insert_rows(&client, 10).await;
+    let health = dispatchbox::telemetry::health::Health::new();
+    let (tx, writer) = StatusWriter::spawn(
+        store,
+        StatusWriterConfig {
+            stall_timeout: Duration::from_millis(500),
+            error_backoff_max: Duration::from_millis(200),
+            health: health.clone(),
+            ..StatusWriterConfig::default()
+        },
+    );
+
+    // A statement that blocks: another session holds the table.
+    let mut locker = cluster.connect(&db).await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE outbox_event IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let progress = send_done(&tx, 5).await;
+    let reasons = eventually(Duration::from_secs(10), "the stall to be reported", || {
+        let health = health.clone();
+        async move { Some(health.problems()).filter(|p| !p.is_empty()) }
+    })
+    .await;
+    assert!(
+        reasons[0].starts_with("status writer: nothing written for") && reasons[0].contains("lock"),
+        "{reasons:?}"
+    );
+    assert_eq!(progress.feedback().flush, Lsn(10));
+    lock.rollback().await.unwrap();
+    eventually(Duration::from_secs(10), "the writer to recover", || {
+        let (health, progress) = (health.clone(), progress.clone());
+        async move {
+            (health.problems().is_empty() && progress.feedback().flush == Lsn(30)).then_some(())
+        }
+    })
+    .await;
+
+    // A statement that fails for the whole table (not because of a row): renamed away.
+    client
+        .batch_execute("ALTER TABLE outbox_event RENAME TO outbox_event_gone")
+        .await
+        .unwrap();
+    let progress = Progress::new(Lsn(10));
+    let ack = transaction(&progress, 20, 30, 1).pop();
+    tx.send(Settlement {
+        id: 6,
+        outcome: Outcome::Done,
+        ack,
+        written: None,
+    })
+    .await
+    .unwrap();
+    let reasons = eventually(
+        Duration::from_secs(10),
+        "the failure to be reported",
+        || {
+            let health = health.clone();
+            async move { Some(health.problems()).filter(|p| !p.is_empty()) }
+        },
+    )
+    .await;
+    assert!(reasons[0].contains("42P01"), "{reasons:?}");
+    client
+        .batch_execute("ALTER TABLE outbox_event_gone RENAME TO outbox_event")
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the writer to recover", || {
+        let (health, progress) = (health.clone(), progress.clone());
+        async move {
+            (health.problems().is_empty() && progress.feedback().flush == Lsn(30)).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(support::store::count_status(&client, "done").await, 6);
+    drop(tx);
+    writer.join().await.unwrap();
+}

@@ -4,8 +4,10 @@
 //! - `GET /health`: liveness. 200 `{"status":"ok"}` while the process serves HTTP at all.
 //! - `GET /ready`: readiness. 200 only when the database answers (`SELECT 1`, cached for
 //!   [`DATABASE_CHECK_TTL`]), the replication stream runs or the relay stands by as a
-//!   replica, and every sink passes its cheap check (cached for [`SINK_CHECK_TTL`]);
-//!   otherwise 503 with the reasons. 503 `{"status":"shutting down"}` from the moment
+//!   replica, every sink passes its cheap check (cached for [`SINK_CHECK_TTL`]), and no
+//!   part of the pipeline reported a problem ([`Health::set_problem`], e.g. a status writer
+//!   that has written nothing for `DISPATCHBOX_STATUS_STALL_TIMEOUT`); otherwise 503 with
+//!   the reasons. 503 `{"status":"shutting down"}` from the moment
 //!   shutdown begins, for as long as the relay still drains.
 //! - `GET /metrics`: Prometheus text format (see [`crate::telemetry::metrics`]).
 //!
@@ -185,6 +187,7 @@ async fn ready(State(state): State<AdminState>) -> Response {
         StreamState::Stopped => reasons.push("replication stream stopped".into()),
     }
     reasons.extend(sinks);
+    reasons.extend(state.health.problems());
     // Shutdown may have begun while the checks ran.
     if state.health.is_shutting_down() {
         return shutting_down();

@@ -18,6 +18,7 @@ use tokio_postgres::Client;
 
 use super::names::Names;
 use super::report::{human_bytes, SlotStatus};
+use super::widths::{self, TextWidths};
 use super::{SlotWalStatus, StoreError};
 use crate::conninfo::SqlConnectError;
 
@@ -118,6 +119,19 @@ pub enum CheckError {
         /// The type to convert it to.
         convert_to: &'static str,
     },
+    /// A text column is too narrow for the values the relay writes into it.
+    ColumnTooNarrow {
+        /// `schema.name`.
+        table: String,
+        /// The column.
+        column: &'static str,
+        /// Its declared width (characters).
+        width: usize,
+        /// The narrowest width that works.
+        needs: usize,
+        /// What the relay writes there.
+        holds: &'static str,
+    },
     /// The publication does not exist.
     MissingPublication {
         /// The configured publication.
@@ -200,7 +214,8 @@ impl CheckError {
             Self::MissingTable { .. }
             | Self::MissingEventColumn { .. }
             | Self::MissingStatusColumn { .. }
-            | Self::WrongColumnType { .. } => "table",
+            | Self::WrongColumnType { .. }
+            | Self::ColumnTooNarrow { .. } => "table",
             Self::MissingPublication { .. }
             | Self::TableNotPublished { .. }
             | Self::PublicationNotInsertOnly { .. } => "publication",
@@ -250,6 +265,16 @@ impl CheckError {
                 ..
             } => format!(
                 "column \"{column}\" of outbox table {table} has type {found}; it must be {expected}"
+            ),
+            Self::ColumnTooNarrow {
+                table,
+                column,
+                width,
+                needs,
+                holds,
+            } => format!(
+                "column \"{column}\" of outbox table {table} holds at most {width} characters; \
+                 the relay writes {holds} there and needs at least {needs}"
             ),
             Self::MissingPublication { publication, .. } => {
                 format!("publication \"{publication}\" does not exist")
@@ -322,6 +347,7 @@ impl CheckError {
                 "run ALTER TABLE {table} ALTER COLUMN \"{column}\" TYPE {convert_to} \
                  USING \"{column}\"::{convert_to}"
             ),
+            Self::ColumnTooNarrow { table, column, .. } => widen(table, column),
             Self::MissingPublication { publication, table } => format!(
                 "run `dispatchbox migrate`, or create it with CREATE PUBLICATION \
                  \"{publication}\" FOR TABLE {table} WITH (publish = 'insert')"
@@ -397,6 +423,13 @@ fn connect_fix(source: &StoreError) -> &'static str {
 pub enum CheckWarning {
     /// Slots may retain WAL without limit.
     UnlimitedSlotWal,
+    /// `last_error` is narrower than the errors the relay stores: longer ones are cut.
+    ErrorColumnNarrow {
+        /// `schema.name`.
+        table: String,
+        /// Its declared width (characters).
+        width: usize,
+    },
     /// The slot does not exist yet; `run` creates it.
     SlotMissing {
         /// The configured slot.
@@ -423,6 +456,7 @@ impl CheckWarning {
     pub fn check(&self) -> &'static str {
         match self {
             Self::UnlimitedSlotWal => "max_slot_wal_keep_size",
+            Self::ErrorColumnNarrow { .. } => "table",
             Self::SlotMissing { .. } | Self::SlotExtended { .. } | Self::SlotUnreserved { .. } => {
                 "slot"
             }
@@ -439,6 +473,11 @@ impl CheckWarning {
             Self::UnlimitedSlotWal => "max_slot_wal_keep_size is -1 (unlimited): a stopped relay \
                  makes its slot retain WAL until the disk fills"
                 .to_owned(),
+            Self::ErrorColumnNarrow { table, width } => format!(
+                "column \"last_error\" of outbox table {table} holds at most {width} \
+                 characters: longer delivery errors are cut to fit and end with \"{}\"",
+                widths::TRUNCATION_MARKER
+            ),
             Self::SlotMissing { slot } => {
                 format!("replication slot \"{slot}\" does not exist yet")
             }
@@ -463,6 +502,7 @@ impl CheckWarning {
                  max_slot_wal_keep_size = '50GB'; then SELECT pg_reload_conf()); a slot that \
                  exceeds it is invalidated, and the relay recreates it and sweeps"
                 .to_owned(),
+            Self::ErrorColumnNarrow { table, .. } => widen(table, "last_error"),
             Self::SlotMissing { .. } => "nothing to do: `dispatchbox run` creates it on start, \
                  and its sweeper delivers rows inserted before then"
                 .to_owned(),
@@ -688,12 +728,29 @@ impl ServerFacts {
     }
 
     /// Settings that work but deserve an operator's attention.
-    pub fn warnings(&self) -> Vec<CheckWarning> {
+    pub fn warnings(&self, names: &Names) -> Vec<CheckWarning> {
         let mut warnings = Vec::new();
+        if let Some(width) = self.text_widths().last_error {
+            if width < widths::MAX_ERROR_BYTES {
+                warnings.push(CheckWarning::ErrorColumnNarrow {
+                    table: names.table().to_string(),
+                    width,
+                });
+            }
+        }
         if self.max_slot_wal_keep_size.as_deref() == Some("-1") {
             warnings.push(CheckWarning::UnlimitedSlotWal);
         }
         warnings
+    }
+
+    /// The widths of the text columns the relay writes (unbounded when the table is
+    /// missing).
+    pub fn text_widths(&self) -> TextWidths {
+        self.columns
+            .as_deref()
+            .map(TextWidths::from_columns)
+            .unwrap_or_default()
     }
 
     /// Every judgement of `dispatchbox check`, passed or not, in the order an operator
@@ -708,13 +765,23 @@ impl ServerFacts {
                 findings.extend(judgement.problems.iter().map(Finding::from));
             }
         }
-        let warnings = self.warnings();
-        match (&self.max_slot_wal_keep_size, warnings.is_empty()) {
+        let warnings = self.warnings(names);
+        findings.extend(
+            warnings
+                .iter()
+                .filter(|w| w.check() == "table")
+                .map(Finding::from),
+        );
+        let slot_wal: Vec<&CheckWarning> = warnings
+            .iter()
+            .filter(|w| w.check() == "max_slot_wal_keep_size")
+            .collect();
+        match (&self.max_slot_wal_keep_size, slot_wal.is_empty()) {
             (Some(size), true) => findings.push(Finding::ok(
                 "max_slot_wal_keep_size",
                 format!("max_slot_wal_keep_size is {size}"),
             )),
-            _ => findings.extend(warnings.iter().map(Finding::from)),
+            _ => findings.extend(slot_wal.into_iter().map(Finding::from)),
         }
         let slot_problems = slot_problems(slot, &self.database);
         let slot_warnings = slot_warnings(slot);
@@ -978,7 +1045,37 @@ fn column_problems(table: &str, columns: &[(String, String)]) -> Vec<CheckError>
             }
         }
     }
+    for (column, needs, holds) in [
+        (
+            "status",
+            widths::STATUS_MIN_WIDTH,
+            "the statuses, the longest being 'processing',",
+        ),
+        (
+            "claim_token",
+            widths::CLAIM_TOKEN_MIN_WIDTH,
+            "the sweeper's claim tokens (host-pid-random)",
+        ),
+    ] {
+        if let Some(width) = type_of(column).and_then(widths::declared_width) {
+            if width < needs {
+                problems.push(CheckError::ColumnTooNarrow {
+                    table: table.to_owned(),
+                    column,
+                    width,
+                    needs,
+                    holds,
+                });
+            }
+        }
+    }
     problems
+}
+
+/// The statement that makes a text column unbounded (from `varchar(n)` this changes only
+/// the catalog: no table rewrite).
+fn widen(table: &str, column: &str) -> String {
+    format!("run ALTER TABLE {table} ALTER COLUMN \"{column}\" TYPE text")
 }
 
 /// Runs every check and returns the first problem (fail fast at `dispatchbox run`), or
@@ -1044,7 +1141,7 @@ mod tests {
     #[test]
     fn healthy_server_has_no_problems() {
         assert!(healthy().problems(&names()).is_empty());
-        assert!(healthy().warnings().is_empty());
+        assert!(healthy().warnings(&names()).is_empty());
     }
 
     #[test]
@@ -1106,7 +1203,10 @@ mod tests {
     fn unlimited_slot_wal_is_a_warning() {
         let mut facts = healthy();
         facts.max_slot_wal_keep_size = Some("-1".into());
-        assert_eq!(facts.warnings(), vec![CheckWarning::UnlimitedSlotWal]);
+        assert_eq!(
+            facts.warnings(&names()),
+            vec![CheckWarning::UnlimitedSlotWal]
+        );
     }
 
     fn slot(wal_status: SlotWalStatus) -> SlotStatus {
@@ -1203,6 +1303,49 @@ mod tests {
         assert!(findings
             .iter()
             .any(|f| f.message.contains("decodes database \"other\"")));
+    }
+
+    #[test]
+    fn narrow_text_columns_are_found_with_the_statement_that_widens_them() {
+        let mut facts = healthy();
+        if let Some(columns) = facts.columns.as_mut() {
+            for (name, ty) in columns.iter_mut() {
+                match name.as_str() {
+                    "status" => *ty = "character varying(7)".into(),
+                    "claim_token" => *ty = "character varying(255)".into(),
+                    "last_error" => *ty = "character varying(255)".into(),
+                    _ => {}
+                }
+            }
+        }
+        let problems = facts.problems(&names());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].problem().contains("\"status\""),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[0].problem().contains("at least 10"),
+            "{}",
+            problems[0]
+        );
+        assert_eq!(
+            problems[0].fix().unwrap(),
+            "run ALTER TABLE public.outbox_event ALTER COLUMN \"status\" TYPE text"
+        );
+        let warnings = facts.warnings(&names());
+        assert_eq!(
+            warnings,
+            vec![CheckWarning::ErrorColumnNarrow {
+                table: "public.outbox_event".into(),
+                width: 255
+            }]
+        );
+        assert!(warnings[0]
+            .fix()
+            .contains("ALTER COLUMN \"last_error\" TYPE text"));
+        assert_eq!(facts.text_widths().last_error, Some(255));
     }
 
     #[test]

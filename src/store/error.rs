@@ -91,6 +91,14 @@ fn is_transient_code(code: &SqlState) -> bool {
         )
 }
 
+/// See [`StoreError::is_about_a_row`].
+fn is_about_a_row_code(code: &str) -> bool {
+    matches!(
+        code.get(..2),
+        Some("22" | "23" | "44" | "54" | "P0" | "38" | "39" | "2F")
+    )
+}
+
 fn postgres_error_is_transient(err: &tokio_postgres::Error) -> bool {
     if let Some(code) = err.code() {
         return is_transient_code(code);
@@ -135,6 +143,17 @@ impl StoreError {
         }
     }
 
+    /// True when the server rejected the statement because of the data of one of the rows
+    /// it touched (SQLSTATE classes 22 data exception, e.g. a value too long for its
+    /// column; 23 integrity constraint violation; 44 WITH CHECK OPTION; 54 program limit,
+    /// e.g. a row too big; P0, 38, 39 and 2F: an exception raised by a trigger or a
+    /// function): the same rows will keep failing, and rows without the bad one would not.
+    /// Failures of the whole table (missing, permission denied) and transient ones are not.
+    pub fn is_about_a_row(&self) -> bool {
+        self.sqlstate()
+            .is_some_and(|code| is_about_a_row_code(code.code()))
+    }
+
     /// True when retrying the same operation later may succeed (connection lost, class 08,
     /// server shutting down or starting, pool timeout, serialization failure, deadlock).
     /// False for definite failures (missing table, permission denied, bad data).
@@ -165,6 +184,20 @@ mod tests {
         }
         for code in ["42P01", "42501", "23505", "22P02", "42703"] {
             assert!(!is_transient_code(&SqlState::from_code(code)), "{code}");
+        }
+    }
+
+    #[test]
+    fn row_data_errors_are_about_a_row() {
+        for code in [
+            "22001", "23514", "23502", "P0001", "54000", "44000", "39P01",
+        ] {
+            assert!(is_about_a_row_code(code), "{code}");
+        }
+        for code in [
+            "42P01", "42501", "42703", "08006", "40P01", "57014", "25006",
+        ] {
+            assert!(!is_about_a_row_code(code), "{code}");
         }
     }
 

@@ -4,6 +4,8 @@
 //! - [`dead`]: dead-letter listing, statistics and operator retries (CLI and HTTP API).
 //! - [`checks`]: preflight checks that turn a misconfigured server into one clear error.
 //! - [`status`]: the batched status writer, the only writer of outcomes of streamed events.
+//! - [`widths`]: the declared widths of the text columns the relay writes, and the rule
+//!   that fits every text it writes into them.
 //! - [`sweep`]: the sweeper's claims (row leases), the outcomes of claimed rows, and the
 //!   backlog lookups of per-aggregate ordering.
 //! - [`Store`]: heartbeats and replication-slot helpers over a connection pool.
@@ -22,6 +24,7 @@ pub mod report;
 pub mod stats;
 pub mod status;
 pub mod sweep;
+pub mod widths;
 
 pub use error::StoreError;
 pub use migrate::MigrationReport;
@@ -57,12 +60,14 @@ pub const HEARTBEAT_PREFIX: &str = "dispatchbox.heartbeat";
 pub struct Store {
     pool: Pool,
     table: TableName,
+    widths: widths::TextWidths,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("table", &self.table)
+            .field("widths", &self.widths)
             .field("pool", &self.pool.status())
             .finish()
     }
@@ -135,8 +140,25 @@ fn lsn_column(row: &tokio_postgres::Row, index: usize) -> Option<Lsn> {
 
 impl Store {
     /// A store over `pool` (built by the caller, with its TLS settings) for `table`.
+    /// Its text columns count as unbounded until [`Store::with_text_widths`].
     pub fn new(pool: Pool, table: TableName) -> Self {
-        Self { pool, table }
+        Self {
+            pool,
+            table,
+            widths: widths::TextWidths::default(),
+        }
+    }
+
+    /// The same store, cutting every text it writes to `widths` (learnt by the preflight
+    /// checks: [`checks::ServerFacts::text_widths`]).
+    pub fn with_text_widths(mut self, widths: widths::TextWidths) -> Self {
+        self.widths = widths;
+        self
+    }
+
+    /// The widths of the text columns it writes.
+    pub fn text_widths(&self) -> widths::TextWidths {
+        self.widths
     }
 
     /// The outbox table.

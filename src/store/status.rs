@@ -41,8 +41,11 @@ use tokio::time::Instant;
 
 use tokio_postgres::types::ToSql;
 
+use super::widths::TextWidths;
 use super::{Store, StoreError, TableName};
 use crate::replication::progress::Ack;
+use crate::telemetry::health::Health;
+use crate::telemetry::metrics;
 
 /// Most rows written by one statement (`DISPATCHBOX_STATUS_BATCH_SIZE`).
 pub const DEFAULT_MAX_BATCH: usize = 1000;
@@ -67,8 +70,12 @@ pub const DEFAULT_MAX_WAITING: usize = 100_000;
 /// After the channel closed, how long a row that is not visible yet is still retried.
 const SHUTDOWN_MISSING_ROW_GRACE: Duration = Duration::from_secs(1);
 
-/// Longest `last_error` stored; longer messages are cut (at a character boundary).
-const MAX_ERROR_BYTES: usize = 4096;
+/// How long the writer may fail to write anything before `/ready` turns 503
+/// (`DISPATCHBOX_STATUS_STALL_TIMEOUT`).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `/ready` component name of the writer's problems.
+const HEALTH_COMPONENT: &str = "status writer";
 
 /// The result of delivering one event, or the decision not to deliver it yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,10 +125,10 @@ impl Outcome {
         }
     }
 
-    fn error(&self) -> Option<String> {
+    fn error(&self, widths: &TextWidths) -> Option<String> {
         match self {
             Self::Done | Self::Deferred { .. } => None,
-            Self::Retry { error, .. } | Self::Dead { error } => Some(sanitize_error(error)),
+            Self::Retry { error, .. } | Self::Dead { error } => Some(widths.fit_error(error)),
         }
     }
 
@@ -135,19 +142,6 @@ impl Outcome {
     fn is_deferred(&self) -> bool {
         matches!(self, Self::Deferred { .. })
     }
-}
-
-/// PostgreSQL text cannot hold NUL, and an unbounded sink error would bloat the row.
-fn sanitize_error(error: &str) -> String {
-    let mut text: String = error.chars().filter(|&c| c != '\0').collect();
-    if text.len() > MAX_ERROR_BYTES {
-        let mut cut = MAX_ERROR_BYTES;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-    text
 }
 
 /// One delivery attempt's outcome (or a deferral) for outbox row `id`.
@@ -188,6 +182,12 @@ pub struct StatusWriterConfig {
     pub error_backoff_max: Duration,
     /// Most ids waiting for their row before new settlements are no longer taken.
     pub max_waiting: usize,
+    /// How long statements may keep failing (with errors that are not about one row)
+    /// before the writer reports itself stuck: `/ready` 503 with the reason, and
+    /// `dispatchbox_status_writer_stalled` 1.
+    pub stall_timeout: Duration,
+    /// Where the writer reports being stuck.
+    pub health: Health,
 }
 
 impl Default for StatusWriterConfig {
@@ -202,6 +202,8 @@ impl Default for StatusWriterConfig {
             error_backoff_min: DEFAULT_ERROR_BACKOFF_MIN,
             error_backoff_max: DEFAULT_ERROR_BACKOFF_MAX,
             max_waiting: DEFAULT_MAX_WAITING,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+            health: Health::default(),
         }
     }
 }
@@ -215,6 +217,7 @@ pub struct StatusWriterStats {
     rows_abandoned: AtomicU64,
     write_errors: AtomicU64,
     rows_waiting: AtomicU64,
+    rows_rejected: AtomicU64,
 }
 
 impl StatusWriterStats {
@@ -243,6 +246,12 @@ impl StatusWriterStats {
         self.write_errors.load(Ordering::Relaxed)
     }
 
+    /// Rows whose outcome the database rejected (isolated from their batch), written
+    /// `dead` instead where possible.
+    pub fn rows_rejected(&self) -> u64 {
+        self.rows_rejected.load(Ordering::Relaxed)
+    }
+
     /// Ids currently waiting for their row to become visible.
     pub fn rows_waiting(&self) -> u64 {
         self.rows_waiting.load(Ordering::Relaxed)
@@ -266,9 +275,11 @@ impl StatusWriter {
         let writer = Writer {
             sql: outcome_update_sql(store.table(), UpdateGuard::Stream),
             done_sql: done_update_sql(store.table()),
+            dead_sql: rejected_update_sql(store.table()),
             store,
             config,
             stats: stats.clone(),
+            stall: Arc::default(),
         };
         let task = tokio::spawn(writer.run(rx));
         (tx, Self { task, stats })
@@ -366,6 +377,18 @@ pub(super) fn done_update_sql(table: &TableName) -> String {
     )
 }
 
+/// Writes row `$1` `dead` with reason `$2`, counting `$3` attempts: for a row whose
+/// outcome the database rejected. Returns the id when the row exists.
+fn rejected_update_sql(table: &TableName) -> String {
+    format!(
+        "UPDATE {} SET status = 'dead', attempts = attempts + $3, last_error = $2,
+                last_error_at = now(), claim_token = NULL
+          WHERE id = $1
+      RETURNING id",
+        table.quoted()
+    )
+}
+
 /// The parameter arrays of [`outcome_update_sql`], one entry per row, sorted by id: a
 /// stable lock order makes deadlocks with other writers of the same rows rarer.
 #[derive(Debug, Default)]
@@ -379,15 +402,19 @@ pub(super) struct OutcomeColumns {
 }
 
 impl OutcomeColumns {
-    /// Columns for `(id, outcome, attempts)` rows; ids must be distinct.
-    pub(super) fn new<'a>(rows: impl IntoIterator<Item = (i64, &'a Outcome, i32)>) -> Self {
+    /// Columns for `(id, outcome, attempts)` rows, error texts fitted to `widths`; ids must
+    /// be distinct.
+    pub(super) fn new<'a>(
+        rows: impl IntoIterator<Item = (i64, &'a Outcome, i32)>,
+        widths: &TextWidths,
+    ) -> Self {
         let mut rows: Vec<_> = rows.into_iter().collect();
         rows.sort_unstable_by_key(|&(id, _, _)| id);
         let mut columns = Self::default();
         for (id, outcome, attempts) in rows {
             columns.ids.push(id);
             columns.statuses.push(outcome.status());
-            columns.errors.push(outcome.error());
+            columns.errors.push(outcome.error(widths));
             columns.next_run_ats.push(outcome.next_run_at());
             columns.attempts.push(attempts);
             columns.deferred.push(outcome.is_deferred());
@@ -460,6 +487,15 @@ struct Waiting {
     next_try: Instant,
 }
 
+/// What became of a batch's rows (see [`Writer::write`]).
+#[derive(Debug, Default)]
+struct Written {
+    /// Rows updated (with their outcome, or `dead` after a rejection).
+    ids: HashSet<i64>,
+    /// Rows whose outcome and `dead` were both rejected: settled without a write.
+    given_up: HashSet<i64>,
+}
+
 #[derive(Debug)]
 struct Writer {
     store: Store,
@@ -467,12 +503,28 @@ struct Writer {
     sql: String,
     /// The fast path when every row is `done` after one attempt.
     done_sql: String,
+    /// Marks one row `dead` whose outcome the database rejected.
+    dead_sql: String,
     config: StatusWriterConfig,
     stats: Arc<StatusWriterStats>,
+    stall: Arc<StallWatch>,
 }
 
 impl Writer {
-    async fn run(self, mut rx: mpsc::Receiver<Settlement>) {
+    async fn run(self, rx: mpsc::Receiver<Settlement>) {
+        let watchdog = tokio::spawn(watch_for_stalls(
+            Arc::downgrade(&self.stall),
+            self.config.stall_timeout,
+            self.config.health.clone(),
+        ));
+        self.receive(rx).await;
+        watchdog.abort();
+        self.stall.idle();
+        self.stall
+            .check(self.config.stall_timeout, &self.config.health);
+    }
+
+    async fn receive(&self, mut rx: mpsc::Receiver<Settlement>) {
         let max_batch = self.config.max_batch.max(1);
         let mut inbox = Vec::with_capacity(max_batch);
         let mut waiting: HashMap<i64, Waiting> = HashMap::new();
@@ -509,66 +561,164 @@ impl Writer {
         }
     }
 
-    /// Writes `batch` and returns the ids the statement updated. Retries failed statements
-    /// until one commits.
-    async fn write(&self, batch: &[Row]) -> HashSet<i64> {
-        // `collect` merged settlements per id, so ids are distinct.
-        let columns = OutcomeColumns::new(batch.iter().map(|r| (r.id, &r.outcome, r.attempts)));
-        let only_done = batch
+    /// Writes `batch`: returns the ids whose rows were written (their outcome, or `dead`
+    /// when the database rejected the outcome) and those given up (rejected, and not even
+    /// `dead` could be written).
+    ///
+    /// A statement that fails because of the data of a row (see
+    /// [`StoreError::is_about_a_row`]) is split in halves until the row is alone; the other
+    /// rows are written, and the lone row goes to [`Writer::write_rejected`]: at most about
+    /// 2·log2(batch) extra statements. Every other failure (connection lost, table gone,
+    /// permission denied …) retries the same rows with capped backoff until it passes;
+    /// after `stall_timeout` of that the writer reports itself stuck.
+    async fn write(&self, batch: &[Row]) -> Written {
+        let mut written = Written::default();
+        let mut parts: Vec<&[Row]> = vec![batch];
+        let mut backoff = self.config.error_backoff_min;
+        self.stall.begin();
+        while let Some(part) = parts.pop() {
+            let error = match self.execute(part).await {
+                Ok(ids) => {
+                    written.ids.extend(ids);
+                    self.stall.progressed();
+                    backoff = self.config.error_backoff_min;
+                    continue;
+                }
+                Err(error) => error,
+            };
+            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            self.stall.failed(&error);
+            if error.is_about_a_row() {
+                match part {
+                    [row] => match self.write_rejected(row, &error).await {
+                        Ok(Some(true)) => {
+                            written.ids.insert(row.id);
+                        }
+                        // Gone meanwhile: the usual not-found handling.
+                        Ok(Some(false)) => {}
+                        Ok(None) => {
+                            written.given_up.insert(row.id);
+                        }
+                        Err(retry) => {
+                            tracing::warn!(error = %retry, event_id = row.id, retry_in = ?backoff, "writing a rejected row as dead failed; retrying");
+                            tokio::time::sleep(jitter(backoff)).await;
+                            backoff = (backoff * 2).min(self.config.error_backoff_max);
+                            parts.push(part);
+                        }
+                    },
+                    _ => {
+                        tracing::warn!(error = %error, rows = part.len(), "status update rejected by the database; splitting the batch to isolate the row it cannot write");
+                        let (first, second) = part.split_at(part.len() / 2);
+                        parts.push(second);
+                        parts.push(first);
+                    }
+                }
+                continue;
+            }
+            if error.is_transient() {
+                tracing::warn!(error = %error, rows = part.len(), retry_in = ?backoff, "status update failed; retrying");
+            } else {
+                tracing::error!(
+                    error = %error,
+                    rows = part.len(),
+                    retry_in = ?backoff,
+                    "status update failed and will keep failing until the database \
+                     or the outbox table is fixed; retrying"
+                );
+            }
+            tokio::time::sleep(jitter(backoff)).await;
+            backoff = (backoff * 2).min(self.config.error_backoff_max);
+            parts.push(part);
+        }
+        self.stall.idle();
+        written
+    }
+
+    /// One statement for `rows`; returns the ids it wrote.
+    async fn execute(&self, rows: &[Row]) -> Result<HashSet<i64>, StoreError> {
+        let widths = self.store.text_widths();
+        let columns =
+            OutcomeColumns::new(rows.iter().map(|r| (r.id, &r.outcome, r.attempts)), &widths);
+        let only_done = rows
             .iter()
             .all(|r| r.outcome == Outcome::Done && r.attempts == 1);
+        let client = self.store.client("status update").await?;
+        let sql = if only_done { &self.done_sql } else { &self.sql };
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| StoreError::db("status update", e))?;
+        let params = columns.params();
+        let params = if only_done { &params[..1] } else { &params[..] };
+        let updated = client
+            .query(&statement, params)
+            .await
+            .map_err(|e| StoreError::db("status update", e))?;
+        let ids = updated
+            .iter()
+            .map(|r| r.try_get::<_, i64>(0))
+            .collect::<Result<HashSet<i64>, _>>()
+            .map_err(|e| StoreError::db("status update", e))?;
+        metrics::status_write_batch(columns.len());
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .rows_written
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        self.stats
+            .last_batch_size
+            .store(columns.len() as u64, Ordering::Relaxed);
+        Ok(ids)
+    }
 
-        let mut backoff = self.config.error_backoff_min;
-        loop {
-            let result: Result<HashSet<i64>, StoreError> = async {
-                let client = self.store.client("status update").await?;
-                let sql = if only_done { &self.done_sql } else { &self.sql };
-                let statement = client
-                    .prepare_cached(sql)
-                    .await
-                    .map_err(|e| StoreError::db("status update", e))?;
-                let params = columns.params();
-                let params = if only_done { &params[..1] } else { &params[..] };
-                let updated = client
-                    .query(&statement, params)
-                    .await
-                    .map_err(|e| StoreError::db("status update", e))?;
-                updated
-                    .iter()
-                    .map(|r| r.try_get::<_, i64>(0))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| StoreError::db("status update", e))
-            }
-            .await;
-            match result {
-                Ok(written) => {
-                    crate::telemetry::metrics::status_write_batch(columns.len());
-                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .rows_written
-                        .fetch_add(written.len() as u64, Ordering::Relaxed);
-                    self.stats
-                        .last_batch_size
-                        .store(columns.len() as u64, Ordering::Relaxed);
-                    return written;
+    /// The database rejected `row`'s outcome (`cause`): writes the row `dead` with the
+    /// reason instead, so that an operator sees it and the flush position moves on.
+    /// `Some(true)`: written dead; `Some(false)`: the row does not exist (any more);
+    /// `None`: rejected too, given up (the row keeps its status and the sweeper meets it
+    /// again, the `dispatchbox_status_rows_rejected_total{written="none"}` counter says
+    /// so); `Err`: a failure worth retrying.
+    async fn write_rejected(
+        &self,
+        row: &Row,
+        cause: &StoreError,
+    ) -> Result<Option<bool>, StoreError> {
+        self.stats.rows_rejected.fetch_add(1, Ordering::Relaxed);
+        let delivered = match row.outcome {
+            Outcome::Done => "it was delivered",
+            Outcome::Deferred { .. } => "it was not delivered yet",
+            Outcome::Retry { .. } | Outcome::Dead { .. } => "its delivery failed",
+        };
+        let reason = self.store.text_widths().fit_error(&format!(
+            "dispatchbox could not write this row's status ({}; {delivered}): {cause}",
+            row.outcome.status()
+        ));
+        let result: Result<bool, StoreError> = async {
+            let client = self.store.client("status update").await?;
+            let statement = client
+                .prepare_cached(&self.dead_sql)
+                .await
+                .map_err(|e| StoreError::db("status update", e))?;
+            client
+                .query_opt(&statement, &[&row.id, &reason, &row.attempts])
+                .await
+                .map(|found| found.is_some())
+                .map_err(|e| StoreError::db("status update", e))
+        }
+        .await;
+        match result {
+            Ok(found) => {
+                self.stall.progressed();
+                if found {
+                    tracing::error!(event_id = row.id, status = row.outcome.status(), error = %cause, "the database rejected this row's status; wrote it dead with the reason");
+                    metrics::status_row_rejected("dead");
                 }
-                Err(err) => {
-                    self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                    if err.is_transient() {
-                        tracing::warn!(error = %err, rows = columns.len(), retry_in = ?backoff, "status update failed; retrying");
-                    } else {
-                        tracing::error!(
-                            error = %err,
-                            rows = columns.len(),
-                            retry_in = ?backoff,
-                            "status update failed and will keep failing until the database \
-                             or the outbox table is fixed; retrying"
-                        );
-                    }
-                    tokio::time::sleep(jitter(backoff)).await;
-                    backoff = (backoff * 2).min(self.config.error_backoff_max);
-                }
+                Ok(Some(found))
             }
+            Err(error) if error.is_about_a_row() => {
+                tracing::error!(event_id = row.id, status = row.outcome.status(), error = %cause, dead_error = %error, "the database rejected this row's status, and dead too; leaving the row as it is (the sweeper meets it again)");
+                metrics::status_row_rejected("none");
+                Ok(None)
+            }
+            Err(error) => Err(error),
         }
     }
 
@@ -577,13 +727,13 @@ impl Writer {
     fn settle(
         &self,
         batch: Vec<Row>,
-        written: &HashSet<i64>,
+        written: &Written,
         waiting: &mut HashMap<i64, Waiting>,
         open: bool,
     ) {
         let now = Instant::now();
         for mut row in batch {
-            if written.contains(&row.id) {
+            if written.ids.contains(&row.id) || written.given_up.contains(&row.id) {
                 row.settle();
                 continue;
             }
@@ -625,6 +775,100 @@ impl Writer {
         self.stats
             .rows_waiting
             .store(waiting.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Whether the writer makes progress: it has rows to write and since when it committed
+/// nothing. Updated by the writer, judged by [`watch_for_stalls`], so that a statement
+/// that blocks (a lock held by another session) is noticed as well as one that fails.
+#[derive(Debug, Default)]
+struct StallWatch {
+    state: std::sync::Mutex<StallState>,
+}
+
+#[derive(Debug, Default)]
+struct StallState {
+    /// Since when rows have been waiting for a statement that commits.
+    waiting_since: Option<Instant>,
+    /// The latest failure meanwhile.
+    last_error: Option<String>,
+    /// Whether the stall is reported (`/ready`, the gauge).
+    reported: bool,
+}
+
+impl StallWatch {
+    fn state(&self) -> std::sync::MutexGuard<'_, StallState> {
+        // A poisoned lock only means a panic mid-update; the state is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The writer has rows to write.
+    fn begin(&self) {
+        self.state().waiting_since.get_or_insert_with(Instant::now);
+    }
+
+    /// A statement committed.
+    fn progressed(&self) {
+        let mut state = self.state();
+        state.waiting_since = Some(Instant::now());
+        state.last_error = None;
+    }
+
+    fn failed(&self, error: &StoreError) {
+        self.state().last_error = Some(error.to_string());
+    }
+
+    /// Nothing left to write.
+    fn idle(&self) {
+        let mut state = self.state();
+        state.waiting_since = None;
+        state.last_error = None;
+    }
+
+    /// Reports a stall longer than `timeout`, or clears a reported one.
+    fn check(&self, timeout: Duration, health: &Health) {
+        let mut state = self.state();
+        let stalled_for = state
+            .waiting_since
+            .map(|since| since.elapsed())
+            .filter(|waited| *waited >= timeout);
+        match stalled_for {
+            Some(waited) => {
+                let reason = format!(
+                    "nothing written for {}s: {}",
+                    waited.as_secs(),
+                    state.last_error.as_deref().unwrap_or(
+                        "a status UPDATE has not returned (waiting for a lock held by another \
+                         session?)"
+                    )
+                );
+                if !state.reported {
+                    tracing::error!(reason = %reason, "status writer is stuck; /ready reports it until it writes again");
+                    metrics::status_writer_stalled(true);
+                    state.reported = true;
+                }
+                health.set_problem(HEALTH_COMPONENT, Some(reason));
+            }
+            None if state.reported => {
+                tracing::info!("status writer is writing again");
+                metrics::status_writer_stalled(false);
+                health.set_problem(HEALTH_COMPONENT, None);
+                state.reported = false;
+            }
+            None => {}
+        }
+    }
+}
+
+/// Checks the writer's progress a few times per `timeout` until the writer is gone.
+async fn watch_for_stalls(watch: std::sync::Weak<StallWatch>, timeout: Duration, health: Health) {
+    let tick = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(watch) = watch.upgrade() else {
+            return;
+        };
+        watch.check(timeout, &health);
     }
 }
 
@@ -807,7 +1051,10 @@ mod tests {
         assert_eq!(batch[0].attempts, 0);
         assert_eq!(batch[1].attempts, 1);
         assert_eq!(Arc::strong_count(&guard), 3);
-        let columns = OutcomeColumns::new(batch.iter().map(|r| (r.id, &r.outcome, r.attempts)));
+        let columns = OutcomeColumns::new(
+            batch.iter().map(|r| (r.id, &r.outcome, r.attempts)),
+            &TextWidths::default(),
+        );
         assert_eq!(columns.deferred, vec![true, false]);
         assert_eq!(columns.statuses, vec!["retry", "retry"]);
         for row in batch {
@@ -852,14 +1099,5 @@ mod tests {
         let started = Instant::now();
         assert!(!linger(&mut rx, &mut inbox, 100, Duration::from_secs(1)).await);
         assert!(started.elapsed() < Duration::from_secs(1));
-    }
-
-    #[test]
-    fn errors_are_storable_text() {
-        assert_eq!(sanitize_error("a\0b"), "ab");
-        let long = "é".repeat(MAX_ERROR_BYTES);
-        let cut = sanitize_error(&long);
-        assert!(cut.len() <= MAX_ERROR_BYTES);
-        assert!(cut.chars().all(|c| c == 'é'));
     }
 }

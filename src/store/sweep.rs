@@ -256,7 +256,10 @@ impl Store {
             return Ok(Vec::new());
         }
         let latest: BTreeMap<i64, &Outcome> = outcomes.iter().map(|(id, o)| (*id, o)).collect();
-        let columns = OutcomeColumns::new(latest.iter().map(|(&id, o)| (id, *o, o.attempts())));
+        let columns = OutcomeColumns::new(
+            latest.iter().map(|(&id, o)| (id, *o, o.attempts())),
+            &self.text_widths(),
+        );
         let sql = outcome_update_sql(self.table(), UpdateGuard::Claimed);
         let client = self.client(CONTEXT).await?;
         let statement = client

@@ -7,8 +7,9 @@
 //! `dispatchbox_leader` gauges, so the metrics and the probe can never disagree. This
 //! module decides nothing; it only records what it is told.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::metrics;
 
@@ -71,6 +72,8 @@ pub struct Health {
 struct Inner {
     stream: AtomicU8,
     shutting_down: AtomicBool,
+    /// Why a part of the pipeline cannot do its work, by part.
+    problems: Mutex<BTreeMap<&'static str, String>>,
 }
 
 impl Health {
@@ -95,6 +98,34 @@ impl Health {
     /// The stream's current state.
     pub fn stream(&self) -> StreamState {
         StreamState::from_u8(self.inner.stream.load(Ordering::Acquire))
+    }
+
+    /// Records (`Some`) or clears (`None`) why `component` cannot do its work; `/ready`
+    /// answers 503 with every recorded reason.
+    pub fn set_problem(&self, component: &'static str, reason: Option<String>) {
+        // A poisoned lock only means a panic mid-insert; the map is still usable.
+        let mut problems = self
+            .inner
+            .problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match reason {
+            Some(reason) => problems.insert(component, reason),
+            None => problems.remove(component),
+        };
+    }
+
+    /// The recorded problems, as `component: reason`.
+    pub fn problems(&self) -> Vec<String> {
+        let problems = self
+            .inner
+            .problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        problems
+            .iter()
+            .map(|(component, reason)| format!("{component}: {reason}"))
+            .collect()
     }
 
     /// Marks the start of shutdown: from now on the relay is never ready again.
@@ -126,6 +157,10 @@ mod tests {
             health.set_stream(state);
             assert_eq!(seen_by_probe.stream(), state);
         }
+        health.set_problem("status writer", Some("stuck".into()));
+        assert_eq!(seen_by_probe.problems(), ["status writer: stuck"]);
+        health.set_problem("status writer", None);
+        assert!(seen_by_probe.problems().is_empty());
         assert!(!seen_by_probe.is_shutting_down());
         health.begin_shutdown();
         assert!(seen_by_probe.is_shutting_down());

@@ -103,6 +103,8 @@ struct Metrics {
     delivery_duration: HistogramVec,
     commit_to_ack: Histogram,
     status_write_batch_size: Histogram,
+    status_rows_rejected: IntCounterVec,
+    status_writer_stalled: IntGauge,
     retries: IntCounterVec,
     dead_events_total: IntCounterVec,
     dead_event_types: Mutex<HashSet<String>>,
@@ -245,6 +247,17 @@ impl Metrics {
                 "Rows written per status UPDATE.",
                 BATCH_BUCKETS,
             ),
+            status_rows_rejected: counter_vec(
+                &registry,
+                "dispatchbox_status_rows_rejected_total",
+                "Rows whose status the database rejected (isolated from their batch), by what was written instead: dead (with the reason) or none (left for the sweeper).",
+                &["written"],
+            ),
+            status_writer_stalled: gauge(
+                &registry,
+                "dispatchbox_status_writer_stalled",
+                "1 while the status writer has failed to write anything for longer than DISPATCHBOX_STATUS_STALL_TIMEOUT.",
+            ),
             retries,
             dead_events_total: counter_vec(
                 &registry,
@@ -317,7 +330,13 @@ pub fn init() {
     for reason in ClaimReason::ALL {
         m.sweeper_reclaims.with_label_values(&[reason.as_str()]);
     }
+    for written in REJECTED_WRITTEN {
+        m.status_rows_rejected.with_label_values(&[written]);
+    }
 }
+
+/// Labels of `dispatchbox_status_rows_rejected_total`.
+const REJECTED_WRITTEN: [&str; 2] = ["dead", "none"];
 
 /// All metrics in the Prometheus text exposition format ([`CONTENT_TYPE`]).
 pub fn render() -> Result<String, prometheus::Error> {
@@ -376,6 +395,21 @@ pub fn commit_to_ack(committed_at: DateTime<Utc>) {
 /// A status UPDATE of `rows` rows committed.
 pub fn status_write_batch(rows: usize) {
     METRICS.status_write_batch_size.observe(rows as f64);
+}
+
+/// The database rejected a row's status; `written` is what was written instead: `dead`
+/// or `none`.
+pub fn status_row_rejected(written: &'static str) {
+    METRICS
+        .status_rows_rejected
+        .with_label_values(&[written])
+        .inc();
+}
+
+/// The status writer got stuck (`true`: nothing written for longer than its stall
+/// timeout) or is writing again.
+pub fn status_writer_stalled(stalled: bool) {
+    METRICS.status_writer_stalled.set(i64::from(stalled));
 }
 
 /// An event of `event_type` (`None`: the row could not be read as an event) was marked
@@ -461,6 +495,8 @@ mod tests {
             "dispatchbox_delivery_duration_seconds_bucket",
             "dispatchbox_commit_to_ack_seconds_count",
             "dispatchbox_status_write_batch_size_count",
+            "dispatchbox_status_rows_rejected_total{written=\"none\"}",
+            "dispatchbox_status_writer_stalled",
             "dispatchbox_dead_events_total",
             "dispatchbox_dead_events ",
             "dispatchbox_attempts_before_dead_bucket",
