@@ -58,6 +58,13 @@ pub struct SweepConfig {
     pub ordering: bool,
 }
 
+/// Least time between two sweeps.
+const BETWEEN_SWEEPS: Duration = Duration::from_millis(20);
+/// Least time before the next sweep after one that claimed nothing although a row was
+/// due: the row is held by another replica's claim (or its aggregate's head was settled
+/// after the claim's snapshot); polling for it at once would only spin.
+const NOTHING_CLAIMED_PAUSE: Duration = Duration::from_secs(1);
+
 /// Most `pending` rows remembered by [`Sightings`] (about 40 bytes each). A larger backlog
 /// of missed rows is taken this many at a time.
 const SIGHTING_LIMIT: i64 = 10_000;
@@ -143,28 +150,36 @@ pub async fn run(
             &mut sightings,
             &shutdown,
         );
-        if let Err(error) = swept.await {
-            tracing::warn!(error = %error, "sweep failed; retrying at the next interval")
-        }
-        wake = next_wake(&store, config.interval).await;
+        let claimed = match swept.await {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                tracing::warn!(error = %error, "sweep failed; retrying at the next interval");
+                0
+            }
+        };
+        wake = next_wake(&store, &config, claimed).await;
     }
 }
 
-/// When to sweep next: at the interval, or sooner when a retry falls due.
-async fn next_wake(store: &Store, interval: Duration) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    let due = match store.next_due().await {
-        Ok(Some(at)) => (at - Utc::now())
-            .to_std()
-            .unwrap_or(Duration::ZERO)
-            .min(interval),
-        _ => interval,
+/// When to sweep next: at the interval, or sooner when a row becomes claimable (a retry
+/// falls due, a lease expires). A row that is claimable already and still was not claimed
+/// (another replica holds it) is tried again after a second, not at once.
+async fn next_wake(store: &Store, config: &SweepConfig, claimed: usize) -> Instant {
+    let now = Instant::now();
+    let due = match store.next_due(config.ordering).await {
+        Ok(Some(at)) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+        _ => config.interval,
     };
-    // Never spin: at least a few milliseconds between sweeps.
-    now + due.max(Duration::from_millis(20))
+    let floor = if claimed == 0 && due.is_zero() {
+        NOTHING_CLAIMED_PAUSE
+    } else {
+        BETWEEN_SWEEPS
+    };
+    now + due.max(floor).min(config.interval)
 }
 
-/// Looks at the pending rows once, then claims and delivers until nothing is due. Rows the
+/// Looks at the pending rows once, then claims and delivers until nothing is due, and
+/// returns how many rows it claimed. Rows the
 /// stream passes while this sweep runs wait for the next one; ids in `missed_pending` that
 /// were claimed or settled meanwhile are ignored by the claim.
 async fn sweep(
@@ -175,7 +190,7 @@ async fn sweep(
     token: &str,
     sightings: &mut Sightings,
     shutdown: &CancellationToken,
-) -> Result<(), StoreError> {
+) -> Result<usize, StoreError> {
     let sighting = store.sight_pending(&config.slot, SIGHTING_LIMIT).await?;
     let now = Instant::now();
     sightings.observe(&sighting, now);
@@ -188,15 +203,17 @@ async fn sweep(
         missed_pending,
         ordering: config.ordering,
     };
+    let mut total = 0;
     while !shutdown.is_cancelled() {
         let claimed = store.claim_due(token, &settings).await?;
         if claimed.is_empty() {
-            return Ok(());
+            break;
         }
         tracing::debug!(rows = claimed.len(), "sweeper claimed rows");
+        total += claimed.len();
         deliver_claimed(store, deliverer, blocked, config.ordering, token, claimed).await?;
     }
-    Ok(())
+    Ok(total)
 }
 
 async fn deliver_claimed(

@@ -275,7 +275,7 @@ async fn concurrent_claimers_never_claim_a_row_twice() {
                 loop {
                     let claimed = store.claim_due(token, &settings).await.unwrap();
                     if claimed.is_empty() {
-                        if store.next_due().await.unwrap().is_none() {
+                        if store.next_due(true).await.unwrap().is_none() {
                             return mine;
                         }
                         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -494,7 +494,7 @@ async fn claimed_outcomes_are_written_only_under_the_claim_token() {
         .is_empty());
     assert_eq!(
         store
-            .next_due()
+            .next_due(false)
             .await
             .unwrap()
             .map(|t| t.timestamp_micros()),

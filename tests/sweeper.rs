@@ -413,3 +413,111 @@ async fn invalidated_slot_is_recreated_and_rows_are_swept() {
     insert_events(&client, 5).await;
     wait_done(&client, 205, Duration::from_secs(30)).await;
 }
+
+/// Transactions committed in database `db` so far, read from another database's session
+/// once no session of `db` is left (a backend reports its counts when it exits), so that
+/// the reading itself is not counted.
+async fn committed_transactions(observer: &tokio_postgres::Client, db: &str) -> i64 {
+    eventually(
+        Duration::from_secs(30),
+        "every session of the database to end",
+        || async {
+            let sessions: i64 = observer
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                    &[&db],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (sessions == 0).then_some(())
+        },
+    )
+    .await;
+    observer
+        .batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await
+        .unwrap();
+    observer
+        .query_one(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = $1",
+            &[&db],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Given retrying, scheduled and leased heads of three aggregates due in an hour, with rows
+/// parked behind them that are due already, when a relay runs for 10 s with a 1 s sweep
+/// interval, then the database runs a handful of transactions per interval (not one sweep
+/// every 20 ms); and once the heads fall due, every row is delivered, in order.
+#[tokio::test]
+async fn the_sweeper_sleeps_while_nothing_is_claimable() {
+    let cluster = TestCluster::start();
+    let db = cluster.create_database("idle").await;
+    let mut env = base_env(&cluster, &db);
+    set_env(&mut env, "DISPATCHBOX_SWEEP_INTERVAL", "1s");
+    set_env(&mut env, "DISPATCHBOX_HEARTBEAT_INTERVAL", "1h");
+    migrate(&env);
+    {
+        let client = cluster.connect(&db).await;
+        client
+            .batch_execute(&format!(
+                "INSERT INTO {TABLE} (id, aggregate_type, aggregate_id, event_type, payload,
+                                      status, attempts, last_error, claim_token, next_run_at)
+                 VALUES (1, 'order', 'A', 'order.placed', '{{}}', 'retry', 1, 'timeout', NULL,
+                         now() + interval '1 hour'),
+                        (2, 'order', 'A', 'order.paid', '{{}}', 'retry', 0, NULL, NULL,
+                         now() - interval '1 minute'),
+                        (3, 'order', 'A', 'order.packed', '{{}}', 'retry', 0, NULL, NULL,
+                         now() - interval '1 minute'),
+                        (4, 'order', 'A', 'order.shipped', '{{}}', 'retry', 0, NULL, NULL,
+                         now() - interval '1 minute'),
+                        (5, 'reminder', 'B', 'reminder.due', '{{}}', 'retry', 0, NULL, NULL,
+                         now() + interval '1 hour'),
+                        (6, 'order', 'C', 'order.placed', '{{}}', 'processing', 0, NULL,
+                         'a-replica-that-died', now() + interval '1 hour'),
+                        (7, 'order', 'C', 'order.paid', '{{}}', 'retry', 0, NULL, NULL,
+                         now() - interval '1 minute')"
+            ))
+            .await
+            .unwrap();
+    }
+    let observer = cluster.connect("postgres").await;
+    let before = committed_transactions(&observer, &db).await;
+
+    let mut relay = RelayProcess::start(&env);
+    support::relay::wait_streaming(&observer).await;
+    let window = Duration::from_secs(10);
+    tokio::time::sleep(window).await;
+    relay.terminate();
+    assert!(relay.wait_exit(Duration::from_secs(30)).is_some());
+    let transactions = committed_transactions(&observer, &db).await - before;
+    println!("{transactions} transactions in {window:?} (start-up and shutdown included)");
+    // Measured: about 30 for start-up and shutdown (checks, prepared statements, the
+    // slot), 3 per sweep (sighting, claim, next due), one sweep per interval. Before the
+    // sweeper computed its wake-up from claimable rows: 1,100 in 8 s.
+    assert!(
+        transactions <= 100,
+        "{transactions} transactions in {window:?} with nothing claimable: the sweeper polls"
+    );
+    assert!(relay.delivered_ids().is_empty(), "nothing was claimable");
+
+    // The heads fall due: everything goes out, parked rows after their head.
+    let client = cluster.connect(&db).await;
+    let relay = start_streaming(&client, &env).await;
+    client
+        .execute(
+            &format!("UPDATE {TABLE} SET next_run_at = now() WHERE id IN (1, 5, 6)"),
+            &[],
+        )
+        .await
+        .unwrap();
+    wait_done(&client, 7, Duration::from_secs(30)).await;
+    let delivered = relay.delivered_ids();
+    let of_a: Vec<i64> = delivered.iter().copied().filter(|id| *id <= 4).collect();
+    assert_eq!(of_a, vec![1, 2, 3, 4]);
+    let of_c: Vec<i64> = delivered.iter().copied().filter(|id| *id >= 6).collect();
+    assert_eq!(of_c, vec![6, 7]);
+}

@@ -383,18 +383,42 @@ impl Store {
         })
     }
 
-    /// The earliest `next_run_at` among `retry` and `processing` rows (when the next retry
-    /// is due or the next lease expires), or `None` when there are none. Lets a sweeper
-    /// sleep until then instead of polling.
-    pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+    /// When the sweeper can next claim something: the earliest `next_run_at` among the
+    /// `retry` and `processing` rows it could claim then (a retry falling due, a lease
+    /// expiring), or `None` when there are none. Lets a sweeper sleep until then instead of
+    /// polling.
+    ///
+    /// With `ordering`, only heads of their aggregate's backlog count, exactly as
+    /// [`Store::claim_due`] claims them: rows parked behind a head that is scheduled
+    /// for later are due on paper but not claimable until the head is settled, and
+    /// counting them would wake the sweeper at once, again and again, for the head's whole
+    /// delay.
+    pub async fn next_due(&self, ordering: bool) -> Result<Option<DateTime<Utc>>, StoreError> {
         const CONTEXT: &str = "next due lookup";
-        // One probe of the due index per status (its first entry), whatever the number of
-        // waiting rows.
         let table = self.table().quoted();
-        let sql = format!(
-            "SELECT LEAST((SELECT min(next_run_at) FROM {table} WHERE status = 'retry'),
-                          (SELECT min(next_run_at) FROM {table} WHERE status = 'processing'))"
-        );
+        let head_only = if ordering {
+            format!(
+                "AND NOT EXISTS (
+                       SELECT 1 FROM {table} AS earlier
+                        WHERE earlier.aggregate_type = t.aggregate_type
+                          AND earlier.aggregate_id = t.aggregate_id
+                          AND earlier.id < t.id
+                          AND earlier.status IN {OUTSTANDING})"
+            )
+        } else {
+            String::new()
+        };
+        // Per status, the due index in next_run_at order up to the first claimable row:
+        // one probe without ordering; with it, one more probe of the aggregate index per
+        // parked row passed over.
+        let first = |status: &str| {
+            format!(
+                "(SELECT t.next_run_at FROM {table} AS t
+                   WHERE t.status = '{status}' {head_only}
+                   ORDER BY t.next_run_at LIMIT 1)"
+            )
+        };
+        let sql = format!("SELECT LEAST({}, {})", first("retry"), first("processing"));
         let client = self.client(CONTEXT).await?;
         let statement = client
             .prepare_cached(&sql)
