@@ -160,6 +160,14 @@ async fn pipeline(
         config.slot.clone(),
         shutdown.clone(),
     ));
+    let progress = Progress::new(Lsn::ZERO);
+    let coverage = tokio::spawn(watch_stream_coverage(
+        store.clone(),
+        config.names.clone(),
+        progress.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     let sweep_now = Arc::new(tokio::sync::Notify::new());
     let sweeper = tokio::spawn(sweeper::run(
         store.clone(),
@@ -177,7 +185,6 @@ async fn pipeline(
         shutdown.clone(),
     ));
 
-    let progress = Progress::new(Lsn::ZERO);
     let result = source::run(
         SourceConfig {
             conninfo: config.database.clone(),
@@ -202,6 +209,7 @@ async fn pipeline(
     shutdown.cancel();
     let _ = heartbeat.await;
     let _ = database_metrics.await;
+    let _ = coverage.await;
     let _ = tokio::time::timeout(config.shutdown_timeout, sweeper).await;
     for sink in sinks.iter() {
         sink.close(Duration::from_secs(5)).await;
@@ -311,6 +319,49 @@ async fn database_metrics(store: Store, slot: Identifier, shutdown: Cancellation
                 Ok(rows) => metrics::dead_rows(rows),
                 Err(error) => tracing::debug!(error = %error, "cannot count dead rows for metrics"),
             }
+        }
+    }
+}
+
+/// Every [`SLOT_METRICS_INTERVAL`], checks that the stream can still see the outbox's
+/// inserts (the table exists under its name and the publication contains it). While it
+/// cannot, the flush position is held ([`Progress::hold`]) and `/ready` says why; the hold
+/// ends when the check passes again. A failed check (database unreachable) changes
+/// nothing: that is reported elsewhere.
+async fn watch_stream_coverage(
+    store: Store,
+    names: crate::store::Names,
+    progress: Progress,
+    health: Health,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(SLOT_METRICS_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut held = false;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match store.stream_coverage(&names).await {
+            Ok(Some(problem)) => {
+                if !held {
+                    tracing::error!(problem = %problem, "the stream cannot see the outbox's inserts; holding the confirmed position");
+                }
+                progress.hold(true);
+                health.set_problem(crate::telemetry::health::OUTBOX_TABLE, Some(problem));
+                held = true;
+            }
+            Ok(None) => {
+                // Also ends a hold the source set when it saw the table renamed.
+                if held || health.has_problem(crate::telemetry::health::OUTBOX_TABLE) {
+                    tracing::info!("the outbox table is published again; confirming again");
+                }
+                progress.hold(false);
+                health.set_problem(crate::telemetry::health::OUTBOX_TABLE, None);
+                held = false;
+            }
+            Err(error) => tracing::debug!(error = %error, "cannot check the outbox table"),
         }
     }
 }

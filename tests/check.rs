@@ -308,3 +308,73 @@ async fn unreachable_kafka_broker_is_an_error() {
     // The database half is healthy: the sink is the only error.
     assert_eq!(report["errors"], 1, "{report:#}");
 }
+
+/// An address of this machine that is not loopback (the source address of its default
+/// route; nothing is sent).
+fn non_loopback_address() -> std::net::IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket
+        .connect("192.0.2.1:9")
+        .expect("this test needs a network interface besides loopback (a default route)");
+    let ip = socket.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback(), "no address besides loopback: {ip}");
+    ip
+}
+
+/// Given a database reached over the network without TLS, `check` warns with the fix and
+/// `run` logs the same warning at start-up; over loopback neither does.
+#[tokio::test]
+async fn an_unencrypted_connection_to_another_host_is_a_warning() {
+    let cluster = TestCluster::start_with(ClusterOptions {
+        conf: vec!["listen_addresses = '*'".into()],
+        hba_prepend: vec!["host all all 0.0.0.0/0 scram-sha-256".into()],
+        ..ClusterOptions::default()
+    });
+    let db = cluster.create_database("cleartext").await;
+    let mut env = base_env(&cluster, &db);
+    migrate(&env);
+
+    let (status, report) = check_json(&env, &[]);
+    assert!(status.success(), "{report:#}");
+    assert!(
+        findings(&report, "tls", "warning").is_empty(),
+        "loopback: {report:#}"
+    );
+
+    let address = non_loopback_address();
+    set_env(
+        &mut env,
+        "DISPATCHBOX_DATABASE_URL",
+        &format!(
+            "postgres://postgres:{}@{address}:{}/{db}?sslmode=disable",
+            support::postgres::SUPERUSER_PASSWORD,
+            cluster.port
+        ),
+    );
+    let (status, report) = check_json(&env, &[]);
+    assert!(status.success(), "a warning, not an error: {report:#}");
+    let warnings = findings(&report, "tls", "warning");
+    assert_eq!(warnings.len(), 1, "{report:#}");
+    assert!(
+        warnings[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("database at {address} is not encrypted")),
+        "{report:#}"
+    );
+    assert!(
+        warnings[0]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("sslmode=verify-full"),
+        "{report:#}"
+    );
+
+    let relay = support::relay::RelayProcess::start(&env);
+    support::postgres::eventually(
+        std::time::Duration::from_secs(30),
+        "run to warn about the unencrypted connection",
+        || async { relay.stderr().contains("is not encrypted").then_some(()) },
+    )
+    .await;
+}

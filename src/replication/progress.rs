@@ -54,6 +54,8 @@ struct State {
     received: Lsn,
     /// Highest flush position handed out; the value never goes below it.
     reported: Lsn,
+    /// While set, the flush position stays where it is (see [`Progress::hold`]).
+    held: bool,
 }
 
 impl State {
@@ -214,9 +216,29 @@ impl Progress {
         }
     }
 
+    /// Keeps (`true`) the flush position where it is, or lets it move again (`false`):
+    /// while the stream cannot see the outbox's inserts (the table renamed or dropped, or
+    /// no longer in the publication), confirming further would tell the server it may
+    /// forget WAL the relay never looked at. Settling and delivering go on meanwhile.
+    pub fn hold(&self, held: bool) {
+        let mut state = self.lock();
+        let released = state.held && !held;
+        state.held = held;
+        drop(state);
+        if released {
+            self.inner.advanced.notify_one();
+        }
+    }
+
     /// The positions to report now. Monotonic: never below a value returned before.
     pub fn feedback(&self) -> Feedback {
         let mut state = self.lock();
+        if state.held {
+            return Feedback {
+                write: state.received.max(state.reported),
+                flush: state.reported,
+            };
+        }
         let candidate = if state.txns.is_empty() {
             state.durable.max(state.keepalive)
         } else {
@@ -304,6 +326,23 @@ mod tests {
         assert_eq!(p.feedback().write, lsn(120));
         a.settle();
         assert_eq!(p.feedback().flush, lsn(120), "idle: keepalive position");
+    }
+
+    #[test]
+    fn a_hold_keeps_the_flush_position_until_released() {
+        let p = Progress::new(lsn(10));
+        p.keepalive(lsn(100));
+        assert_eq!(p.feedback().flush, lsn(100));
+        p.hold(true);
+        let t = p.begin(lsn(120)).unwrap();
+        let a = p.event(t);
+        p.commit(t, lsn(130));
+        a.settle();
+        p.keepalive(lsn(200));
+        assert_eq!(p.feedback().flush, lsn(100), "held");
+        assert_eq!(p.feedback().write, lsn(200), "receiving goes on");
+        p.hold(false);
+        assert_eq!(p.feedback().flush, lsn(200));
     }
 
     #[test]

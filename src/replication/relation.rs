@@ -361,6 +361,13 @@ impl OutboxMapper {
         result
     }
 
+    /// True when `relation` announces, under another name, a relation that was the outbox
+    /// table on this connection: the table was renamed or moved, and its inserts would
+    /// otherwise be passed over as another table's.
+    pub fn renames_outbox(&self, relation: &Relation) -> bool {
+        matches!(self.relations.get(&relation.oid), Some(Some(_))) && !self.table.matches(relation)
+    }
+
     /// Maps an Insert. `Err` means the stream is out of sync; `Ok(Dead(..))` means only this
     /// row is bad.
     pub fn map_insert(&self, insert: &Insert) -> Result<InsertOutcome, RelationError> {

@@ -430,6 +430,19 @@ impl<'a> Session<'a> {
                 }
             }
             PgOutputMessage::Relation(relation) => {
+                if self.outbox.renames_outbox(&relation) {
+                    let reason = format!(
+                        "outbox table {} was renamed to \"{}\".\"{}\"; its inserts are no \
+                         longer the outbox's, and the stream confirms nothing further until \
+                         the table is back",
+                        self.config.table, relation.namespace, relation.name
+                    );
+                    tracing::error!(reason = %reason, "outbox table renamed");
+                    self.progress.hold(true);
+                    self.config
+                        .health
+                        .set_problem(crate::telemetry::health::OUTBOX_TABLE, Some(reason));
+                }
                 self.outbox
                     .on_relation(relation)
                     .map_err(|e| SourceError::Schema(RelationError::Schema(e)))?;

@@ -423,6 +423,11 @@ fn connect_fix(source: &StoreError) -> &'static str {
 pub enum CheckWarning {
     /// Slots may retain WAL without limit.
     UnlimitedSlotWal,
+    /// The connection to a server that is not on this host is not encrypted.
+    NoTls {
+        /// The server's address as it sees the connection.
+        address: String,
+    },
     /// `last_error` is narrower than the errors the relay stores: longer ones are cut.
     ErrorColumnNarrow {
         /// `schema.name`.
@@ -457,6 +462,7 @@ impl CheckWarning {
         match self {
             Self::UnlimitedSlotWal => "max_slot_wal_keep_size",
             Self::ErrorColumnNarrow { .. } => "table",
+            Self::NoTls { .. } => "tls",
             Self::SlotMissing { .. } | Self::SlotExtended { .. } | Self::SlotUnreserved { .. } => {
                 "slot"
             }
@@ -473,6 +479,10 @@ impl CheckWarning {
             Self::UnlimitedSlotWal => "max_slot_wal_keep_size is -1 (unlimited): a stopped relay \
                  makes its slot retain WAL until the disk fills"
                 .to_owned(),
+            Self::NoTls { address } => format!(
+                "the connection to the database at {address} is not encrypted: the password, \
+                 the events and their payloads cross the network in clear text"
+            ),
             Self::ErrorColumnNarrow { table, width } => format!(
                 "column \"last_error\" of outbox table {table} holds at most {width} \
                  characters: longer delivery errors are cut to fit and end with \"{}\"",
@@ -501,6 +511,10 @@ impl CheckWarning {
             Self::UnlimitedSlotWal => "set a limit (e.g. ALTER SYSTEM SET \
                  max_slot_wal_keep_size = '50GB'; then SELECT pg_reload_conf()); a slot that \
                  exceeds it is invalidated, and the relay recreates it and sweeps"
+                .to_owned(),
+            Self::NoTls { .. } => "require TLS in DISPATCHBOX_DATABASE_URL: add \
+                 sslmode=verify-full and sslrootcert=/path/to/ca.crt (the server's CA), so the \
+                 relay also checks whom it talks to; sslmode=require only encrypts"
                 .to_owned(),
             Self::ErrorColumnNarrow { table, .. } => widen(table, "last_error"),
             Self::SlotMissing { .. } => "nothing to do: `dispatchbox run` creates it on start, \
@@ -626,6 +640,11 @@ pub struct ServerFacts {
     pub replication: bool,
     /// The connected database.
     pub database: String,
+    /// Whether this connection is encrypted (`pg_stat_ssl`).
+    pub tls: bool,
+    /// The server's address of this connection (`inet_server_addr()`); `None` over a Unix
+    /// socket.
+    pub server_address: Option<String>,
     /// The outbox table's columns and types (`format_type`), or `None` if it does not exist.
     pub columns: Option<Vec<(String, String)>>,
     /// The publication, or `None` if it does not exist.
@@ -642,7 +661,10 @@ pub async fn gather(client: &Client, names: &Names) -> Result<ServerFacts, Store
                     current_setting('server_version'),
                     current_setting('wal_level'),
                     current_setting('max_slot_wal_keep_size', true),
-                    r.rolname::text, r.rolsuper, r.rolreplication, current_database()::text
+                    r.rolname::text, r.rolsuper, r.rolreplication, current_database()::text,
+                    coalesce((SELECT ssl FROM pg_catalog.pg_stat_ssl
+                               WHERE pid = pg_backend_pid()), false),
+                    host(inet_server_addr())
                FROM pg_catalog.pg_roles r
               WHERE r.rolname = current_user",
             &[],
@@ -705,6 +727,8 @@ pub async fn gather(client: &Client, names: &Names) -> Result<ServerFacts, Store
         superuser: server.get(5),
         replication: server.get(6),
         database: server.get(7),
+        tls: server.get(8),
+        server_address: server.get(9),
         columns,
         publication,
     })
@@ -730,6 +754,13 @@ impl ServerFacts {
     /// Settings that work but deserve an operator's attention.
     pub fn warnings(&self, names: &Names) -> Vec<CheckWarning> {
         let mut warnings = Vec::new();
+        if let Some(address) = self.server_address.as_deref() {
+            if !self.tls && !is_loopback(address) {
+                warnings.push(CheckWarning::NoTls {
+                    address: address.to_owned(),
+                });
+            }
+        }
         if let Some(width) = self.text_widths().last_error {
             if width < widths::MAX_ERROR_BYTES {
                 warnings.push(CheckWarning::ErrorColumnNarrow {
@@ -769,7 +800,7 @@ impl ServerFacts {
         findings.extend(
             warnings
                 .iter()
-                .filter(|w| w.check() == "table")
+                .filter(|w| w.check() != "max_slot_wal_keep_size")
                 .map(Finding::from),
         );
         let slot_wal: Vec<&CheckWarning> = warnings
@@ -1072,6 +1103,17 @@ fn column_problems(table: &str, columns: &[(String, String)]) -> Vec<CheckError>
     problems
 }
 
+/// Whether `address` (as `host(inet_server_addr())` prints it) is this host's loopback.
+fn is_loopback(address: &str) -> bool {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback(),
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|ip| ip.is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
 /// The statement that makes a text column unbounded (from `varchar(n)` this changes only
 /// the catalog: no table rewrite).
 fn widen(table: &str, column: &str) -> String {
@@ -1127,6 +1169,8 @@ mod tests {
             superuser: false,
             replication: true,
             database: "app".into(),
+            tls: false,
+            server_address: Some("127.0.0.1".into()),
             columns: Some(columns),
             publication: Some(PublicationFacts {
                 insert: true,
@@ -1303,6 +1347,28 @@ mod tests {
         assert!(findings
             .iter()
             .any(|f| f.message.contains("decodes database \"other\"")));
+    }
+
+    #[test]
+    fn an_unencrypted_connection_to_another_host_is_a_warning() {
+        let mut facts = healthy();
+        for local in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            facts.server_address = Some(local.into());
+            assert!(facts.warnings(&names()).is_empty(), "{local}");
+        }
+        facts.server_address = None;
+        assert!(facts.warnings(&names()).is_empty(), "a Unix socket");
+        facts.server_address = Some("10.1.2.3".into());
+        let warnings = facts.warnings(&names());
+        assert_eq!(
+            warnings,
+            vec![CheckWarning::NoTls {
+                address: "10.1.2.3".into()
+            }]
+        );
+        assert!(warnings[0].fix().contains("sslmode=verify-full"));
+        facts.tls = true;
+        assert!(facts.warnings(&names()).is_empty(), "encrypted");
     }
 
     #[test]

@@ -188,6 +188,47 @@ impl Store {
         checks::preflight(&client, names).await
     }
 
+    /// Whether the stream can see the outbox's inserts: `None` when the table exists and
+    /// the publication contains it, else what is wrong (renamed or dropped table, dropped
+    /// publication, table no longer published). Read by the relay every few seconds.
+    pub async fn stream_coverage(&self, names: &Names) -> Result<Option<String>, StoreError> {
+        const CONTEXT: &str = "outbox table check";
+        let client = self.client(CONTEXT).await?;
+        let row = client
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL,
+                        EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $2),
+                        EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables t
+                                 WHERE t.pubname = $2 AND t.schemaname = $3
+                                   AND t.tablename = $4)",
+                &[
+                    &names.table().quoted(),
+                    &names.publication().as_str(),
+                    &names.table().schema(),
+                    &names.table().name(),
+                ],
+            )
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let (table, publication) = (names.table(), names.publication());
+        Ok(match (row.get(0), row.get(1), row.get(2)) {
+            (false, _, _) => Some(format!(
+                "outbox table {table} does not exist (renamed or dropped?); the stream \
+                 confirms nothing further until it is back"
+            )),
+            (true, false, _) => Some(format!(
+                "publication \"{publication}\" does not exist; run `dispatchbox migrate` to \
+                 create it again"
+            )),
+            (true, true, false) => Some(format!(
+                "publication \"{publication}\" no longer contains outbox table {table}; the \
+                 stream confirms nothing further until ALTER PUBLICATION \"{publication}\" \
+                 ADD TABLE {table}"
+            )),
+            (true, true, true) => None,
+        })
+    }
+
     /// Writes a non-transactional logical message (`dispatchbox.heartbeat`) so an idle
     /// database still produces WAL the slot can confirm. Returns the message's LSN.
     pub async fn emit_heartbeat(&self) -> Result<Lsn, StoreError> {

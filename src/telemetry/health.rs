@@ -13,6 +13,10 @@ use std::sync::{Arc, Mutex};
 
 use super::metrics;
 
+/// The [`Health::set_problem`] component of a stream that cannot see the outbox's inserts
+/// (set by the source and by the relay's periodic check; cleared by the latter).
+pub const OUTBOX_TABLE: &str = "outbox table";
+
 /// What the replication stream is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamState {
@@ -113,6 +117,16 @@ impl Health {
             Some(reason) => problems.insert(component, reason),
             None => problems.remove(component),
         };
+    }
+
+    /// Whether a problem of `component` is recorded.
+    pub fn has_problem(&self, component: &str) -> bool {
+        let problems = self
+            .inner
+            .problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        problems.contains_key(component)
     }
 
     /// The recorded problems, as `component: reason`.
