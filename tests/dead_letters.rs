@@ -379,7 +379,8 @@ async fn list_stats_show_and_export_dead_events() {
             "last_error_at",
             "created_at",
             "payload",
-            "headers"
+            "headers",
+            "unreadable"
         ]
     );
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();

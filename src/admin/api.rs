@@ -522,8 +522,9 @@ fn schemas() -> Value {
             "attempts": {"type": "integer"},
             "last_error": {"type": ["string", "null"]},
             "last_error_at": time,
-            "created_at": {"type": "string", "format": "date-time"},
+            "created_at": time,
             "payload": {"description": "The stored payload (only on a single event)."},
+            "unreadable": {"type": "string", "description": "Present when columns of the row cannot be read (NULL, a timestamp of infinity, an unexpected type): which, never their values. Those fields are empty."},
             "headers": {"description": "The headers column: an object or null (only on a single event)."}
         }
     });

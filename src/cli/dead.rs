@@ -24,7 +24,8 @@ use crate::store::Store;
 const EXIT_USAGE: u8 = 2;
 /// Longest `last_error` shown in a table cell, in characters.
 const TABLE_ERROR_CHARS: usize = 72;
-/// CSV columns of a listing; `export` adds `payload` and `headers`.
+/// CSV columns of a listing; `export` adds `payload` and `headers`, and both end with
+/// `unreadable` (empty unless columns of the row cannot be read).
 const CSV_SUMMARY_HEADER: [&str; 8] = [
     "id",
     "aggregate_type",
@@ -328,7 +329,7 @@ async fn export(
         ExportFormat::Csv => {
             let mut w = csv::Writer::from_writer(out);
             let mut header = CSV_SUMMARY_HEADER.to_vec();
-            header.extend(["payload", "headers"]);
+            header.extend(["payload", "headers", "unreadable"]);
             w.write_record(&header)?;
             let count = for_each_dead(store, filter, |event| {
                 Ok(w.write_record(csv_record(event, true))?)
@@ -395,13 +396,14 @@ fn csv_record(event: &DeadEvent, full: bool) -> Vec<String> {
         event.attempts.to_string(),
         event.last_error.clone().unwrap_or_default(),
         time_text(event.last_error_at),
-        time_text(Some(event.created_at)),
+        time_text(event.created_at),
     ];
     if full {
         for raw in [&event.payload, &event.headers] {
             record.push(raw.as_ref().map_or("null", |r| r.get()).to_owned());
         }
     }
+    record.push(event.unreadable.clone().unwrap_or_default());
     record
 }
 
@@ -417,7 +419,9 @@ fn print_list(page: &DeadPage, format: ListFormat) -> anyhow::Result<()> {
         ListFormat::Json => print_json(page)?,
         ListFormat::Csv => {
             let mut w = csv::Writer::from_writer(io::stdout().lock());
-            w.write_record(CSV_SUMMARY_HEADER)?;
+            let mut header = CSV_SUMMARY_HEADER.to_vec();
+            header.push("unreadable");
+            w.write_record(&header)?;
             for event in &page.events {
                 w.write_record(csv_record(event, false))?;
             }
@@ -437,8 +441,19 @@ fn print_list(page: &DeadPage, format: ListFormat) -> anyhow::Result<()> {
                             format!("{}/{}", e.aggregate_type, e.aggregate_id),
                             e.event_type.clone(),
                             e.attempts.to_string(),
-                            short_time(e.last_error_at.unwrap_or(e.created_at)),
-                            one_line(e.last_error.as_deref().unwrap_or("-"), TABLE_ERROR_CHARS),
+                            e.last_error_at
+                                .or(e.created_at)
+                                .map(short_time)
+                                .unwrap_or_default(),
+                            match &e.unreadable {
+                                Some(why) => {
+                                    one_line(&format!("unreadable: {why}"), TABLE_ERROR_CHARS)
+                                }
+                                None => one_line(
+                                    e.last_error.as_deref().unwrap_or("-"),
+                                    TABLE_ERROR_CHARS,
+                                ),
+                            },
                         ]
                     })
                     .collect();
@@ -502,7 +517,10 @@ fn print_event(event: &DeadEvent) -> anyhow::Result<()> {
     )?;
     writeln!(out, "event type:     {}", event.event_type)?;
     writeln!(out, "attempts:       {}", event.attempts)?;
-    writeln!(out, "created at:     {}", time_text(Some(event.created_at)))?;
+    writeln!(out, "created at:     {}", time_text(event.created_at))?;
+    if let Some(unreadable) = &event.unreadable {
+        writeln!(out, "unreadable:     {unreadable}")?;
+    }
     writeln!(out, "last error at:  {}", time_text(event.last_error_at))?;
     writeln!(
         out,

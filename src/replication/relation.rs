@@ -630,8 +630,19 @@ fn split_offset_seconds(s: &str) -> (&str, i64) {
 /// skipped). Shared by the stream mapping and the sweeper so both read a row the same way.
 /// Errs with the reason to dead-letter the row when the text is not a JSON object.
 pub(crate) fn header_entries(json: &[u8]) -> Result<Vec<(String, String)>, String> {
-    let entries: OrderedObject = serde_json::from_slice(json)
-        .map_err(|e| format!("column \"headers\" is not a JSON object: {e}"))?;
+    // serde_json's messages quote the offending value; a reason is stored and logged, and
+    // header values may be secrets, so it says only what kind of text it found.
+    let entries: OrderedObject = serde_json::from_slice(json).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => format!(
+            "column \"headers\" is not a JSON object but {}",
+            json_kind(json)
+        ),
+        _ => format!(
+            "column \"headers\" is not valid JSON (at line {} column {})",
+            e.line(),
+            e.column()
+        ),
+    })?;
     Ok(entries
         .0
         .into_iter()
@@ -640,6 +651,18 @@ pub(crate) fn header_entries(json: &[u8]) -> Result<Vec<(String, String)>, Strin
             _ => None,
         })
         .collect())
+}
+
+/// "an array", "a string" …: the kind of the JSON value `json` starts with.
+fn json_kind(json: &[u8]) -> &'static str {
+    match json.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        Some(b'{') => "an object with a value of an unexpected kind",
+        _ => "a number",
+    }
 }
 
 /// A JSON object's entries in document order (serde_json's `Map` sorts without the
@@ -979,14 +1002,25 @@ mod tests {
             panic!()
         };
         assert_eq!(e.headers, vec![("b".to_string(), "2".to_string())]);
-        for bad in [r#"["a"]"#, r#""s""#, "3", "null", "{"] {
+        for (bad, says) in [
+            (r#"["a"]"#, "is not a JSON object but an array"),
+            (r#""s3cr3t""#, "is not a JSON object but a string"),
+            ("3", "is not a JSON object but a number"),
+            ("null", "is not a JSON object but null"),
+            (
+                r#"{"token": "s3cr3t""#,
+                "is not valid JSON (at line 1 column",
+            ),
+            (
+                r#"{"token": s3cr3t}"#,
+                "is not valid JSON (at line 1 column",
+            ),
+        ] {
             let err = dead(map(t(bad)).unwrap());
             assert_eq!(err.id, Some(42));
-            assert!(
-                err.reason
-                    .starts_with("column \"headers\" is not a JSON object"),
-                "{err}"
-            );
+            assert!(err.reason.starts_with("column \"headers\" "), "{err}");
+            assert!(err.reason.contains(says), "{bad}: {err}");
+            assert!(!err.reason.contains("s3cr3t"), "a header value in {err}");
         }
         // jsonb binary: version byte 1, then the text.
         let InsertOutcome::Event(e) =

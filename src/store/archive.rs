@@ -78,8 +78,15 @@ pub enum ArchiveError {
 }
 
 /// The predicate selecting archivable rows; `$1` is the cutoff, `$2` whether dead rows count.
-const ARCHIVABLE: &str = "(status = 'done' AND COALESCE(delivered_at, created_at) < $1)
-        OR ($2 AND status = 'dead' AND COALESCE(last_error_at, created_at) < $1)";
+///
+/// A row with NULL in a column the archive table declares NOT NULL (possible only in an
+/// adopted table without those constraints; `dispatchbox check` reports it) is not
+/// archivable: moving it would fail the whole batch, and every batch after it.
+const ARCHIVABLE: &str = "((status = 'done' AND COALESCE(delivered_at, created_at) < $1)
+        OR ($2 AND status = 'dead' AND COALESCE(last_error_at, created_at) < $1))
+        AND aggregate_type IS NOT NULL AND aggregate_id IS NOT NULL
+        AND event_type IS NOT NULL AND payload IS NOT NULL AND attempts IS NOT NULL
+        AND next_run_at IS NOT NULL AND created_at IS NOT NULL";
 
 fn archive_table(names: &Names) -> String {
     format!(

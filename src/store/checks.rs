@@ -36,6 +36,29 @@ const EVENT_COLUMNS: &[&str] = &[
     "created_at",
 ];
 
+/// Columns every row must have a value in (migration 1 declares them NOT NULL; a table the
+/// relay adopts may not).
+const NOT_NULL_COLUMNS: &[&str] = &[
+    "id",
+    "aggregate_type",
+    "aggregate_id",
+    "event_type",
+    "payload",
+    "created_at",
+    "status",
+    "attempts",
+    "next_run_at",
+];
+
+/// `"a", "b" and "c"`.
+fn quoted_list(names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => quoted.join(""),
+    }
+}
+
 /// Columns the status writer and the sweeper write; migrations 1 and 2 create them.
 const STATUS_COLUMNS: &[&str] = &[
     "status",
@@ -423,6 +446,14 @@ fn connect_fix(source: &StoreError) -> &'static str {
 pub enum CheckWarning {
     /// Slots may retain WAL without limit.
     UnlimitedSlotWal,
+    /// Columns the relay needs a value in may hold NULL: such rows become `dead` one by
+    /// one instead of being delivered.
+    NullableColumns {
+        /// `schema.name`.
+        table: String,
+        /// The columns without NOT NULL.
+        columns: Vec<String>,
+    },
     /// The connection to a server that is not on this host is not encrypted.
     NoTls {
         /// The server's address as it sees the connection.
@@ -461,7 +492,7 @@ impl CheckWarning {
     pub fn check(&self) -> &'static str {
         match self {
             Self::UnlimitedSlotWal => "max_slot_wal_keep_size",
-            Self::ErrorColumnNarrow { .. } => "table",
+            Self::ErrorColumnNarrow { .. } | Self::NullableColumns { .. } => "table",
             Self::NoTls { .. } => "tls",
             Self::SlotMissing { .. } | Self::SlotExtended { .. } | Self::SlotUnreserved { .. } => {
                 "slot"
@@ -479,6 +510,11 @@ impl CheckWarning {
             Self::UnlimitedSlotWal => "max_slot_wal_keep_size is -1 (unlimited): a stopped relay \
                  makes its slot retain WAL until the disk fills"
                 .to_owned(),
+            Self::NullableColumns { table, columns } => format!(
+                "outbox table {table} allows NULL in {}: the relay needs a value there, and a \
+                 row without one becomes dead instead of being delivered",
+                quoted_list(columns)
+            ),
             Self::NoTls { address } => format!(
                 "the connection to the database at {address} is not encrypted: the password, \
                  the events and their payloads cross the network in clear text"
@@ -512,6 +548,14 @@ impl CheckWarning {
                  max_slot_wal_keep_size = '50GB'; then SELECT pg_reload_conf()); a slot that \
                  exceeds it is invalidated, and the relay recreates it and sweeps"
                 .to_owned(),
+            Self::NullableColumns { table, columns } => format!(
+                "after making sure no row holds NULL there, run ALTER TABLE {table} {}",
+                columns
+                    .iter()
+                    .map(|c| format!("ALTER COLUMN \"{c}\" SET NOT NULL"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Self::NoTls { .. } => "require TLS in DISPATCHBOX_DATABASE_URL: add \
                  sslmode=verify-full and sslrootcert=/path/to/ca.crt (the server's CA), so the \
                  relay also checks whom it talks to; sslmode=require only encrypts"
@@ -647,6 +691,8 @@ pub struct ServerFacts {
     pub server_address: Option<String>,
     /// The outbox table's columns and types (`format_type`), or `None` if it does not exist.
     pub columns: Option<Vec<(String, String)>>,
+    /// Its columns without a NOT NULL constraint.
+    pub nullable: Vec<String>,
     /// The publication, or `None` if it does not exist.
     pub publication: Option<PublicationFacts>,
 }
@@ -678,10 +724,12 @@ pub async fn gather(client: &Client, names: &Names) -> Result<ServerFacts, Store
         .await
         .map_err(db)?
         .get(0);
+    let mut nullable = Vec::new();
     let columns = if exists {
         let rows = client
             .query(
-                "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod)
+                "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod),
+                        a.attnotnull
                    FROM pg_catalog.pg_attribute a
                   WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
                   ORDER BY a.attnum",
@@ -689,6 +737,11 @@ pub async fn gather(client: &Client, names: &Names) -> Result<ServerFacts, Store
             )
             .await
             .map_err(db)?;
+        nullable = rows
+            .iter()
+            .filter(|r| !r.get::<_, bool>(2))
+            .map(|r| r.get(0))
+            .collect();
         Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     } else {
         None
@@ -730,6 +783,7 @@ pub async fn gather(client: &Client, names: &Names) -> Result<ServerFacts, Store
         tls: server.get(8),
         server_address: server.get(9),
         columns,
+        nullable,
         publication,
     })
 }
@@ -760,6 +814,17 @@ impl ServerFacts {
                     address: address.to_owned(),
                 });
             }
+        }
+        let nullable: Vec<String> = NOT_NULL_COLUMNS
+            .iter()
+            .filter(|c| self.nullable.iter().any(|n| n == *c))
+            .map(|c| (*c).to_owned())
+            .collect();
+        if !nullable.is_empty() {
+            warnings.push(CheckWarning::NullableColumns {
+                table: names.table().to_string(),
+                columns: nullable,
+            });
         }
         if let Some(width) = self.text_widths().last_error {
             if width < widths::MAX_ERROR_BYTES {
@@ -1172,6 +1237,7 @@ mod tests {
             tls: false,
             server_address: Some("127.0.0.1".into()),
             columns: Some(columns),
+            nullable: vec!["headers".into(), "last_error".into()],
             publication: Some(PublicationFacts {
                 insert: true,
                 update: false,
@@ -1347,6 +1413,24 @@ mod tests {
         assert!(findings
             .iter()
             .any(|f| f.message.contains("decodes database \"other\"")));
+    }
+
+    #[test]
+    fn nullable_contract_columns_are_a_warning_with_the_fix() {
+        let mut facts = healthy();
+        facts.nullable = vec!["headers".into(), "event_type".into(), "created_at".into()];
+        let warnings = facts.warnings(&names());
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(
+            warnings[0].problem(),
+            "outbox table public.outbox_event allows NULL in \"event_type\" and \"created_at\": \
+             the relay needs a value there, and a row without one becomes dead instead of being \
+             delivered"
+        );
+        assert!(warnings[0].fix().ends_with(
+            "ALTER TABLE public.outbox_event ALTER COLUMN \"event_type\" SET NOT NULL, \
+             ALTER COLUMN \"created_at\" SET NOT NULL"
+        ));
     }
 
     #[test]

@@ -129,8 +129,8 @@ pub struct DeadEvent {
     pub last_error: Option<String>,
     /// When the last attempt failed.
     pub last_error_at: Option<DateTime<Utc>>,
-    /// When the row was inserted.
-    pub created_at: DateTime<Utc>,
+    /// When the row was inserted (`None` only when it cannot be read, see `unreadable`).
+    pub created_at: Option<DateTime<Utc>>,
     /// The payload exactly as stored (`jsonb` text); absent in [`Detail::Summary`] listings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Box<RawValue>>,
@@ -138,6 +138,12 @@ pub struct DeadEvent {
     /// [`Detail::Summary`] listings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Box<RawValue>>,
+    /// Set when columns of the row cannot be read as the event contract needs (NULL, a
+    /// timestamp of `infinity`, an unexpected type): which and why, never the values. The
+    /// unreadable fields are empty (`""`, `0`, `null`). The row is still listed, so one bad
+    /// row never hides the others or fails the listing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
 }
 
 /// One page of a listing.
@@ -257,26 +263,84 @@ fn raw_json(context: &'static str, text: Option<String>) -> Result<Box<RawValue>
     })
 }
 
+/// Maps a listed row. Only the id must be readable (the primary key); a column that is
+/// not is left empty and named in [`DeadEvent::unreadable`].
 fn dead_event(context: &'static str, row: &Row, detail: Detail) -> Result<DeadEvent, StoreError> {
-    let db = |e| StoreError::db(context, e);
+    let id: i64 = row.try_get(0).map_err(|e| StoreError::db(context, e))?;
+    let mut unreadable: Vec<String> = Vec::new();
+    let mut read = |index: usize, name: &str| -> Option<String> {
+        match row.try_get::<_, Option<String>>(index) {
+            Ok(Some(value)) => Some(value),
+            Ok(None) => {
+                unreadable.push(format!("column \"{name}\" is NULL"));
+                None
+            }
+            Err(_) => {
+                unreadable.push(format!("column \"{name}\" cannot be read as text"));
+                None
+            }
+        }
+    };
+    let aggregate_type = read(1, "aggregate_type").unwrap_or_default();
+    let aggregate_id = read(2, "aggregate_id").unwrap_or_default();
+    let event_type = read(3, "event_type").unwrap_or_default();
+    let attempts = match row.try_get::<_, Option<i32>>(4) {
+        Ok(Some(attempts)) => attempts,
+        Ok(None) => {
+            unreadable.push("column \"attempts\" is NULL".to_owned());
+            0
+        }
+        Err(_) => {
+            unreadable.push("column \"attempts\" cannot be read as an integer".to_owned());
+            0
+        }
+    };
+    let last_error = row.try_get::<_, Option<String>>(5).unwrap_or_else(|_| {
+        unreadable.push("column \"last_error\" cannot be read as text".to_owned());
+        None
+    });
+    let mut time = |index: usize, name: &str, required: bool| -> Option<DateTime<Utc>> {
+        match row.try_get::<_, Option<DateTime<Utc>>>(index) {
+            Ok(None) if required => {
+                unreadable.push(format!("column \"{name}\" is NULL"));
+                None
+            }
+            Ok(time) => time,
+            Err(_) => {
+                unreadable.push(format!(
+                    "column \"{name}\" cannot be read as a time (e.g. infinity)"
+                ));
+                None
+            }
+        }
+    };
+    let last_error_at = time(6, "last_error_at", false);
+    let created_at = time(7, "created_at", true);
     let (payload, headers) = match detail {
         Detail::Summary => (None, None),
         Detail::Full => (
-            Some(raw_json(context, row.try_get(8).map_err(db)?)?),
-            Some(raw_json(context, row.try_get(9).map_err(db)?)?),
+            Some(raw_json(
+                context,
+                row.try_get(8).map_err(|e| StoreError::db(context, e))?,
+            )?),
+            Some(raw_json(
+                context,
+                row.try_get(9).map_err(|e| StoreError::db(context, e))?,
+            )?),
         ),
     };
     Ok(DeadEvent {
-        id: row.try_get(0).map_err(db)?,
-        aggregate_type: row.try_get(1).map_err(db)?,
-        aggregate_id: row.try_get(2).map_err(db)?,
-        event_type: row.try_get(3).map_err(db)?,
-        attempts: row.try_get(4).map_err(db)?,
-        last_error: row.try_get(5).map_err(db)?,
-        last_error_at: row.try_get(6).map_err(db)?,
-        created_at: row.try_get(7).map_err(db)?,
+        id,
+        aggregate_type,
+        aggregate_id,
+        event_type,
+        attempts,
+        last_error,
+        last_error_at,
+        created_at,
         payload,
         headers,
+        unreadable: (!unreadable.is_empty()).then(|| unreadable.join("; ")),
     })
 }
 

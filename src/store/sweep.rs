@@ -432,8 +432,11 @@ impl Store {
     }
 }
 
-/// Maps one `RETURNING` row of the claim. A failure to read a column is a store error
-/// (the statement and the table disagree); a bad `headers` value is the row's own problem.
+/// Maps one `RETURNING` row of the claim. Only the id and the claim's own columns must be
+/// readable (they always are: the statement computes them); any other column that cannot
+/// be read as the event contract needs — NULL, a timestamp of `infinity`, a type the
+/// mapping does not know, malformed `headers` — makes this one row a [`RowError`], to be
+/// marked `dead` with the reason, while the other rows of the claim go on.
 fn claimed_event(row: &Row) -> Result<ClaimedEvent, StoreError> {
     const CONTEXT: &str = "sweeper claim";
     let db = |e| StoreError::db(CONTEXT, e);
@@ -444,32 +447,56 @@ fn claimed_event(row: &Row) -> Result<ClaimedEvent, StoreError> {
         detail: format!("row {id} was claimed for the unknown reason {reason:?}"),
     })?;
     let attempts: i32 = row.try_get(2).map_err(db)?;
-    let headers: Option<&str> = row.try_get(7).map_err(db)?;
-    let headers = match headers {
-        None => Ok(Vec::new()),
-        Some(text) => header_entries(text.as_bytes()),
-    };
-    let event = match headers {
-        Ok(headers) => Ok(OutboxEvent {
-            id,
-            aggregate_type: row.try_get(3).map_err(db)?,
-            aggregate_id: row.try_get(4).map_err(db)?,
-            event_type: row.try_get(5).map_err(db)?,
-            // `payload::text` is the type's output function, the same text pgoutput sends.
-            payload: Bytes::from(row.try_get::<_, String>(6).map_err(db)?),
-            headers,
-            created_at: row.try_get(8).map_err(db)?,
-            next_run_at: Some(row.try_get(9).map_err(db)?),
-        }),
-        Err(reason) => Err(RowError {
-            id: Some(id),
-            reason,
-        }),
-    };
+    let event = claimed_columns(row, id).map_err(|reason| RowError {
+        id: Some(id),
+        reason,
+    });
     Ok(ClaimedEvent {
         id,
         event,
         attempts,
         reason,
     })
+}
+
+/// The event columns of a claimed row, or why they cannot make an event. The reason names
+/// the column and the problem, never the value.
+fn claimed_columns(row: &Row, id: i64) -> Result<OutboxEvent, String> {
+    fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+        row: &'a Row,
+        index: usize,
+        name: &str,
+    ) -> Result<T, String> {
+        row.try_get::<_, Option<T>>(index)
+            .map_err(|e| format!("column \"{name}\" cannot be read: {}", unreadable(&e)))?
+            .ok_or_else(|| format!("column \"{name}\" is NULL"))
+    }
+    let headers = match row
+        .try_get::<_, Option<&str>>(7)
+        .map_err(|e| format!("column \"headers\" cannot be read: {}", unreadable(&e)))?
+    {
+        None => Vec::new(),
+        Some(text) => header_entries(text.as_bytes())?,
+    };
+    Ok(OutboxEvent {
+        id,
+        aggregate_type: column(row, 3, "aggregate_type")?,
+        aggregate_id: column(row, 4, "aggregate_id")?,
+        event_type: column(row, 5, "event_type")?,
+        // `payload::text` is the type's output function, the same text pgoutput sends.
+        payload: Bytes::from(column::<String>(row, 6, "payload")?),
+        headers,
+        created_at: column(row, 8, "created_at")?,
+        next_run_at: Some(column(row, 9, "next_run_at")?),
+    })
+}
+
+/// Why a column could not be read, without its value: tokio-postgres reports a type it
+/// cannot convert, or a value out of range (`infinity` timestamps).
+fn unreadable(error: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(error) {
+        Some(cause) if cause.to_string().contains("cannot convert") => cause.to_string(),
+        Some(_) => "the value is out of range (e.g. a timestamp of infinity)".to_owned(),
+        None => error.to_string(),
+    }
 }
