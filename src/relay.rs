@@ -206,8 +206,10 @@ async fn pipeline(
     result.map_err(|e| RelayError::Source(Box::new(e)))
 }
 
-/// Checks the database before streaming. Unreachable databases are retried (they may be
-/// starting); misconfiguration fails at once with what to fix.
+/// Checks the database and the replication slot before streaming (the judgements of
+/// `dispatchbox check`). Unreachable databases are retried (they may be starting);
+/// misconfiguration, and a slot of that name that is not the relay's, fail at once with
+/// what to fix.
 async fn preflight(
     store: &Store,
     config: &Config,
@@ -219,7 +221,7 @@ async fn preflight(
     };
     let mut attempt = 0;
     loop {
-        match store.preflight(&config.names).await {
+        match store.preflight(&config.names, &config.slot).await {
             Ok(facts) => {
                 for warning in facts.warnings() {
                     tracing::warn!(warning = %warning, "database check");
