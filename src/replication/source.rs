@@ -28,12 +28,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{
-    ClientError, ClientOptions, ReplicationClient, ReplicationMessage, ReplicationWriter,
+    ClientError, ClientOptions, OversizedXLogData, ReplicationClient, ReplicationMessage,
+    ReplicationWriter,
 };
 use super::lsn::Lsn;
-use super::pgoutput::{pg_timestamp_to_datetime, Decoder, PgOutputMessage};
+use super::pgoutput::{decode_insert_prefix, pg_timestamp_to_datetime, Decoder, PgOutputMessage};
 use super::progress::{Progress, TxnSeq};
-use super::relation::{InsertOutcome, OutboxMapper, OutboxTable, RelationError};
+use super::relation::{InsertOutcome, OutboxMapper, OutboxTable, OversizedInsert, RelationError};
 use crate::conninfo::ConnInfo;
 use crate::dispatch::backoff::Backoff;
 use crate::dispatch::Work;
@@ -51,7 +52,8 @@ pub struct SourceConfig {
     pub table: TableName,
     /// Standby status updates are sent at least this often.
     pub status_interval: Duration,
-    /// Largest replication message accepted.
+    /// Largest replication message received whole (`DISPATCHBOX_MAX_MESSAGE_SIZE_MB` plus
+    /// 64 KiB of headroom). A larger outbox Insert becomes a dead row.
     pub max_message_size: usize,
     /// Cap of the reconnect backoff.
     pub reconnect_max: Duration,
@@ -96,6 +98,12 @@ fn refuses_slot(error: &ClientError) -> bool {
     matches!(error.sqlstate(), Some("42704" | "55000"))
 }
 
+/// `DISPATCHBOX_MAX_MESSAGE_SIZE_MB` back from the limit in bytes (which adds 64 KiB of
+/// headroom, less than a MiB).
+fn limit_mb(max_message_size: usize) -> usize {
+    max_message_size >> 20
+}
+
 /// Why the source stopped for good.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -133,6 +141,17 @@ pub enum SourceError {
     /// The slot of the configured name is not the relay's (or could not be judged).
     #[error(transparent)]
     SlotCheck(CheckError),
+    #[error(
+        "replication message of {len} bytes at {lsn} exceeds DISPATCHBOX_MAX_MESSAGE_SIZE_MB \
+         ({limit_mb} MiB) and {what}; stopping without acknowledging it: raise \
+         DISPATCHBOX_MAX_MESSAGE_SIZE_MB above the largest row of the outbox table"
+    )]
+    TooLarge {
+        lsn: Lsn,
+        len: usize,
+        limit_mb: usize,
+        what: String,
+    },
 }
 
 impl SourceError {
@@ -150,7 +169,8 @@ impl SourceError {
             SourceError::Schema(_)
             | SourceError::Protocol(_)
             | SourceError::DispatcherGone
-            | SourceError::SlotLoop { .. } => false,
+            | SourceError::SlotLoop { .. }
+            | SourceError::TooLarge { .. } => false,
         }
     }
 }
@@ -340,6 +360,12 @@ impl<'a> Session<'a> {
                 Ok(Some(ReplicationMessage::XLogData(xlog))) => {
                     self.streamed = true;
                     if let Err(error) = self.handle(xlog.data, shutdown).await {
+                        break Err(error);
+                    }
+                }
+                Ok(Some(ReplicationMessage::OversizedXLogData(xlog))) => {
+                    self.streamed = true;
+                    if let Err(error) = self.handle_oversized(xlog, shutdown).await {
                         break Err(error);
                     }
                 }
@@ -577,6 +603,68 @@ impl Session<'_> {
             _ = shutdown.cancelled() => {}
         }
         Ok(())
+    }
+
+    /// Handles a pgoutput message larger than `DISPATCHBOX_MAX_MESSAGE_SIZE_MB`, of which
+    /// only the first bytes were kept (the rest was discarded unread). An outbox Insert
+    /// whose `id` is among its leading columns becomes that row's `dead` outcome, settled
+    /// and acknowledged like any other event's, and the stream goes on; messages that never
+    /// carry an event are skipped; anything else (an outbox row without a readable id
+    /// included) stops the source without acknowledging it: a row is never guessed.
+    async fn handle_oversized(
+        &mut self,
+        xlog: OversizedXLogData,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SourceError> {
+        let limit_mb = limit_mb(self.config.max_message_size);
+        let too_large = |what: String| SourceError::TooLarge {
+            lsn: xlog.wal_start,
+            len: xlog.len,
+            limit_mb,
+            what,
+        };
+        match xlog.prefix.first().copied() {
+            Some(b'I') => {}
+            // Logical messages of other applications, and updates or deletes (should a
+            // DBA widen the publication), are never events.
+            Some(tag @ (b'M' | b'U' | b'D')) => {
+                tracing::warn!(lsn = %xlog.wal_start, size = xlog.len, limit_mb, message = %char::from(tag), "skipping a replication message above DISPATCHBOX_MAX_MESSAGE_SIZE_MB that carries no outbox event");
+                return Ok(());
+            }
+            tag => {
+                return Err(too_large(format!(
+                    "is not an Insert (message {:?})",
+                    tag.map(char::from)
+                )))
+            }
+        }
+        let seq = match self.current {
+            Some(Some(seq)) => seq,
+            Some(None) => return Ok(()),
+            None => return Err(SourceError::Protocol("Insert outside a transaction".into())),
+        };
+        let insert = decode_insert_prefix(xlog.prefix.clone(), self.decoder.context())
+            .map_err(|e| SourceError::Protocol(e.to_string()))?;
+        let id = match self.outbox.map_oversized_insert(&insert)? {
+            OversizedInsert::Ignored => return Ok(()),
+            OversizedInsert::Outbox { id } => id,
+            OversizedInsert::UnknownId { reason } => {
+                return Err(too_large(format!(
+                    "its outbox row cannot be marked dead: {reason}"
+                )))
+            }
+        };
+        let reason = format!(
+            "the row's replication message is {} bytes, above DISPATCHBOX_MAX_MESSAGE_SIZE_MB \
+             ({limit_mb} MiB); it was not delivered. Make the payload smaller, or raise the \
+             limit, then retry it (dispatchbox dead retry {id}: the sweeper reads it from the \
+             table)",
+            xlog.len
+        );
+        tracing::error!(event_id = id, lsn = %xlog.wal_start, size = xlog.len, limit_mb, "outbox row too large for the replication stream; marking it dead");
+        let ack = self.progress.event(seq);
+        self.dispatch(Work::Unusable { id, reason, ack }, shutdown)
+            .await
     }
 }
 
