@@ -45,7 +45,8 @@ const DEAD_COUNT_EVERY: u32 = 3;
 /// Why the relay stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    #[error("startup check failed: {0}")]
+    // The check error is the source: `{:#}` (main) appends it once.
+    #[error("startup check failed")]
     Check(#[from] checks::CheckError),
     #[error("cannot connect to the database: {0}")]
     Connect(#[from] crate::conninfo::SqlConnectError),

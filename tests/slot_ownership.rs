@@ -43,8 +43,17 @@ async fn slot_row(
         .map(|r| (r.get(0), r.get(1), r.get(2)))
 }
 
-/// Asserts the error names the slot, what it is (`what`), and both ways out.
+/// Asserts the error names the slot, what it is (`what`), and both ways out, once.
 fn assert_names_the_slot(stderr: &str, slot: &str, what: &str) {
+    let report = stderr
+        .lines()
+        .find(|l| l.starts_with("dispatchbox: "))
+        .unwrap_or_else(|| panic!("no error report on stderr:\n{stderr}"));
+    assert_eq!(
+        report.matches("is not this relay's").count(),
+        1,
+        "the error is repeated:\n{report}"
+    );
     for needle in [
         &format!("replication slot \"{slot}\" is not this relay's"),
         what,
