@@ -45,7 +45,8 @@ const DEAD_COUNT_EVERY: u32 = 3;
 /// Why the relay stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    #[error("startup check failed: {0}")]
+    // The check error is the source: `{:#}` (main) appends it once.
+    #[error("startup check failed")]
     Check(#[from] checks::CheckError),
     #[error("cannot connect to the database: {0}")]
     Connect(#[from] crate::conninfo::SqlConnectError),
@@ -217,9 +218,10 @@ async fn pipeline(
     result.map_err(|e| RelayError::Source(Box::new(e)))
 }
 
-/// Checks the database before streaming. Unreachable databases are retried (they may be
-/// starting); misconfiguration fails at once with what to fix.
-/// Returns what the checks read, or `None` when shutdown came first.
+/// Checks the database and the replication slot before streaming (the judgements of
+/// `dispatchbox check`). Unreachable databases are retried (they may be starting);
+/// misconfiguration, and a slot of that name that is not the relay's, fail at once with
+/// what to fix. Returns what the checks read, or `None` when shutdown came first.
 async fn preflight(
     store: &Store,
     config: &Config,
@@ -231,7 +233,7 @@ async fn preflight(
     };
     let mut attempt = 0;
     loop {
-        match store.preflight(&config.names).await {
+        match store.preflight(&config.names, &config.slot).await {
             Ok(facts) => {
                 for warning in facts.warnings(&config.names) {
                     tracing::warn!(warning = %warning, "database check");

@@ -333,6 +333,85 @@ async fn unusable_row_is_dead_and_the_relay_continues() {
     assert_eq!(delivered[0]["headers"]["traceparent"], "00-abc");
 }
 
+/// A row whose replication message exceeds `DISPATCHBOX_MAX_MESSAGE_SIZE_MB` (a 2 MiB
+/// payload against a 1 MiB limit) is one dead row naming the limit, not a crash loop: the
+/// relay keeps streaming and delivers the events after it (in its transaction and later
+/// ones), and after a restart it neither meets that row again nor delivers it.
+#[tokio::test]
+async fn oversized_row_is_dead_and_the_stream_goes_on() {
+    let cluster = TestCluster::start();
+    let (_db, client, mut env) = setup(&cluster, "oversized").await;
+    env.push(("DISPATCHBOX_MAX_MESSAGE_SIZE_MB".into(), "1".into()));
+    let mut relay = start_streaming(&client, &env).await;
+
+    let big: i64 = client
+        .query_one(
+            &format!(
+                "INSERT INTO {TABLE} (aggregate_type, aggregate_id, event_type, payload)
+                 VALUES ('order', 'big', 'order.placed',
+                         jsonb_build_object('pad', repeat('x', 2 * 1024 * 1024)))
+                 RETURNING id"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO {TABLE} (aggregate_type, aggregate_id, event_type, payload)
+               VALUES ('order', 'big-too', 'order.placed',
+                       jsonb_build_object('pad', repeat('y', 2 * 1024 * 1024)));
+             INSERT INTO {TABLE} (aggregate_type, aggregate_id, event_type, payload)
+               VALUES ('order', 'same-tx', 'order.placed', '{{}}');
+             COMMIT;"
+        ))
+        .await
+        .unwrap();
+    insert_events(&client, 5, "order").await;
+
+    eventually(Duration::from_secs(60), "2 dead and 6 done", || async {
+        let counts = status_counts(&client).await;
+        (counts.get("dead") == Some(&2) && counts.get("done") == Some(&6)).then_some(())
+    })
+    .await;
+    assert!(relay.is_running(), "the relay stopped:\n{}", relay.stderr());
+    let dead = client
+        .query(
+            &format!("SELECT id, last_error FROM {TABLE} WHERE status = 'dead' ORDER BY id"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(dead[0].get::<_, i64>(0), big);
+    for row in &dead {
+        let error: String = row.get(1);
+        assert!(
+            error.contains("DISPATCHBOX_MAX_MESSAGE_SIZE_MB (1 MiB)"),
+            "{error}"
+        );
+    }
+    let delivered = relay.delivered_ids();
+    assert_eq!(delivered.len(), 6, "{delivered:?}");
+    assert!(!delivered.contains(&big));
+
+    // The dead rows were settled like any event, so the confirmed position passed them: a
+    // restarted relay streams on without meeting them again.
+    relay.terminate();
+    assert!(relay.wait_exit(Duration::from_secs(30)).unwrap().success());
+    let relay = RelayProcess::start(&env);
+    insert_events(&client, 1, "order").await;
+    wait_all_done(&client, 7, Duration::from_secs(30)).await;
+    assert_eq!(relay.delivered_ids().len(), 1);
+    assert_eq!(status_counts(&client).await.get("dead"), Some(&2));
+    assert!(
+        !relay.stderr().contains("too large"),
+        "the restarted relay met an oversized row again:\n{}",
+        relay.stderr()
+    );
+}
+
 /// PostgreSQL restarts under the relay: it reconnects with backoff and resumes from the
 /// settled position; events written before and after the restart are all delivered.
 #[tokio::test]

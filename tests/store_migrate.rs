@@ -10,6 +10,11 @@ use std::time::Duration;
 use support::postgres::{eventually, ClusterOptions, TestCluster};
 use support::store::pool;
 
+/// A slot name no test here creates: preflight judges it missing (no problem).
+fn no_slot() -> Identifier {
+    "dispatchbox".parse().unwrap()
+}
+
 fn names(table: &str, publication: &str) -> Names {
     Names::new(table.parse().unwrap(), publication.parse().unwrap()).unwrap()
 }
@@ -159,7 +164,7 @@ async fn migrate_creates_the_table_and_an_insert_only_publication_once() {
     assert_eq!(recorded, 5);
 
     // A freshly migrated database passes every preflight check.
-    let facts = store.preflight(&names).await.unwrap();
+    let facts = store.preflight(&names, &no_slot()).await.unwrap();
     assert_eq!(facts.wal_level, "logical");
 }
 
@@ -222,7 +227,7 @@ async fn migrate_supports_a_schema_qualified_table_next_to_another() {
         .await
         .unwrap();
     assert!(store(&cluster, &db, &custom)
-        .preflight(&custom)
+        .preflight(&custom, &no_slot())
         .await
         .is_ok());
 }
@@ -352,7 +357,7 @@ async fn checks_name_each_misconfiguration() {
     // No table at all.
     let db = cluster.create_database("checks").await;
     let err = store(&cluster, &db, &names)
-        .preflight(&names)
+        .preflight(&names, &no_slot())
         .await
         .unwrap_err();
     assert!(matches!(err, CheckError::MissingTable { .. }), "{err}");
@@ -373,7 +378,7 @@ async fn checks_name_each_misconfiguration() {
         pool(&cluster.url("relay", "relay-pw", &db), 4),
         names.table().clone(),
     );
-    let err = relay.preflight(&names).await.unwrap_err();
+    let err = relay.preflight(&names, &no_slot()).await.unwrap_err();
     assert!(
         matches!(err, CheckError::NoReplicationPrivilege { ref role } if role == "relay"),
         "{err}"
@@ -386,14 +391,14 @@ async fn checks_name_each_misconfiguration() {
         .batch_execute("ALTER ROLE relay REPLICATION")
         .await
         .unwrap();
-    relay.preflight(&names).await.unwrap();
+    relay.preflight(&names, &no_slot()).await.unwrap();
 
     // A publication that also publishes updates.
     admin
         .batch_execute("ALTER PUBLICATION dispatchbox SET (publish = 'insert,update')")
         .await
         .unwrap();
-    let err = store_ok.preflight(&names).await.unwrap_err();
+    let err = store_ok.preflight(&names, &no_slot()).await.unwrap_err();
     assert!(
         matches!(err, CheckError::PublicationNotInsertOnly { ref publishes, .. } if publishes == "insert, update"),
         "{err}"
@@ -413,13 +418,13 @@ async fn checks_name_each_misconfiguration() {
         )
         .await
         .unwrap();
-    let err = store_ok.preflight(&names).await.unwrap_err();
+    let err = store_ok.preflight(&names, &no_slot()).await.unwrap_err();
     assert!(matches!(err, CheckError::TableNotPublished { .. }), "{err}");
     admin
         .batch_execute("DROP PUBLICATION dispatchbox")
         .await
         .unwrap();
-    let err = store_ok.preflight(&names).await.unwrap_err();
+    let err = store_ok.preflight(&names, &no_slot()).await.unwrap_err();
     assert!(
         matches!(err, CheckError::MissingPublication { .. }),
         "{err}"
@@ -444,7 +449,7 @@ async fn checks_name_each_misconfiguration() {
         .await
         .unwrap();
     let err = store(&cluster, &db, &names)
-        .preflight(&names)
+        .preflight(&names, &no_slot())
         .await
         .unwrap_err();
     assert!(
@@ -470,7 +475,7 @@ async fn checks_reject_wal_level_replica() {
     let names = names("outbox_event", "dispatchbox");
     let store = store(&cluster, &db, &names);
     store.migrate(&names).await.unwrap();
-    let err = store.preflight(&names).await.unwrap_err();
+    let err = store.preflight(&names, &no_slot()).await.unwrap_err();
     assert!(
         matches!(err, CheckError::WalLevel { ref current } if current == "replica"),
         "{err}"

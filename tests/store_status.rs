@@ -642,7 +642,10 @@ async fn errors_are_cut_to_fit_a_narrow_column() {
         .unwrap();
     // The widths as the relay learns them at start-up: from the preflight checks.
     let names = support::store::default_names();
-    let facts = store.preflight(&names).await.unwrap();
+    let facts = store
+        .preflight(&names, &"dispatchbox".parse().unwrap())
+        .await
+        .unwrap();
     assert!(
         facts
             .warnings(&names)

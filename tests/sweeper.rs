@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use support::kafka::TestBroker;
 use support::postgres::{eventually, TestCluster};
-use support::relay::{base_env, migrate, set_env, start_streaming, RelayProcess};
+use support::relay::{base_env, metric, migrate, set_env, start_streaming, RelayProcess};
 use support::store::count_status;
 use support::webhook::{Receiver, Rule};
 
@@ -110,6 +110,19 @@ async fn slot_dropped_while_stopped_loses_nothing() {
         "the relay should say the slot was missing:\n{}",
         relay.stderr()
     );
+    let url = relay.admin_url();
+    let recreated = |reason: &'static str| {
+        let url = url.clone();
+        async move {
+            metric(
+                &url,
+                &format!("dispatchbox_slot_recreations_total{{reason=\"{reason}\"}}"),
+            )
+            .await
+        }
+    };
+    assert_eq!(recreated("missing").await, Some(1.0));
+    assert_eq!(recreated("lost").await, Some(0.0));
     // New writes flow through the recreated slot.
     insert_events(&client, 10).await;
     wait_done(&client, 510, Duration::from_secs(30)).await;
@@ -352,8 +365,9 @@ async fn broker_outage_under_load_loses_nothing() {
 }
 
 /// A slot invalidated because it retained more WAL than `max_slot_wal_keep_size` while the
-/// relay was down: the relay drops and recreates it, and the sweeper delivers the rows
-/// inserted meanwhile.
+/// relay was down: the relay drops and recreates it (it is its own: logical, pgoutput, this
+/// database), counts it in `dispatchbox_slot_recreations_total{reason="lost"}`, and the
+/// sweeper delivers the rows inserted meanwhile.
 #[tokio::test]
 async fn invalidated_slot_is_recreated_and_rows_are_swept() {
     let cluster = TestCluster::start_with(support::postgres::ClusterOptions {
@@ -409,6 +423,19 @@ async fn invalidated_slot_is_recreated_and_rows_are_swept() {
     let seen = counts(&relay.delivered_ids());
     assert_eq!(seen.len(), 200);
     assert!(relay.stderr().contains("invalidated"), "{}", relay.stderr());
+    let url = relay.admin_url();
+    assert_eq!(
+        metric(&url, "dispatchbox_slot_recreations_total{reason=\"lost\"}").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &url,
+            "dispatchbox_slot_recreations_total{reason=\"missing\"}"
+        )
+        .await,
+        Some(0.0)
+    );
     // The recreated slot streams new events.
     insert_events(&client, 5).await;
     wait_done(&client, 205, Duration::from_secs(30)).await;

@@ -294,6 +294,21 @@ pub struct Insert {
     pub new: TupleData,
 }
 
+/// The start of an Insert 'I' whose whole message was not received (it exceeded the
+/// maximum message size): its header and the columns that fit in the bytes kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InsertPrefix {
+    /// Sub-transaction id; present only inside a stream block.
+    pub xid: Option<u32>,
+    /// The Relation this row belongs to.
+    pub relation_oid: u32,
+    /// How many columns the tuple declares.
+    pub column_count: usize,
+    /// The leading columns that are complete within the prefix, in Relation column order
+    /// (at most `column_count`).
+    pub columns: Vec<Column>,
+}
+
 /// Update 'U'.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Update {
@@ -709,6 +724,73 @@ pub fn decode(data: Bytes, ctx: &DecodeContext) -> Result<PgOutputMessage, Decod
     };
     r.finish()?;
     Ok(msg)
+}
+
+/// Decodes the first bytes of an Insert message whose end was cut off: the header and
+/// every column that is complete in `prefix`. A column cut short ends the decoding without
+/// an error (the rest of the message is not there); a byte that cannot belong to an Insert
+/// is an error, as in [`decode`].
+pub fn decode_insert_prefix(
+    prefix: Bytes,
+    ctx: &DecodeContext,
+) -> Result<InsertPrefix, DecodeError> {
+    let mut r = Reader {
+        buf: prefix,
+        pos: 0,
+        message: "Insert",
+    };
+    r.expect_byte("tag", b'I', "'I'")?;
+    let xid = r.stream_xid(ctx)?;
+    let relation_oid = r.u32("relation oid")?;
+    r.expect_byte("tuple marker", b'N', "'N'")?;
+    let count = i16::from_be_bytes(r.take("tuple column count")?);
+    let column_count = usize::try_from(count).map_err(|_| DecodeError::NegativeLength {
+        message: r.message,
+        field: "tuple column count",
+        value: i64::from(count),
+    })?;
+    let mut columns = Vec::new();
+    for column in 0..column_count {
+        let Ok(kind) = r.u8("tuple column kind") else {
+            break;
+        };
+        columns.push(match kind {
+            b'n' => Column::Null,
+            b'u' => Column::UnchangedToast,
+            b't' | b'b' => {
+                let Ok(len) = r.i32("column value length") else {
+                    break;
+                };
+                let len = usize::try_from(len).map_err(|_| DecodeError::NegativeLength {
+                    message: r.message,
+                    field: "column value length",
+                    value: i64::from(len),
+                })?;
+                if len > r.remaining() {
+                    break;
+                }
+                let value = r.bytes(len, "column value")?;
+                if kind == b't' {
+                    Column::Text(value)
+                } else {
+                    Column::Binary(value)
+                }
+            }
+            kind => {
+                return Err(DecodeError::InvalidColumnKind {
+                    message: r.message,
+                    column,
+                    kind,
+                })
+            }
+        });
+    }
+    Ok(InsertPrefix {
+        xid,
+        relation_oid,
+        column_count,
+        columns,
+    })
 }
 
 /// Tracks whether a stream block is open so callers can feed messages one by one.
@@ -1350,6 +1432,40 @@ mod tests {
                 ]),
             })
         );
+    }
+
+    /// Every prefix of an Insert decodes to its header and the columns complete in it
+    /// (once the header is there); the whole message gives every column.
+    #[test]
+    fn insert_prefix_keeps_the_complete_leading_columns() {
+        let mut b = hex("49 00004004 4e 0003");
+        b.extend(hex("74 00000005"));
+        b.extend(b"62819");
+        b.push(b'n');
+        b.extend(hex("74 00000010"));
+        b.extend(br#"{"amount": 12.5}"#);
+        let header = 1 + 4 + 1 + 2;
+        for len in 0..b.len() {
+            let prefix = decode_insert_prefix(Bytes::copy_from_slice(&b[..len]), &ctx(1));
+            if len < header {
+                assert!(prefix.is_err(), "{len}");
+                continue;
+            }
+            let prefix = prefix.unwrap();
+            assert_eq!((prefix.relation_oid, prefix.column_count), (16388, 3));
+            let complete = match len {
+                l if l < header + 1 + 4 + 5 => 0,
+                l if l < header + 1 + 4 + 5 + 1 => 1,
+                l if l < b.len() => 2,
+                _ => 3,
+            };
+            assert_eq!(prefix.columns.len(), complete, "{len}");
+        }
+        let whole = decode_insert_prefix(Bytes::from(b), &ctx(1)).unwrap();
+        assert_eq!(whole.columns[0], text("62819"));
+        assert_eq!(whole.columns[1], Column::Null);
+        assert!(decode_insert_prefix(Bytes::from(hex("55 00004004 4e 0001")), &ctx(1)).is_err());
+        assert!(decode_insert_prefix(Bytes::from(hex("49 00004004 4e 0001 78")), &ctx(1)).is_err());
     }
 
     #[test]

@@ -20,7 +20,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::event::OutboxEvent;
-use crate::replication::pgoutput::{pg_timestamp_to_datetime, Column, Insert, Relation, TupleData};
+use crate::replication::pgoutput::{
+    pg_timestamp_to_datetime, Column, Insert, InsertPrefix, Relation, TupleData,
+};
 
 /// Built-in type OIDs the outbox columns may have (fixed in `pg_type.dat`).
 pub mod type_oid {
@@ -324,6 +326,18 @@ pub enum InsertOutcome {
     Ignored,
 }
 
+/// What an Insert too large to receive whole is, judged from its first bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OversizedInsert {
+    /// A row of another published table; not ours.
+    Ignored,
+    /// An outbox row whose `id` was read.
+    Outbox { id: i64 },
+    /// An outbox row whose `id` is not among the columns received, or cannot be read: it
+    /// cannot be marked, so it must not be acknowledged either.
+    UnknownId { reason: String },
+}
+
 /// The relations of this replication connection plus the outbox mapping, as the stream
 /// loop uses them: feed every Relation to [`OutboxMapper::on_relation`] and every Insert
 /// to [`OutboxMapper::map_insert`]. The server sends Relations per walsender session, so
@@ -391,6 +405,55 @@ impl OutboxMapper {
         Ok(match schema.map_row(&insert.new) {
             Ok(event) => InsertOutcome::Event(event),
             Err(err) => InsertOutcome::Dead(err),
+        })
+    }
+}
+
+impl OutboxMapper {
+    /// Reads what an oversized Insert is from its leading columns: another table's row,
+    /// or an outbox row and its `id` (the rest of the row is not needed to mark it dead).
+    /// `Err` means the stream is out of sync, as for [`OutboxMapper::map_insert`].
+    pub fn map_oversized_insert(
+        &self,
+        insert: &InsertPrefix,
+    ) -> Result<OversizedInsert, RelationError> {
+        let schema = match self.relations.get(&insert.relation_oid) {
+            None => {
+                return Err(RelationError::UnknownRelation {
+                    oid: insert.relation_oid,
+                })
+            }
+            Some(None) => return Ok(OversizedInsert::Ignored),
+            Some(Some(Err(err))) => return Err(err.clone().into()),
+            Some(Some(Ok(schema))) => schema,
+        };
+        if insert.column_count != schema.column_count {
+            return Err(RelationError::ColumnCountMismatch {
+                table: schema.table.clone(),
+                expected: schema.column_count,
+                found: insert.column_count,
+            });
+        }
+        if schema.id.index >= insert.columns.len() {
+            return Ok(OversizedInsert::UnknownId {
+                reason: format!(
+                    "column \"id\" (column {} of {}) lies beyond the first {} column(s) \
+                     received",
+                    schema.id.index + 1,
+                    schema.column_count,
+                    insert.columns.len()
+                ),
+            });
+        }
+        let row = Row {
+            columns: &insert.columns,
+            id: None,
+        };
+        Ok(match row.id(schema.id) {
+            Ok(id) => OversizedInsert::Outbox { id },
+            Err(error) => OversizedInsert::UnknownId {
+                reason: error.reason,
+            },
         })
     }
 }
@@ -781,6 +844,49 @@ mod tests {
             InsertOutcome::Dead(e) => e,
             other => panic!("expected a dead row, got {other:?}"),
         }
+    }
+
+    fn prefix(relation_oid: u32, columns: Vec<Column>) -> InsertPrefix {
+        InsertPrefix {
+            xid: None,
+            relation_oid,
+            column_count: design_relation().columns.len(),
+            columns,
+        }
+    }
+
+    #[test]
+    fn oversized_insert_is_judged_from_its_leading_columns() {
+        let m = mapper();
+        assert_eq!(
+            m.map_oversized_insert(&prefix(16388, vec![t("42"), t("order")]))
+                .unwrap(),
+            OversizedInsert::Outbox { id: 42 }
+        );
+        // The id is not among the columns received: never guess.
+        assert!(matches!(
+            m.map_oversized_insert(&prefix(16388, Vec::new())).unwrap(),
+            OversizedInsert::UnknownId { reason } if reason.contains("beyond")
+        ));
+        assert!(matches!(
+            m.map_oversized_insert(&prefix(16388, vec![Column::Null])).unwrap(),
+            OversizedInsert::UnknownId { reason } if reason.contains("NULL")
+        ));
+        // Another table of the publication is not ours; an unknown relation is a stream
+        // out of sync, as is a column count the Relation did not declare.
+        let mut m = m;
+        let mut other = relation(vec![col("id", type_oid::INT8)]);
+        other.oid = 7;
+        other.name = "orders".into();
+        m.on_relation(other).unwrap();
+        assert_eq!(
+            m.map_oversized_insert(&prefix(7, Vec::new())).unwrap(),
+            OversizedInsert::Ignored
+        );
+        assert!(m.map_oversized_insert(&prefix(8, Vec::new())).is_err());
+        let mut short = prefix(16388, vec![t("42")]);
+        short.column_count = 3;
+        assert!(m.map_oversized_insert(&short).is_err());
     }
 
     #[test]

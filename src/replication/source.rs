@@ -3,8 +3,15 @@
 //!
 //! One connection at a time: connect → (create the slot when missing) → START_REPLICATION
 //! at the settled position → pump messages until the stream breaks → reconnect with
-//! jittered exponential backoff. Definite errors (bad schema, invalid slot, protocol
-//! surprises) stop the source instead: it never acknowledges what it does not understand.
+//! jittered exponential backoff. Definite errors (bad schema, a slot that is not the
+//! relay's, protocol surprises) stop the source instead: it never acknowledges what it
+//! does not understand.
+//!
+//! Slot errors are classified by SQLSTATE and by the slot's own state in
+//! `pg_replication_slots` (never by message text): before it creates, drops or recreates
+//! anything the source judges the slot with [`crate::store::checks::judge_slot`], the rule
+//! `check` and `run`'s start-up use too. Only the relay's own slot (logical, pgoutput, this
+//! database) is ever dropped, and only when it is invalidated.
 //!
 //! The connection is split: the reader half runs here and may block on the bounded channel
 //! to the dispatcher (backpressure); the writer half lives in a feedback task that sends
@@ -21,17 +28,20 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{
-    ClientError, ClientOptions, ReplicationClient, ReplicationMessage, ReplicationWriter,
+    ClientError, ClientOptions, OversizedXLogData, ReplicationClient, ReplicationMessage,
+    ReplicationWriter,
 };
 use super::lsn::Lsn;
-use super::pgoutput::{pg_timestamp_to_datetime, Decoder, PgOutputMessage};
+use super::pgoutput::{decode_insert_prefix, pg_timestamp_to_datetime, Decoder, PgOutputMessage};
 use super::progress::{Progress, TxnSeq};
-use super::relation::{InsertOutcome, OutboxMapper, OutboxTable, RelationError};
+use super::relation::{InsertOutcome, OutboxMapper, OutboxTable, OversizedInsert, RelationError};
 use crate::conninfo::ConnInfo;
 use crate::dispatch::backoff::Backoff;
 use crate::dispatch::Work;
+use crate::store::checks::{CheckError, SlotUse};
 use crate::store::{Identifier, Store, TableName};
 use crate::telemetry::health::{Health, StreamState};
+use crate::telemetry::metrics;
 
 /// Settings of the replication source.
 #[derive(Debug, Clone)]
@@ -42,7 +52,8 @@ pub struct SourceConfig {
     pub table: TableName,
     /// Standby status updates are sent at least this often.
     pub status_interval: Duration,
-    /// Largest replication message accepted.
+    /// Largest replication message received whole (`DISPATCHBOX_MAX_MESSAGE_SIZE_MB` plus
+    /// 64 KiB of headroom). A larger outbox Insert becomes a dead row.
     pub max_message_size: usize,
     /// Cap of the reconnect backoff.
     pub reconnect_max: Duration,
@@ -51,7 +62,7 @@ pub struct SourceConfig {
     pub shutdown_timeout: Duration,
     /// Slot recreations allowed per hour.
     pub slot_recreate_limit: u32,
-    /// For slot maintenance (drop an invalidated slot).
+    /// For slot maintenance (judge the slot, drop an invalidated one).
     pub store: Store,
     /// Wakes the sweeper after the slot was (re)created: rows committed without a slot
     /// are its to deliver.
@@ -60,25 +71,37 @@ pub struct SourceConfig {
     pub health: Health,
 }
 
-/// Why START_REPLICATION found no usable slot.
+/// Why START_REPLICATION found no usable slot of the relay's.
 #[derive(Debug, Clone, Copy)]
 enum SlotLoss {
-    /// 42704: dropped (or never created).
+    /// No slot has the name (dropped, or never created).
     Missing,
-    /// 55000: invalidated; it never recovers.
+    /// The relay's slot, invalidated; it never recovers.
     Invalidated,
 }
 
-fn slot_loss(error: &ClientError) -> Option<SlotLoss> {
-    let message = error
-        .server_error()
-        .map(|e| e.message.as_str())
-        .unwrap_or("");
-    match error.sqlstate() {
-        Some("42704") if message.contains("replication slot") => Some(SlotLoss::Missing),
-        Some("55000") if message.contains("replication slot") => Some(SlotLoss::Invalidated),
-        _ => None,
+impl SlotLoss {
+    /// The `reason` label of `dispatchbox_slot_recreations_total`.
+    fn reason(self) -> &'static str {
+        match self {
+            SlotLoss::Missing => "missing",
+            SlotLoss::Invalidated => "lost",
+        }
     }
+}
+
+/// SQLSTATEs with which START_REPLICATION refuses a slot it cannot stream from: 42704
+/// (undefined_object: no such slot) and 55000 (object_not_in_prerequisite_state: the slot
+/// is invalidated, physical, or of another database). Which of those it is, the slot's own
+/// row in `pg_replication_slots` says.
+fn refuses_slot(error: &ClientError) -> bool {
+    matches!(error.sqlstate(), Some("42704" | "55000"))
+}
+
+/// `DISPATCHBOX_MAX_MESSAGE_SIZE_MB` back from the limit in bytes (which adds 64 KiB of
+/// headroom, less than a MiB).
+fn limit_mb(max_message_size: usize) -> usize {
+    max_message_size >> 20
 }
 
 /// Why the source stopped for good.
@@ -115,17 +138,39 @@ pub enum SourceError {
     },
     #[error("slot maintenance failed: {0}")]
     Store(#[source] Box<crate::store::StoreError>),
+    /// The slot of the configured name is not the relay's (or could not be judged).
+    #[error(transparent)]
+    SlotCheck(CheckError),
+    #[error(
+        "replication message of {len} bytes at {lsn} exceeds DISPATCHBOX_MAX_MESSAGE_SIZE_MB \
+         ({limit_mb} MiB) and {what}; stopping without acknowledging it: raise \
+         DISPATCHBOX_MAX_MESSAGE_SIZE_MB above the largest row of the outbox table"
+    )]
+    TooLarge {
+        lsn: Lsn,
+        len: usize,
+        limit_mb: usize,
+        what: String,
+    },
 }
 
 impl SourceError {
     /// True when reconnecting may help.
     fn is_transient(&self) -> bool {
         match self {
-            // A slot dropped or invalidated under a running stream: the next START sees it
-            // and recreates it.
-            SourceError::Connection(e) => e.is_transient() || slot_loss(e).is_some(),
+            // A slot dropped or invalidated under a running stream: the next START judges
+            // it (and recreates it if it is the relay's).
+            SourceError::Connection(e) => e.is_transient() || refuses_slot(e),
             SourceError::SlotBusy { .. } => true,
-            _ => false,
+            // E.g. out of disk or memory (class 53) while creating the slot.
+            SourceError::Slot { source, .. } => source.is_transient(),
+            SourceError::Store(e) => e.is_transient(),
+            SourceError::SlotCheck(e) => e.is_transient(),
+            SourceError::Schema(_)
+            | SourceError::Protocol(_)
+            | SourceError::DispatcherGone
+            | SourceError::SlotLoop { .. }
+            | SourceError::TooLarge { .. } => false,
         }
     }
 }
@@ -278,11 +323,8 @@ impl<'a> Session<'a> {
         {
             Ok(halves) => halves,
             Err(error) => {
-                let lost = match slot_loss(&error) {
-                    Some(lost) => lost,
-                    None => return Err(classify_start_error(config, error)),
-                };
-                self.recreate_slot(lost, &options, error).await?;
+                let lost = self.slot_loss(error).await?;
+                self.recreate_slot(lost, &options).await?;
                 // The failed START consumed the connection: stream on a new one.
                 let client = ReplicationClient::connect_with(&config.conninfo, options);
                 let client = client.await.map_err(SourceError::Connection)?;
@@ -321,6 +363,12 @@ impl<'a> Session<'a> {
                         break Err(error);
                     }
                 }
+                Ok(Some(ReplicationMessage::OversizedXLogData(xlog))) => {
+                    self.streamed = true;
+                    if let Err(error) = self.handle_oversized(xlog, shutdown).await {
+                        break Err(error);
+                    }
+                }
                 Ok(Some(ReplicationMessage::PrimaryKeepalive(keepalive))) => {
                     // Progress applies the idle rule: the keepalive position counts only
                     // when nothing is open or unsettled.
@@ -348,15 +396,52 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Creates the slot (dropping an invalidated one first), then wakes the sweeper, which
-    /// delivers the pending rows the new slot will never stream. Bounded by `DISPATCHBOX_SLOT_RECREATE_LIMIT` per hour so that a
-    /// misconfiguration (e.g. a `max_slot_wal_keep_size` too small for the load) cannot
-    /// loop forever.
+    /// Decides from a START_REPLICATION error whether the relay's slot is missing or
+    /// invalidated (then it is recreated), by the SQLSTATE and the slot's own state
+    /// ([`crate::store::checks::judge_slot`]). A slot that is not the relay's stops the
+    /// source with the error that names it; every other error is classified as usual.
+    async fn slot_loss(&self, error: ClientError) -> Result<(SlotLoss, ClientError), SourceError> {
+        let config = self.config;
+        if error.is_transient()
+            || error.server_error().is_none()
+            || error.sqlstate() == Some("55006")
+        {
+            return Err(classify_start_error(config, error));
+        }
+        // Whatever the server said, a slot of this name that is not the relay's is the
+        // answer an operator needs (e.g. 22023 from another output plugin's options).
+        let verdict = config
+            .store
+            .slot_use(&config.slot)
+            .await
+            .map_err(SourceError::SlotCheck)?;
+        if !refuses_slot(&error) {
+            return Err(classify_start_error(config, error));
+        }
+        match verdict {
+            SlotUse::Missing => Ok((SlotLoss::Missing, error)),
+            SlotUse::Invalidated => Ok((SlotLoss::Invalidated, error)),
+            // The relay's slot, healthy: a 42704 raced a slot created meanwhile (another
+            // replica): reconnect. A 55000 for another reason is definite; never drop.
+            SlotUse::Usable if error.sqlstate() == Some("42704") => {
+                Err(SourceError::Connection(error))
+            }
+            SlotUse::Usable => Err(SourceError::Slot {
+                slot: config.slot.to_string(),
+                source: error,
+            }),
+        }
+    }
+
+    /// Creates the slot (dropping the relay's invalidated one first), then wakes the
+    /// sweeper, which delivers the pending rows the new slot will never stream. Bounded by
+    /// `DISPATCHBOX_SLOT_RECREATE_LIMIT` per hour so that a misconfiguration (e.g. a
+    /// `max_slot_wal_keep_size` too small for the load) cannot loop forever. Counted in
+    /// `dispatchbox_slot_recreations_total{reason}`.
     async fn recreate_slot(
         &mut self,
-        lost: SlotLoss,
+        (lost, cause): (SlotLoss, ClientError),
         options: &ClientOptions,
-        cause: ClientError,
     ) -> Result<(), SourceError> {
         let config = self.config;
         let slot_error = |source| SourceError::Slot {
@@ -373,31 +458,43 @@ impl<'a> Session<'a> {
             });
         }
         self.recreations.push(std::time::Instant::now());
+        let reason = lost.reason();
         match lost {
             SlotLoss::Missing => {
-                tracing::warn!(slot = %config.slot, "replication slot does not exist; creating it (rows inserted without a slot are delivered by the sweeper)");
+                tracing::warn!(slot = %config.slot, reason, "replication slot does not exist; creating it (rows inserted without a slot are delivered by the sweeper)");
             }
             SlotLoss::Invalidated => {
-                tracing::error!(slot = %config.slot, error = %cause, "replication slot was invalidated (WAL it needed was removed, e.g. max_slot_wal_keep_size exceeded); recreating it, and the sweeper re-delivers rows inserted meanwhile");
-                config
+                tracing::error!(slot = %config.slot, reason, error = %cause, "replication slot was invalidated (WAL it needed was removed, e.g. max_slot_wal_keep_size exceeded); recreating it, and the sweeper re-delivers rows inserted meanwhile");
+                let dropped = config
                     .store
-                    .drop_slot(&config.slot)
+                    .drop_invalidated_slot(&config.slot)
                     .await
                     .map_err(|e| SourceError::Store(Box::new(e)))?;
+                if !dropped {
+                    tracing::warn!(slot = %config.slot, "the invalidated slot was gone or changed before it could be dropped; nothing dropped");
+                }
             }
         }
         let client = ReplicationClient::connect_with(&config.conninfo, options.clone());
         let mut client = client.await.map_err(SourceError::Connection)?;
-        let created = client
-            .create_replication_slot(config.slot.as_str())
-            .await
-            .map_err(slot_error)?;
+        let created = match client.create_replication_slot(config.slot.as_str()).await {
+            Ok(created) => created,
+            // 42710: a slot of that name appeared meanwhile (another replica). Streaming
+            // again judges it like any other.
+            Err(error) if error.sqlstate() == Some("42710") => {
+                client.close().await;
+                tracing::info!(slot = %config.slot, "the replication slot was created by someone else meanwhile; reconnecting to it");
+                return Ok(());
+            }
+            Err(error) => return Err(slot_error(error)),
+        };
         client.close().await;
+        metrics::slot_recreated(reason);
         // Rows committed before the consistent point will never be streamed. The sweeper
         // takes every pending row it sees once the slot's confirmed position passes the
         // point where it saw it, which covers exactly those rows; wake it now.
         config.sweep_now.notify_one();
-        tracing::info!(slot = %config.slot, consistent_point = %created.consistent_point, "created replication slot; the sweeper delivers rows it cannot stream");
+        tracing::info!(slot = %config.slot, reason, consistent_point = %created.consistent_point, "created replication slot; the sweeper delivers rows it cannot stream");
         Ok(())
     }
 
@@ -474,30 +571,7 @@ impl<'a> Session<'a> {
                     // Another table in the publication: not ours to deliver.
                     InsertOutcome::Ignored => return Ok(()),
                 };
-                // Without backpressure the hand-off is immediate; only a full channel needs
-                // to wait, and to watch for shutdown meanwhile.
-                let work = match self.work.try_send(work) {
-                    Ok(()) => return Ok(()),
-                    Err(mpsc::error::TrySendError::Full(work)) => work,
-                    Err(mpsc::error::TrySendError::Closed(_)) if shutdown.is_cancelled() => {
-                        return Ok(())
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        return Err(SourceError::DispatcherGone)
-                    }
-                };
-                tokio::select! {
-                    sent = self.work.send(work) => {
-                        // The dispatcher stops taking work as soon as shutdown begins, which
-                        // can win the race with this send: that is shutdown, not a failure.
-                        if sent.is_err() && !shutdown.is_cancelled() {
-                            return Err(SourceError::DispatcherGone);
-                        }
-                    }
-                    // Shutdown while blocked on backpressure: the event stays unsettled and
-                    // is delivered again after a restart.
-                    _ = shutdown.cancelled() => {}
-                }
+                self.dispatch(work, shutdown).await?;
             }
             // Heartbeats and other logical messages bypass publications; Origin and Type
             // carry nothing for us; an insert-only publication sends no Update, Delete or
@@ -516,6 +590,94 @@ impl<'a> Session<'a> {
             }
         }
         Ok(())
+    }
+}
+
+impl Session<'_> {
+    /// Hands `work` to the dispatcher. Without backpressure the hand-off is immediate;
+    /// only a full channel needs to wait, and to watch for shutdown meanwhile.
+    async fn dispatch(&self, work: Work, shutdown: &CancellationToken) -> Result<(), SourceError> {
+        let work = match self.work.try_send(work) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(work)) => work,
+            Err(mpsc::error::TrySendError::Closed(_)) if shutdown.is_cancelled() => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(SourceError::DispatcherGone),
+        };
+        tokio::select! {
+            sent = self.work.send(work) => {
+                // The dispatcher stops taking work as soon as shutdown begins, which can win
+                // the race with this send: that is shutdown, not a failure.
+                if sent.is_err() && !shutdown.is_cancelled() {
+                    return Err(SourceError::DispatcherGone);
+                }
+            }
+            // Shutdown while blocked on backpressure: the event stays unsettled and is
+            // delivered again after a restart.
+            _ = shutdown.cancelled() => {}
+        }
+        Ok(())
+    }
+
+    /// Handles a pgoutput message larger than `DISPATCHBOX_MAX_MESSAGE_SIZE_MB`, of which
+    /// only the first bytes were kept (the rest was discarded unread). An outbox Insert
+    /// whose `id` is among its leading columns becomes that row's `dead` outcome, settled
+    /// and acknowledged like any other event's, and the stream goes on; messages that never
+    /// carry an event are skipped; anything else (an outbox row without a readable id
+    /// included) stops the source without acknowledging it: a row is never guessed.
+    async fn handle_oversized(
+        &mut self,
+        xlog: OversizedXLogData,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SourceError> {
+        let limit_mb = limit_mb(self.config.max_message_size);
+        let too_large = |what: String| SourceError::TooLarge {
+            lsn: xlog.wal_start,
+            len: xlog.len,
+            limit_mb,
+            what,
+        };
+        match xlog.prefix.first().copied() {
+            Some(b'I') => {}
+            // Logical messages of other applications, and updates or deletes (should a
+            // DBA widen the publication), are never events.
+            Some(tag @ (b'M' | b'U' | b'D')) => {
+                tracing::warn!(lsn = %xlog.wal_start, size = xlog.len, limit_mb, message = %char::from(tag), "skipping a replication message above DISPATCHBOX_MAX_MESSAGE_SIZE_MB that carries no outbox event");
+                return Ok(());
+            }
+            tag => {
+                return Err(too_large(format!(
+                    "is not an Insert (message {:?})",
+                    tag.map(char::from)
+                )))
+            }
+        }
+        let seq = match self.current {
+            Some(Some(seq)) => seq,
+            Some(None) => return Ok(()),
+            None => return Err(SourceError::Protocol("Insert outside a transaction".into())),
+        };
+        let insert = decode_insert_prefix(xlog.prefix.clone(), self.decoder.context())
+            .map_err(|e| SourceError::Protocol(e.to_string()))?;
+        let id = match self.outbox.map_oversized_insert(&insert)? {
+            OversizedInsert::Ignored => return Ok(()),
+            OversizedInsert::Outbox { id } => id,
+            OversizedInsert::UnknownId { reason } => {
+                return Err(too_large(format!(
+                    "its outbox row cannot be marked dead: {reason}"
+                )))
+            }
+        };
+        let reason = format!(
+            "the row's replication message is {} bytes, above DISPATCHBOX_MAX_MESSAGE_SIZE_MB \
+             ({limit_mb} MiB); it was not delivered. Make the payload smaller, or raise the \
+             limit, then retry it (dispatchbox dead retry {id}: the sweeper reads it from the \
+             table)",
+            xlog.len
+        );
+        tracing::error!(event_id = id, lsn = %xlog.wal_start, size = xlog.len, limit_mb, "outbox row too large for the replication stream; marking it dead");
+        let ack = self.progress.event(seq);
+        self.dispatch(Work::Unusable { id, reason, ack }, shutdown)
+            .await
     }
 }
 

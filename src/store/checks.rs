@@ -16,8 +16,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::names::Names;
-use super::report::{human_bytes, SlotStatus};
+use super::names::{Identifier, Names};
+use super::report::{self, human_bytes, SlotStatus};
 use super::widths::{self, TextWidths};
 use super::{SlotWalStatus, StoreError};
 use crate::conninfo::SqlConnectError;
@@ -181,21 +181,18 @@ pub enum CheckError {
         /// The configured slot.
         slot: String,
     },
-    /// The slot exists but is physical or uses another output plugin.
-    SlotNotPgoutput {
+    /// A slot of the configured name exists but is not this relay's (see
+    /// [`judge_slot`]): the relay neither streams from it nor drops or recreates it.
+    SlotNotOurs {
         /// The configured slot.
         slot: String,
-        /// Its plugin; `None` for a physical slot.
-        plugin: Option<String>,
-    },
-    /// The slot decodes another database (slot names are cluster-wide).
-    SlotOtherDatabase {
-        /// The configured slot.
-        slot: String,
-        /// The database it decodes.
-        database: String,
+        /// What the slot is: "a physical slot", "a logical slot of database \"x\" with
+        /// output plugin \"test_decoding\"", …
+        found: String,
         /// The database the relay is configured for.
-        expected: String,
+        database: String,
+        /// The database to connect to for dropping it (logical slots), when known.
+        owner_database: Option<String>,
     },
 }
 
@@ -242,9 +239,7 @@ impl CheckError {
             Self::MissingPublication { .. }
             | Self::TableNotPublished { .. }
             | Self::PublicationNotInsertOnly { .. } => "publication",
-            Self::SlotLost { .. }
-            | Self::SlotNotPgoutput { .. }
-            | Self::SlotOtherDatabase { .. } => "slot",
+            Self::SlotLost { .. } | Self::SlotNotOurs { .. } => "slot",
         }
     }
 
@@ -318,22 +313,15 @@ impl CheckError {
                  was removed, usually because it exceeded max_slot_wal_keep_size while no relay \
                  was streaming"
             ),
-            Self::SlotNotPgoutput { slot, plugin: None } => {
-                format!("replication slot \"{slot}\" is a physical slot, not a logical one")
-            }
-            Self::SlotNotPgoutput {
+            Self::SlotNotOurs {
                 slot,
-                plugin: Some(plugin),
-            } => format!(
-                "replication slot \"{slot}\" uses the output plugin {plugin:?}; the relay needs \
-                 pgoutput"
-            ),
-            Self::SlotOtherDatabase {
-                slot,
+                found,
                 database,
-                expected,
+                ..
             } => format!(
-                "replication slot \"{slot}\" decodes database {database:?}, not {expected:?}"
+                "replication slot \"{slot}\" is not this relay's: it is {found}, and the relay \
+                 only streams from, drops or recreates {}",
+                owned_slot(database)
             ),
         }
     }
@@ -386,13 +374,21 @@ impl CheckError {
                  re-delivers the rows written meanwhile (by hand: \
                  SELECT pg_drop_replication_slot('{slot}'))"
             ),
-            Self::SlotNotPgoutput { slot, .. } => format!(
-                "set DISPATCHBOX_SLOT to another name, or drop this slot if nothing else uses it \
-                 (SELECT pg_drop_replication_slot('{slot}')) so `dispatchbox run` recreates it"
+            Self::SlotNotOurs {
+                slot,
+                owner_database,
+                ..
+            } => format!(
+                "set DISPATCHBOX_SLOT to a name no other slot of this cluster uses (slot names \
+                 are cluster-wide: give each database its own), or, if nothing needs this slot \
+                 any more, drop it by hand{} with SELECT pg_drop_replication_slot('{}'); and \
+                 `dispatchbox run` creates its own",
+                owner_database
+                    .as_ref()
+                    .map(|db| format!(" while connected to database {db:?}"))
+                    .unwrap_or_default(),
+                slot.replace('\'', "''")
             ),
-            Self::SlotOtherDatabase { .. } => "slot names are cluster-wide: set \
-                 DISPATCHBOX_SLOT to a name used only for this database"
-                .to_owned(),
         };
         Some(fix)
     }
@@ -880,7 +876,7 @@ impl ServerFacts {
             _ => findings.extend(slot_wal.into_iter().map(Finding::from)),
         }
         let slot_problems = slot_problems(slot, &self.database);
-        let slot_warnings = slot_warnings(slot);
+        let slot_warnings = slot_warnings(slot, &self.database);
         if slot_problems.is_empty() && slot_warnings.is_empty() {
             findings.push(Finding::ok("slot", slot_summary(slot)));
         }
@@ -993,37 +989,104 @@ impl ServerFacts {
     }
 }
 
-/// Problems of the replication slot that `run` cannot stream through as is.
-fn slot_problems(slot: &SlotStatus, database: &str) -> Vec<CheckError> {
+/// What the relay may do with the slot of its configured name ([`judge_slot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotUse {
+    /// No slot has the name: `run` creates it.
+    Missing,
+    /// The relay's slot, able to stream.
+    Usable,
+    /// The relay's slot, invalidated (`wal_status` lost, or an `invalidation_reason` on
+    /// PostgreSQL 17+): it can never stream again; `run` drops and recreates it.
+    Invalidated,
+}
+
+/// The output plugin of the relay's slots.
+const PLUGIN: &str = "pgoutput";
+
+/// The one rule deciding whether the slot of the configured name is this relay's, shared by
+/// `check`, `run`'s start-up check and the replication source before it drops or recreates
+/// anything: a **logical** slot of the **configured database** with the output plugin
+/// **pgoutput**, **not temporary** and **without two-phase decoding** (the relay creates
+/// exactly that, with `CREATE_REPLICATION_SLOT … LOGICAL pgoutput`). PostgreSQL 15 keeps no
+/// owner or comment on a slot, so these are all the facts there are; a pgoutput slot of
+/// another tool in the same database with the same name passes them, which is why
+/// `DISPATCHBOX_SLOT` should be a name only the relay uses.
+///
+/// `Err` names the slot, what it is and the two ways out; the relay must then stop without
+/// touching it. `database` is the one the relay is connected to.
+pub fn judge_slot(slot: &SlotStatus, database: &str) -> Result<SlotUse, CheckError> {
     if !slot.exists {
-        return Vec::new();
+        return Ok(SlotUse::Missing);
     }
-    let name = slot.name.clone();
-    if slot.plugin.as_deref() != Some("pgoutput") {
-        return vec![CheckError::SlotNotPgoutput {
-            slot: name,
-            plugin: slot.plugin.clone(),
-        }];
-    }
-    let mut problems = Vec::new();
-    if let Some(other) = slot.database.as_deref().filter(|d| *d != database) {
-        problems.push(CheckError::SlotOtherDatabase {
-            slot: name.clone(),
-            database: other.to_owned(),
-            expected: database.to_owned(),
+    let logical = slot.slot_type.as_deref() == Some("logical");
+    let ours = logical
+        && slot.plugin.as_deref() == Some(PLUGIN)
+        && slot.database.as_deref() == Some(database)
+        && !slot.temporary
+        && !slot.two_phase;
+    if !ours {
+        return Err(CheckError::SlotNotOurs {
+            slot: slot.name.clone(),
+            found: describe_slot(slot),
+            database: database.to_owned(),
+            owner_database: slot.database.clone().filter(|_| logical),
         });
     }
-    if slot.wal_status == Some(SlotWalStatus::Lost) {
-        problems.push(CheckError::SlotLost { slot: name });
+    if slot.wal_status == Some(SlotWalStatus::Lost) || slot.invalidation_reason.is_some() {
+        return Ok(SlotUse::Invalidated);
     }
-    problems
+    Ok(SlotUse::Usable)
+}
+
+/// "a logical slot of database "app" with output plugin pgoutput …": what the relay owns.
+fn owned_slot(database: &str) -> String {
+    format!(
+        "a logical slot of database {database:?} with output plugin \"{PLUGIN}\", not \
+         temporary and without two-phase decoding"
+    )
+}
+
+/// What a slot is, in the words of [`owned_slot`].
+fn describe_slot(slot: &SlotStatus) -> String {
+    let temporary = if slot.temporary { "temporary " } else { "" };
+    match slot.slot_type.as_deref() {
+        Some("logical") => format!(
+            "a {temporary}logical slot of database {:?} with output plugin {:?}{}",
+            slot.database.as_deref().unwrap_or("(none)"),
+            slot.plugin.as_deref().unwrap_or("(none)"),
+            if slot.two_phase {
+                " and two-phase decoding"
+            } else {
+                ""
+            }
+        ),
+        Some("physical") => {
+            format!("a {temporary}physical slot (used by a streaming standby or a backup)")
+        }
+        other => format!("a slot of type {:?}", other.unwrap_or("(unknown)")),
+    }
+}
+
+/// Problems of the replication slot as `check` reports them: one that is not the relay's,
+/// and the relay's own when it was invalidated (which `run` repairs).
+fn slot_problems(slot: &SlotStatus, database: &str) -> Vec<CheckError> {
+    match judge_slot(slot, database) {
+        Err(problem) => vec![problem],
+        Ok(SlotUse::Invalidated) => vec![CheckError::SlotLost {
+            slot: slot.name.clone(),
+        }],
+        Ok(SlotUse::Missing | SlotUse::Usable) => Vec::new(),
+    }
 }
 
 /// States of the replication slot that work but need watching.
-fn slot_warnings(slot: &SlotStatus) -> Vec<CheckWarning> {
+fn slot_warnings(slot: &SlotStatus, database: &str) -> Vec<CheckWarning> {
     let name = slot.name.clone();
-    if !slot.exists {
-        return vec![CheckWarning::SlotMissing { slot: name }];
+    match judge_slot(slot, database) {
+        Ok(SlotUse::Missing) => return vec![CheckWarning::SlotMissing { slot: name }],
+        Ok(SlotUse::Usable) => {}
+        Ok(SlotUse::Invalidated) | Err(_) => return Vec::new(),
     }
     match slot.wal_status {
         Some(SlotWalStatus::Extended) => vec![CheckWarning::SlotExtended {
@@ -1186,13 +1249,33 @@ fn widen(table: &str, column: &str) -> String {
 }
 
 /// Runs every check and returns the first problem (fail fast at `dispatchbox run`), or
-/// the facts when the relay can run.
-pub async fn preflight(client: &Client, names: &Names) -> Result<ServerFacts, CheckError> {
+/// the facts when the relay can run. The slot is judged as `check` judges it
+/// ([`judge_slot`]), except that an invalidated slot of the relay's is no problem here:
+/// `run` recreates it.
+pub async fn preflight(
+    client: &Client,
+    names: &Names,
+    slot: &Identifier,
+) -> Result<ServerFacts, CheckError> {
     let facts = gather(client, names).await?;
-    match facts.problems(names).into_iter().next() {
-        Some(problem) => Err(problem),
-        None => Ok(facts),
+    if let Some(problem) = facts.problems(names).into_iter().next() {
+        return Err(problem);
     }
+    let status = report::slot_status(client, slot).await?;
+    judge_slot(&status, &facts.database)?;
+    Ok(facts)
+}
+
+/// Reads the slot and the connected database and judges the slot ([`judge_slot`]): what
+/// the replication source checks before it creates, drops or recreates anything.
+pub async fn slot_use(client: &Client, slot: &Identifier) -> Result<SlotUse, CheckError> {
+    let database: String = client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map_err(|e| StoreError::db("replication slot check", e))?
+        .get(0);
+    let status = report::slot_status(client, slot).await?;
+    judge_slot(&status, &database)
 }
 
 #[cfg(test)]
@@ -1323,7 +1406,10 @@ mod tests {
         SlotStatus {
             name: "dispatchbox".into(),
             exists: true,
+            slot_type: Some("logical".into()),
             plugin: Some("pgoutput".into()),
+            temporary: false,
+            two_phase: false,
             database: Some("app".into()),
             active: false,
             active_pid: None,
@@ -1335,6 +1421,7 @@ mod tests {
             lag_bytes: Some(2048),
             wal_status: Some(wal_status),
             safe_wal_size: Some(1 << 30),
+            invalidation_reason: None,
         }
     }
 
@@ -1397,22 +1484,96 @@ mod tests {
         assert_eq!(severities(&judge(missing), "slot"), [Severity::Warning]);
 
         let mut physical = slot(SlotWalStatus::Reserved);
+        physical.slot_type = Some("physical".into());
         physical.plugin = None;
+        physical.database = None;
         let findings = judge(physical);
         assert_eq!(severities(&findings, "slot"), [Severity::Error]);
         assert!(findings.iter().any(|f| f.message.contains("physical slot")));
 
+        // Another database's slot: one error (its WAL status is not the relay's concern).
         let mut elsewhere = slot(SlotWalStatus::Lost);
         elsewhere.database = Some("other".into());
         let findings = judge(elsewhere);
         assert_eq!(
             severities(&findings, "slot"),
-            [Severity::Error, Severity::Error],
+            [Severity::Error],
             "{findings:#?}"
         );
         assert!(findings
             .iter()
-            .any(|f| f.message.contains("decodes database \"other\"")));
+            .any(|f| f.message.contains("logical slot of database \"other\"")));
+    }
+
+    /// Only a logical pgoutput slot of the configured database, not temporary and without
+    /// two-phase decoding, is the relay's; anything else is refused with the slot named,
+    /// what it is, and both ways out.
+    #[test]
+    fn only_the_relays_own_slot_is_used() {
+        let ours = slot(SlotWalStatus::Reserved);
+        assert_eq!(judge_slot(&ours, "app").unwrap(), SlotUse::Usable);
+        let mut missing = ours.clone();
+        missing.exists = false;
+        assert_eq!(judge_slot(&missing, "app").unwrap(), SlotUse::Missing);
+        assert_eq!(
+            judge_slot(&slot(SlotWalStatus::Lost), "app").unwrap(),
+            SlotUse::Invalidated
+        );
+        // PostgreSQL 17+ names the reason even when wal_status is not lost.
+        let mut conflicting = ours.clone();
+        conflicting.invalidation_reason = Some("rows_removed".into());
+        assert_eq!(
+            judge_slot(&conflicting, "app").unwrap(),
+            SlotUse::Invalidated
+        );
+
+        let refused = |change: &dyn Fn(&mut SlotStatus), what: &str| {
+            let mut other = ours.clone();
+            change(&mut other);
+            let error = judge_slot(&other, "app").unwrap_err();
+            let text = error.to_string();
+            assert!(text.contains(what), "{what}: {text}");
+            assert!(text.contains("replication slot \"dispatchbox\""), "{text}");
+            assert!(text.contains("set DISPATCHBOX_SLOT"), "{text}");
+            assert!(
+                text.contains("SELECT pg_drop_replication_slot('dispatchbox')"),
+                "{text}"
+            );
+            assert_eq!(error.check(), "slot");
+            assert!(!error.is_transient());
+            text
+        };
+        let text = refused(
+            &|s| s.database = Some("billing".into()),
+            "logical slot of database \"billing\" with output plugin \"pgoutput\"",
+        );
+        assert!(
+            text.contains("while connected to database \"billing\""),
+            "{text}"
+        );
+        refused(
+            &|s| s.plugin = Some("test_decoding".into()),
+            "output plugin \"test_decoding\"",
+        );
+        let text = refused(
+            &|s| {
+                s.slot_type = Some("physical".into());
+                s.plugin = None;
+                s.database = None;
+            },
+            "a physical slot",
+        );
+        assert!(!text.contains("while connected"), "{text}");
+        refused(&|s| s.temporary = true, "a temporary logical slot");
+        refused(&|s| s.two_phase = true, "two-phase decoding");
+        // Even an invalidated slot of another database is left alone.
+        refused(
+            &|s| {
+                s.database = Some("billing".into());
+                s.wal_status = Some(SlotWalStatus::Lost);
+            },
+            "database \"billing\"",
+        );
     }
 
     #[test]

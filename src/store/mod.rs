@@ -179,13 +179,21 @@ impl Store {
         migrate::migrate(&mut client, names).await
     }
 
-    /// Runs the preflight checks (see [`checks::preflight`]).
+    /// Runs the preflight checks, the slot `slot` included (see [`checks::preflight`]).
     pub async fn preflight(
         &self,
         names: &Names,
+        slot: &Identifier,
     ) -> Result<checks::ServerFacts, checks::CheckError> {
         let client = self.client("preflight checks").await?;
-        checks::preflight(&client, names).await
+        checks::preflight(&client, names, slot).await
+    }
+
+    /// Judges the slot of that name (see [`checks::judge_slot`]): missing, the relay's
+    /// (usable or invalidated), or someone else's (`Err`, to stop on).
+    pub async fn slot_use(&self, name: &Identifier) -> Result<checks::SlotUse, checks::CheckError> {
+        let client = self.client("replication slot check").await?;
+        checks::slot_use(&client, name).await
     }
 
     /// Whether the stream can see the outbox's inserts: `None` when the table exists and
@@ -298,17 +306,45 @@ impl Store {
         })
     }
 
-    /// Drops the slot. Returns false when it did not exist. Fails with SQLSTATE 55006 while
-    /// another process streams from it.
+    /// Drops the slot if it is the relay's (the facts of [`checks::judge_slot`], checked
+    /// in the same statement). Returns false when no such slot exists. Fails with SQLSTATE
+    /// 55006 while another process streams from it.
     pub async fn drop_slot(&self, name: &Identifier) -> Result<bool, StoreError> {
+        self.drop_owned_slot(name, "TRUE").await
+    }
+
+    /// Drops the slot only if it is the relay's **and** invalidated (`wal_status` lost,
+    /// or an `invalidation_reason` on PostgreSQL 17+), judged in the same statement, so a
+    /// slot recreated meanwhile by another relay or another tool survives. Returns false
+    /// when nothing matched.
+    pub async fn drop_invalidated_slot(&self, name: &Identifier) -> Result<bool, StoreError> {
+        self.drop_owned_slot(
+            name,
+            "(s.wal_status = 'lost' OR to_jsonb(s) ->> 'invalidation_reason' IS NOT NULL)",
+        )
+        .await
+    }
+
+    /// `pg_drop_replication_slot` of the relay's own slot `name` when `condition` (SQL over
+    /// `pg_replication_slots s`, a constant of this module) also holds.
+    async fn drop_owned_slot(
+        &self,
+        name: &Identifier,
+        condition: &'static str,
+    ) -> Result<bool, StoreError> {
         const CONTEXT: &str = "replication slot drop";
         let client = self.client(CONTEXT).await?;
+        // The ownership facts of checks::judge_slot, so that nothing else is ever dropped
+        // even if it appeared under the name since it was judged.
+        let query = format!(
+            "SELECT pg_drop_replication_slot(s.slot_name)
+               FROM pg_catalog.pg_replication_slots s
+              WHERE s.slot_name = $1 AND s.slot_type = 'logical' AND s.plugin = 'pgoutput'
+                AND s.database = current_database() AND NOT s.temporary AND NOT s.two_phase
+                AND {condition}"
+        );
         let rows = client
-            .query(
-                "SELECT pg_drop_replication_slot(slot_name)
-                   FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
-                &[&name.as_str()],
-            )
+            .query(&query, &[&name.as_str()])
             .await
             .map_err(|e| StoreError::db(CONTEXT, e))?;
         Ok(!rows.is_empty())

@@ -34,8 +34,14 @@ pub struct SlotStatus {
     pub name: String,
     /// Whether the slot exists. `dispatchbox run` creates it when it does not.
     pub exists: bool,
+    /// `logical` or `physical`.
+    pub slot_type: Option<String>,
     /// Output plugin (`pgoutput` for slots the relay created); `None` for physical slots.
     pub plugin: Option<String>,
+    /// A temporary slot (dropped when its session ends); the relay never makes one.
+    pub temporary: bool,
+    /// Decodes prepared transactions at PREPARE; the relay never asks for that.
+    pub two_phase: bool,
     /// Database the slot decodes.
     pub database: Option<String>,
     /// True while a process streams from the slot.
@@ -58,6 +64,10 @@ pub struct SlotStatus {
     pub lag_bytes: Option<i64>,
     /// `reserved`, `extended`, `unreserved`, `lost` (or `unknown`).
     pub wal_status: Option<SlotWalStatus>,
+    /// Why the slot was invalidated (`pg_replication_slots.invalidation_reason`,
+    /// PostgreSQL 17 and newer: `wal_removed`, `rows_removed`, …); always `None` on
+    /// servers without the column.
+    pub invalidation_reason: Option<String>,
     /// Bytes of WAL that can still be written before the slot is invalidated by
     /// `max_slot_wal_keep_size`; `None` when unlimited (or the slot is lost).
     pub safe_wal_size: Option<i64>,
@@ -146,11 +156,15 @@ pub async fn slot_status(client: &Client, slot: &Identifier) -> Result<SlotStatu
     const CONTEXT: &str = "replication slot status";
     let row = client
         .query_opt(
+            // invalidation_reason exists from PostgreSQL 17 on; read through to_jsonb so
+            // the same statement works (as NULL) on older servers.
             "SELECT s.plugin::text, s.database::text, s.active, s.active_pid,
                     r.application_name, host(r.client_addr), r.state,
                     s.confirmed_flush_lsn::text, s.restart_lsn::text,
                     pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint,
-                    s.wal_status, s.safe_wal_size
+                    s.wal_status, s.safe_wal_size,
+                    s.slot_type, s.temporary, s.two_phase,
+                    to_jsonb(s) ->> 'invalidation_reason'
                FROM pg_catalog.pg_replication_slots s
                LEFT JOIN pg_catalog.pg_stat_replication r ON r.pid = s.active_pid
               WHERE s.slot_name = $1",
@@ -162,7 +176,10 @@ pub async fn slot_status(client: &Client, slot: &Identifier) -> Result<SlotStatu
         return Ok(SlotStatus {
             name: slot.to_string(),
             exists: false,
+            slot_type: None,
             plugin: None,
+            temporary: false,
+            two_phase: false,
             database: None,
             active: false,
             active_pid: None,
@@ -174,12 +191,16 @@ pub async fn slot_status(client: &Client, slot: &Identifier) -> Result<SlotStatu
             lag_bytes: None,
             wal_status: None,
             safe_wal_size: None,
+            invalidation_reason: None,
         });
     };
     Ok(SlotStatus {
         name: slot.to_string(),
         exists: true,
+        slot_type: row.get(12),
         plugin: row.get(0),
+        temporary: row.get(13),
+        two_phase: row.get(14),
         database: row.get(1),
         active: row.get(2),
         active_pid: row.get(3),
@@ -191,6 +212,7 @@ pub async fn slot_status(client: &Client, slot: &Identifier) -> Result<SlotStatu
         lag_bytes: row.get(9),
         wal_status: Some(SlotWalStatus::parse(row.get::<_, Option<&str>>(10))),
         safe_wal_size: row.get(11),
+        invalidation_reason: row.get(15),
     })
 }
 

@@ -46,6 +46,10 @@ pub const WAL_STATUSES: [&str; 6] = [
     "missing",
 ];
 
+/// Every `reason` label value of `dispatchbox_slot_recreations_total`: `missing` (no slot
+/// of that name: created) and `lost` (invalidated: dropped and created again).
+pub const SLOT_RECREATION_REASONS: [&str; 2] = ["missing", "lost"];
+
 /// What one delivery attempt to one sink came to (label `outcome`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryOutcome {
@@ -113,6 +117,7 @@ struct Metrics {
     replication_lag: IntGauge,
     slot_wal_status: IntGaugeVec,
     sweeper_reclaims: IntCounterVec,
+    slot_recreations: IntCounterVec,
     stream_connected: IntGauge,
     leader: IntGauge,
 }
@@ -289,6 +294,12 @@ impl Metrics {
                 "Rows the sweeper claimed, by reason: due_retry, expired_lease, missed or requeued.",
                 &["reason"],
             ),
+            slot_recreations: counter_vec(
+                &registry,
+                "dispatchbox_slot_recreations_total",
+                "Replication slots this process created, by reason: missing (no slot of that name) or lost (invalidated, dropped and created again).",
+                &["reason"],
+            ),
             stream_connected: gauge(
                 &registry,
                 "dispatchbox_stream_connected",
@@ -332,6 +343,9 @@ pub fn init() {
     }
     for written in REJECTED_WRITTEN {
         m.status_rows_rejected.with_label_values(&[written]);
+    }
+    for reason in SLOT_RECREATION_REASONS {
+        m.slot_recreations.with_label_values(&[reason]);
     }
 }
 
@@ -469,6 +483,12 @@ pub fn sweeper_reclaim(reason: &'static str) {
     METRICS.sweeper_reclaims.with_label_values(&[reason]).inc();
 }
 
+/// The replication slot was created because it was `missing` or `lost` (one of
+/// [`SLOT_RECREATION_REASONS`]).
+pub fn slot_recreated(reason: &'static str) {
+    METRICS.slot_recreations.with_label_values(&[reason]).inc();
+}
+
 /// The replication stream started (`true`) or stopped running (`false`).
 pub fn stream_connected(connected: bool) {
     METRICS.stream_connected.set(i64::from(connected));
@@ -502,6 +522,8 @@ mod tests {
             "dispatchbox_attempts_before_dead_bucket",
             "dispatchbox_replication_lag_bytes",
             "dispatchbox_slot_wal_status{status=\"missing\"}",
+            "dispatchbox_slot_recreations_total{reason=\"missing\"} 0",
+            "dispatchbox_slot_recreations_total{reason=\"lost\"} 0",
             "dispatchbox_stream_connected",
             "dispatchbox_leader",
             "dispatchbox_build_info{version=",

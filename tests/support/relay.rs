@@ -261,6 +261,16 @@ pub async fn http_get(base: &str, path: &str) -> std::io::Result<(u16, String)> 
     Ok((status, body))
 }
 
+/// The value of one series of the relay's `/metrics`, spelled as exported (e.g.
+/// `dispatchbox_slot_recreations_total{reason="lost"}`); `None` when it is not there.
+pub async fn metric(base: &str, series: &str) -> Option<f64> {
+    let (status, body) = http_get(base, "/metrics").await.ok()?;
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().expect("a metric value"))
+}
+
 /// Decodes a chunked HTTP/1.1 body.
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();

@@ -58,11 +58,16 @@ impl ServerError {
         Ok(error)
     }
 
-    /// Whether retrying the same thing later can succeed: the connection broke or the
-    /// server is shutting down / overloaded. Slot and permission problems are definite.
+    /// Whether retrying the same thing later can succeed: the connection broke, the
+    /// server is shutting down or starting, or it ran short of a resource (class 53:
+    /// disk full while decoding spills a large transaction to disk, out of memory, too
+    /// many connections, a configured limit such as `max_replication_slots` reached).
+    /// Those pass or can be fixed while the relay waits, and the same WAL is decoded again
+    /// after reconnecting. Slot and permission problems are definite.
     pub fn is_transient(&self) -> bool {
         self.code.starts_with("08")
-            || matches!(self.code.as_str(), "57P01" | "57P02" | "57P03" | "53300")
+            || self.code.starts_with("53")
+            || matches!(self.code.as_str(), "57P01" | "57P02" | "57P03")
     }
 }
 
@@ -326,6 +331,20 @@ mod tests {
             source: reset
         }
         .is_transient());
+    }
+
+    /// Class 53 (insufficient resources) is the server running short, not a wrong
+    /// request: disk full while decoding spills to disk (53100), out of memory (53200),
+    /// too many connections (53300), a configured limit (53400). Back off and reconnect.
+    #[test]
+    fn class_53_resource_errors_are_transient() {
+        for code in ["53000", "53100", "53200", "53300", "53400"] {
+            assert!(server(code).is_transient(), "{code}");
+        }
+        // Neighbouring classes stay definite.
+        for code in ["54000", "55000", "52000", "42501"] {
+            assert!(!server(code).is_transient(), "{code}");
+        }
     }
 
     #[test]

@@ -4,7 +4,11 @@
 //! and everything else goes to `Message::parse`.
 //!
 //! Never trusts a length before the bytes arrive: memory grows with bytes received, and
-//! a declared length above the maximum frame size is refused before reading it.
+//! a declared length above the maximum frame size is refused before reading it. The one
+//! exception is CopyData: the replication stream cannot skip a message the server already
+//! sent, so an oversized CopyData message is returned as its first
+//! [`OVERSIZED_PREFIX_LEN`] bytes ([`Frame::OversizedCopyData`]) and the rest is discarded
+//! as it arrives, never buffered. The caller decides what the prefix is worth.
 
 use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::message::backend::{Header, Message};
@@ -22,11 +26,23 @@ const READ_CHUNK: usize = 64 << 10;
 const MAX_RESERVE_STEP: usize = 8 << 20;
 /// Tag (1) + Int32 length.
 const HEADER_LEN: usize = 5;
+/// How much of an oversized CopyData message is kept (at most the maximum frame size):
+/// enough for the XLogData header, an Insert's header and the leading columns of its
+/// tuple, where an outbox table keeps its `id`.
+pub const OVERSIZED_PREFIX_LEN: usize = 64 << 10;
 
 /// One backend message.
 pub(crate) enum Frame {
     /// CopyData payload (after the 5-byte header), sharing the read buffer.
     CopyData(Bytes),
+    /// CopyData larger than the maximum frame size: its first bytes only. The reader
+    /// discards the rest of the message as it arrives.
+    OversizedCopyData {
+        /// The payload's declared length (after the 5-byte header).
+        len: usize,
+        /// The first `min(len, OVERSIZED_PREFIX_LEN, max frame size)` payload bytes.
+        prefix: Bytes,
+    },
     /// `'W'`: the server entered CopyBoth mode.
     CopyBothResponse,
     /// Any other message, parsed by postgres-protocol.
@@ -37,7 +53,7 @@ impl Frame {
     /// The message tag, for "unexpected message" errors.
     pub(crate) fn tag(&self) -> char {
         match self {
-            Frame::CopyData(_) => 'd',
+            Frame::CopyData(_) | Frame::OversizedCopyData { .. } => 'd',
             Frame::CopyBothResponse => 'W',
             Frame::Message(message) => char::from(message_tag(message)),
         }
@@ -87,6 +103,8 @@ pub(crate) struct FrameReader<R> {
     io: R,
     buf: BytesMut,
     max_frame_len: usize,
+    /// Bytes of an oversized CopyData message still to be thrown away as they arrive.
+    discard: usize,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -100,6 +118,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             io,
             buf,
             max_frame_len,
+            discard: 0,
         }
     }
 
@@ -107,6 +126,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &mut self.io
     }
 
+    /// The transport, the bytes read ahead, and the maximum frame size. Only between
+    /// messages: the rest of an oversized message being discarded is not carried over
+    /// (no caller splits a stream in the middle of one).
     pub(crate) fn into_parts(self) -> (R, BytesMut, usize) {
         (self.io, self.buf, self.max_frame_len)
     }
@@ -118,8 +140,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         context: &'static str,
     ) -> Result<Option<Frame>, ClientError> {
         loop {
-            if let Some(frame) = self.try_parse()? {
-                return Ok(Some(frame));
+            self.discard_buffered();
+            if self.discard == 0 {
+                if let Some(frame) = self.try_parse()? {
+                    if let Frame::OversizedCopyData { len, prefix } = &frame {
+                        self.discard = len - prefix.len();
+                        self.discard_buffered();
+                    }
+                    return Ok(Some(frame));
+                }
             }
             let missing = self.missing_bytes();
             self.buf
@@ -130,7 +159,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 .await
                 .map_err(ClientError::io(context))?;
             if read == 0 {
-                return if self.buf.is_empty() {
+                return if self.buf.is_empty() && self.discard == 0 {
                     Ok(None)
                 } else {
                     Err(ClientError::Closed { context })
@@ -146,11 +175,29 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             .ok_or(ClientError::Closed { context })
     }
 
+    /// Drops buffered bytes of an oversized message being discarded.
+    fn discard_buffered(&mut self) {
+        let n = self.discard.min(self.buf.len());
+        self.buf.advance(n);
+        self.discard -= n;
+    }
+
     /// How many more bytes the next frame needs (at least 1 when called after a miss).
     fn missing_bytes(&self) -> usize {
+        if self.discard > 0 {
+            // Read it in small chunks: it is thrown away, never held.
+            return self.discard.min(READ_CHUNK);
+        }
         match Header::parse(&self.buf) {
             Ok(Some(header)) => usize::try_from(header.len())
-                .map_or(0, |len| len + 1)
+                .map_or(0, |len| {
+                    let total = len + 1;
+                    if header.tag() == b'd' && total > self.max_frame_len {
+                        HEADER_LEN + oversized_prefix_len(len - 4, self.max_frame_len)
+                    } else {
+                        total
+                    }
+                })
                 .saturating_sub(self.buf.len()),
             _ => HEADER_LEN.saturating_sub(self.buf.len()),
         }
@@ -161,8 +208,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// How much of an oversized CopyData payload of `len` bytes is kept.
+fn oversized_prefix_len(len: usize, max_frame_len: usize) -> usize {
+    len.min(OVERSIZED_PREFIX_LEN).min(max_frame_len)
+}
+
 /// Takes one complete frame off the front of `buf`, or returns `None` if more bytes are
 /// needed. Checks the declared length against the limits before waiting for the body.
+///
+/// A CopyData message above `max_frame_len` becomes [`Frame::OversizedCopyData`] once its
+/// prefix is buffered; only the prefix is taken off `buf`, the caller discards the rest of
+/// the payload (`len - prefix.len()` bytes). Any other oversized message is an error.
 pub(crate) fn parse_frame(
     buf: &mut BytesMut,
     max_frame_len: usize,
@@ -173,6 +229,19 @@ pub(crate) fn parse_frame(
     // Header::parse has rejected lengths below 4, so this is positive.
     let len = usize::try_from(header.len()).unwrap_or(0);
     let total = len + 1;
+    if total > max_frame_len && header.tag() == b'd' {
+        let len = len - 4;
+        let keep = oversized_prefix_len(len, max_frame_len);
+        if buf.len() < HEADER_LEN + keep {
+            return Ok(None);
+        }
+        let mut prefix = buf.split_to(HEADER_LEN + keep);
+        prefix.advance(HEADER_LEN);
+        return Ok(Some(Frame::OversizedCopyData {
+            len,
+            prefix: prefix.freeze(),
+        }));
+    }
     if total > max_frame_len {
         return Err(ProtocolError::FrameTooLarge {
             len: total,
@@ -277,7 +346,7 @@ mod tests {
             parse_frame(&mut buf, 1024),
             Err(ProtocolError::InvalidLength(_))
         ));
-        let mut buf = BytesMut::from(&[b'd', 0x7f, 0xff, 0xff, 0xff][..]);
+        let mut buf = BytesMut::from(&[b'T', 0x7f, 0xff, 0xff, 0xff][..]);
         assert!(matches!(
             parse_frame(&mut buf, 1024),
             Err(ProtocolError::FrameTooLarge { max: 1024, .. })
@@ -294,6 +363,54 @@ mod tests {
         assert!(parse_frame(&mut buf, 1024).is_err());
         let mut buf = BytesMut::from(&[b'W', 0, 0, 0, 9, 0, 0, 1, 0, 0][..]);
         assert!(parse_frame(&mut buf, 1024).unwrap().is_some());
+    }
+
+    #[test]
+    fn oversized_copy_data_yields_its_prefix_once_buffered() {
+        let mut bytes = vec![b'd'];
+        bytes.extend_from_slice(&(4u32 + 5000).to_be_bytes());
+        bytes.extend(std::iter::repeat_n(7u8, 5000));
+        for len in 0..HEADER_LEN + 1024 {
+            let mut buf = BytesMut::from(&bytes[..len]);
+            assert!(parse_frame(&mut buf, 1024).unwrap().is_none(), "{len}");
+        }
+        let mut buf = BytesMut::from(&bytes[..]);
+        let Some(Frame::OversizedCopyData { len, prefix }) = parse_frame(&mut buf, 1024).unwrap()
+        else {
+            panic!("expected an oversized CopyData")
+        };
+        assert_eq!((len, prefix.len()), (5000, 1024));
+        assert_eq!(
+            buf.len(),
+            5000 - 1024,
+            "the rest stays for the reader to discard"
+        );
+    }
+
+    /// The reader throws the rest of an oversized message away in small reads (never
+    /// holding it) and carries on with the next message.
+    #[tokio::test]
+    async fn reader_discards_the_rest_of_an_oversized_message() {
+        let mut bytes = vec![b'd'];
+        bytes.extend_from_slice(&(4u32 + 300_000).to_be_bytes());
+        bytes.extend(std::iter::repeat_n(7u8, 300_000));
+        bytes.extend(copy_data(b"k1"));
+        let (mut client, server) = tokio::io::duplex(4096);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            client.write_all(&bytes).await.unwrap();
+        });
+        let mut reader = FrameReader::new(server, 1024);
+        let Some(Frame::OversizedCopyData { len, prefix }) = reader.next("t").await.unwrap() else {
+            panic!("expected an oversized CopyData")
+        };
+        assert_eq!((len, prefix.len()), (300_000, 1024));
+        let Some(Frame::CopyData(next)) = reader.next("t").await.unwrap() else {
+            panic!("expected the next CopyData")
+        };
+        assert_eq!(&next[..], b"k1");
+        assert!(reader.buf.capacity() < 300_000, "{}", reader.buf.capacity());
+        writer.await.unwrap();
     }
 
     #[tokio::test]

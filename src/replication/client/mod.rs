@@ -31,11 +31,11 @@ use postgres_protocol::message::frontend;
 use tokio::io::AsyncWriteExt;
 
 pub use error::{ClientError, ProtocolError, ServerError};
-pub use frame::DEFAULT_MAX_FRAME_LEN;
+pub use frame::{DEFAULT_MAX_FRAME_LEN, OVERSIZED_PREFIX_LEN};
 pub use protocol::{
-    encode_standby_status, parse_copy_data, pg_epoch_micros, PrimaryKeepalive, ReplicationMessage,
-    XLogData, PRIMARY_KEEPALIVE_LEN, STANDBY_STATUS_FRAME_LEN, STANDBY_STATUS_LEN,
-    XLOG_DATA_HEADER_LEN,
+    encode_standby_status, parse_copy_data, parse_oversized_copy_data, pg_epoch_micros,
+    OversizedXLogData, PrimaryKeepalive, ReplicationMessage, XLogData, PRIMARY_KEEPALIVE_LEN,
+    STANDBY_STATUS_FRAME_LEN, STANDBY_STATUS_LEN, XLOG_DATA_HEADER_LEN,
 };
 pub use stream::{ReplicationReader, ReplicationWriter};
 
@@ -48,7 +48,8 @@ use frame::{Frame, FrameReader};
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// Largest backend message accepted, tag included; bigger ones end the connection
-    /// with [`ProtocolError::FrameTooLarge`]. Default [`DEFAULT_MAX_FRAME_LEN`].
+    /// with [`ProtocolError::FrameTooLarge`], except WAL data, which the stream reports as
+    /// [`ReplicationMessage::OversizedXLogData`]. Default [`DEFAULT_MAX_FRAME_LEN`].
     pub max_frame_len: usize,
 }
 

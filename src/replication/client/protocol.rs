@@ -26,6 +26,24 @@ pub enum ReplicationMessage {
     XLogData(XLogData),
     /// The server's heartbeat, optionally asking for an immediate status update.
     PrimaryKeepalive(PrimaryKeepalive),
+    /// WAL data larger than the maximum message size: the header and the first bytes of
+    /// the pgoutput message; the rest was discarded unread.
+    OversizedXLogData(OversizedXLogData),
+}
+
+/// An XLogData message above the maximum message size, cut short. Its pgoutput message
+/// cannot be decoded as a whole; [`OversizedXLogData::prefix`] is enough to tell what it
+/// was (e.g. an Insert's relation and leading columns).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OversizedXLogData {
+    /// `dataStart`.
+    pub wal_start: Lsn,
+    /// `walEnd`.
+    pub wal_end: Lsn,
+    /// Length of the whole pgoutput message in bytes.
+    pub len: usize,
+    /// The first bytes of the pgoutput message.
+    pub prefix: Bytes,
 }
 
 /// `'w'`: one pgoutput message with the walsender's positions.
@@ -105,6 +123,29 @@ pub fn parse_copy_data(mut payload: Bytes) -> Result<ReplicationMessage, Protoco
         }
         tag => Err(ProtocolError::UnknownReplicationMessage {
             tag: char::from(tag),
+        }),
+    }
+}
+
+/// Decodes the kept prefix of a CopyData message of `len` payload bytes that exceeded the
+/// maximum message size. Only XLogData can be that large: anything else is an error.
+pub fn parse_oversized_copy_data(
+    len: usize,
+    prefix: Bytes,
+) -> Result<ReplicationMessage, ProtocolError> {
+    match parse_copy_data(prefix)? {
+        ReplicationMessage::XLogData(xlog) => {
+            Ok(ReplicationMessage::OversizedXLogData(OversizedXLogData {
+                wal_start: xlog.wal_start,
+                wal_end: xlog.wal_end,
+                len: len.saturating_sub(XLOG_DATA_HEADER_LEN),
+                prefix: xlog.data,
+            }))
+        }
+        _ => Err(ProtocolError::Length {
+            what: "replication message",
+            len,
+            expected: "at most the maximum message size (only XLogData may be larger)",
         }),
     }
 }

@@ -17,7 +17,8 @@ use super::connect::{log_notice, unexpected, BoxedTransport};
 use super::error::{ClientError, ServerError};
 use super::frame::{Frame, FrameReader};
 use super::protocol::{
-    encode_standby_status, parse_copy_data, pg_epoch_micros, ReplicationMessage,
+    encode_standby_status, parse_copy_data, parse_oversized_copy_data, pg_epoch_micros,
+    ReplicationMessage,
 };
 use crate::replication::lsn::Lsn;
 
@@ -38,7 +39,8 @@ impl ReplicationReader {
         }
     }
 
-    /// The next XLogData or keepalive.
+    /// The next XLogData or keepalive. XLogData above the maximum message size arrives as
+    /// [`ReplicationMessage::OversizedXLogData`] (its first bytes; the rest is discarded).
     ///
     /// - `Ok(None)`: the server ended the stream with CopyDone (normally after
     ///   [`ReplicationWriter::finish`]); every later call returns `Ok(None)` too.
@@ -59,6 +61,9 @@ impl ReplicationReader {
             };
             match frame {
                 Frame::CopyData(payload) => return Ok(Some(parse_copy_data(payload)?)),
+                Frame::OversizedCopyData { len, prefix } => {
+                    return Ok(Some(parse_oversized_copy_data(len, prefix)?))
+                }
                 Frame::Message(Message::CopyDone) => self.finished = true,
                 // A walsender that ends the copy on its own (seen during a fast shutdown of
                 // the server) may go straight to CommandComplete/ReadyForQuery: the stream
