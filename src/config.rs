@@ -48,6 +48,8 @@ pub struct RawConfig {
     pub webhook_concurrency: String,
     #[envconfig(from = "DISPATCHBOX_MAX_IN_FLIGHT", default = "1000")]
     pub max_in_flight: String,
+    #[envconfig(from = "DISPATCHBOX_MAX_IN_FLIGHT_BYTES", default = "64MiB")]
+    pub max_in_flight_bytes: String,
     #[envconfig(from = "DISPATCHBOX_STATUS_BATCH_SIZE", default = "1000")]
     pub status_batch_size: String,
     #[envconfig(from = "DISPATCHBOX_STATUS_LINGER", default = "100ms")]
@@ -207,6 +209,9 @@ pub struct Config {
     pub webhook: Option<WebhookConfig>,
     /// `DISPATCHBOX_MAX_IN_FLIGHT`: events decoded but not yet settled, at most.
     pub max_in_flight: usize,
+    /// `DISPATCHBOX_MAX_IN_FLIGHT_BYTES`: bytes of events (payload and headers) held at
+    /// once between the stream, the dispatcher, the sinks and the sweeper, at most.
+    pub max_in_flight_bytes: usize,
     /// `DISPATCHBOX_STATUS_BATCH_SIZE`: rows per status UPDATE, at most.
     pub status_batch_size: usize,
     /// `DISPATCHBOX_STATUS_LINGER`: how long the status writer waits for more outcomes
@@ -263,6 +268,39 @@ fn duration(variable: &'static str, value: &str) -> Result<Duration, ConfigError
             format!("{value:?} is not a duration; use a number with a unit, e.g. 500ms, 30s, 5m"),
         )
     })
+}
+
+/// A size in bytes: a whole number with an optional unit (`B`, `KiB`, `MiB`, `GiB`, or
+/// `KB`/`MB`/`GB` read as the binary ones), from 1 MiB to 4095 MiB.
+fn byte_size(variable: &'static str, value: &str) -> Result<usize, ConfigError> {
+    const MIB: u64 = 1024 * 1024;
+    let invalid = || {
+        ConfigError::new(
+            variable,
+            format!(
+                "{value:?} is not a valid size; use a size from 1MiB to 4095MiB, e.g. 64MiB, \
+                 512MiB or 1GiB"
+            ),
+        )
+    };
+    let text = value.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let unit = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "kb" | "k" => 1024,
+        "mib" | "mb" | "m" => MIB,
+        "gib" | "gb" | "g" => 1024 * MIB,
+        _ => return Err(invalid()),
+    };
+    let bytes = number.checked_mul(unit).ok_or_else(invalid)?;
+    if !(MIB..=4095 * MIB).contains(&bytes) {
+        return Err(invalid());
+    }
+    usize::try_from(bytes).map_err(|_| invalid())
 }
 
 fn positive_duration(variable: &'static str, value: &str) -> Result<Duration, ConfigError> {
@@ -574,6 +612,10 @@ impl Config {
                 1,
                 1_000_000,
             )?,
+            max_in_flight_bytes: byte_size(
+                "DISPATCHBOX_MAX_IN_FLIGHT_BYTES",
+                &raw.max_in_flight_bytes,
+            )?,
             status_batch_size: count(
                 "DISPATCHBOX_STATUS_BATCH_SIZE",
                 &raw.status_batch_size,
@@ -654,6 +696,26 @@ mod tests {
         assert_eq!(config.max_attempts, 5);
         assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
         assert!(config.kafka.is_none());
+        assert_eq!(config.max_in_flight_bytes, 64 * 1024 * 1024);
+    }
+
+    #[test]
+    fn byte_sizes_take_units_and_name_the_rule() {
+        let size = |v: &str| {
+            Config::from_vars(vars(&[("DISPATCHBOX_MAX_IN_FLIGHT_BYTES", v)]))
+                .map(|c| c.max_in_flight_bytes)
+        };
+        assert_eq!(size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(size("1 GiB").unwrap(), 1 << 30);
+        assert_eq!(size("2097152").unwrap(), 2 << 20);
+        for bad in ["0", "512KiB", "4GiB", "lots", "-1MiB", "1.5GiB"] {
+            let error = size(bad).expect_err(bad).to_string();
+            assert!(
+                error.contains("DISPATCHBOX_MAX_IN_FLIGHT_BYTES")
+                    && error.contains("1MiB to 4095MiB"),
+                "{bad}: {error}"
+            );
+        }
     }
 
     #[test]

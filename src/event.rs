@@ -31,6 +31,24 @@ impl OutboxEvent {
             .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
     }
 
+    /// About how many bytes holding this event costs: its texts, payload and headers, plus
+    /// a fixed overhead for the struct and its hand-offs. What the byte budget
+    /// (`DISPATCHBOX_MAX_IN_FLIGHT_BYTES`) counts.
+    pub fn held_bytes(&self) -> usize {
+        const OVERHEAD: usize = 256;
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 48)
+            .sum();
+        OVERHEAD
+            + self.payload.len()
+            + headers
+            + self.aggregate_type.len()
+            + self.aggregate_id.len()
+            + self.event_type.len()
+    }
+
     /// The payload as a `&str` (it is valid UTF-8 by construction).
     pub fn payload_str(&self) -> &str {
         std::str::from_utf8(&self.payload).unwrap_or("null")

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminServer, AdminState};
 use crate::config::{Config, SinkKind};
 use crate::dispatch::backoff::Backoff;
+use crate::dispatch::budget::ByteBudget;
 use crate::dispatch::ordering::BlockedAggregates;
 use crate::dispatch::{self, Deliverer, DispatchConfig, RetryPolicy};
 use crate::replication::lsn::Lsn;
@@ -114,14 +115,11 @@ async fn pipeline(
             },
         },
     );
+    // Aggregates with events waiting in their rows are loaded by the source each time it
+    // starts streaming (not here: a standby that takes over later must see what the
+    // leader left), and forgotten by the sweeper once their backlog drained.
     let blocked = BlockedAggregates::default();
-    if config.ordering {
-        // Aggregates with events already waiting in their rows (from before a restart)
-        // stay blocked until their backlog drained.
-        for (aggregate_type, aggregate_id) in store.backlogged_aggregates().await? {
-            blocked.block(&aggregate_type, &aggregate_id);
-        }
-    }
+    let budget = ByteBudget::new(config.max_in_flight_bytes);
 
     let (settlements, status_writer) = StatusWriter::spawn(
         store.clone(),
@@ -173,7 +171,7 @@ async fn pipeline(
     let sweeper = tokio::spawn(sweeper::run(
         store.clone(),
         deliverer,
-        blocked,
+        blocked.clone(),
         SweepConfig {
             interval: config.sweep_interval,
             grace: config.sweep_grace,
@@ -181,6 +179,7 @@ async fn pipeline(
             batch: config.sweep_batch,
             lease: config.sweep_lease,
             ordering: config.ordering,
+            budget: budget.clone(),
         },
         sweep_now.clone(),
         shutdown.clone(),
@@ -200,6 +199,8 @@ async fn pipeline(
             store: store.clone(),
             sweep_now,
             health,
+            budget,
+            blocked: config.ordering.then_some(blocked),
         },
         progress,
         work_tx,

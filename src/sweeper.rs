@@ -33,10 +33,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::dispatch::budget::ByteBudget;
 use crate::dispatch::ordering::BlockedAggregates;
 use crate::dispatch::{self, Deliverer};
 use crate::replication::lsn::Lsn;
-use crate::store::sweep::{ClaimSettings, ClaimedEvent, PendingSighting};
+use crate::store::sweep::{ClaimSettings, ClaimedEvent, ClaimedRow, PendingSighting};
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics;
 
@@ -56,6 +57,9 @@ pub struct SweepConfig {
     pub lease: Duration,
     /// Per-aggregate ordering on.
     pub ordering: bool,
+    /// The byte budget shared with the stream (`DISPATCHBOX_MAX_IN_FLIGHT_BYTES`): claimed
+    /// rows are loaded and delivered in pieces that fit half of it.
+    pub budget: ByteBudget,
 }
 
 /// Least time between two sweeps.
@@ -64,6 +68,13 @@ const BETWEEN_SWEEPS: Duration = Duration::from_millis(20);
 /// due: the row is held by another replica's claim (or its aggregate's head was settled
 /// after the claim's snapshot); polling for it at once would only spin.
 const NOTHING_CLAIMED_PAUSE: Duration = Duration::from_secs(1);
+
+/// What loading a claimed row costs beyond the bytes the claim reported (see
+/// [`crate::event::OutboxEvent::held_bytes`]).
+const ROW_OVERHEAD_BYTES: usize = 256;
+/// Blocked aggregates are checked for a drained backlog every this many sweep intervals
+/// (every 30 s with the default interval).
+const PRUNE_EVERY_INTERVALS: u32 = 6;
 
 /// Most `pending` rows remembered by [`Sightings`] (about 40 bytes each). A larger backlog
 /// of missed rows is taken this many at a time.
@@ -135,6 +146,7 @@ pub async fn run(
     let token = store.text_widths().fit_claim_token(&claim_token());
     let mut sightings = Sightings::default();
     let mut wake = tokio::time::Instant::now();
+    let mut pruned = Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -157,6 +169,13 @@ pub async fn run(
                 0
             }
         };
+        let prune_every = config.interval * PRUNE_EVERY_INTERVALS;
+        if config.ordering && pruned.elapsed() >= prune_every && !blocked.is_empty() {
+            pruned = Instant::now();
+            if let Err(error) = prune_blocked(&store, &blocked).await {
+                tracing::warn!(error = %error, "cannot check blocked aggregates for a drained backlog");
+            }
+        }
         wake = next_wake(&store, &config, claimed).await;
     }
 }
@@ -194,8 +213,23 @@ async fn sweep(
     let sighting = store.sight_pending(&config.slot, SIGHTING_LIMIT).await?;
     let now = Instant::now();
     sightings.observe(&sighting, now);
+    let missed = sightings.missed(sighting.stream_settled, config.grace, now);
+    // The stream went past these rows; until they are delivered, later events of their
+    // aggregates must wait in their rows like behind a retry. The holds keep the
+    // aggregates blocked until this sweep has written their outcomes, whatever the
+    // database says meanwhile (a `pending` row does not count as a backlog).
+    let _holds: Vec<Arc<()>> = if config.ordering && !missed.is_empty() {
+        store
+            .aggregates_of(&missed)
+            .await?
+            .iter()
+            .map(|(aggregate_type, aggregate_id)| blocked.hold(aggregate_type, aggregate_id))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut missed_pending = missed;
     // Rows returned from `dead` are taken at once: the stream will never deliver them.
-    let mut missed_pending = sightings.missed(sighting.stream_settled, config.grace, now);
     missed_pending.extend_from_slice(&sighting.requeued);
     let settings = ClaimSettings {
         batch: config.batch,
@@ -205,15 +239,87 @@ async fn sweep(
     };
     let mut total = 0;
     while !shutdown.is_cancelled() {
-        let claimed = store.claim_due(token, &settings).await?;
+        let claimed = store.claim_rows(token, &settings).await?;
         if claimed.is_empty() {
             break;
         }
         tracing::debug!(rows = claimed.len(), "sweeper claimed rows");
         total += claimed.len();
-        deliver_claimed(store, deliverer, blocked, config.ordering, token, claimed).await?;
+        deliver_renewing(store, deliverer, blocked, config, token, &claimed).await?;
     }
     Ok(total)
+}
+
+/// Forgets blocked aggregates whose backlog drained (every [`PRUNE_EVERY_INTERVALS`]
+/// sweep intervals): the
+/// dispatcher rechecks an aggregate only when a new event of it arrives, so without this
+/// the set would keep every aggregate that ever failed once.
+async fn prune_blocked(store: &Store, blocked: &BlockedAggregates) -> Result<(), StoreError> {
+    for chunk in blocked.idle().chunks(1000) {
+        let drained = store.drained_aggregates(chunk).await?;
+        blocked.forget_drained(&drained);
+    }
+    Ok(())
+}
+
+/// Delivers the claimed `rows` ([`deliver_in_pieces`]), renewing their leases every third
+/// of the lease meanwhile, so that a batch that takes long (slow sinks, a byte budget
+/// spent by the stream) is never taken over by another sweeper while it is delivered.
+async fn deliver_renewing(
+    store: &Store,
+    deliverer: &Deliverer,
+    blocked: &BlockedAggregates,
+    config: &SweepConfig,
+    token: &str,
+    rows: &[ClaimedRow],
+) -> Result<(), StoreError> {
+    let every = (config.lease / 3).max(Duration::from_millis(100));
+    let work = deliver_in_pieces(store, deliverer, blocked, config, token, rows);
+    tokio::pin!(work);
+    let mut renew = tokio::time::interval_at(Instant::now() + every, every);
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    loop {
+        tokio::select! {
+            result = &mut work => return result,
+            _ = renew.tick() => match store.renew_claims(token, &ids, config.lease).await {
+                Ok(renewed) => tracing::debug!(renewed, "sweeper renewed its leases"),
+                Err(error) => tracing::warn!(error = %error, "cannot renew the sweeper's leases"),
+            },
+        }
+    }
+}
+
+/// Loads and delivers the claimed `rows` in id order, as many at a time as fit half of
+/// the byte budget (at least one): the other half stays for the stream.
+async fn deliver_in_pieces(
+    store: &Store,
+    deliverer: &Deliverer,
+    blocked: &BlockedAggregates,
+    config: &SweepConfig,
+    token: &str,
+    rows: &[ClaimedRow],
+) -> Result<(), StoreError> {
+    let piece_budget = config.budget.total() / 2;
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let mut bytes = 0;
+        let mut take = 0;
+        for row in rest {
+            let size = row.bytes + ROW_OVERHEAD_BYTES;
+            if take > 0 && bytes + size > piece_budget {
+                break;
+            }
+            bytes += size;
+            take += 1;
+        }
+        let (piece, later) = rest.split_at(take);
+        rest = later;
+        let held = config.budget.acquire(bytes).await;
+        let claimed = store.load_claimed(token, piece).await?;
+        deliver_claimed(store, deliverer, blocked, config.ordering, token, claimed).await?;
+        drop(held);
+    }
+    Ok(())
 }
 
 async fn deliver_claimed(

@@ -3,7 +3,7 @@
 //! (`DISPATCHBOX_MAX_IN_FLIGHT_BYTES`). `DISPATCHBOX_MAX_IN_FLIGHT` bounds the number of
 //! events; with payloads of a megabyte that alone allows a gigabyte, so each event also
 //! holds its size from this budget from the moment it is decoded (or loaded by the sweeper)
-//! until its delivery ends. When the budget is spent, the stream stops reading (the server
+//! until its delivery ends ([`crate::event::OutboxEvent::held_bytes`]). When the budget is spent, the stream stops reading (the server
 //! keeps the WAL) and the sweeper loads its next rows later.
 //!
 //! An event larger than the whole budget takes the whole budget: it waits until nothing
@@ -17,10 +17,6 @@ use crate::telemetry::metrics;
 
 /// Default `DISPATCHBOX_MAX_IN_FLIGHT_BYTES`: 64 MiB.
 pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 64 * 1024 * 1024;
-
-/// What holding an event costs beyond its payload and headers (the struct, the strings'
-/// headers, the channel slot): a rough constant, so that many tiny events count too.
-pub const EVENT_OVERHEAD_BYTES: usize = 256;
 
 /// A shared budget of bytes. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -73,7 +69,9 @@ impl ByteBudget {
     }
 
     fn share(&self, bytes: usize) -> u32 {
-        u32::try_from(bytes).unwrap_or(u32::MAX).clamp(1, self.total)
+        u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total)
     }
 
     /// Takes `bytes` (capped at the whole budget), waiting until they are free.

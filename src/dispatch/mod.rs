@@ -18,6 +18,7 @@
 //!   exponential backoff with full jitter, at least `Retry-After`) or `dead`.
 
 pub mod backoff;
+pub mod budget;
 pub mod ordering;
 pub mod route;
 
@@ -37,6 +38,7 @@ use crate::store::status::{Outcome, Settlement};
 use crate::store::Store;
 use crate::telemetry::metrics::{self, DeliveryOutcome};
 use backoff::Backoff;
+use budget::BytesHeld;
 use ordering::{key_of, AggregateKey, BlockedAggregates};
 use route::Router;
 
@@ -48,11 +50,13 @@ const SCHEDULE_TOLERANCE: chrono::Duration = chrono::Duration::milliseconds(1000
 #[derive(Debug)]
 pub enum Work {
     /// Deliver this event; settle `ack` once its outcome is durable. `committed_at` is
-    /// the commit time of its transaction (for the commit-to-ack latency metric).
+    /// the commit time of its transaction (for the commit-to-ack latency metric); `held`
+    /// its share of the byte budget, returned when its delivery ends (or it is parked).
     Deliver {
         event: Arc<OutboxEvent>,
         ack: Ack,
         committed_at: Option<DateTime<Utc>>,
+        held: BytesHeld,
     },
     /// A row that cannot become an event (e.g. a malformed `headers` value): it is marked
     /// `dead` with `reason` and never delivered.
@@ -232,8 +236,9 @@ pub struct DispatchConfig {
 }
 
 type Delivered = (Arc<OutboxEvent>, Ack, Result<(), DeliveryError>);
-/// A streamed event waiting behind its aggregate: the event, its ack, its commit time.
-type Streamed = (Arc<OutboxEvent>, Ack, Option<DateTime<Utc>>);
+/// A streamed event waiting behind its aggregate: the event, its ack, its commit time, its
+/// share of the byte budget.
+type Streamed = (Arc<OutboxEvent>, Ack, Option<DateTime<Utc>>, BytesHeld);
 type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = Delivered> + Send>>;
 
 /// Runs until `input` closes (then drains) or `shutdown` is cancelled (then stops intake at
@@ -375,8 +380,8 @@ impl Dispatcher {
                     self.finished(delivered).await
                 }
                 work = input.recv(), if can_take => match work {
-                    Some(Work::Deliver { event, ack, committed_at }) => {
-                        self.admit(event, ack, committed_at).await
+                    Some(Work::Deliver { event, ack, committed_at, held }) => {
+                        self.admit((event, ack, committed_at, held)).await
                     }
                     Some(Work::Unusable { id, reason, ack }) => {
                         let outcome = unusable_row(id, reason);
@@ -417,24 +422,16 @@ impl Dispatcher {
 
     /// Decides what to do with a streamed event: deliver, queue behind its aggregate, or
     /// park in its row.
-    async fn admit(
-        &mut self,
-        event: Arc<OutboxEvent>,
-        ack: Ack,
-        committed_at: Option<DateTime<Utc>>,
-    ) -> Result<(), WriterGone> {
-        let key = self.shared.config.ordering.then(|| key_of(&event));
-        self.admit_keyed(event, ack, committed_at, key.as_ref())
-            .await
+    async fn admit(&mut self, streamed: Streamed) -> Result<(), WriterGone> {
+        let key = self.shared.config.ordering.then(|| key_of(&streamed.0));
+        self.admit_keyed(streamed, key.as_ref()).await
     }
 
     /// [`Dispatcher::admit`] with the event's aggregate key computed by the caller (`None`
     /// when ordering is off).
     async fn admit_keyed(
         &mut self,
-        event: Arc<OutboxEvent>,
-        ack: Ack,
-        committed_at: Option<DateTime<Utc>>,
+        (event, ack, committed_at, held): Streamed,
         key: Option<&AggregateKey>,
     ) -> Result<(), WriterGone> {
         // A row due when it was created (the default) needs no look at the clock.
@@ -443,9 +440,10 @@ impl Dispatcher {
         });
         let Some(key) = key else {
             if let Some(at) = scheduled {
+                drop(held);
                 return self.shared.park(event, ack, at, None).await;
             }
-            self.start(event, ack, committed_at);
+            self.start((event, ack, committed_at, held));
             return Ok(());
         };
 
@@ -455,30 +453,33 @@ impl Dispatcher {
                 .drained(key, self.queued.contains_key(key))
                 .await
         {
+            drop(held);
             let guard = self.shared.blocked.park_guard(&event);
             let at = scheduled.unwrap_or_else(Utc::now);
             return self.shared.park(event, ack, at, Some(guard)).await;
         }
         if let Some(at) = scheduled {
             // Later events of the aggregate wait behind the scheduled one.
+            drop(held);
             let guard = self.shared.blocked.park_guard(&event);
             return self.shared.park(event, ack, at, Some(guard)).await;
         }
         if let Some(waiting) = self.queued.get_mut(key) {
-            waiting.push_back((event, ack, committed_at));
+            waiting.push_back((event, ack, committed_at, held));
             self.queued_len += 1;
             return Ok(());
         }
         self.queued.insert(*key, VecDeque::new());
-        self.start(event, ack, committed_at);
+        self.start((event, ack, committed_at, held));
         Ok(())
     }
 
-    fn start(&mut self, event: Arc<OutboxEvent>, ack: Ack, committed_at: Option<DateTime<Utc>>) {
+    fn start(&mut self, (event, ack, committed_at, held): Streamed) {
         // Streamed events are on their first attempt as far as the dispatcher knows.
         let delivery = self.shared.deliverer.deliver(event.clone(), 1);
         self.in_flight.push(Box::pin(async move {
             let result = delivery.await;
+            drop(held);
             if let (Ok(()), Some(at)) = (&result, committed_at) {
                 metrics::commit_to_ack(at);
             }
@@ -499,9 +500,8 @@ impl Dispatcher {
         self.queued_len -= waiting.len();
         // Re-admit in commit order: after a failure they are parked (the aggregate is
         // blocked); after a success the first starts and the rest queue behind it.
-        for (event, ack, committed_at) in waiting {
-            self.admit_keyed(event, ack, committed_at, Some(&key))
-                .await?;
+        for streamed in waiting {
+            self.admit_keyed(streamed, Some(&key)).await?;
         }
         Ok(())
     }

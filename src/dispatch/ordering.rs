@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::event::OutboxEvent;
 use crate::store::status::Outcome;
+use crate::telemetry::metrics;
 
 /// An aggregate `(aggregate_type, aggregate_id)` as the dispatcher tracks it in memory: a
 /// 64-bit hash of the pair, computed once per event, cheap to copy and compare (the
@@ -77,9 +78,58 @@ impl BlockedAggregates {
 
     /// Marks the aggregate `(aggregate_type, aggregate_id)` as having a backlog.
     pub fn block(&self, aggregate_type: &str, aggregate_id: &str) {
-        self.lock()
+        self.hold(aggregate_type, aggregate_id);
+    }
+
+    /// Blocks the aggregate and returns a guard that keeps it blocked while held, whatever
+    /// the database says meanwhile: for rows the sweeper is about to deliver that the
+    /// database does not count as a backlog yet (`pending` rows the stream missed).
+    pub fn hold(&self, aggregate_type: &str, aggregate_id: &str) -> Arc<()> {
+        let mut map = self.lock();
+        let entry = map
             .entry(AggregateKey::new(aggregate_type, aggregate_id))
             .or_insert_with(|| Entry::new(aggregate_type, aggregate_id));
+        let guard = entry.parks.clone();
+        metrics::blocked_aggregates(map.len());
+        guard
+    }
+
+    /// Blocked aggregates with no park or hold in flight, for asking the database which of
+    /// them still have a backlog ([`BlockedAggregates::forget_drained`]).
+    pub fn idle(&self) -> Vec<(String, String)> {
+        self.lock()
+            .values()
+            .filter(|entry| Arc::strong_count(&entry.parks) == 1)
+            .map(|entry| entry.names.clone())
+            .collect()
+    }
+
+    /// Unblocks every aggregate of `drained` (the database showed no waiting rows) that
+    /// has no park or hold in flight. The set is thereby bounded by the aggregates with
+    /// rows waiting, also when no new event of a drained aggregate ever arrives (which is
+    /// when the dispatcher would have rechecked it).
+    pub fn forget_drained(&self, drained: &[(String, String)]) {
+        let mut map = self.lock();
+        for (aggregate_type, aggregate_id) in drained {
+            let key = AggregateKey::new(aggregate_type, aggregate_id);
+            if map
+                .get(&key)
+                .is_some_and(|entry| Arc::strong_count(&entry.parks) == 1)
+            {
+                map.remove(&key);
+            }
+        }
+        metrics::blocked_aggregates(map.len());
+    }
+
+    /// Blocked aggregates right now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when no aggregate is blocked.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 
     /// True while `key` is blocked.
@@ -90,11 +140,14 @@ impl BlockedAggregates {
     /// The guard to attach to a park settlement of `event`'s aggregate (blocking it if
     /// needed).
     pub fn park_guard(&self, event: &OutboxEvent) -> Arc<()> {
-        self.lock()
+        let mut map = self.lock();
+        let guard = map
             .entry(key_of(event))
             .or_insert_with(|| Entry::new(&event.aggregate_type, &event.aggregate_id))
             .parks
-            .clone()
+            .clone();
+        metrics::blocked_aggregates(map.len());
+        guard
     }
 
     /// The guard for writing `outcome` of `event` when ordering is on: a `retry` blocks
@@ -131,6 +184,7 @@ impl BlockedAggregates {
             Some(entry) if Arc::strong_count(&entry.parks) > 1 => false,
             Some(_) => {
                 map.remove(key);
+                metrics::blocked_aggregates(map.len());
                 true
             }
             None => true,
@@ -180,6 +234,33 @@ mod tests {
             None,
             "not blocked: nothing to check"
         );
+    }
+
+    #[test]
+    fn drained_aggregates_are_forgotten_unless_held() {
+        let blocked = BlockedAggregates::default();
+        blocked.block("order", "a");
+        blocked.block("order", "b");
+        let hold = blocked.hold("order", "c");
+        let mut idle = blocked.idle();
+        idle.sort();
+        assert_eq!(
+            idle,
+            [
+                ("order".to_owned(), "a".to_owned()),
+                ("order".to_owned(), "b".to_owned())
+            ]
+        );
+        blocked.forget_drained(&[
+            ("order".to_owned(), "a".to_owned()),
+            ("order".to_owned(), "c".to_owned()),
+        ]);
+        assert!(!blocked.contains(&key("a")));
+        assert!(blocked.contains(&key("b")), "not drained");
+        assert!(blocked.contains(&key("c")), "held");
+        drop(hold);
+        blocked.forget_drained(&[("order".to_owned(), "c".to_owned())]);
+        assert_eq!(blocked.len(), 1);
     }
 
     #[test]

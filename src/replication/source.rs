@@ -69,6 +69,11 @@ pub struct SourceConfig {
     pub sweep_now: Arc<Notify>,
     /// Where the stream's state is reported (probes and the stream gauges).
     pub health: Health,
+    /// Bytes of events that may be held at once (`DISPATCHBOX_MAX_IN_FLIGHT_BYTES`).
+    pub budget: crate::dispatch::budget::ByteBudget,
+    /// With ordering on, the blocked aggregates, reloaded from the table whenever the
+    /// stream starts (this process just became the leader, or came back).
+    pub blocked: Option<crate::dispatch::ordering::BlockedAggregates>,
 }
 
 /// Why START_REPLICATION found no usable slot of the relay's.
@@ -335,6 +340,23 @@ impl<'a> Session<'a> {
             }
         };
 
+        if let Some(blocked) = &config.blocked {
+            // Holding the slot now: this process has just become the leader (or come back).
+            // What another relay parked or failed meanwhile is in the table; load it before
+            // the first event is dispatched, so none overtakes a row waiting there.
+            let backlog = config
+                .store
+                .backlogged_aggregates()
+                .await
+                .map_err(|e| SourceError::Store(Box::new(e)))?;
+            for (aggregate_type, aggregate_id) in &backlog {
+                blocked.block(aggregate_type, aggregate_id);
+            }
+            tracing::info!(
+                aggregates = backlog.len(),
+                "loaded the aggregates with events waiting in their rows"
+            );
+        }
         config.health.set_stream(StreamState::Streaming);
         let reply_now = Arc::new(Notify::new());
         let stop_feedback = CancellationToken::new();
@@ -554,11 +576,25 @@ impl<'a> Session<'a> {
                     }
                 };
                 let work = match self.outbox.map_insert(&insert)? {
-                    InsertOutcome::Event(event) => Work::Deliver {
-                        event: Arc::new(event),
-                        ack: self.progress.event(seq),
-                        committed_at: self.committed_at,
-                    },
+                    InsertOutcome::Event(event) => {
+                        // Its share of the byte budget, from now until its delivery ends:
+                        // while the budget is spent, the stream reads no further.
+                        let bytes = event.held_bytes();
+                        let held = match self.config.budget.try_acquire(bytes) {
+                            Some(held) => held,
+                            None => tokio::select! {
+                                held = self.config.budget.acquire(bytes) => held,
+                                // Unsettled: delivered again after a restart.
+                                _ = shutdown.cancelled() => return Ok(()),
+                            },
+                        };
+                        Work::Deliver {
+                            event: Arc::new(event),
+                            ack: self.progress.event(seq),
+                            committed_at: self.committed_at,
+                            held,
+                        }
+                    }
                     InsertOutcome::Dead(error) => match error.id {
                         Some(id) => Work::Unusable {
                             id,

@@ -21,7 +21,7 @@
 //! This module decides nothing about delivery: it does not choose outcomes, back off, or
 //! talk to sinks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -91,8 +91,24 @@ impl ClaimReason {
     }
 }
 
-/// One row claimed by [`Store::claim_due`]; it is `processing` under the caller's token
+/// One row claimed by [`Store::claim_rows`]; it is `processing` under the caller's token
 /// until its outcome is written with [`Store::write_claimed_outcomes`] or the lease expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedRow {
+    /// The row's id.
+    pub id: i64,
+    /// Why it was claimed.
+    pub reason: ClaimReason,
+    /// Delivery attempts recorded before this claim.
+    pub attempts: i32,
+    /// Its `next_run_at` before the claim (the claim sets the lease there); `None` when
+    /// it cannot be read.
+    pub due_at: Option<DateTime<Utc>>,
+    /// About how many bytes its event takes (texts, payload and headers).
+    pub bytes: usize,
+}
+
+/// A claimed row loaded as an event ([`Store::load_claimed`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedEvent {
     /// The row's id (also inside `event` when that mapped).
@@ -143,11 +159,26 @@ impl Store {
     ///
     /// A row whose columns cannot form an event is claimed too and returned with a
     /// [`RowError`], so one bad row cannot block the sweep.
+    ///
+    /// [`Store::claim_rows`] and then [`Store::load_claimed`] of everything claimed; the
+    /// sweeper itself loads in pieces that fit its byte budget.
     pub async fn claim_due(
         &self,
         token: &str,
         settings: &ClaimSettings,
     ) -> Result<Vec<ClaimedEvent>, StoreError> {
+        let rows = self.claim_rows(token, settings).await?;
+        self.load_claimed(token, &rows).await
+    }
+
+    /// Claims like [`Store::claim_due`] but returns only what the claim decided and how
+    /// many bytes each row's event will take ([`ClaimedRow`]), in id order: the events are
+    /// loaded with [`Store::load_claimed`], as many at a time as memory allows.
+    pub async fn claim_rows(
+        &self,
+        token: &str,
+        settings: &ClaimSettings,
+    ) -> Result<Vec<ClaimedRow>, StoreError> {
         const CONTEXT: &str = "sweeper claim";
         if settings.batch <= 0 {
             return Ok(Vec::new());
@@ -211,8 +242,12 @@ impl Store {
                     next_run_at = now() + $4::bigint * interval '1 microsecond'
                FROM due
               WHERE t.id = due.id
-          RETURNING t.id, due.reason, t.attempts, t.aggregate_type, t.aggregate_id,
-                    t.event_type, t.payload::text, t.headers::text, t.created_at, due.due_at"
+          RETURNING t.id, due.reason, t.attempts, due.due_at,
+                    (coalesce(octet_length(t.payload::text), 0)
+                     + coalesce(octet_length(t.headers::text), 0)
+                     + coalesce(octet_length(t.aggregate_type), 0)
+                     + coalesce(octet_length(t.aggregate_id), 0)
+                     + coalesce(octet_length(t.event_type), 0))::bigint"
         );
         let client = self.client(CONTEXT).await?;
         let statement = client
@@ -233,10 +268,85 @@ impl Store {
             .map_err(|e| StoreError::db(CONTEXT, e))?;
         let mut claimed = rows
             .iter()
-            .map(claimed_event)
+            .map(claimed_row)
             .collect::<Result<Vec<_>, _>>()?;
         claimed.sort_unstable_by_key(|c| c.id);
         Ok(claimed)
+    }
+
+    /// The events of `rows`, claimed by `token`, in id order. A row whose claim was lost
+    /// meanwhile (its lease expired and another sweeper took it) is left out.
+    pub async fn load_claimed(
+        &self,
+        token: &str,
+        rows: &[ClaimedRow],
+    ) -> Result<Vec<ClaimedEvent>, StoreError> {
+        const CONTEXT: &str = "sweeper load";
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT id, aggregate_type, aggregate_id, event_type, payload::text,
+                    headers::text, created_at
+               FROM {}
+              WHERE id = ANY($1) AND claim_token = $2 AND status = 'processing'
+              ORDER BY id",
+            self.table().quoted()
+        );
+        let client = self.client(CONTEXT).await?;
+        let statement = client
+            .prepare_cached(&sql)
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let loaded = client
+            .query(&statement, &[&ids, &token])
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let by_id: HashMap<i64, &ClaimedRow> = rows.iter().map(|r| (r.id, r)).collect();
+        let mut events = Vec::with_capacity(loaded.len());
+        for row in &loaded {
+            let id: i64 = row.try_get(0).map_err(|e| StoreError::db(CONTEXT, e))?;
+            let Some(claimed) = by_id.get(&id) else {
+                continue;
+            };
+            let event = claimed_columns(row, id, claimed.due_at).map_err(|reason| RowError {
+                id: Some(id),
+                reason,
+            });
+            events.push(ClaimedEvent {
+                id,
+                event,
+                attempts: claimed.attempts,
+                reason: claimed.reason,
+            });
+        }
+        Ok(events)
+    }
+
+    /// Extends the lease of the rows `ids` still claimed by `token` to `lease` from now
+    /// (while their delivery takes long); returns how many it extended.
+    pub async fn renew_claims(
+        &self,
+        token: &str,
+        ids: &[i64],
+        lease: Duration,
+    ) -> Result<u64, StoreError> {
+        const CONTEXT: &str = "sweeper lease renewal";
+        let sql = format!(
+            "UPDATE {} SET next_run_at = now() + $3::bigint * interval '1 microsecond'
+              WHERE id = ANY($1) AND claim_token = $2 AND status = 'processing'",
+            self.table().quoted()
+        );
+        let client = self.client(CONTEXT).await?;
+        let statement = client
+            .prepare_cached(&sql)
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        client
+            .execute(&statement, &[&ids, &token, &micros(lease)])
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))
     }
 
     /// Writes the outcomes of rows claimed under `token` and releases their claims. Only
@@ -294,6 +404,63 @@ impl Store {
         let client = self.client(CONTEXT).await?;
         let rows = client
             .query(&sql, &[])
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, tokio_postgres::Error>>()
+            .map_err(|e| StoreError::db(CONTEXT, e))
+    }
+
+    /// Of `aggregates`, those without rows in `retry` or `processing` (one index probe
+    /// each, in one statement): the ones whose backlog drained.
+    pub async fn drained_aggregates(
+        &self,
+        aggregates: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        const CONTEXT: &str = "drained aggregates lookup";
+        let sql = format!(
+            "SELECT b.t, b.i FROM unnest($1::text[], $2::text[]) AS b(t, i)
+              WHERE NOT EXISTS (SELECT 1 FROM {} WHERE aggregate_type = b.t
+                                   AND aggregate_id = b.i
+                                   AND status IN ('retry', 'processing'))",
+            self.table().quoted()
+        );
+        let client = self.client(CONTEXT).await?;
+        let statement = client
+            .prepare_cached(&sql)
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let (types, ids): (Vec<&str>, Vec<&str>) = aggregates
+            .iter()
+            .map(|(t, i)| (t.as_str(), i.as_str()))
+            .unzip();
+        let rows = client
+            .query(&statement, &[&types, &ids])
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, tokio_postgres::Error>>()
+            .map_err(|e| StoreError::db(CONTEXT, e))
+    }
+
+    /// The aggregates of the rows `ids` (distinct; rows with a NULL aggregate are left
+    /// out: they cannot be delivered anyway).
+    pub async fn aggregates_of(&self, ids: &[i64]) -> Result<Vec<(String, String)>, StoreError> {
+        const CONTEXT: &str = "aggregates lookup";
+        let sql = format!(
+            "SELECT DISTINCT aggregate_type, aggregate_id FROM {}
+              WHERE id = ANY($1) AND aggregate_type IS NOT NULL AND aggregate_id IS NOT NULL",
+            self.table().quoted()
+        );
+        let client = self.client(CONTEXT).await?;
+        let statement = client
+            .prepare_cached(&sql)
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let rows = client
+            .query(&statement, &[&ids])
             .await
             .map_err(|e| StoreError::db(CONTEXT, e))?;
         rows.iter()
@@ -432,12 +599,8 @@ impl Store {
     }
 }
 
-/// Maps one `RETURNING` row of the claim. Only the id and the claim's own columns must be
-/// readable (they always are: the statement computes them); any other column that cannot
-/// be read as the event contract needs — NULL, a timestamp of `infinity`, a type the
-/// mapping does not know, malformed `headers` — makes this one row a [`RowError`], to be
-/// marked `dead` with the reason, while the other rows of the claim go on.
-fn claimed_event(row: &Row) -> Result<ClaimedEvent, StoreError> {
+/// Maps one `RETURNING` row of the claim (columns the statement computes: always readable).
+fn claimed_row(row: &Row) -> Result<ClaimedRow, StoreError> {
     const CONTEXT: &str = "sweeper claim";
     let db = |e| StoreError::db(CONTEXT, e);
     let id: i64 = row.try_get(0).map_err(db)?;
@@ -446,22 +609,28 @@ fn claimed_event(row: &Row) -> Result<ClaimedEvent, StoreError> {
         context: CONTEXT.into(),
         detail: format!("row {id} was claimed for the unknown reason {reason:?}"),
     })?;
-    let attempts: i32 = row.try_get(2).map_err(db)?;
-    let event = claimed_columns(row, id).map_err(|reason| RowError {
-        id: Some(id),
-        reason,
-    });
-    Ok(ClaimedEvent {
+    // A due time that cannot be read (infinity) is the row's problem, found when loaded.
+    let due_at = row.try_get::<_, Option<DateTime<Utc>>>(3).ok().flatten();
+    let bytes: i64 = row.try_get(4).map_err(db)?;
+    Ok(ClaimedRow {
         id,
-        event,
-        attempts,
         reason,
+        attempts: row.try_get(2).map_err(db)?,
+        due_at,
+        bytes: usize::try_from(bytes).unwrap_or(0),
     })
 }
 
-/// The event columns of a claimed row, or why they cannot make an event. The reason names
-/// the column and the problem, never the value.
-fn claimed_columns(row: &Row, id: i64) -> Result<OutboxEvent, String> {
+/// The event columns of a loaded row, or why they cannot make an event. Only the id had to
+/// be readable; any other column that cannot be read as the event contract needs — NULL,
+/// a timestamp of `infinity`, a type the mapping does not know, malformed `headers` —
+/// makes this one row a [`RowError`], to be marked `dead` with the reason, while the other
+/// rows go on. The reason names the column and the problem, never the value.
+fn claimed_columns(
+    row: &Row,
+    id: i64,
+    due_at: Option<DateTime<Utc>>,
+) -> Result<OutboxEvent, String> {
     fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
         row: &'a Row,
         index: usize,
@@ -472,7 +641,7 @@ fn claimed_columns(row: &Row, id: i64) -> Result<OutboxEvent, String> {
             .ok_or_else(|| format!("column \"{name}\" is NULL"))
     }
     let headers = match row
-        .try_get::<_, Option<&str>>(7)
+        .try_get::<_, Option<&str>>(5)
         .map_err(|e| format!("column \"headers\" cannot be read: {}", unreadable(&e)))?
     {
         None => Vec::new(),
@@ -480,14 +649,14 @@ fn claimed_columns(row: &Row, id: i64) -> Result<OutboxEvent, String> {
     };
     Ok(OutboxEvent {
         id,
-        aggregate_type: column(row, 3, "aggregate_type")?,
-        aggregate_id: column(row, 4, "aggregate_id")?,
-        event_type: column(row, 5, "event_type")?,
+        aggregate_type: column(row, 1, "aggregate_type")?,
+        aggregate_id: column(row, 2, "aggregate_id")?,
+        event_type: column(row, 3, "event_type")?,
         // `payload::text` is the type's output function, the same text pgoutput sends.
-        payload: Bytes::from(column::<String>(row, 6, "payload")?),
+        payload: Bytes::from(column::<String>(row, 4, "payload")?),
         headers,
-        created_at: column(row, 8, "created_at")?,
-        next_run_at: Some(column(row, 9, "next_run_at")?),
+        created_at: column(row, 6, "created_at")?,
+        next_run_at: Some(due_at.ok_or("column \"next_run_at\" cannot be read")?),
     })
 }
 

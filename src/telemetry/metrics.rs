@@ -109,6 +109,8 @@ struct Metrics {
     status_write_batch_size: Histogram,
     status_rows_rejected: IntCounterVec,
     status_writer_stalled: IntGauge,
+    blocked_aggregates: IntGauge,
+    in_flight_bytes: IntGauge,
     retries: IntCounterVec,
     dead_events_total: IntCounterVec,
     dead_event_types: Mutex<HashSet<String>>,
@@ -262,6 +264,16 @@ impl Metrics {
                 &registry,
                 "dispatchbox_status_writer_stalled",
                 "1 while the status writer has failed to write anything for longer than DISPATCHBOX_STATUS_STALL_TIMEOUT.",
+            ),
+            in_flight_bytes: gauge(
+                &registry,
+                "dispatchbox_in_flight_bytes",
+                "Bytes of events (payload and headers) held between the stream, the dispatcher, the sinks and the sweeper; at most DISPATCHBOX_MAX_IN_FLIGHT_BYTES.",
+            ),
+            blocked_aggregates: gauge(
+                &registry,
+                "dispatchbox_blocked_aggregates",
+                "Aggregates whose new events are parked in their rows because earlier events wait there (ordering).",
             ),
             retries,
             dead_events_total: counter_vec(
@@ -426,6 +438,20 @@ pub fn status_writer_stalled(stalled: bool) {
     METRICS.status_writer_stalled.set(i64::from(stalled));
 }
 
+/// `bytes` of events are held (see `dispatch::budget`).
+pub fn in_flight_bytes(bytes: usize) {
+    METRICS
+        .in_flight_bytes
+        .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+}
+
+/// `count` aggregates are blocked (ordering).
+pub fn blocked_aggregates(count: usize) {
+    METRICS
+        .blocked_aggregates
+        .set(i64::try_from(count).unwrap_or(i64::MAX));
+}
+
 /// An event of `event_type` (`None`: the row could not be read as an event) was marked
 /// dead after `attempts` delivery attempts.
 pub fn dead_event(event_type: Option<&str>, attempts: u32) {
@@ -516,6 +542,8 @@ mod tests {
             "dispatchbox_commit_to_ack_seconds_count",
             "dispatchbox_status_write_batch_size_count",
             "dispatchbox_status_rows_rejected_total{written=\"none\"}",
+            "dispatchbox_blocked_aggregates",
+            "dispatchbox_in_flight_bytes",
             "dispatchbox_status_writer_stalled",
             "dispatchbox_dead_events_total",
             "dispatchbox_dead_events ",
