@@ -77,13 +77,13 @@ fn describe_pool(err: &deadpool_postgres::PoolError) -> String {
 fn is_transient_code(code: &SqlState) -> bool {
     let code = code.code();
     code.starts_with("08") // connection exception
+        || code.starts_with("53") // insufficient resources: disk full, out of memory, too many connections
         || matches!(
             code,
             "57P01" // admin_shutdown
                 | "57P02" // crash_shutdown
                 | "57P03" // cannot_connect_now (server starting or in recovery)
                 | "57014" // query_canceled (statement_timeout)
-                | "53300" // too_many_connections
                 | "40001" // serialization_failure
                 | "40P01" // deadlock_detected
                 | "55P03" // lock_not_available
@@ -155,6 +155,7 @@ impl StoreError {
     }
 
     /// True when retrying the same operation later may succeed (connection lost, class 08,
+    /// insufficient resources (class 53: disk full, out of memory, too many connections),
     /// server shutting down or starting, pool timeout, serialization failure, deadlock).
     /// False for definite failures (missing table, permission denied, bad data).
     pub fn is_transient(&self) -> bool {
@@ -179,7 +180,9 @@ mod tests {
 
     #[test]
     fn connection_and_shutdown_codes_are_transient() {
-        for code in ["08006", "08001", "57P01", "57P03", "40001", "40P01"] {
+        for code in [
+            "08006", "08001", "57P01", "57P03", "40001", "40P01", "53100", "53200",
+        ] {
             assert!(is_transient_code(&SqlState::from_code(code)), "{code}");
         }
         for code in ["42P01", "42501", "23505", "22P02", "42703"] {
