@@ -148,6 +148,24 @@ fn micros(duration: Duration) -> i64 {
 /// rows wait (dead rows do not: a dead-lettered event must not stall its aggregate forever).
 const OUTSTANDING: &str = "('pending', 'retry', 'processing')";
 
+/// With `ordering`, the condition (on the outbox row aliased `t`) that no lower id of its
+/// aggregate is still outstanding: the row heads its aggregate's backlog. Its predicate
+/// matches the partial aggregate index of migration 3 exactly (one index probe per row).
+/// Empty without ordering.
+fn head_only(table: &str, ordering: bool) -> String {
+    if !ordering {
+        return String::new();
+    }
+    format!(
+        "AND NOT EXISTS (
+               SELECT 1 FROM {table} AS earlier
+                WHERE earlier.aggregate_type = t.aggregate_type
+                  AND earlier.aggregate_id = t.aggregate_id
+                  AND earlier.id < t.id
+                  AND earlier.status IN {OUTSTANDING})"
+    )
+}
+
 impl Store {
     /// Claims up to `settings.batch` due rows for the claimer `token` (unique per claimer)
     /// and returns them in id order.
@@ -190,18 +208,7 @@ impl Store {
         // exactly, so it is one index probe per candidate. It reads the statement's
         // snapshot, which errs on the safe side: a lower row settled after the snapshot
         // still blocks, until the next sweep.
-        let head_only = if settings.ordering {
-            format!(
-                "AND NOT EXISTS (
-                       SELECT 1 FROM {table} AS earlier
-                        WHERE earlier.aggregate_type = t.aggregate_type
-                          AND earlier.aggregate_id = t.aggregate_id
-                          AND earlier.id < t.id
-                          AND earlier.status IN {OUTSTANDING})"
-            )
-        } else {
-            String::new()
-        };
+        let head_only = head_only(&table, settings.ordering);
         // Candidates, gathered first: due `retry` rows and expired `processing` leases (a
         // range scan of the due index per status: `next_run_at <= now()` doubles as "lease
         // expired") and the named `pending` rows (primary-key lookups). Gathering them in
@@ -563,18 +570,7 @@ impl Store {
     pub async fn next_due(&self, ordering: bool) -> Result<Option<DateTime<Utc>>, StoreError> {
         const CONTEXT: &str = "next due lookup";
         let table = self.table().quoted();
-        let head_only = if ordering {
-            format!(
-                "AND NOT EXISTS (
-                       SELECT 1 FROM {table} AS earlier
-                        WHERE earlier.aggregate_type = t.aggregate_type
-                          AND earlier.aggregate_id = t.aggregate_id
-                          AND earlier.id < t.id
-                          AND earlier.status IN {OUTSTANDING})"
-            )
-        } else {
-            String::new()
-        };
+        let head_only = head_only(&table, ordering);
         // Per status, the due index in next_run_at order up to the first claimable row:
         // one probe without ordering; with it, one more probe of the aggregate index per
         // parked row passed over.
