@@ -57,6 +57,10 @@ pub enum Work {
         ack: Ack,
         committed_at: Option<DateTime<Utc>>,
         held: BytesHeld,
+        /// Committed before the stream (re)connected: an earlier run may have delivered
+        /// and settled it already. The dispatcher checks such events against their rows,
+        /// a batch per query, and delivers only those still `pending`.
+        replayed: bool,
     },
     /// A row that cannot become an event (e.g. a malformed `headers` value): it is marked
     /// `dead` with `reason` and never delivered.
@@ -224,6 +228,9 @@ pub fn unusable_row(id: i64, reason: String) -> Outcome {
     Outcome::Dead { error: reason }
 }
 
+/// Most replayed events looked up in one query.
+const REPLAY_BATCH: usize = 1000;
+
 /// Dispatcher settings.
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
@@ -380,13 +387,7 @@ impl Dispatcher {
                     self.finished(delivered).await
                 }
                 work = input.recv(), if can_take => match work {
-                    Some(Work::Deliver { event, ack, committed_at, held }) => {
-                        self.admit((event, ack, committed_at, held)).await
-                    }
-                    Some(Work::Unusable { id, reason, ack }) => {
-                        let outcome = unusable_row(id, reason);
-                        self.shared.settle(id, outcome, ack, None).await
-                    }
+                    Some(work) => self.take(work, &mut input).await,
                     None => {
                         input_open = false;
                         Ok(())
@@ -418,6 +419,105 @@ impl Dispatcher {
                 "shutdown timeout reached with deliveries outstanding; they will be delivered again after restart"
             );
         }
+    }
+
+    /// Handles one piece of work from the stream (with the replayed events queued right
+    /// behind a replayed one, see [`Dispatcher::replay`]).
+    async fn take(
+        &mut self,
+        work: Work,
+        input: &mut mpsc::Receiver<Work>,
+    ) -> Result<(), WriterGone> {
+        match work {
+            Work::Deliver {
+                event,
+                ack,
+                committed_at,
+                held,
+                replayed: true,
+            } => {
+                let after = self.replay((event, ack, committed_at, held), input).await?;
+                match after {
+                    Some(work) => Box::pin(self.take(work, input)).await,
+                    None => Ok(()),
+                }
+            }
+            Work::Deliver {
+                event,
+                ack,
+                committed_at,
+                held,
+                replayed: false,
+            } => self.admit((event, ack, committed_at, held)).await,
+            Work::Unusable { id, reason, ack } => {
+                let outcome = unusable_row(id, reason);
+                self.shared.settle(id, outcome, ack, None).await
+            }
+        }
+    }
+
+    /// Replayed events (committed before the stream connected): `first` and those queued
+    /// right behind it, up to [`REPLAY_BATCH`] and the in-flight limit, are looked up in
+    /// one query. Rows no longer `pending` were settled by an earlier run (`done`,
+    /// `dead`) or belong to the sweeper now (`retry`, `processing`): their events are not
+    /// delivered again, and their acks settle at once (the row is already written). The
+    /// rest are admitted in order. Returns the first queued work that was not part of the
+    /// batch.
+    async fn replay(
+        &mut self,
+        first: Streamed,
+        input: &mut mpsc::Receiver<Work>,
+    ) -> Result<Option<Work>, WriterGone> {
+        let room = self
+            .shared
+            .config
+            .max_in_flight
+            .saturating_sub(self.outstanding())
+            .clamp(1, REPLAY_BATCH);
+        let mut batch = vec![first];
+        let mut after = None;
+        while batch.len() < room {
+            match input.try_recv() {
+                Ok(Work::Deliver {
+                    event,
+                    ack,
+                    committed_at,
+                    held,
+                    replayed: true,
+                }) => batch.push((event, ack, committed_at, held)),
+                Ok(other) => {
+                    after = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let ids: Vec<i64> = batch.iter().map(|(event, ..)| event.id).collect();
+        let settled = match self.shared.store.settled_among(&ids).await {
+            Ok(settled) => settled,
+            Err(error) => {
+                // Not knowing is not a reason to stop: deliver them (at least once).
+                tracing::warn!(error = %error, events = ids.len(), "cannot check replayed events against their rows; delivering them");
+                std::collections::HashSet::new()
+            }
+        };
+        if !settled.is_empty() {
+            tracing::info!(
+                skipped = settled.len(),
+                of = ids.len(),
+                "replayed events whose rows are settled already are not delivered again"
+            );
+            metrics::replay_skipped(settled.len());
+        }
+        for streamed in batch {
+            if settled.contains(&streamed.0.id) {
+                let (_event, ack, _committed_at, _held) = streamed;
+                ack.settle();
+                continue;
+            }
+            self.admit(streamed).await?;
+        }
+        Ok(after)
     }
 
     /// Decides what to do with a streamed event: deliver, queue behind its aggregate, or

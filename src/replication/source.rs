@@ -275,6 +275,13 @@ struct Session<'a> {
     committed_at: Option<DateTime<Utc>>,
     /// True once the stream delivered something (resets the reconnect backoff).
     streamed: bool,
+    /// The server's WAL position when this connection was made: transactions committed
+    /// up to it may have been delivered already by an earlier run (the slot resends
+    /// everything after its confirmed position), so their events are marked `replayed`
+    /// and the dispatcher skips those whose rows are settled.
+    replay_until: Lsn,
+    /// Whether the transaction being received is within `replay_until`.
+    replaying: bool,
     /// When the slot was (re)created recently (shared across sessions).
     recreations: &'a mut Vec<std::time::Instant>,
 }
@@ -295,6 +302,8 @@ impl<'a> Session<'a> {
             current: None,
             committed_at: None,
             streamed: false,
+            replay_until: Lsn::ZERO,
+            replaying: false,
             recreations,
         }
     }
@@ -314,6 +323,7 @@ impl<'a> Session<'a> {
             .identify_system()
             .await
             .map_err(SourceError::Connection)?;
+        self.replay_until = system.xlogpos;
         let start = self.progress.resume_lsn();
         tracing::info!(
             system_id = %system.systemid,
@@ -539,6 +549,7 @@ impl<'a> Session<'a> {
                 }
                 self.current = Some(self.progress.begin(begin.final_lsn));
                 self.committed_at = pg_timestamp_to_datetime(begin.commit_ts);
+                self.replaying = begin.final_lsn <= self.replay_until;
             }
             PgOutputMessage::Commit(commit) => {
                 let Some(current) = self.current.take() else {
@@ -593,6 +604,7 @@ impl<'a> Session<'a> {
                             ack: self.progress.event(seq),
                             committed_at: self.committed_at,
                             held,
+                            replayed: self.replaying,
                         }
                     }
                     InsertOutcome::Dead(error) => match error.id {

@@ -419,6 +419,32 @@ impl Store {
             .map_err(|e| StoreError::db(CONTEXT, e))
     }
 
+    /// Of the rows `ids`, those no longer `pending` (one statement): settled by an earlier
+    /// run, or the sweeper's now. Rows that do not exist are not among them.
+    pub async fn settled_among(
+        &self,
+        ids: &[i64],
+    ) -> Result<std::collections::HashSet<i64>, StoreError> {
+        const CONTEXT: &str = "replayed events lookup";
+        let sql = format!(
+            "SELECT id FROM {} WHERE id = ANY($1) AND status <> 'pending'",
+            self.table().quoted()
+        );
+        let client = self.client(CONTEXT).await?;
+        let statement = client
+            .prepare_cached(&sql)
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let rows = client
+            .query(&statement, &[&ids])
+            .await
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        rows.iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::db(CONTEXT, e))
+    }
+
     /// Of `aggregates`, those without rows in `retry` or `processing` (one index probe
     /// each, in one statement): the ones whose backlog drained.
     pub async fn drained_aggregates(

@@ -111,6 +111,7 @@ struct Metrics {
     status_writer_stalled: IntGauge,
     blocked_aggregates: IntGauge,
     in_flight_bytes: IntGauge,
+    replay_skipped: IntCounter,
     retries: IntCounterVec,
     dead_events_total: IntCounterVec,
     dead_event_types: Mutex<HashSet<String>>,
@@ -140,6 +141,14 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
     register(registry, metric)
+}
+
+#[allow(clippy::expect_used)]
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    register(
+        registry,
+        IntCounter::new(name, help).expect("valid counter"),
+    )
 }
 
 #[allow(clippy::expect_used)]
@@ -264,6 +273,11 @@ impl Metrics {
                 &registry,
                 "dispatchbox_status_writer_stalled",
                 "1 while the status writer has failed to write anything for longer than DISPATCHBOX_STATUS_STALL_TIMEOUT.",
+            ),
+            replay_skipped: counter(
+                &registry,
+                "dispatchbox_replay_skipped_total",
+                "Events the stream sent again after a (re)connect whose rows were settled already (or the sweeper's): not delivered again.",
             ),
             in_flight_bytes: gauge(
                 &registry,
@@ -438,6 +452,13 @@ pub fn status_writer_stalled(stalled: bool) {
     METRICS.status_writer_stalled.set(i64::from(stalled));
 }
 
+/// `events` replayed events were not delivered again: their rows were settled.
+pub fn replay_skipped(events: usize) {
+    METRICS
+        .replay_skipped
+        .inc_by(u64::try_from(events).unwrap_or(u64::MAX));
+}
+
 /// `bytes` of events are held (see `dispatch::budget`).
 pub fn in_flight_bytes(bytes: usize) {
     METRICS
@@ -544,6 +565,7 @@ mod tests {
             "dispatchbox_status_rows_rejected_total{written=\"none\"}",
             "dispatchbox_blocked_aggregates",
             "dispatchbox_in_flight_bytes",
+            "dispatchbox_replay_skipped_total",
             "dispatchbox_status_writer_stalled",
             "dispatchbox_dead_events_total",
             "dispatchbox_dead_events ",
