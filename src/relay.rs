@@ -142,6 +142,7 @@ async fn pipeline(
             max_in_flight: config.max_in_flight,
             ordering: config.ordering,
             shutdown_timeout: config.shutdown_timeout,
+            replay_grace: replay_grace(config),
         },
         shutdown.clone(),
     ));
@@ -254,6 +255,23 @@ async fn preflight(
         }
     }
 }
+
+/// How long a replayed event still `pending` waits before the sweeper delivers it (see
+/// `DispatchConfig::replay_grace`): the longest delivery a relay that held the slot
+/// before may still have had in flight, plus the status linger and a margin.
+fn replay_grace(config: &Config) -> Duration {
+    let longest_delivery = config
+        .webhook
+        .iter()
+        .map(|w| w.timeout)
+        .chain(config.kafka.iter().map(|k| k.delivery_timeout))
+        .max()
+        .unwrap_or_default();
+    longest_delivery + config.status_linger + REPLAY_MARGIN
+}
+
+/// Added to the longest delivery for [`replay_grace`]: the status write and its retries.
+const REPLAY_MARGIN: Duration = Duration::from_secs(15);
 
 pub(crate) fn build_sinks(config: &Config) -> Result<Vec<Sink>, RelayError> {
     config

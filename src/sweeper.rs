@@ -37,6 +37,7 @@ use crate::dispatch::budget::ByteBudget;
 use crate::dispatch::ordering::BlockedAggregates;
 use crate::dispatch::{self, Deliverer};
 use crate::replication::lsn::Lsn;
+use crate::store::status::Outcome;
 use crate::store::sweep::{ClaimSettings, ClaimedEvent, ClaimedRow, PendingSighting};
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics;
@@ -316,10 +317,45 @@ async fn deliver_in_pieces(
         rest = later;
         let held = config.budget.acquire(bytes).await;
         let claimed = store.load_claimed(token, piece).await?;
-        deliver_claimed(store, deliverer, blocked, config.ordering, token, claimed).await?;
+        deliver_claimed(
+            store,
+            deliverer,
+            blocked,
+            config.ordering,
+            config.lease,
+            token,
+            claimed,
+        )
+        .await?;
         drop(held);
     }
     Ok(())
+}
+
+/// Writes the outcomes of delivered claimed rows, retrying a failed write (the database
+/// restarting, a connection lost) for as long as the lease would have held: giving up at
+/// once would leave delivered rows `processing` until the lease expires, and another
+/// sweeper would deliver them again. A late write is harmless: it only touches rows still
+/// claimed by `token`.
+async fn write_outcomes(
+    store: &Store,
+    token: &str,
+    outcomes: &[(i64, Outcome)],
+    lease: Duration,
+) -> Result<Vec<i64>, StoreError> {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match store.write_claimed_outcomes(token, outcomes).await {
+            Ok(written) => return Ok(written),
+            Err(error) if error.is_transient() && started.elapsed() + backoff < lease => {
+                tracing::warn!(error = %error, rows = outcomes.len(), retry_in = ?backoff, "cannot write the sweeper's outcomes yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 async fn deliver_claimed(
@@ -327,6 +363,7 @@ async fn deliver_claimed(
     deliverer: &Deliverer,
     blocked: &BlockedAggregates,
     ordering: bool,
+    lease: Duration,
     token: &str,
     claimed: Vec<ClaimedEvent>,
 ) -> Result<(), StoreError> {
@@ -361,7 +398,7 @@ async fn deliver_claimed(
         }
         outcomes.push((event.id, outcome));
     }
-    let written = store.write_claimed_outcomes(token, &outcomes).await?;
+    let written = write_outcomes(store, token, &outcomes, lease).await?;
     if written.len() < outcomes.len() {
         tracing::warn!(
             lost = outcomes.len() - written.len(),

@@ -240,6 +240,11 @@ pub struct DispatchConfig {
     pub ordering: bool,
     /// After shutdown begins, how long outstanding deliveries may still finish.
     pub shutdown_timeout: Duration,
+    /// How long a replayed event still `pending` waits in its row before the sweeper
+    /// delivers it: long enough for the relay that held the slot before to finish a
+    /// delivery it had started and write its outcome (the longest sink timeout, plus a
+    /// margin).
+    pub replay_grace: Duration,
 }
 
 type Delivered = (Arc<OutboxEvent>, Ack, Result<(), DeliveryError>);
@@ -461,8 +466,8 @@ impl Dispatcher {
     /// one query. Rows no longer `pending` were settled by an earlier run (`done`,
     /// `dead`) or belong to the sweeper now (`retry`, `processing`): their events are not
     /// delivered again, and their acks settle at once (the row is already written). The
-    /// rest are admitted in order. Returns the first queued work that was not part of the
-    /// batch.
+    /// rest are parked for the sweeper after `replay_grace` (see below). Returns the first
+    /// queued work that was not part of the batch.
     async fn replay(
         &mut self,
         first: Streamed,
@@ -509,13 +514,30 @@ impl Dispatcher {
             );
             metrics::replay_skipped(settled.len());
         }
-        for streamed in batch {
-            if settled.contains(&streamed.0.id) {
-                let (_event, ack, _committed_at, _held) = streamed;
+        let grace = self.shared.config.replay_grace;
+        let due = Utc::now() + chrono::Duration::from_std(grace).unwrap_or_default();
+        for (event, ack, _committed_at, held) in batch {
+            if settled.contains(&event.id) {
                 ack.settle();
                 continue;
             }
-            self.admit(streamed).await?;
+            if !ack.is_live() {
+                continue;
+            }
+            // Still pending: maybe never delivered, maybe delivered a moment ago by the
+            // relay that held the slot before, which may be alive and about to write it
+            // (it lost its connection, not its deliveries). Delivering it now could
+            // duplicate it and overtake that relay's retry of an earlier event of its
+            // aggregate. It is parked in its row instead, due after the grace
+            // (`replay_grace`); the sweeper then delivers it in order, unless the other
+            // relay settled it meanwhile. Its aggregate is blocked until then.
+            drop(held);
+            let guard = self
+                .shared
+                .config
+                .ordering
+                .then(|| self.shared.blocked.park_guard(&event));
+            self.shared.park(event, ack, due, guard).await?;
         }
         Ok(after)
     }
@@ -534,6 +556,11 @@ impl Dispatcher {
         (event, ack, committed_at, held): Streamed,
         key: Option<&AggregateKey>,
     ) -> Result<(), WriterGone> {
+        if !ack.is_live() {
+            // The stream broke after this event was received: it is sent again (here or
+            // to the relay that took the slot), and this copy is not delivered.
+            return Ok(());
+        }
         // A row due when it was created (the default) needs no look at the clock.
         let scheduled = event.next_run_at.filter(|&at| {
             at > event.created_at + SCHEDULE_TOLERANCE && at > Utc::now() + SCHEDULE_TOLERANCE

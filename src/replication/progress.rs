@@ -190,6 +190,19 @@ impl Progress {
         }
     }
 
+    /// Forgets every transaction not yet settled, when the stream broke: the server sends
+    /// them again after the reconnect (from [`Progress::resume_lsn`]), and they are
+    /// dispatched again, whichever process holds the slot by then. Acks handed out for
+    /// them become no-ops ([`Ack::is_live`] says so), and the dispatcher does not start
+    /// deliveries of such events any more: if another relay took the slot meanwhile, it
+    /// delivers them, and this process must not race it. The position never moves past a
+    /// forgotten transaction: what was reported stays the limit until the stream moves on.
+    pub fn forget_unsettled(&self) {
+        let mut state = self.lock();
+        state.txns.clear();
+        state.keepalive = state.reported;
+    }
+
     /// Records a keepalive's `walEnd`. When idle, a newer position is reportable at once,
     /// so waiters of [`Progress::advanced`] are woken: on a busy database with no outbox
     /// traffic this is what keeps the slot close to the end of WAL.
@@ -285,6 +298,12 @@ impl Ack {
     pub fn settle(self) {
         self.progress.settle(self.seq);
     }
+
+    /// False once its transaction was forgotten ([`Progress::forget_unsettled`]): the
+    /// stream broke, the event will be sent again, and this copy must not be delivered.
+    pub fn is_live(&self) -> bool {
+        self.progress.lock().txn_mut(self.seq).is_some()
+    }
 }
 
 #[cfg(test)]
@@ -343,6 +362,32 @@ mod tests {
         assert_eq!(p.feedback().write, lsn(200), "receiving goes on");
         p.hold(false);
         assert_eq!(p.feedback().flush, lsn(200));
+    }
+
+    #[test]
+    fn forgotten_transactions_are_sent_again_and_never_passed() {
+        let p = Progress::new(lsn(10));
+        let t1 = p.begin(lsn(20)).unwrap();
+        let a1 = p.event(t1);
+        p.commit(t1, lsn(30));
+        p.keepalive(lsn(100));
+        assert!(a1.is_live());
+        p.forget_unsettled();
+        assert!(!a1.is_live(), "the stream broke: this copy is stale");
+        assert_eq!(
+            p.feedback().flush,
+            lsn(10),
+            "not past the forgotten transaction"
+        );
+        assert_eq!(p.resume_lsn(), lsn(10));
+        // Sent again after the reconnect: a new registration, a new ack.
+        let t1 = p.begin(lsn(20)).expect("dispatched again");
+        let again = p.event(t1);
+        p.commit(t1, lsn(30));
+        a1.settle();
+        assert_eq!(p.feedback().flush, lsn(10), "the stale ack settles nothing");
+        again.settle();
+        assert_eq!(p.feedback().flush, lsn(30));
     }
 
     #[test]

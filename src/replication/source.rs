@@ -214,7 +214,9 @@ pub async fn run(
                     SourceError::SlotBusy { .. } => StreamState::StandingBy,
                     _ => StreamState::Reconnecting,
                 });
-                progress.abandon_open();
+                // Whatever was not settled is sent again after the reconnect, to this
+                // process or to the relay that takes the slot meanwhile.
+                progress.forget_unsettled();
                 failures = failures.saturating_add(1);
                 let delay = reconnect.delay(failures, &mut rand::thread_rng());
                 tracing::warn!(error = %error, retry_in = ?delay, "replication stream interrupted; reconnecting");

@@ -264,6 +264,20 @@ impl TestCluster {
         self.pg_ctl(&["restart", "-m", "fast", "-w", "-t", "60"]);
     }
 
+    /// Restarts the server in immediate mode: a crash as far as clients and WAL are
+    /// concerned (no checkpoint; connections dropped), then recovery.
+    pub fn restart_immediate(&self) {
+        self.pg_ctl(&["restart", "-m", "immediate", "-w", "-t", "60"]);
+    }
+
+    /// A keyword/value connection string for the superuser on `database` over TCP.
+    pub fn connect_url(&self, database: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres password={} dbname={database}",
+            self.port, SUPERUSER_PASSWORD
+        )
+    }
+
     /// The server log so far (for assertion messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
