@@ -776,6 +776,34 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_multi_host_url_names_the_variable_and_the_rule() {
+        for (url, rule) in [
+            (
+                "postgres://relay:s3cret@db-a:5432,db-b:5432/app?port=1,2,3",
+                "names 2 hosts but 3 ports",
+            ),
+            (
+                "postgres://relay:s3cret@db-a,db-b/app?target_session_attrs=primary",
+                "valid values: any (the default), read-write",
+            ),
+            ("postgres://relay:s3cret@db-a,,db-b/app", "no host"),
+        ] {
+            let e = error_for(&[("DISPATCHBOX_DATABASE_URL", url)]);
+            assert_eq!(e.variable, "DISPATCHBOX_DATABASE_URL");
+            let text = e.to_string();
+            assert!(text.contains(rule), "{url}: {text}");
+            assert!(!text.contains("s3cret"), "password leaked: {text}");
+        }
+        let config = Config::from_vars(vars(&[(
+            "DISPATCHBOX_DATABASE_URL",
+            "postgres://relay:s3cret@db-a:5432,db-b:5433/app?target_session_attrs=read-write",
+        )]))
+        .expect("a multi-host URL");
+        assert_eq!(config.database.endpoints().len(), 2);
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
     fn database_url_can_come_from_a_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("url");

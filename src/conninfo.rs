@@ -14,6 +14,14 @@
 //! | `verify-full` | always | `sslrootcert`, else the Mozilla roots | yes (IPs via SAN) |
 //!
 //! Both planes use the one `rustls::ClientConfig` built here, so they cannot disagree.
+//!
+//! Also owns libpq's multi-host URLs (`postgres://u@a:5432,b:5433/db`, or `?host=a,b&port=…`)
+//! and `target_session_attrs`: both planes try the hosts in the order given and take the first
+//! one that accepts the connection and has the session properties asked for (`read-write`: not
+//! a standby and not `default_transaction_read_only`), so after a failover they find the new
+//! primary by themselves. The SQL plane gets the list through tokio-postgres' own
+//! multi-host support ([`ConnInfo::sql_config`]); the replication client walks
+//! [`ConnInfo::endpoints`] with the same rule.
 //! Must not log or print the password: `Debug`, `Display` and [`ConnInfo::redacted_url`]
 //! all redact it. Opens no connections except in the explicit `connect_sql`/`pool` helpers.
 
@@ -45,7 +53,8 @@ const REDACTED: &str = "***";
 
 /// The query parameters we understand; anything else is rejected so a typo
 /// (`sslmdoe=require`) cannot silently weaken TLS.
-const KNOWN_PARAMS: &str = "sslmode, sslrootcert, connect_timeout, application_name, host";
+const KNOWN_PARAMS: &str =
+    "sslmode, sslrootcert, connect_timeout, application_name, host, port, target_session_attrs";
 
 /// How strictly the connection must use TLS (libpq's `sslmode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -117,6 +126,92 @@ impl fmt::Display for Host {
     }
 }
 
+/// One server address of the URL: a host and the port it listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The TCP host or Unix socket directory.
+    pub host: Host,
+    /// The TCP port (also names the Unix socket file).
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// `host:port` (IPv6 in brackets) or the socket file's path, for messages. Never has
+    /// credentials.
+    pub fn target(&self) -> String {
+        match &self.host {
+            Host::Tcp(name) if name.contains(':') => format!("[{name}]:{}", self.port),
+            Host::Tcp(name) => format!("{name}:{}", self.port),
+            Host::Unix(dir) => dir
+                .join(format!(".s.PGSQL.{}", self.port))
+                .display()
+                .to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.target())
+    }
+}
+
+/// Which server a session must reach (libpq's `target_session_attrs`): with several hosts,
+/// the first one whose sessions qualify is used. Whether a server's sessions are read-only
+/// is what `SHOW transaction_read_only` says: a hot standby, or a server with
+/// `default_transaction_read_only = on`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TargetSessionAttrs {
+    /// Any server that accepts the connection.
+    #[default]
+    Any,
+    /// A server whose sessions can write: the primary.
+    ReadWrite,
+    /// A server whose sessions are read-only.
+    ReadOnly,
+}
+
+impl TargetSessionAttrs {
+    /// The spelling used in URLs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetSessionAttrs::Any => "any",
+            TargetSessionAttrs::ReadWrite => "read-write",
+            TargetSessionAttrs::ReadOnly => "read-only",
+        }
+    }
+
+    /// Whether a server whose sessions are read-only (`read_only`) or not qualifies.
+    pub fn accepts(self, read_only: bool) -> bool {
+        match self {
+            TargetSessionAttrs::Any => true,
+            TargetSessionAttrs::ReadWrite => !read_only,
+            TargetSessionAttrs::ReadOnly => read_only,
+        }
+    }
+}
+
+impl fmt::Display for TargetSessionAttrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TargetSessionAttrs {
+    type Err = ConnInfoError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "any" => Ok(TargetSessionAttrs::Any),
+            "read-write" => Ok(TargetSessionAttrs::ReadWrite),
+            "read-only" => Ok(TargetSessionAttrs::ReadOnly),
+            other => Err(ConnInfoError::InvalidTargetSessionAttrs {
+                value: other.to_owned(),
+            }),
+        }
+    }
+}
+
 /// Why a database URL was rejected. Messages never contain the password.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -157,6 +252,32 @@ pub enum ConnInfoError {
         "invalid sslmode {value:?}; valid values: disable, prefer, require, verify-ca, verify-full"
     )]
     InvalidSslMode {
+        /// The value found.
+        value: String,
+    },
+    /// A `port` (in the URL or the `port` parameter) that is not a TCP port number.
+    #[error("invalid port {value:?} in the database URL; expected a number from 1 to 65535")]
+    InvalidPort {
+        /// The value found.
+        value: String,
+    },
+    /// A port list that fits neither one port for all hosts nor one port per host.
+    #[error(
+        "database URL names {hosts} hosts but {ports} ports; give one port for all hosts or \
+         one per host (an empty entry means 5432)"
+    )]
+    PortCount {
+        /// Hosts named.
+        hosts: usize,
+        /// Ports named.
+        ports: usize,
+    },
+    /// A `target_session_attrs` we do not support.
+    #[error(
+        "invalid target_session_attrs {value:?}; valid values: any (the default), read-write \
+         (the primary: what the relay needs with several hosts), read-only"
+    )]
+    InvalidTargetSessionAttrs {
         /// The value found.
         value: String,
     },
@@ -225,8 +346,9 @@ pub enum SqlConnectError {
 pub struct ConnInfo {
     /// The URL as given, with the password replaced by `***`.
     redacted: String,
-    host: Host,
-    port: u16,
+    /// Never empty; tried in this order.
+    endpoints: Vec<Endpoint>,
+    target_session_attrs: TargetSessionAttrs,
     user: String,
     password: Option<String>,
     dbname: String,
@@ -235,26 +357,25 @@ pub struct ConnInfo {
     connect_timeout: Option<Duration>,
     application_name: Option<String>,
     /// Implements `sslmode`; built even when TLS is never used, because tokio-postgres'
-    /// connector type needs one. [`ConnInfo::tls_config`] hides it in that case.
+    /// connector type needs one. [`ConnInfo::tls_config_for`] hides it in that case.
     tls: Arc<ClientConfig>,
-    /// False for `sslmode=disable` and Unix sockets (libpq never uses TLS on those).
-    tls_enabled: bool,
 }
 
 impl ConnInfo {
     /// Parses a `postgres://` / `postgresql://` URL and builds its TLS configuration
     /// (reading `sslrootcert`, so a bad file is reported at startup, not at first connect).
+    ///
+    /// Several hosts follow libpq: `postgres://u@a:5432,b:5433/db`, or the `host` and `port`
+    /// parameters as comma-separated lists (`?host=a,b&port=5432,5433`). A single port
+    /// applies to every host; an empty entry means 5432.
     pub fn parse(input: &str) -> Result<Self, ConnInfoError> {
-        let url = match url::Url::parse(input) {
-            // libpq accepts `postgres://user@/db?host=/socket/dir`; the url crate refuses an
-            // empty host after user info, so give it a placeholder the `host` parameter
-            // must then replace.
-            Err(url::ParseError::EmptyHost) => {
-                let patched = with_placeholder_host(input).ok_or(ConnInfoError::MissingHost)?;
-                url::Url::parse(&patched).map_err(ConnInfoError::InvalidUrl)?
-            }
-            other => other.map_err(ConnInfoError::InvalidUrl)?,
+        // The url crate knows one host per URL: a host list is taken out and parsed piece by
+        // piece, and the rest of the URL parsed with a placeholder in its place.
+        let (input_one_host, listed) = match split_host_list(input) {
+            Some((patched, pieces)) => (patched, Some(pieces)),
+            None => (input.to_owned(), None),
         };
+        let url = parse_url(&input_one_host)?;
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err(ConnInfoError::UnsupportedScheme {
                 scheme: url.scheme().to_owned(),
@@ -272,16 +393,21 @@ impl ConnInfo {
             dbname
         };
 
-        let mut host = url.host().and_then(|h| match h {
-            url::Host::Domain(PLACEHOLDER_HOST) => None,
-            // Strip the brackets the URL syntax needs around IPv6 literals.
-            url::Host::Ipv6(ip) => Some(Host::Tcp(ip.to_string())),
-            other => Some(Host::Tcp(other.to_string())),
-        });
+        // (host, port) as the URL's authority gives them; the host is `None` when empty.
+        let authority: Vec<(Option<Host>, Option<u16>)> = match listed {
+            Some(pieces) => pieces
+                .iter()
+                .map(|piece| listed_host(piece))
+                .collect::<Result<_, _>>()?,
+            None => vec![(url_host(&url), url.port())],
+        };
+        let mut host_param = None;
+        let mut port_param = None;
         let mut ssl_mode = SslMode::default();
         let mut ssl_root_cert = None;
         let mut connect_timeout = None;
         let mut application_name = None;
+        let mut target_session_attrs = TargetSessionAttrs::default();
         for (name, value) in url.query_pairs() {
             match name.as_ref() {
                 "sslmode" => ssl_mode = value.parse()?,
@@ -296,10 +422,9 @@ impl ConnInfo {
                     connect_timeout = (secs > 0).then(|| Duration::from_secs(secs));
                 }
                 "application_name" => application_name = Some(value.into_owned()),
-                "host" if value.starts_with('/') => {
-                    host = Some(Host::Unix(PathBuf::from(value.as_ref())));
-                }
-                "host" => host = Some(Host::Tcp(value.into_owned())),
+                "host" => host_param = Some(host_list(&value)?),
+                "port" => port_param = Some(port_list(&value)?),
+                "target_session_attrs" => target_session_attrs = value.parse()?,
                 other => {
                     return Err(ConnInfoError::UnknownParameter {
                         name: other.to_owned(),
@@ -307,25 +432,29 @@ impl ConnInfo {
                 }
             }
         }
-        let host = match host {
-            Some(Host::Tcp(name)) if name.is_empty() => return Err(ConnInfoError::MissingHost),
-            Some(host) => host,
-            None => return Err(ConnInfoError::MissingHost),
+        let hosts = match host_param {
+            Some(hosts) => hosts,
+            None => authority
+                .iter()
+                .map(|(host, _)| host.clone())
+                .collect::<Option<Vec<_>>>()
+                .ok_or(ConnInfoError::MissingHost)?,
         };
-        let tls_enabled = match &host {
-            Host::Unix(_) => false,
-            Host::Tcp(name) => {
+        let ports = port_param
+            .unwrap_or_else(|| authority.iter().map(|&(_, port)| port).collect::<Vec<_>>());
+        let endpoints = pair_hosts_and_ports(hosts, ports)?;
+        for endpoint in &endpoints {
+            if let Host::Tcp(name) = &endpoint.host {
                 if ssl_mode == SslMode::VerifyFull && ServerName::try_from(name.as_str()).is_err() {
                     return Err(ConnInfoError::InvalidServerName { host: name.clone() });
                 }
-                ssl_mode != SslMode::Disable
             }
-        };
+        }
         let tls = build_tls_config(ssl_mode, ssl_root_cert.as_deref())?;
         Ok(ConnInfo {
-            port: url.port().unwrap_or(DEFAULT_PORT),
             redacted: redact(input),
-            host,
+            endpoints,
+            target_session_attrs,
             user,
             password,
             dbname,
@@ -334,18 +463,17 @@ impl ConnInfo {
             connect_timeout,
             application_name,
             tls,
-            tls_enabled,
         })
     }
 
-    /// The server's host (TCP name/address or Unix socket directory).
-    pub fn host(&self) -> &Host {
-        &self.host
+    /// The servers to try, in order (never empty).
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
     }
 
-    /// The server's port (also names the Unix socket file).
-    pub fn port(&self) -> u16 {
-        self.port
+    /// What a server must be for a session to use it (`target_session_attrs`).
+    pub fn target_session_attrs(&self) -> TargetSessionAttrs {
+        self.target_session_attrs
     }
 
     /// The role to log in as.
@@ -385,9 +513,12 @@ impl ConnInfo {
             .unwrap_or(DEFAULT_APPLICATION_NAME)
     }
 
-    /// The rustls configuration implementing `sslmode`; `None` when TLS is never attempted.
-    pub fn tls_config(&self) -> Option<&Arc<ClientConfig>> {
-        self.tls_enabled.then_some(&self.tls)
+    /// The rustls configuration implementing `sslmode` for connections to `endpoint`;
+    /// `None` when TLS is never attempted (`sslmode=disable`, or a Unix socket, on which
+    /// libpq never uses TLS either).
+    pub fn tls_config_for(&self, endpoint: &Endpoint) -> Option<&Arc<ClientConfig>> {
+        let tcp = matches!(endpoint.host, Host::Tcp(_));
+        (tcp && self.ssl_mode != SslMode::Disable).then_some(&self.tls)
     }
 
     /// The URL with the password replaced by `***`, for logs and error messages.
@@ -395,7 +526,8 @@ impl ConnInfo {
         self.redacted.clone()
     }
 
-    /// A tokio-postgres configuration with the same target, credentials and `sslmode`.
+    /// A tokio-postgres configuration with the same hosts (tried in order, as libpq does),
+    /// `target_session_attrs`, credentials and `sslmode`.
     ///
     /// Use it with [`ConnInfo::tls_connector`]: tokio-postgres only knows
     /// disable/prefer/require, so verify-ca/verify-full map to `Require` and the
@@ -405,14 +537,26 @@ impl ConnInfo {
         config
             .user(&self.user)
             .dbname(&self.dbname)
-            .port(self.port)
             .application_name(self.application_name())
             .keepalives(true)
-            .keepalives_idle(Duration::from_secs(30));
-        match &self.host {
-            Host::Tcp(name) => config.host(name),
-            Host::Unix(dir) => config.host_path(dir),
-        };
+            .keepalives_idle(Duration::from_secs(30))
+            .target_session_attrs(match self.target_session_attrs {
+                TargetSessionAttrs::Any => tokio_postgres::config::TargetSessionAttrs::Any,
+                TargetSessionAttrs::ReadWrite => {
+                    tokio_postgres::config::TargetSessionAttrs::ReadWrite
+                }
+                TargetSessionAttrs::ReadOnly => {
+                    tokio_postgres::config::TargetSessionAttrs::ReadOnly
+                }
+            });
+        // One port per host, so tokio-postgres pairs them as we did.
+        for endpoint in &self.endpoints {
+            match &endpoint.host {
+                Host::Tcp(name) => config.host(name),
+                Host::Unix(dir) => config.host_path(dir),
+            };
+            config.port(endpoint.port);
+        }
         if let Some(password) = &self.password {
             config.password(password);
         }
@@ -512,8 +656,8 @@ impl fmt::Display for ConnInfo {
 impl fmt::Debug for ConnInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnInfo")
-            .field("host", &self.host)
-            .field("port", &self.port)
+            .field("endpoints", &self.endpoints)
+            .field("target_session_attrs", &self.target_session_attrs)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| REDACTED))
             .field("dbname", &self.dbname)
@@ -543,6 +687,123 @@ fn with_placeholder_host(input: &str) -> Option<String> {
     let mut patched = input.to_owned();
     patched.insert_str(host_at, PLACEHOLDER_HOST);
     Some(patched)
+}
+
+/// Parses a URL that names at most one host, accepting libpq's empty host
+/// (`postgres://user@/db?host=/socket/dir`), which the url crate refuses after user info:
+/// the placeholder stands in for it, and the `host` parameter must then replace it.
+fn parse_url(input: &str) -> Result<url::Url, ConnInfoError> {
+    match url::Url::parse(input) {
+        Err(url::ParseError::EmptyHost) => {
+            let patched = with_placeholder_host(input).ok_or(ConnInfoError::MissingHost)?;
+            url::Url::parse(&patched).map_err(ConnInfoError::InvalidUrl)
+        }
+        other => other.map_err(ConnInfoError::InvalidUrl),
+    }
+}
+
+/// The URL's host, `None` for the placeholder (no host given).
+fn url_host(url: &url::Url) -> Option<Host> {
+    url.host().and_then(|h| match h {
+        url::Host::Domain(PLACEHOLDER_HOST) => None,
+        // Strip the brackets the URL syntax needs around IPv6 literals.
+        url::Host::Ipv6(ip) => Some(Host::Tcp(ip.to_string())),
+        other => Some(Host::Tcp(other.to_string())),
+    })
+}
+
+/// When the URL's authority lists several hosts (`a:1,b:2`): the URL with the list replaced
+/// by the placeholder host, and the list's pieces.
+fn split_host_list(input: &str) -> Option<(String, Vec<String>)> {
+    let start = input.find("://")? + 3;
+    let rest = &input[start..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let hosts_start = rest[..authority_len].rfind('@').map_or(0, |at| at + 1);
+    let hosts = &rest[hosts_start..authority_len];
+    if !hosts.contains(',') {
+        return None;
+    }
+    let range = start + hosts_start..start + authority_len;
+    let mut patched = input.to_owned();
+    patched.replace_range(range, PLACEHOLDER_HOST);
+    Some((patched, hosts.split(',').map(str::to_owned).collect()))
+}
+
+/// One `host[:port]` piece of a host list, parsed by the url crate like a lone host.
+fn listed_host(piece: &str) -> Result<(Option<Host>, Option<u16>), ConnInfoError> {
+    if piece.is_empty() || piece.starts_with(':') {
+        return Err(ConnInfoError::MissingHost);
+    }
+    let url = url::Url::parse(&format!("postgres://{piece}/")).map_err(|error| match error {
+        url::ParseError::InvalidPort => ConnInfoError::InvalidPort {
+            value: piece.rsplit(':').next().unwrap_or(piece).to_owned(),
+        },
+        other => ConnInfoError::InvalidUrl(other),
+    })?;
+    Ok((url_host(&url), url.port()))
+}
+
+/// The `host` parameter: comma-separated names or addresses, or Unix socket directories
+/// (anything starting with `/`).
+fn host_list(value: &str) -> Result<Vec<Host>, ConnInfoError> {
+    value
+        .split(',')
+        .map(|host| match host {
+            "" => Err(ConnInfoError::MissingHost),
+            dir if dir.starts_with('/') => Ok(Host::Unix(PathBuf::from(dir))),
+            name => Ok(Host::Tcp(name.to_owned())),
+        })
+        .collect()
+}
+
+/// The `port` parameter: comma-separated ports; an empty entry means the default.
+fn port_list(value: &str) -> Result<Vec<Option<u16>>, ConnInfoError> {
+    value
+        .split(',')
+        .map(|port| match port.trim() {
+            "" => Ok(None),
+            port => match port.parse::<u16>() {
+                Ok(0) | Err(_) => Err(ConnInfoError::InvalidPort {
+                    value: port.to_owned(),
+                }),
+                Ok(port) => Ok(Some(port)),
+            },
+        })
+        .collect()
+}
+
+/// libpq's pairing: one port for every host, or one port per host.
+fn pair_hosts_and_ports(
+    hosts: Vec<Host>,
+    ports: Vec<Option<u16>>,
+) -> Result<Vec<Endpoint>, ConnInfoError> {
+    let port_of = |index: usize| match ports.as_slice() {
+        [one] => one.unwrap_or(DEFAULT_PORT),
+        many => many.get(index).copied().flatten().unwrap_or(DEFAULT_PORT),
+    };
+    if ports.len() > 1 && ports.len() != hosts.len() {
+        return Err(ConnInfoError::PortCount {
+            hosts: hosts.len(),
+            ports: ports.len(),
+        });
+    }
+    let endpoints: Vec<Endpoint> = hosts
+        .into_iter()
+        .enumerate()
+        .map(|(index, host)| Endpoint {
+            host,
+            port: port_of(index),
+        })
+        .collect();
+    for endpoint in &endpoints {
+        if matches!(&endpoint.host, Host::Tcp(name) if name.is_empty()) {
+            return Err(ConnInfoError::MissingHost);
+        }
+    }
+    if endpoints.is_empty() {
+        return Err(ConnInfoError::MissingHost);
+    }
+    Ok(endpoints)
 }
 
 /// Replaces the password in the URL text; works on the raw input so that whatever the
@@ -762,33 +1023,43 @@ impl ServerCertVerifier for ChainOnlyVerifier {
 mod tests {
     use super::*;
 
+    fn tcp(host: &str, port: u16) -> Endpoint {
+        Endpoint {
+            host: Host::Tcp(host.into()),
+            port,
+        }
+    }
+
     #[test]
     fn parses_a_full_url() {
         let info = ConnInfo::parse(
             "postgresql://relay:s%40cr%2Ft%3Apw@db.example.com:6543/app%20db?sslmode=require&connect_timeout=7&application_name=relay-1",
         )
         .unwrap();
-        assert_eq!(info.host(), &Host::Tcp("db.example.com".into()));
-        assert_eq!(info.port(), 6543);
+        assert_eq!(info.endpoints(), [tcp("db.example.com", 6543)]);
         assert_eq!(info.user(), "relay");
         assert_eq!(info.password(), Some("s@cr/t:pw"));
         assert_eq!(info.dbname(), "app db");
         assert_eq!(info.ssl_mode(), SslMode::Require);
         assert_eq!(info.connect_timeout(), Some(Duration::from_secs(7)));
         assert_eq!(info.application_name(), "relay-1");
-        assert!(info.tls_config().is_some());
+        assert_eq!(info.target_session_attrs(), TargetSessionAttrs::Any);
+        assert!(info.tls_config_for(&info.endpoints()[0]).is_some());
     }
 
     #[test]
     fn applies_libpq_defaults() {
         let info = ConnInfo::parse("postgres://alice@localhost").unwrap();
-        assert_eq!(info.port(), DEFAULT_PORT);
+        assert_eq!(info.endpoints(), [tcp("localhost", DEFAULT_PORT)]);
         assert_eq!(info.dbname(), "alice");
         assert_eq!(info.password(), None);
         assert_eq!(info.ssl_mode(), SslMode::Prefer);
         assert_eq!(info.connect_timeout(), None);
         assert_eq!(info.application_name(), DEFAULT_APPLICATION_NAME);
-        assert!(info.tls_config().is_some(), "prefer needs a TLS config");
+        assert!(
+            info.tls_config_for(&info.endpoints()[0]).is_some(),
+            "prefer needs a TLS config"
+        );
 
         let info = ConnInfo::parse("postgres://alice@localhost/x?connect_timeout=0").unwrap();
         assert_eq!(info.connect_timeout(), None);
@@ -797,14 +1068,14 @@ mod tests {
     #[test]
     fn unwraps_ipv6_literals() {
         let info = ConnInfo::parse("postgres://u@[::1]:5433/d").unwrap();
-        assert_eq!(info.host(), &Host::Tcp("::1".into()));
-        assert_eq!(info.port(), 5433);
+        assert_eq!(info.endpoints(), [tcp("::1", 5433)]);
+        assert_eq!(info.endpoints()[0].target(), "[::1]:5433");
     }
 
     #[test]
     fn disable_builds_no_tls() {
         let info = ConnInfo::parse("postgres://u:p@h/d?sslmode=disable").unwrap();
-        assert!(info.tls_config().is_none());
+        assert!(info.tls_config_for(&info.endpoints()[0]).is_none());
         assert_eq!(
             info.sql_config().get_ssl_mode(),
             tokio_postgres::config::SslMode::Disable
@@ -833,11 +1104,103 @@ mod tests {
         let info =
             ConnInfo::parse("postgres://u@/d?host=%2Fvar%2Frun%2Fpostgresql&sslmode=verify-full")
                 .unwrap();
-        assert_eq!(info.host(), &Host::Unix("/var/run/postgresql".into()));
+        assert_eq!(
+            info.endpoints(),
+            [Endpoint {
+                host: Host::Unix("/var/run/postgresql".into()),
+                port: DEFAULT_PORT
+            }]
+        );
         assert!(
-            info.tls_config().is_none(),
+            info.tls_config_for(&info.endpoints()[0]).is_none(),
             "TLS is never used on a Unix socket"
         );
+    }
+
+    #[test]
+    fn lists_several_hosts_in_the_authority() {
+        let info = ConnInfo::parse(
+            "postgres://relay:pw@10.0.0.1:5432,db-b:5433,[::1]/app?target_session_attrs=read-write&sslmode=disable",
+        )
+        .unwrap();
+        assert_eq!(
+            info.endpoints(),
+            [
+                tcp("10.0.0.1", 5432),
+                tcp("db-b", 5433),
+                tcp("::1", DEFAULT_PORT)
+            ]
+        );
+        assert_eq!(info.user(), "relay");
+        assert_eq!(info.password(), Some("pw"));
+        assert_eq!(info.dbname(), "app");
+        assert_eq!(info.target_session_attrs(), TargetSessionAttrs::ReadWrite);
+        assert_eq!(
+            info.redacted_url(),
+            "postgres://relay:***@10.0.0.1:5432,db-b:5433,[::1]/app?target_session_attrs=read-write&sslmode=disable"
+        );
+        assert!(!format!("{info:?}").contains("pw\""));
+    }
+
+    #[test]
+    fn lists_several_hosts_in_parameters() {
+        let info = ConnInfo::parse("postgres://u@/d?host=a,b,%2Frun%2Fpg&port=6000,,6002").unwrap();
+        assert_eq!(
+            info.endpoints(),
+            [
+                tcp("a", 6000),
+                tcp("b", DEFAULT_PORT),
+                Endpoint {
+                    host: Host::Unix("/run/pg".into()),
+                    port: 6002
+                }
+            ]
+        );
+        // One port for every host, from the parameter or from the URL.
+        let info = ConnInfo::parse("postgres://u@/d?host=a,b&port=6000").unwrap();
+        assert_eq!(info.endpoints(), [tcp("a", 6000), tcp("b", 6000)]);
+        let info = ConnInfo::parse("postgres://u@:6001/d?host=a,b").unwrap();
+        assert_eq!(info.endpoints(), [tcp("a", 6001), tcp("b", 6001)]);
+        // The port parameter overrides the URL's ports.
+        let info = ConnInfo::parse("postgres://u@a:1,b:2/d?port=7,8").unwrap();
+        assert_eq!(info.endpoints(), [tcp("a", 7), tcp("b", 8)]);
+        // TLS is per host: never on a Unix socket.
+        let info = ConnInfo::parse("postgres://u@/d?host=a,/run/pg&sslmode=require").unwrap();
+        assert!(info.tls_config_for(&info.endpoints()[0]).is_some());
+        assert!(info.tls_config_for(&info.endpoints()[1]).is_none());
+    }
+
+    #[test]
+    fn gives_tokio_postgres_every_host_in_order() {
+        let info = ConnInfo::parse(
+            "postgres://u:p@127.0.0.1:5432,127.0.0.1:5433/d?target_session_attrs=read-write",
+        )
+        .unwrap();
+        let config = info.sql_config();
+        assert_eq!(
+            config.get_hosts(),
+            [
+                tokio_postgres::config::Host::Tcp("127.0.0.1".into()),
+                tokio_postgres::config::Host::Tcp("127.0.0.1".into())
+            ]
+        );
+        assert_eq!(config.get_ports(), [5432, 5433]);
+        assert_eq!(
+            config.get_target_session_attrs(),
+            tokio_postgres::config::TargetSessionAttrs::ReadWrite
+        );
+    }
+
+    #[test]
+    fn target_session_attrs_decide_by_read_only() {
+        assert!(TargetSessionAttrs::Any.accepts(true) && TargetSessionAttrs::Any.accepts(false));
+        assert!(TargetSessionAttrs::ReadWrite.accepts(false));
+        assert!(!TargetSessionAttrs::ReadWrite.accepts(true));
+        assert!(TargetSessionAttrs::ReadOnly.accepts(true));
+        assert!(!TargetSessionAttrs::ReadOnly.accepts(false));
+        for attrs in ["any", "read-write", "read-only"] {
+            assert_eq!(attrs.parse::<TargetSessionAttrs>().unwrap().as_str(), attrs);
+        }
     }
 
     #[test]
@@ -865,6 +1228,16 @@ mod tests {
                 "cannot read sslrootcert file /nonexistent/ca.pem",
             ),
             ("not a url", "not a valid URL"),
+            ("postgres://u@a,,b/d", "no host"),
+            ("postgres://u@a,:5433/d", "no host"),
+            ("postgres://u@a:1,b:x/d", "invalid port \"x\""),
+            ("postgres://u@a,b/d?port=1,2,3", "names 2 hosts but 3 ports"),
+            ("postgres://u@/d?host=a,b&port=0", "invalid port \"0\""),
+            ("postgres://u@/d?host=a,", "no host"),
+            (
+                "postgres://u@a,b/d?target_session_attrs=primary",
+                "invalid target_session_attrs \"primary\"; valid values: any",
+            ),
         ];
         for (url, expected) in cases {
             let err = ConnInfo::parse(url).unwrap_err().to_string();
@@ -934,7 +1307,7 @@ mod tests {
             ))
             .unwrap();
             assert_eq!(info.ssl_root_cert(), Some(path.as_path()));
-            assert!(info.tls_config().is_some());
+            assert!(info.tls_config_for(&info.endpoints()[0]).is_some());
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The replication wire client and the database URL's TLS policy against a real
 //! PostgreSQL: authentication methods, sslmode semantics on both planes, streaming with
-//! status updates, liveness past `wal_sender_timeout`, and the SQLSTATEs the relay acts on.
+//! status updates, liveness past `wal_sender_timeout`, the SQLSTATEs the relay acts on, and
+//! multi-host URLs with `target_session_attrs` on both planes (a primary and its standby).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -12,7 +13,7 @@ use dispatchbox::replication::client::{
     ClientError, ReplicationClient, ReplicationMessage, ReplicationReader,
 };
 use dispatchbox::replication::lsn::Lsn;
-use support::postgres::{eventually, ClusterOptions, TestCluster, SUPERUSER_PASSWORD};
+use support::postgres::{eventually, free_port, ClusterOptions, TestCluster, SUPERUSER_PASSWORD};
 
 fn info(url: &str) -> ConnInfo {
     ConnInfo::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"))
@@ -219,6 +220,93 @@ async fn applies_sslmode_on_both_planes() {
     let pooled = pool.get().await.unwrap();
     let row = pooled.query_one(SSL_IN_USE, &[]).await.unwrap();
     assert!(row.get::<_, bool>(0));
+}
+
+/// Given a primary, its streaming standby and a port where nothing listens, when a URL lists
+/// them as dead, standby, primary: with `target_session_attrs=read-write` both planes (the
+/// replication client, a SQL connection, the pool) pass over the dead host and the standby
+/// and use the primary; with `any` they use the standby, the first host that answers; and
+/// when no host qualifies the error names each host and why, and is worth retrying.
+#[tokio::test]
+async fn multi_host_urls_pick_the_host_target_session_attrs_asks_for() {
+    let primary = TestCluster::start();
+    let standby = TestCluster::start_standby_of(&primary);
+    let dead = free_port();
+    let url = |ports: &[u16], attrs: &str| {
+        let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        format!(
+            "postgres://postgres:{SUPERUSER_PASSWORD}@{}/postgres?sslmode=disable&target_session_attrs={attrs}",
+            hosts.join(",")
+        )
+    };
+    const WHERE: &str = "SELECT current_setting('port')::int, pg_is_in_recovery()";
+
+    let read_write = info(&url(&[dead, standby.port, primary.port], "read-write"));
+    let mut client = ReplicationClient::connect(&read_write)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", primary.log()));
+    assert_eq!(client.endpoint().port, primary.port);
+    assert!(!client.read_only().await.unwrap());
+    assert_eq!(client.identify_system().await.unwrap().timeline, 1);
+    client.close().await;
+    let (sql, _conn) = read_write.connect_sql().await.unwrap();
+    let row = sql.query_one(WHERE, &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), i32::from(primary.port));
+    assert!(!row.get::<_, bool>(1));
+    let pool = read_write.pool(1).unwrap();
+    let row = pool
+        .get()
+        .await
+        .unwrap()
+        .query_one(WHERE, &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), i32::from(primary.port));
+
+    let any = info(&url(&[dead, standby.port, primary.port], "any"));
+    let mut client = ReplicationClient::connect(&any).await.unwrap();
+    assert_eq!(client.endpoint().port, standby.port);
+    assert!(
+        client.read_only().await.unwrap(),
+        "a hot standby is read-only"
+    );
+    client.close().await;
+    let (sql, _conn) = any.connect_sql().await.unwrap();
+    let row = sql.query_one(WHERE, &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), i32::from(standby.port));
+    assert!(row.get::<_, bool>(1));
+
+    // One host that does not qualify: its own error, which a promotion can cure.
+    let error = ReplicationClient::connect(&info(&url(&[standby.port], "read-write")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ClientError::SessionAttrs {
+                read_only: true,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.is_transient());
+    // No host qualifies: every host's reason, in order.
+    let error = ReplicationClient::connect(&info(&url(&[dead, standby.port], "read-write")))
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(error, ClientError::NoHost { .. }), "{text}");
+    assert!(error.is_transient(), "{text}");
+    let (at_dead, at_standby) = (
+        text.find(&format!("127.0.0.1:{dead}: cannot connect")),
+        text.find(&format!("127.0.0.1:{}: PostgreSQL at", standby.port)),
+    );
+    assert!(
+        matches!((at_dead, at_standby), (Some(a), Some(b)) if a < b),
+        "{text}"
+    );
+    assert!(text.contains("accepts only read-only sessions"), "{text}");
 }
 
 /// Sets up a database with an `outbox` table, an insert-only publication and a

@@ -108,3 +108,18 @@ async fn invalid_configuration_names_the_variable() {
         assert!(stderr.contains(key), "{key} not named: {stderr}");
     }
 }
+
+/// A database URL whose host list breaks libpq's rules is a configuration error: exit 2,
+/// naming the variable and the rule, never the password.
+#[test]
+fn a_bad_multi_host_url_exits_2_naming_the_variable() {
+    let env = [(
+        "DISPATCHBOX_DATABASE_URL".to_owned(),
+        "postgres://relay:s3cret@127.0.0.1:5432,127.0.0.1:5433/app?port=1,2,3".to_owned(),
+    )];
+    let (status, stdout, stderr) = run_to_end(&["run"], &env);
+    assert_eq!(status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stderr.contains("DISPATCHBOX_DATABASE_URL"), "{stderr}");
+    assert!(stderr.contains("2 hosts but 3 ports"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "password leaked: {stderr}");
+}

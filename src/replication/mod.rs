@@ -2,6 +2,7 @@
 //! events, and report progress. Never issues UPDATEs (that is the store's job).
 
 pub mod client;
+pub mod failover;
 pub mod lsn;
 pub mod pgoutput;
 pub mod progress;

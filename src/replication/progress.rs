@@ -8,7 +8,8 @@
 //! When nothing is open or unsettled at all, the position is the latest keepalive `walEnd`
 //! instead (the walsender has already sent every transaction that commits below it, and
 //! none is outstanding), so an idle or filtered database does not pin WAL. The reported
-//! value never goes backwards.
+//! value never goes backwards, except across a failover ([`Progress::restart`]): positions
+//! on another server's WAL history are not comparable, and the slot they go to is new.
 //!
 //! Why: whatever the slot confirms is never sent again. Confirming a transaction before its
 //! events are settled would lose them on a crash; confirming only `Commit.end_lsn` values
@@ -93,6 +94,9 @@ struct Inner {
     state: Mutex<State>,
     /// Signalled whenever the reportable position advances (one permit is kept).
     advanced: Notify,
+    /// Acks handed out and not yet settled or dropped, of any session (also of
+    /// transactions forgotten since): events still being delivered or written.
+    acks_out: std::sync::atomic::AtomicUsize,
 }
 
 /// Positions for one standby status update.
@@ -159,6 +163,9 @@ impl Progress {
         if let Some(txn) = state.txn_mut(seq) {
             txn.unsettled += 1;
         }
+        self.inner
+            .acks_out
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ack {
             progress: self.clone(),
             seq,
@@ -201,6 +208,27 @@ impl Progress {
         let mut state = self.lock();
         state.txns.clear();
         state.keepalive = state.reported;
+    }
+
+    /// Forgets every position and transaction: the stream now reads another server's WAL
+    /// history (a failover, see [`super::failover`]), on which the old positions mean
+    /// nothing and the old transactions are never committed or re-sent. Confirming starts
+    /// again from what the new server's slot says (`resume_lsn` is zero until then).
+    ///
+    /// This is the one exception to "never goes backwards", and it is safe: the positions
+    /// reported from now on go to another server's slot. Acks of events handed out before
+    /// (still in flight from the old server) become no-ops, so they can never advance the
+    /// new slot's position; their rows are still written, and whatever they leave pending
+    /// on the new server the sweeper delivers. A hold stays as it is.
+    pub fn restart(&self) {
+        let mut state = self.lock();
+        let next_seq = state.next_seq;
+        let held = state.held;
+        *state = State {
+            next_seq,
+            held,
+            ..State::default()
+        };
     }
 
     /// Records a keepalive's `walEnd`. When idle, a newer position is reportable at once,
@@ -272,9 +300,17 @@ impl Progress {
     }
 
     /// True when no transaction is open or unsettled.
-    #[cfg(test)]
-    fn is_idle(&self) -> bool {
+    pub fn is_idle(&self) -> bool {
         self.lock().txns.is_empty()
+    }
+
+    /// Events handed out (by this or an earlier session) whose acks are neither settled
+    /// nor dropped yet: deliveries and status writes still under way. Zero once everything
+    /// this process received has been written or given up.
+    pub fn acks_out(&self) -> usize {
+        self.inner
+            .acks_out
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Resolves when the reportable position has advanced since the last call. Meant for
@@ -291,6 +327,15 @@ impl Progress {
 pub struct Ack {
     progress: Progress,
     seq: TxnSeq,
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        self.progress
+            .inner
+            .acks_out
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl Ack {
@@ -427,6 +472,40 @@ mod tests {
         // Already durable: skipped as well.
         assert_eq!(p.begin(lsn(20)), None);
         assert!(p.begin(lsn(40)).is_some());
+    }
+
+    #[test]
+    fn a_restart_forgets_the_old_server_and_ignores_its_acks() {
+        let p = Progress::new(lsn(0));
+        let t1 = p.begin(lsn(500)).unwrap();
+        let old_settled = p.event(t1);
+        p.commit(t1, lsn(600));
+        old_settled.settle();
+        let t2 = p.begin(lsn(700)).unwrap();
+        let old_in_flight = p.event(t2);
+        p.commit(t2, lsn(800));
+        p.keepalive(lsn(900));
+        assert_eq!(p.feedback().flush, lsn(600));
+
+        // Failover: the new server's WAL is at lower positions.
+        p.restart();
+        assert_eq!(
+            p.resume_lsn(),
+            Lsn::ZERO,
+            "the new slot says where to start"
+        );
+        assert!(p.is_idle());
+        let t3 = p.begin(lsn(100)).unwrap();
+        assert_ne!(t3, t2, "sequence numbers are never reused");
+        let new_event = p.event(t3);
+        p.commit(t3, lsn(150));
+        // An ack from the old server settles nothing here.
+        old_in_flight.settle();
+        assert_eq!(p.feedback().flush, lsn(0));
+        new_event.settle();
+        assert_eq!(p.feedback().flush, lsn(150));
+        // A transaction the old server re-sent is nothing the new one knows.
+        assert!(p.begin(lsn(700)).is_some());
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The replication source: connect to the slot, stream pgoutput, turn outbox INSERTs into
 //! [`Work`] for the dispatcher, and keep PostgreSQL informed of progress.
 //!
-//! One connection at a time: connect → (create the slot when missing) → START_REPLICATION
-//! at the settled position → pump messages until the stream breaks → reconnect with
-//! jittered exponential backoff. Definite errors (bad schema, a slot that is not the
+//! One connection at a time: connect → IDENTIFY_SYSTEM (a failover, i.e. another server or
+//! timeline than before, restarts progress from that server's slot: see
+//! [`super::failover`]) → (create the slot when missing) → START_REPLICATION at the settled
+//! position → pump messages until the stream breaks → reconnect with jittered exponential
+//! backoff. Definite errors (bad schema, a slot that is not the
 //! relay's, protocol surprises) stop the source instead: it never acknowledges what it
 //! does not understand.
 //!
@@ -28,9 +30,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{
-    ClientError, ClientOptions, OversizedXLogData, ReplicationClient, ReplicationMessage,
-    ReplicationWriter,
+    ClientError, ClientOptions, IdentifySystem, OversizedXLogData, ReplicationClient,
+    ReplicationMessage, ReplicationWriter,
 };
+use super::failover::{ServerIdentity, ServerWatch};
 use super::lsn::Lsn;
 use super::pgoutput::{decode_insert_prefix, pg_timestamp_to_datetime, Decoder, PgOutputMessage};
 use super::progress::{Progress, TxnSeq};
@@ -201,9 +204,10 @@ pub async fn run(
     let mut work = Some(work);
     let mut writer = None;
     let mut recreations = Vec::new();
+    let mut server = ServerWatch::default();
     while !shutdown.is_cancelled() {
         let Some(sender) = work.as_ref() else { break };
-        let mut session = Session::new(&config, &progress, sender, &mut recreations);
+        let mut session = Session::new(&config, &progress, sender, &mut recreations, &mut server);
         match session.stream(&shutdown).await {
             Ok(w) => {
                 writer = Some(w);
@@ -286,6 +290,8 @@ struct Session<'a> {
     replaying: bool,
     /// When the slot was (re)created recently (shared across sessions).
     recreations: &'a mut Vec<std::time::Instant>,
+    /// The server the stream follows (shared across sessions).
+    server: &'a mut ServerWatch,
 }
 
 impl<'a> Session<'a> {
@@ -294,6 +300,7 @@ impl<'a> Session<'a> {
         progress: &'a Progress,
         work: &'a mpsc::Sender<Work>,
         recreations: &'a mut Vec<std::time::Instant>,
+        server: &'a mut ServerWatch,
     ) -> Self {
         Self {
             config,
@@ -307,6 +314,7 @@ impl<'a> Session<'a> {
             replay_until: Lsn::ZERO,
             replaying: false,
             recreations,
+            server,
         }
     }
 
@@ -325,9 +333,12 @@ impl<'a> Session<'a> {
             .identify_system()
             .await
             .map_err(SourceError::Connection)?;
+        self.follow_server(&system, client.endpoint(), shutdown)
+            .await;
         self.replay_until = system.xlogpos;
         let start = self.progress.resume_lsn();
         tracing::info!(
+            host = %client.endpoint(),
             system_id = %system.systemid,
             timeline = system.timeline,
             slot = %config.slot,
@@ -428,6 +439,60 @@ impl<'a> Session<'a> {
             })),
             (Err(error), _) => Err(error),
         }
+    }
+
+    /// Judges the server this connection reached against the one the stream followed. After
+    /// a failover nothing remembered from the old server is trusted: progress restarts
+    /// (START_REPLICATION then begins where this server's slot is, and acks of events still
+    /// in flight from the old server advance nothing here), the slot is created by the
+    /// missing-slot path when it did not come along (PostgreSQL before 17 never carries
+    /// logical slots to a standby), and the sweeper is woken: rows committed on this server
+    /// before its slot's consistent point are never streamed, and it delivers them once the
+    /// slot's confirmed position has passed where it saw them.
+    ///
+    /// Before that, the events still in flight from the old server get up to
+    /// `DISPATCHBOX_SHUTDOWN_TIMEOUT` to settle (their status is written here, where their
+    /// rows were replicated): a row still `pending` when the new slot passes it is the
+    /// sweeper's, and would be delivered a second time.
+    async fn follow_server(
+        &mut self,
+        system: &IdentifySystem,
+        host: &crate::conninfo::Endpoint,
+        shutdown: &CancellationToken,
+    ) {
+        let config = self.config;
+        metrics::server_timeline(system.timeline);
+        let change = self.server.observe(ServerIdentity {
+            system_id: system.systemid,
+            timeline: system.timeline,
+        });
+        if !change.is_failover() {
+            return;
+        }
+        tracing::error!(
+            host = %host,
+            system_id = %system.systemid,
+            timeline = system.timeline,
+            slot = %config.slot,
+            change = %change,
+            "failover: the replication connection reached another server than before; not trusting the old position, streaming from this server's slot (created if missing), and the sweeper delivers the rows committed here that were not delivered"
+        );
+        metrics::failover();
+        let deadline = Instant::now() + config.shutdown_timeout;
+        // Acks, not transactions: the broken stream's transactions were forgotten, but
+        // their events may still be in delivery or waiting for their status write.
+        while self.progress.acks_out() > 0 && !shutdown.is_cancelled() {
+            if Instant::now() >= deadline {
+                tracing::warn!(timeout = ?config.shutdown_timeout, "events from the old server are still unsettled; the sweeper may deliver them again");
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        self.progress.restart();
+        config.sweep_now.notify_one();
     }
 
     /// Decides from a START_REPLICATION error whether the relay's slot is missing or

@@ -121,6 +121,8 @@ struct Metrics {
     slot_wal_status: IntGaugeVec,
     sweeper_reclaims: IntCounterVec,
     slot_recreations: IntCounterVec,
+    failovers: IntCounter,
+    server_timeline: IntGauge,
     stream_connected: IntGauge,
     leader: IntGauge,
 }
@@ -325,6 +327,19 @@ impl Metrics {
                 "dispatchbox_slot_recreations_total",
                 "Replication slots this process created, by reason: missing (no slot of that name) or lost (invalidated, dropped and created again).",
                 &["reason"],
+            ),
+            failovers: register(
+                &registry,
+                IntCounter::new(
+                    "dispatchbox_failovers_total",
+                    "Times the replication connection reached another WAL history than before: a later timeline (a promoted standby), an earlier one, or another cluster. The relay restarted from the new server's slot and the sweeper delivered what that slot cannot stream.",
+                )
+                .expect("valid counter"),
+            ),
+            server_timeline: gauge(
+                &registry,
+                "dispatchbox_server_timeline",
+                "Timeline of the server the replication stream follows (IDENTIFY_SYSTEM); 0 before the first connection.",
             ),
             stream_connected: gauge(
                 &registry,
@@ -536,6 +551,17 @@ pub fn slot_recreated(reason: &'static str) {
     METRICS.slot_recreations.with_label_values(&[reason]).inc();
 }
 
+/// The replication connection reached another WAL history than before (see
+/// `replication::failover`).
+pub fn failover() {
+    METRICS.failovers.inc();
+}
+
+/// The replication connection's server is on `timeline`.
+pub fn server_timeline(timeline: u32) {
+    METRICS.server_timeline.set(i64::from(timeline));
+}
+
 /// The replication stream started (`true`) or stopped running (`false`).
 pub fn stream_connected(connected: bool) {
     METRICS.stream_connected.set(i64::from(connected));
@@ -574,6 +600,8 @@ mod tests {
             "dispatchbox_slot_wal_status{status=\"missing\"}",
             "dispatchbox_slot_recreations_total{reason=\"missing\"} 0",
             "dispatchbox_slot_recreations_total{reason=\"lost\"} 0",
+            "dispatchbox_failovers_total 0",
+            "dispatchbox_server_timeline ",
             "dispatchbox_stream_connected",
             "dispatchbox_leader",
             "dispatchbox_build_info{version=",

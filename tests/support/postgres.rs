@@ -1,5 +1,7 @@
 //! A throwaway PostgreSQL cluster per test: `initdb` into `/tmp`, a free loopback port,
-//! `wal_level=logical` (unless a test asks otherwise), stopped and removed on drop.
+//! `wal_level=logical` (unless a test asks otherwise), stopped and removed on drop. A
+//! streaming physical standby of such a cluster ([`TestCluster::start_standby_of`]) is made
+//! with `pg_basebackup -R -X stream`, for failover tests ([`TestCluster::promote`]).
 //!
 //! PostgreSQL refuses to run as root, so when the tests run as root every server command
 //! runs as the `postgres` user through `runuser`. Missing binaries fail the test loudly:
@@ -88,7 +90,7 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -211,7 +213,7 @@ impl TestCluster {
     }
 
     fn command(&self, program: &str) -> Command {
-        let exe = self.bin.join(program);
+        let exe = self.program(program);
         if self.as_postgres {
             let mut cmd = Command::new("runuser");
             cmd.args(["-u", "postgres", "--"]).arg(exe);
@@ -219,6 +221,26 @@ impl TestCluster {
         } else {
             Command::new(exe)
         }
+    }
+
+    /// A server program: from the directory the cluster binaries were found in, or, when
+    /// that holds only links to some of them (e.g. `/usr/local/bin`), from the directory
+    /// `pg_ctl` really lives in.
+    fn program(&self, program: &str) -> PathBuf {
+        let beside = self.bin.join(program);
+        if beside.is_file() {
+            return beside;
+        }
+        std::fs::canonicalize(self.bin.join("pg_ctl"))
+            .ok()
+            .and_then(|pg_ctl| pg_ctl.parent().map(|dir| dir.join(program)))
+            .filter(|path| path.is_file())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{program} not found beside pg_ctl in {}",
+                    self.bin.display()
+                )
+            })
     }
 
     fn run_pg(&self, program: &str, args: &[&str]) -> Output {
@@ -243,6 +265,115 @@ impl TestCluster {
             );
         }
         out
+    }
+
+    /// Starts a hot standby of `primary`: `pg_basebackup -R -X stream` into a new directory
+    /// (so it streams WAL from the primary and follows it), then the server on its own free
+    /// port. Like every test cluster it is stopped and removed on drop. The primary's
+    /// default `pg_hba.conf` already admits replication connections from 127.0.0.1, and
+    /// its `max_wal_senders` leaves room for the standby.
+    pub fn start_standby_of(primary: &TestCluster) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("dispatchbox-pg-standby-")
+            .tempdir_in("/tmp")
+            .expect("create standby dir")
+            .keep();
+        if primary.as_postgres {
+            check(
+                Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(&dir)
+                    .output()
+                    .expect("chown"),
+                "chown standby dir",
+            );
+        }
+        let standby = TestCluster {
+            port: free_port(),
+            dir: dir.clone(),
+            bin: primary.bin.clone(),
+            as_postgres: primary.as_postgres,
+            ca_cert_path: primary.ca_cert_path.clone(),
+            databases: AtomicUsize::new(1000),
+        };
+        let data = dir.join("data");
+        let source = format!(
+            "host=127.0.0.1 port={} user=postgres password={SUPERUSER_PASSWORD}",
+            primary.port
+        );
+        standby.run_pg(
+            "pg_basebackup",
+            &[
+                "-d",
+                &source,
+                "-D",
+                data.to_str().unwrap(),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ],
+        );
+        // The copy carries the primary's postgresql.conf: later lines win.
+        append(
+            &data.join("postgresql.conf"),
+            &format!(
+                "\n# standby\nport = {}\nunix_socket_directories = '{}'\nhot_standby = on\n",
+                standby.port,
+                dir.display()
+            ),
+        );
+        if standby.as_postgres {
+            check(
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&dir)
+                    .output()
+                    .expect("chown"),
+                "chown standby dir",
+            );
+        }
+        standby.pg_ctl(&["start", "-w", "-t", "60"]);
+        standby
+    }
+
+    /// Promotes a standby to a primary (`pg_ctl promote`, waiting until it accepts writes).
+    pub fn promote(&self) {
+        self.pg_ctl(&["promote", "-w", "-t", "60"]);
+    }
+
+    /// Stops the server at once, as a crash would (`-m immediate`), without removing it.
+    pub fn crash(&self) {
+        self.pg_ctl(&["stop", "-m", "immediate", "-w"]);
+    }
+
+    /// Waits until this standby has replayed everything `primary` has written so far.
+    pub async fn wait_replayed(&self, primary: &TestCluster, within: Duration) {
+        let target: String = primary
+            .connect("postgres")
+            .await
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .expect("read the primary's WAL position")
+            .get(0);
+        let standby = self.connect("postgres").await;
+        eventually(
+            within,
+            "the standby to replay the primary's WAL",
+            || async {
+                let caught_up: bool = standby
+                    .query_one(
+                        "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                        &[&target],
+                    )
+                    .await
+                    .expect("read the standby's replay position")
+                    .get(0);
+                caught_up.then_some(())
+            },
+        )
+        .await;
     }
 
     /// Stops the server (fast shutdown) without removing it.

@@ -174,6 +174,17 @@ impl RelayProcess {
         self.signal("-TERM");
     }
 
+    /// Freezes the process (SIGSTOP): it reads, delivers and writes nothing until
+    /// [`RelayProcess::resume`], as if it had fallen far behind.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
     /// SIGKILL and reap.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

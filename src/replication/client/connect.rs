@@ -1,7 +1,9 @@
-//! Opening a replication connection: TCP (with keepalives and `TCP_USER_TIMEOUT`) or a
-//! Unix socket, SSLRequest + rustls per `sslmode`, the StartupMessage with
-//! `replication=database` and pinned output GUCs, and password authentication
-//! (cleartext, MD5, SCRAM-SHA-256[-PLUS]) through postgres-protocol.
+//! Opening a replication connection to one host of the URL: TCP (with keepalives and
+//! `TCP_USER_TIMEOUT`) or a Unix socket, SSLRequest + rustls per `sslmode`, the
+//! StartupMessage with `replication=database` and pinned output GUCs, and password
+//! authentication (cleartext, MD5, SCRAM-SHA-256[-PLUS]) through postgres-protocol.
+//! Walking the host list and checking `target_session_attrs` is the caller's
+//! ([`super::ReplicationClient::connect_with`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -20,7 +22,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 use super::error::{ClientError, ProtocolError, ServerError};
 use super::frame::{Frame, FrameReader};
-use crate::conninfo::{ConnInfo, Host, SslMode};
+use crate::conninfo::{ConnInfo, Endpoint, Host, SslMode};
 
 /// Idle time before the first TCP keepalive probe.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
@@ -64,9 +66,10 @@ pub(crate) struct SessionInfo {
 /// session ready for a query.
 pub(crate) async fn establish(
     info: &ConnInfo,
+    endpoint: &Endpoint,
     max_frame_len: usize,
 ) -> Result<(FrameReader<BoxedTransport>, SessionInfo), ClientError> {
-    let (transport, binding) = open_transport(info).await?;
+    let (transport, binding) = open_transport(info, endpoint).await?;
     let mut session = SessionInfo {
         tls: binding.is_some(),
         ..SessionInfo::default()
@@ -86,23 +89,12 @@ enum TlsBinding {
     ServerEndPoint(Vec<u8>),
 }
 
-/// The target for messages: `host:port` or the socket path. Never has credentials.
-pub(crate) fn target(info: &ConnInfo) -> String {
-    match info.host() {
-        Host::Tcp(name) if name.contains(':') => format!("[{name}]:{}", info.port()),
-        Host::Tcp(name) => format!("{name}:{}", info.port()),
-        Host::Unix(dir) => dir
-            .join(format!(".s.PGSQL.{}", info.port()))
-            .display()
-            .to_string(),
-    }
-}
-
 async fn open_transport(
     info: &ConnInfo,
+    endpoint: &Endpoint,
 ) -> Result<(BoxedTransport, Option<TlsBinding>), ClientError> {
-    let target = target(info);
-    let name = match info.host() {
+    let target = endpoint.target();
+    let name = match &endpoint.host {
         Host::Unix(_) => {
             let stream = UnixStream::connect(&target)
                 .await
@@ -111,8 +103,8 @@ async fn open_transport(
         }
         Host::Tcp(name) => name,
     };
-    let mut tcp = connect_tcp(name, info.port(), &target).await?;
-    let Some(config) = info.tls_config() else {
+    let mut tcp = connect_tcp(name, endpoint.port, &target).await?;
+    let Some(config) = info.tls_config_for(endpoint) else {
         return Ok((Box::new(tcp), None));
     };
 

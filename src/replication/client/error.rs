@@ -9,7 +9,7 @@ use std::time::Duration;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::ErrorFields;
 
-use crate::conninfo::SslMode;
+use crate::conninfo::{SslMode, TargetSessionAttrs};
 
 /// An `ErrorResponse` from the server, with the fields operators and the relay act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,6 +247,63 @@ pub enum ClientError {
         /// The value.
         value: String,
     },
+    /// The server accepted the connection but is not what `target_session_attrs` asks for
+    /// (e.g. a standby not yet promoted, for `read-write`).
+    #[error(
+        "PostgreSQL at {target} {}, but the database URL asks for target_session_attrs={wanted}",
+        describe_read_only(*read_only)
+    )]
+    SessionAttrs {
+        /// `host:port` or the socket path.
+        target: String,
+        /// The URL's `target_session_attrs`.
+        wanted: TargetSessionAttrs,
+        /// Whether the server's sessions are read-only.
+        read_only: bool,
+    },
+    /// No host of a URL with several hosts could be used; one failure per host, in order.
+    #[error(
+        "no host of the database URL could be used: {}",
+        describe_failures(failures)
+    )]
+    NoHost {
+        /// Why each host was not used.
+        failures: Vec<HostFailure>,
+    },
+}
+
+/// Why one host of a multi-host URL was not used.
+#[derive(Debug)]
+pub struct HostFailure {
+    /// `host:port` or the socket path.
+    pub target: String,
+    /// What happened there.
+    pub error: ClientError,
+}
+
+fn describe_read_only(read_only: bool) -> &'static str {
+    if read_only {
+        "accepts only read-only sessions (a standby, or default_transaction_read_only = on)"
+    } else {
+        "accepts writes (a primary)"
+    }
+}
+
+/// `target: error: cause: …` for every failure, `;`-separated.
+fn describe_failures(failures: &[HostFailure]) -> String {
+    failures
+        .iter()
+        .map(|failure| {
+            let mut text = format!("{}: {}", failure.target, failure.error);
+            let mut source = std::error::Error::source(&failure.error);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl ClientError {
@@ -266,6 +323,11 @@ impl ClientError {
                 .get_ref()
                 .is_some_and(|inner| inner.is::<rustls::Error>()),
             ClientError::Server(error) => error.is_transient(),
+            // A standby is promoted, a primary comes back: asking again may find one.
+            ClientError::SessionAttrs { .. } => true,
+            ClientError::NoHost { failures } => {
+                failures.iter().any(|failure| failure.error.is_transient())
+            }
             ClientError::TlsRefused { .. }
             | ClientError::PasswordMissing { .. }
             | ClientError::UnsupportedAuth { .. }
@@ -345,6 +407,43 @@ mod tests {
         for code in ["54000", "55000", "52000", "42501"] {
             assert!(!server(code).is_transient(), "{code}");
         }
+    }
+
+    #[test]
+    fn a_host_list_fails_transiently_when_any_host_might_recover() {
+        let wrong_role = ClientError::SessionAttrs {
+            target: "b:5433".into(),
+            wanted: TargetSessionAttrs::ReadWrite,
+            read_only: true,
+        };
+        assert!(wrong_role.is_transient(), "a standby may be promoted");
+        let all = ClientError::NoHost {
+            failures: vec![
+                HostFailure {
+                    target: "a:5432".into(),
+                    error: server("28P01"),
+                },
+                HostFailure {
+                    target: "b:5433".into(),
+                    error: wrong_role,
+                },
+            ],
+        };
+        assert!(all.is_transient());
+        let text = all.to_string();
+        assert!(text.contains("a:5432: m (SQLSTATE 28P01"), "{text}");
+        assert!(
+            text.contains("b:5433: PostgreSQL at b:5433 accepts only read-only sessions"),
+            "{text}"
+        );
+        assert!(text.contains("target_session_attrs=read-write"), "{text}");
+        let definite = ClientError::NoHost {
+            failures: vec![HostFailure {
+                target: "a:5432".into(),
+                error: server("28P01"),
+            }],
+        };
+        assert!(!definite.is_transient());
     }
 
     #[test]

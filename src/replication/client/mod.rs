@@ -30,7 +30,7 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tokio::io::AsyncWriteExt;
 
-pub use error::{ClientError, ProtocolError, ServerError};
+pub use error::{ClientError, HostFailure, ProtocolError, ServerError};
 pub use frame::{DEFAULT_MAX_FRAME_LEN, OVERSIZED_PREFIX_LEN};
 pub use protocol::{
     encode_standby_status, parse_copy_data, parse_oversized_copy_data, pg_epoch_micros,
@@ -39,7 +39,7 @@ pub use protocol::{
 };
 pub use stream::{ReplicationReader, ReplicationWriter};
 
-use crate::conninfo::ConnInfo;
+use crate::conninfo::{ConnInfo, Endpoint, TargetSessionAttrs};
 use crate::replication::lsn::Lsn;
 use connect::{log_notice, unexpected, BoxedTransport, SessionInfo};
 use frame::{Frame, FrameReader};
@@ -112,31 +112,106 @@ impl SimpleRow {
 pub struct ReplicationClient {
     frames: FrameReader<BoxedTransport>,
     session: SessionInfo,
+    /// The host of the URL this connection reached.
+    endpoint: Endpoint,
 }
 
 impl ReplicationClient {
     /// Connects with default [`ClientOptions`]. Honours `connect_timeout` for the whole
-    /// of TCP connect, TLS and authentication.
+    /// of TCP connect, TLS and authentication, per host.
     pub async fn connect(info: &ConnInfo) -> Result<Self, ClientError> {
         Self::connect_with(info, ClientOptions::default()).await
     }
 
     /// Connects with explicit options.
+    ///
+    /// Tries the URL's hosts in order, as libpq does, and keeps the first that accepts the
+    /// connection and qualifies for `target_session_attrs`. With one host its error is
+    /// returned as it is; with several, [`ClientError::NoHost`] lists every host's.
     pub async fn connect_with(
         info: &ConnInfo,
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
-        let establish = connect::establish(info, options.max_frame_len);
+        let mut failures = Vec::new();
+        for endpoint in info.endpoints() {
+            match Self::connect_to(info, endpoint, &options).await {
+                Ok(client) => return Ok(client),
+                Err(error) => {
+                    if info.endpoints().len() > 1 {
+                        tracing::debug!(target = %endpoint, error = %error, "replication connection: this host cannot be used; trying the next");
+                    }
+                    failures.push(HostFailure {
+                        target: endpoint.target(),
+                        error,
+                    });
+                }
+            }
+        }
+        match <[HostFailure; 1]>::try_from(failures) {
+            Ok([only]) => Err(only.error),
+            Err(failures) => Err(ClientError::NoHost { failures }),
+        }
+    }
+
+    /// Connects to one host and checks `target_session_attrs` there.
+    async fn connect_to(
+        info: &ConnInfo,
+        endpoint: &Endpoint,
+        options: &ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let establish = connect::establish(info, endpoint, options.max_frame_len);
         let (frames, session) = match info.connect_timeout() {
             Some(timeout) => tokio::time::timeout(timeout, establish)
                 .await
                 .map_err(|_| ClientError::ConnectTimeout {
-                    target: connect::target(info),
+                    target: endpoint.target(),
                     timeout,
                 })??,
             None => establish.await?,
         };
-        Ok(ReplicationClient { frames, session })
+        let mut client = ReplicationClient {
+            frames,
+            session,
+            endpoint: endpoint.clone(),
+        };
+        let wanted = info.target_session_attrs();
+        if wanted != TargetSessionAttrs::Any {
+            let read_only = client.read_only().await?;
+            if !wanted.accepts(read_only) {
+                client.close().await;
+                return Err(ClientError::SessionAttrs {
+                    target: endpoint.target(),
+                    wanted,
+                    read_only,
+                });
+            }
+        }
+        Ok(client)
+    }
+
+    /// The host of the URL this connection reached.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Whether the server's sessions are read-only (a hot standby, or
+    /// `default_transaction_read_only = on`), decided as libpq decides it for
+    /// `target_session_attrs`: from what the server reported at startup (PostgreSQL 14 and
+    /// later report both settings), else by asking `SHOW transaction_read_only`.
+    pub async fn read_only(&mut self) -> Result<bool, ClientError> {
+        if let Some(read_only) = reported_read_only(
+            self.parameter("default_transaction_read_only"),
+            self.parameter("in_hot_standby"),
+        ) {
+            return Ok(read_only);
+        }
+        const COMMAND: &str = "SHOW transaction_read_only";
+        let row = single_row(COMMAND, self.simple_query(COMMAND).await?)?;
+        parse_column(COMMAND, &row, "transaction_read_only", |v| match v {
+            "on" => Some(true),
+            "off" => Some(false),
+            _ => None,
+        })
     }
 
     /// A parameter the server reported at startup (`server_version`, `TimeZone`, …).
@@ -315,9 +390,24 @@ impl ReplicationClient {
 impl fmt::Debug for ReplicationClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReplicationClient")
+            .field("endpoint", &self.endpoint)
             .field("backend_pid", &self.session.backend_pid)
             .field("tls", &self.session.tls)
             .finish_non_exhaustive()
+    }
+}
+
+/// Read-only or not from the `default_transaction_read_only` and `in_hot_standby`
+/// parameters a server reports at startup; `None` when it did not report both (before
+/// PostgreSQL 14).
+fn reported_read_only(
+    default_transaction_read_only: Option<&str>,
+    in_hot_standby: Option<&str>,
+) -> Option<bool> {
+    match (default_transaction_read_only?, in_hot_standby?) {
+        ("off", "off") => Some(false),
+        ("on", _) | (_, "on") => Some(true),
+        _ => None,
     }
 }
 
@@ -405,6 +495,17 @@ fn parse_column<T>(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_read_only_from_the_reported_parameters() {
+        assert_eq!(reported_read_only(Some("off"), Some("off")), Some(false));
+        assert_eq!(reported_read_only(Some("off"), Some("on")), Some(true));
+        assert_eq!(reported_read_only(Some("on"), Some("off")), Some(true));
+        // Before PostgreSQL 14, or something unexpected: ask the server.
+        assert_eq!(reported_read_only(None, Some("off")), None);
+        assert_eq!(reported_read_only(Some("off"), None), None);
+        assert_eq!(reported_read_only(Some("off"), Some("maybe")), None);
+    }
 
     #[test]
     fn quotes_identifiers_and_literals_by_doubling() {
