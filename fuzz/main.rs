@@ -24,6 +24,7 @@ mod harness;
 mod mutate;
 
 use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::FileExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -272,6 +273,13 @@ fn worker(args: Args) -> ExitCode {
         });
     }
 
+    let trace_file = match &args.trace_inputs {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(file) => Some(file),
+            Err(e) => return usage(&format!("cannot create {}: {e}", path.display())),
+        },
+        None => None,
+    };
     let mut mutator = Mutator::new(args.seed);
     let mut corpus: Vec<Case> = Vec::new();
     let mut seen: HashSet<(Label, u8)> = HashSet::new();
@@ -319,8 +327,11 @@ fn worker(args: Args) -> ExitCode {
             mutator.mutate(&corpus[base], &corpus[donor])
         };
         done += 1;
-        if let Some(path) = &args.trace_inputs {
-            let _ = std::fs::write(path, case.to_text(&[]));
+        if let Some(file) = &trace_file {
+            // Rewritten in place, not re-created: the replay stays near full speed.
+            let text = case.to_text(&[]);
+            let _ = file.write_all_at(text.as_bytes(), 0);
+            let _ = file.set_len(text.len() as u64);
         }
         *current.lock().unwrap() = Some(case.clone());
         started_ms.store(clock.elapsed().as_millis() as u64 + 1, Ordering::Release);
