@@ -630,7 +630,12 @@ fn parse_timestamptz(s: &str) -> Result<DateTime<Utc>, &'static str> {
     let (base, extra_secs) = split_offset_seconds(s);
     let parsed = DateTime::parse_from_str(base, "%Y-%m-%d %H:%M:%S%.f%#z")
         .map_err(|_| "is not an ISO timestamp with a UTC offset")?;
-    Ok(parsed.with_timezone(&Utc) - chrono::Duration::seconds(extra_secs))
+    // Checked: at the first or last instant chrono represents, the offset's seconds can
+    // carry the time out of range (found by scripts/fuzz).
+    parsed
+        .with_timezone(&Utc)
+        .checked_sub_signed(chrono::Duration::seconds(extra_secs))
+        .ok_or("is out of range")
 }
 
 /// The shape the walsender renders every timestamp in (the session pins `TimeZone=UTC` and
@@ -1200,6 +1205,33 @@ mod tests {
             err.to_string(),
             "outbox row 42: column \"created_at\" is infinite; an outbox timestamp must be \
              finite: \"infinity\""
+        );
+    }
+
+    /// Seconds in the offset are applied after chrono's parse, which has checked only the
+    /// range of the rest: at the edges of that range they are a row error, not a panic.
+    #[test]
+    fn offset_seconds_past_the_range_are_row_errors() {
+        for edge in [
+            "+262142-12-31 23:59:59-00:00:59",
+            "+262142-12-31 23:59:60.123456-00:00:59",
+            "-262143-01-01 00:00:00+00:00:59",
+        ] {
+            assert_eq!(parse_timestamptz(edge), Err("is out of range"), "{edge}");
+        }
+        assert!(parse_timestamptz("+262142-12-31 23:59:00-00:00:59").is_ok());
+        let m = mapper();
+        let err = dead(
+            m.map_insert(&insert(design_row(
+                Column::Null,
+                "+262142-12-31 23:59:59-00:00:59",
+            )))
+            .unwrap(),
+        );
+        assert_eq!(
+            err.to_string(),
+            "outbox row 42: column \"created_at\" is out of range: \
+             \"+262142-12-31 23:59:59-00:00:59\""
         );
     }
 
