@@ -52,7 +52,8 @@ scripts/chaos [options]: every fault at once against real processes; prints one 
   --seed N               seed of the load and the receiver's failures (default 1)
   --kafka                deliver to a tansu broker instead of a webhook receiver
   --short                the short scenario (what `cargo test` runs)
-Exit code 0 when the goal is met (0 lost, 0 order violations, all done, duplicates <= 0.5 %).";
+Exit code 0 when the goal is met: 0 lost, 0 order violations, all done, duplicates <= 0.5 %
+(<= 2 % in the short scenario, whose kills come four times as often).";
 
 #[derive(Debug, Clone)]
 struct Options {
@@ -66,6 +67,8 @@ struct Options {
     aggregates: u32,
     seed: u64,
     kafka: bool,
+    /// The most duplicates allowed, as a share of the events.
+    duplicate_limit: f64,
 }
 
 impl Options {
@@ -81,6 +84,7 @@ impl Options {
             aggregates: 300,
             seed: 1,
             kafka: false,
+            duplicate_limit: 0.005,
         }
     }
 
@@ -90,6 +94,11 @@ impl Options {
             kills: 3,
             pg_restarts: 1,
             outage: 5,
+            // Three kills in 30 s are a kill every 7.5 s: each duplicates the events
+            // delivered and not yet written (about rate × linger), so the share is about
+            // four times the full scenario's. CI checks the invariants (nothing lost, no
+            // order violation, everything settled) and a loose bound on duplicates.
+            duplicate_limit: 0.02,
             ..Self::full()
         }
     }
@@ -180,6 +189,7 @@ struct Verdict {
     pg_restarts: u32,
     outage: u64,
     seconds: f64,
+    duplicate_limit: f64,
 }
 
 impl Verdict {
@@ -192,13 +202,14 @@ impl Verdict {
             && self.lost == 0
             && self.order_violations == 0
             && self.unsettled == 0
-            && self.duplicate_share() <= 0.005
+            && self.duplicate_share() <= self.duplicate_limit
     }
 
     fn line(&self) -> String {
         format!(
-            "chaos {}: {} sink={} events={} lost={} duplicates={} ({:.2}%) order_violations={} \
-             unsettled={} peak_rss={}MiB kills={} pg_restarts={} outage={}s in {:.0}s",
+            "chaos {}: {} sink={} events={} lost={} duplicates={} ({:.2}%, limit {:.1}%) \
+             order_violations={} unsettled={} peak_rss={}MiB kills={} pg_restarts={} \
+             outage={}s in {:.0}s",
             if self.passed() { "PASS" } else { "FAIL" },
             if self.passed() {
                 "goal met"
@@ -210,6 +221,7 @@ impl Verdict {
             self.lost,
             self.duplicates,
             self.duplicate_share() * 100.0,
+            self.duplicate_limit * 100.0,
             self.order_violations,
             self.unsettled,
             self.peak_rss_kib / 1024,
@@ -347,6 +359,7 @@ async fn run(options: Options) -> Verdict {
         .collect();
     let deliveries = sink.deliveries().await;
     let mut verdict = judge(&rows, &deliveries);
+    verdict.duplicate_limit = options.duplicate_limit;
     verdict.sink = if options.kafka { "kafka" } else { "webhook" };
     verdict.peak_rss_kib = peak_rss.load(Ordering::SeqCst);
     verdict.kills = options.kills;
