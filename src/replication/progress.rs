@@ -97,6 +97,10 @@ struct Inner {
     /// Acks handed out and not yet settled or dropped, of any session (also of
     /// transactions forgotten since): events still being delivered or written.
     acks_out: std::sync::atomic::AtomicUsize,
+    /// Bumped whenever unsettled transactions are forgotten ([`Progress::forget_unsettled`],
+    /// [`Progress::restart`]): acks of an older epoch are stale. An atomic, so that the
+    /// dispatcher's per-event [`Ack::is_live`] takes no lock.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 /// Positions for one standby status update.
@@ -169,6 +173,7 @@ impl Progress {
         Ack {
             progress: self.clone(),
             seq,
+            epoch: self.inner.epoch.load(std::sync::atomic::Ordering::Acquire),
         }
     }
 
@@ -208,6 +213,13 @@ impl Progress {
         let mut state = self.lock();
         state.txns.clear();
         state.keepalive = state.reported;
+        self.new_epoch();
+    }
+
+    fn new_epoch(&self) {
+        self.inner
+            .epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Forgets every position and transaction: the stream now reads another server's WAL
@@ -229,6 +241,7 @@ impl Progress {
             held,
             ..State::default()
         };
+        self.new_epoch();
     }
 
     /// Records a keepalive's `walEnd`. When idle, a newer position is reportable at once,
@@ -327,6 +340,8 @@ impl Progress {
 pub struct Ack {
     progress: Progress,
     seq: TxnSeq,
+    /// The epoch it was handed out in (see [`Ack::is_live`]).
+    epoch: u64,
 }
 
 impl Drop for Ack {
@@ -344,10 +359,16 @@ impl Ack {
         self.progress.settle(self.seq);
     }
 
-    /// False once its transaction was forgotten ([`Progress::forget_unsettled`]): the
-    /// stream broke, the event will be sent again, and this copy must not be delivered.
+    /// False once its transaction was forgotten ([`Progress::forget_unsettled`],
+    /// [`Progress::restart`]): the stream broke, the event will be sent again, and this
+    /// copy must not be delivered. One atomic load: the dispatcher asks for every event.
     pub fn is_live(&self) -> bool {
-        self.progress.lock().txn_mut(self.seq).is_some()
+        self.epoch
+            == self
+                .progress
+                .inner
+                .epoch
+                .load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
