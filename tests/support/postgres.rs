@@ -126,14 +126,7 @@ impl TestCluster {
         let pwfile = dir.join("pwfile");
         std::fs::write(&pwfile, SUPERUSER_PASSWORD).expect("write pwfile");
         if as_postgres {
-            check(
-                Command::new("chown")
-                    .args(["-R", "postgres:postgres"])
-                    .arg(&dir)
-                    .output()
-                    .expect("chown"),
-                "chown cluster dir",
-            );
+            chown_to_postgres(&dir);
         }
         let mut cluster = TestCluster {
             port: free_port(),
@@ -189,14 +182,7 @@ impl TestCluster {
             std::fs::write(&hba_path, hba).expect("write pg_hba.conf");
         }
         if as_postgres {
-            check(
-                Command::new("chown")
-                    .args(["-R", "postgres:postgres"])
-                    .arg(&dir)
-                    .output()
-                    .expect("chown"),
-                "chown cluster dir",
-            );
+            chown_to_postgres(&dir);
         }
         cluster.pg_ctl(&["start", "-w", "-t", "60"]);
         cluster
@@ -325,14 +311,7 @@ impl TestCluster {
             ),
         );
         if standby.as_postgres {
-            check(
-                Command::new("chown")
-                    .args(["-R", "postgres:postgres"])
-                    .arg(&dir)
-                    .output()
-                    .expect("chown"),
-                "chown standby dir",
-            );
+            chown_to_postgres(&dir);
         }
         standby.pg_ctl(&["start", "-w", "-t", "60"]);
         standby
@@ -534,4 +513,16 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Gives `dir` to the `postgres` user (the server refuses to run as root).
+fn chown_to_postgres(dir: &Path) {
+    check(
+        Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir)
+            .output()
+            .expect("chown"),
+        "chown a cluster directory to postgres",
+    );
 }
