@@ -166,6 +166,25 @@ impl Store {
         &self.table
     }
 
+    /// Runs `sql` as a cached prepared statement (for statements the relay repeats: one
+    /// parse per connection) and returns its rows.
+    pub(crate) async fn query_cached(
+        &self,
+        context: &'static str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let client = self.client(context).await?;
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| StoreError::db(context, e))?;
+        client
+            .query(&statement, params)
+            .await
+            .map_err(|e| StoreError::db(context, e))
+    }
+
     pub(crate) async fn client(&self, context: &'static str) -> Result<Object, StoreError> {
         self.pool
             .get()

@@ -256,14 +256,10 @@ impl Store {
                      + coalesce(octet_length(t.aggregate_id), 0)
                      + coalesce(octet_length(t.event_type), 0))::bigint"
         );
-        let client = self.client(CONTEXT).await?;
-        let statement = client
-            .prepare_cached(&sql)
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
-        let rows = client
-            .query(
-                &statement,
+        let rows = self
+            .query_cached(
+                CONTEXT,
+                &sql,
                 &[
                     &settings.batch,
                     &token,
@@ -271,8 +267,7 @@ impl Store {
                     &micros(settings.lease),
                 ],
             )
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
+            .await?;
         let mut claimed = rows
             .iter()
             .map(claimed_row)
@@ -300,16 +295,8 @@ impl Store {
               ORDER BY id",
             self.table().quoted()
         );
-        let client = self.client(CONTEXT).await?;
-        let statement = client
-            .prepare_cached(&sql)
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let loaded = client
-            .query(&statement, &[&ids, &token])
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let loaded = self.query_cached(CONTEXT, &sql, &[&ids, &token]).await?;
         let by_id: HashMap<i64, &ClaimedRow> = rows.iter().map(|r| (r.id, r)).collect();
         let mut events = Vec::with_capacity(loaded.len());
         for row in &loaded {
@@ -378,16 +365,10 @@ impl Store {
             &self.text_widths(),
         );
         let sql = outcome_update_sql(self.table(), UpdateGuard::Claimed);
-        let client = self.client(CONTEXT).await?;
-        let statement = client
-            .prepare_cached(&sql)
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
         let [p1, p2, p3, p4, p5, p6] = columns.params();
-        let rows = client
-            .query(&statement, &[p1, p2, p3, p4, p5, p6, &token])
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let rows = self
+            .query_cached(CONTEXT, &sql, &[p1, p2, p3, p4, p5, p6, &token])
+            .await?;
         let mut written = rows
             .iter()
             .map(|r| r.try_get::<_, i64>(0))
@@ -430,15 +411,7 @@ impl Store {
             "SELECT id FROM {} WHERE id = ANY($1) AND status <> 'pending'",
             self.table().quoted()
         );
-        let client = self.client(CONTEXT).await?;
-        let statement = client
-            .prepare_cached(&sql)
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
-        let rows = client
-            .query(&statement, &[&ids])
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let rows = self.query_cached(CONTEXT, &sql, &[&ids]).await?;
         rows.iter()
             .map(|r| r.try_get(0))
             .collect::<Result<_, _>>()
@@ -459,19 +432,11 @@ impl Store {
                                    AND status IN ('retry', 'processing'))",
             self.table().quoted()
         );
-        let client = self.client(CONTEXT).await?;
-        let statement = client
-            .prepare_cached(&sql)
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
         let (types, ids): (Vec<&str>, Vec<&str>) = aggregates
             .iter()
             .map(|(t, i)| (t.as_str(), i.as_str()))
             .unzip();
-        let rows = client
-            .query(&statement, &[&types, &ids])
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let rows = self.query_cached(CONTEXT, &sql, &[&types, &ids]).await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect::<Result<_, tokio_postgres::Error>>()
@@ -487,15 +452,7 @@ impl Store {
               WHERE id = ANY($1) AND aggregate_type IS NOT NULL AND aggregate_id IS NOT NULL",
             self.table().quoted()
         );
-        let client = self.client(CONTEXT).await?;
-        let statement = client
-            .prepare_cached(&sql)
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
-        let rows = client
-            .query(&statement, &[&ids])
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let rows = self.query_cached(CONTEXT, &sql, &[&ids]).await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect::<Result<_, tokio_postgres::Error>>()
@@ -514,16 +471,10 @@ impl Store {
                               AND status IN ('retry', 'processing'))",
             self.table().quoted()
         );
-        let client = self.client(CONTEXT).await?;
-        let statement = client
-            .prepare_cached(&sql)
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
-        client
-            .query_one(&statement, &[&aggregate_type, &aggregate_id])
-            .await
-            .and_then(|r| r.try_get(0))
-            .map_err(|e| StoreError::db(CONTEXT, e))
+        let rows = self
+            .query_cached(CONTEXT, &sql, &[&aggregate_type, &aggregate_id])
+            .await?;
+        one_value(CONTEXT, &rows)
     }
 
     /// Looks at up to `limit` due `pending` rows (those due first), and reads, in the same
@@ -562,15 +513,8 @@ impl Store {
                       LIMIT $1) AS p",
             self.table().quoted()
         );
-        let client = self.client(CONTEXT).await?;
-        let statement = client
-            .prepare_cached(&sql)
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
-        let row = client
-            .query_one(&statement, &[&limit, &slot])
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let rows = self.query_cached(CONTEXT, &sql, &[&limit, &slot]).await?;
+        let row = rows.first().ok_or_else(|| no_row(CONTEXT))?;
         let db = |e| StoreError::db(CONTEXT, e);
         Ok(PendingSighting {
             ids: row.try_get(0).map_err(db)?,
@@ -608,17 +552,28 @@ impl Store {
             )
         };
         let sql = format!("SELECT LEAST({}, {})", first("retry"), first("processing"));
-        let client = self.client(CONTEXT).await?;
-        let statement = client
-            .prepare_cached(&sql)
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
-        client
-            .query_one(&statement, &[])
-            .await
-            .and_then(|r| r.try_get(0))
-            .map_err(|e| StoreError::db(CONTEXT, e))
+        let rows = self.query_cached(CONTEXT, &sql, &[]).await?;
+        one_value(CONTEXT, &rows)
     }
+}
+
+/// The answer of a statement that returns exactly one row: none is a store error.
+fn no_row(context: &'static str) -> StoreError {
+    StoreError::Unexpected {
+        context: context.into(),
+        detail: "the statement returned no row".into(),
+    }
+}
+
+/// The first column of the only row of `rows`.
+fn one_value<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    context: &'static str,
+    rows: &[Row],
+) -> Result<T, StoreError> {
+    rows.first()
+        .ok_or_else(|| no_row(context))?
+        .try_get(0)
+        .map_err(|e| StoreError::db(context, e))
 }
 
 /// Maps one `RETURNING` row of the claim (columns the statement computes: always readable).
