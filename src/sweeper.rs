@@ -154,15 +154,14 @@ pub async fn run(
             _ = tokio::time::sleep_until(wake) => {}
             _ = sweep_now.notified() => {}
         }
-        let swept = sweep(
-            &store,
-            &deliverer,
-            &blocked,
-            &config,
-            &token,
-            &mut sightings,
-            &shutdown,
-        );
+        let sweeper = Sweeper {
+            store: &store,
+            deliverer: &deliverer,
+            blocked: &blocked,
+            config: &config,
+            token: &token,
+        };
+        let swept = sweeper.sweep(&mut sightings, &shutdown);
         let claimed = match swept.await {
             Ok(claimed) => claimed,
             Err(error) => {
@@ -202,53 +201,68 @@ async fn next_wake(store: &Store, config: &SweepConfig, claimed: usize) -> Insta
 /// returns how many rows it claimed. Rows the
 /// stream passes while this sweep runs wait for the next one; ids in `missed_pending` that
 /// were claimed or settled meanwhile are ignored by the claim.
-async fn sweep(
-    store: &Store,
-    deliverer: &Deliverer,
-    blocked: &BlockedAggregates,
-    config: &SweepConfig,
-    token: &str,
-    sightings: &mut Sightings,
-    shutdown: &CancellationToken,
-) -> Result<usize, StoreError> {
-    let sighting = store.sight_pending(&config.slot, SIGHTING_LIMIT).await?;
-    let now = Instant::now();
-    sightings.observe(&sighting, now);
-    let missed = sightings.missed(sighting.stream_settled, config.grace, now);
-    // The stream went past these rows; until they are delivered, later events of their
-    // aggregates must wait in their rows like behind a retry. The holds keep the
-    // aggregates blocked until this sweep has written their outcomes, whatever the
-    // database says meanwhile (a `pending` row does not count as a backlog).
-    let _holds: Vec<Arc<()>> = if config.ordering && !missed.is_empty() {
-        store
-            .aggregates_of(&missed)
-            .await?
-            .iter()
-            .map(|(aggregate_type, aggregate_id)| blocked.hold(aggregate_type, aggregate_id))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let mut missed_pending = missed;
-    // Rows returned from `dead` are taken at once: the stream will never deliver them.
-    missed_pending.extend_from_slice(&sighting.requeued);
-    let settings = ClaimSettings {
-        batch: config.batch,
-        lease: config.lease,
-        missed_pending,
-        ordering: config.ordering,
-    };
-    let mut total = 0;
-    while !shutdown.is_cancelled() {
-        let claimed = store.claim_rows(token, &settings).await?;
-        if claimed.is_empty() {
-            break;
+/// What every step of one sweep works with.
+struct Sweeper<'a> {
+    store: &'a Store,
+    deliverer: &'a Deliverer,
+    blocked: &'a BlockedAggregates,
+    config: &'a SweepConfig,
+    /// This process's claim token.
+    token: &'a str,
+}
+
+impl Sweeper<'_> {
+    async fn sweep(
+        &self,
+        sightings: &mut Sightings,
+        shutdown: &CancellationToken,
+    ) -> Result<usize, StoreError> {
+        let Self {
+            store,
+            blocked,
+            config,
+            token,
+            ..
+        } = *self;
+        let sighting = store.sight_pending(&config.slot, SIGHTING_LIMIT).await?;
+        let now = Instant::now();
+        sightings.observe(&sighting, now);
+        let missed = sightings.missed(sighting.stream_settled, config.grace, now);
+        // The stream went past these rows; until they are delivered, later events of their
+        // aggregates must wait in their rows like behind a retry. The holds keep the
+        // aggregates blocked until this sweep has written their outcomes, whatever the
+        // database says meanwhile (a `pending` row does not count as a backlog).
+        let _holds: Vec<Arc<()>> = if config.ordering && !missed.is_empty() {
+            store
+                .aggregates_of(&missed)
+                .await?
+                .iter()
+                .map(|(aggregate_type, aggregate_id)| blocked.hold(aggregate_type, aggregate_id))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut missed_pending = missed;
+        // Rows returned from `dead` are taken at once: the stream will never deliver them.
+        missed_pending.extend_from_slice(&sighting.requeued);
+        let settings = ClaimSettings {
+            batch: config.batch,
+            lease: config.lease,
+            missed_pending,
+            ordering: config.ordering,
+        };
+        let mut total = 0;
+        while !shutdown.is_cancelled() {
+            let claimed = store.claim_rows(token, &settings).await?;
+            if claimed.is_empty() {
+                break;
+            }
+            tracing::debug!(rows = claimed.len(), "sweeper claimed rows");
+            total += claimed.len();
+            self.deliver_renewing(&claimed).await?;
         }
-        tracing::debug!(rows = claimed.len(), "sweeper claimed rows");
-        total += claimed.len();
-        deliver_renewing(store, deliverer, blocked, config, token, &claimed).await?;
+        Ok(total)
     }
-    Ok(total)
 }
 
 /// Forgets blocked aggregates whose backlog drained (every [`PRUNE_EVERY_INTERVALS`]
@@ -266,70 +280,110 @@ async fn prune_blocked(store: &Store, blocked: &BlockedAggregates) -> Result<(),
 /// Delivers the claimed `rows` ([`deliver_in_pieces`]), renewing their leases every third
 /// of the lease meanwhile, so that a batch that takes long (slow sinks, a byte budget
 /// spent by the stream) is never taken over by another sweeper while it is delivered.
-async fn deliver_renewing(
-    store: &Store,
-    deliverer: &Deliverer,
-    blocked: &BlockedAggregates,
-    config: &SweepConfig,
-    token: &str,
-    rows: &[ClaimedRow],
-) -> Result<(), StoreError> {
-    let every = (config.lease / 3).max(Duration::from_millis(100));
-    let work = deliver_in_pieces(store, deliverer, blocked, config, token, rows);
-    tokio::pin!(work);
-    let mut renew = tokio::time::interval_at(Instant::now() + every, every);
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    loop {
-        tokio::select! {
-            result = &mut work => return result,
-            _ = renew.tick() => match store.renew_claims(token, &ids, config.lease).await {
-                Ok(renewed) => tracing::debug!(renewed, "sweeper renewed its leases"),
-                Err(error) => tracing::warn!(error = %error, "cannot renew the sweeper's leases"),
-            },
+impl Sweeper<'_> {
+    async fn deliver_renewing(&self, rows: &[ClaimedRow]) -> Result<(), StoreError> {
+        let Self {
+            store,
+            config,
+            token,
+            ..
+        } = *self;
+        let every = (config.lease / 3).max(Duration::from_millis(100));
+        let work = self.deliver_in_pieces(rows);
+        tokio::pin!(work);
+        let mut renew = tokio::time::interval_at(Instant::now() + every, every);
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        loop {
+            tokio::select! {
+                result = &mut work => return result,
+                _ = renew.tick() => match store.renew_claims(token, &ids, config.lease).await {
+                    Ok(renewed) => tracing::debug!(renewed, "sweeper renewed its leases"),
+                    Err(error) => tracing::warn!(error = %error, "cannot renew the sweeper's leases"),
+                },
+            }
         }
     }
-}
 
-/// Loads and delivers the claimed `rows` in id order, as many at a time as fit half of
-/// the byte budget (at least one): the other half stays for the stream.
-async fn deliver_in_pieces(
-    store: &Store,
-    deliverer: &Deliverer,
-    blocked: &BlockedAggregates,
-    config: &SweepConfig,
-    token: &str,
-    rows: &[ClaimedRow],
-) -> Result<(), StoreError> {
-    let piece_budget = config.budget.total() / 2;
-    let mut rest = rows;
-    while !rest.is_empty() {
-        let mut bytes = 0;
-        let mut take = 0;
-        for row in rest {
-            let size = row.bytes + ROW_OVERHEAD_BYTES;
-            if take > 0 && bytes + size > piece_budget {
-                break;
+    /// Loads and delivers the claimed `rows` in id order, as many at a time as fit half of
+    /// the byte budget (at least one): the other half stays for the stream.
+    async fn deliver_in_pieces(&self, rows: &[ClaimedRow]) -> Result<(), StoreError> {
+        let Self {
+            store,
+            config,
+            token,
+            ..
+        } = *self;
+        let piece_budget = config.budget.total() / 2;
+        let mut rest = rows;
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let mut take = 0;
+            for row in rest {
+                let size = row.bytes + ROW_OVERHEAD_BYTES;
+                if take > 0 && bytes + size > piece_budget {
+                    break;
+                }
+                bytes += size;
+                take += 1;
             }
-            bytes += size;
-            take += 1;
+            let (piece, later) = rest.split_at(take);
+            rest = later;
+            let held = config.budget.acquire(bytes).await;
+            let claimed = store.load_claimed(token, piece).await?;
+            self.deliver_claimed(claimed).await?;
+            drop(held);
         }
-        let (piece, later) = rest.split_at(take);
-        rest = later;
-        let held = config.budget.acquire(bytes).await;
-        let claimed = store.load_claimed(token, piece).await?;
-        deliver_claimed(
+        Ok(())
+    }
+    async fn deliver_claimed(&self, claimed: Vec<ClaimedEvent>) -> Result<(), StoreError> {
+        let Self {
             store,
             deliverer,
             blocked,
-            config.ordering,
-            config.lease,
+            config,
             token,
-            claimed,
-        )
-        .await?;
-        drop(held);
+        } = *self;
+        let mut outcomes = Vec::with_capacity(claimed.len());
+        let mut deliveries = Vec::new();
+        for row in claimed {
+            let attempt = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
+            metrics::sweeper_reclaim(row.reason.as_str());
+            match row.event {
+                Ok(event) => {
+                    let event = Arc::new(event);
+                    tracing::debug!(
+                        event_id = event.id,
+                        attempt,
+                        reason = row.reason.as_str(),
+                        "sweeper delivering"
+                    );
+                    let delivery = deliverer.deliver(event.clone(), attempt);
+                    deliveries.push(async move { (event, attempt, delivery.await) });
+                }
+                Err(error) => {
+                    outcomes.push((row.id, dispatch::unusable_row(row.id, error.reason)));
+                }
+            }
+        }
+        // Guards keep failed aggregates blocked for the stream until their rows are written.
+        let mut guards = Vec::new();
+        for (event, attempt, result) in join_all(deliveries).await {
+            let outcome = deliverer.outcome(&event, attempt, result);
+            if config.ordering {
+                guards.extend(blocked.retry_guard(&event, &outcome));
+            }
+            outcomes.push((event.id, outcome));
+        }
+        let written = write_outcomes(store, token, &outcomes, config.lease).await?;
+        if written.len() < outcomes.len() {
+            tracing::warn!(
+            lost = outcomes.len() - written.len(),
+            "sweeper leases expired before outcomes were written; another sweeper owns those rows now"
+        );
+        }
+        drop(guards);
+        Ok(())
     }
-    Ok(())
 }
 
 /// Writes the outcomes of delivered claimed rows, retrying a failed write (the database
@@ -356,57 +410,6 @@ async fn write_outcomes(
             Err(error) => return Err(error),
         }
     }
-}
-
-async fn deliver_claimed(
-    store: &Store,
-    deliverer: &Deliverer,
-    blocked: &BlockedAggregates,
-    ordering: bool,
-    lease: Duration,
-    token: &str,
-    claimed: Vec<ClaimedEvent>,
-) -> Result<(), StoreError> {
-    let mut outcomes = Vec::with_capacity(claimed.len());
-    let mut deliveries = Vec::new();
-    for row in claimed {
-        let attempt = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
-        metrics::sweeper_reclaim(row.reason.as_str());
-        match row.event {
-            Ok(event) => {
-                let event = Arc::new(event);
-                tracing::debug!(
-                    event_id = event.id,
-                    attempt,
-                    reason = row.reason.as_str(),
-                    "sweeper delivering"
-                );
-                let delivery = deliverer.deliver(event.clone(), attempt);
-                deliveries.push(async move { (event, attempt, delivery.await) });
-            }
-            Err(error) => {
-                outcomes.push((row.id, dispatch::unusable_row(row.id, error.reason)));
-            }
-        }
-    }
-    // Guards keep failed aggregates blocked for the stream until their rows are written.
-    let mut guards = Vec::new();
-    for (event, attempt, result) in join_all(deliveries).await {
-        let outcome = deliverer.outcome(&event, attempt, result);
-        if ordering {
-            guards.extend(blocked.retry_guard(&event, &outcome));
-        }
-        outcomes.push((event.id, outcome));
-    }
-    let written = write_outcomes(store, token, &outcomes, lease).await?;
-    if written.len() < outcomes.len() {
-        tracing::warn!(
-            lost = outcomes.len() - written.len(),
-            "sweeper leases expired before outcomes were written; another sweeper owns those rows now"
-        );
-    }
-    drop(guards);
-    Ok(())
 }
 
 #[cfg(test)]
