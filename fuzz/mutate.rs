@@ -14,13 +14,13 @@
 //! seed names the same inputs on every machine.
 
 use bytes::Bytes;
-use dispatchbox::replication::lsn::Lsn;
-use dispatchbox::replication::pgoutput::{
+use dispatchbox::lsn::Lsn;
+use dispatchbox::source::pgoutput::{
     decode, AbortInfo, Begin, Column, Commit, DecodeContext, Decoder, Insert, LogicalMessage,
     OldTuple, Origin, PgOutputMessage, Relation, RelationColumn, ReplicaIdentity, StreamAbort,
     StreamStart, Truncate, TupleData, TypeInfo, Update,
 };
-use dispatchbox::replication::relation::{type_oid, OutboxTable};
+use dispatchbox::source::relation::{type_oid, OutboxTable};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

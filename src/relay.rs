@@ -20,19 +20,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminServer, AdminState};
 use crate::config::{Config, SinkKind};
-use crate::dispatch::backoff::Backoff;
-use crate::dispatch::budget::ByteBudget;
-use crate::dispatch::ordering::BlockedAggregates;
 use crate::dispatch::{self, Deliverer, DispatchConfig, RetryPolicy};
-use crate::replication::lsn::Lsn;
-use crate::replication::progress::Progress;
-use crate::replication::source::{self, SourceConfig, SourceError};
+use crate::flow::budget::ByteBudget;
+use crate::flow::ordering::BlockedAggregates;
+use crate::lsn::Lsn;
+use crate::names::Identifier;
+use crate::ops::checks;
+use crate::retry::Backoff;
 use crate::sink::kafka::{KafkaSink, KafkaSinkConfig};
 use crate::sink::stdout::StdoutSink;
 use crate::sink::webhook::{WebhookSink, WebhookSinkConfig};
 use crate::sink::Sink;
-use crate::store::status::{StatusWriter, StatusWriterConfig};
-use crate::store::{checks, Identifier, Store};
+use crate::source::progress::Progress;
+use crate::source::slot::{self, SlotWalStatus};
+use crate::source::stream::{self as source, SourceConfig, SourceError};
+use crate::status::{StatusWriter, StatusWriterConfig};
+use crate::store::Store;
 use crate::sweeper::{self, SweepConfig};
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics;
@@ -235,7 +238,7 @@ async fn preflight(
     };
     let mut attempt = 0;
     loop {
-        match store.preflight(&config.names, &config.slot).await {
+        match checks::preflight_store(store, &config.names, &config.slot).await {
             Ok(facts) => {
                 for warning in facts.warnings(&config.names) {
                     tracing::warn!(warning = %warning, "database check");
@@ -328,9 +331,12 @@ async fn database_metrics(store: Store, slot: Identifier, shutdown: Cancellation
             _ = ticker.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        match store.slot_info(&slot).await {
-            Ok(Some(info)) => metrics::replication_slot(info.wal_status.as_str(), info.lag_bytes),
-            Ok(None) => metrics::replication_slot("missing", None),
+        match slot::inspect_with(&store, &slot).await {
+            Ok(status) if status.exists => metrics::replication_slot(
+                status.wal_status.map_or("unknown", SlotWalStatus::as_str),
+                status.lag_bytes,
+            ),
+            Ok(_) => metrics::replication_slot("missing", None),
             Err(error) => {
                 tracing::debug!(error = %error, "cannot read the replication slot for metrics")
             }

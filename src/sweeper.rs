@@ -33,11 +33,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::budget::ByteBudget;
-use crate::dispatch::ordering::BlockedAggregates;
 use crate::dispatch::{self, Deliverer};
-use crate::replication::lsn::Lsn;
-use crate::store::status::Outcome;
+use crate::event::Outcome;
+use crate::flow::budget::ByteBudget;
+use crate::flow::ordering::BlockedAggregates;
+use crate::lsn::Lsn;
 use crate::store::sweep::{ClaimSettings, ClaimedEvent, ClaimedRow, PendingSighting};
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics;

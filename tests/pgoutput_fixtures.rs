@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use dispatchbox::event::OutboxEvent;
-use dispatchbox::replication::pgoutput::{decode, Column, Decoder, PgOutputMessage};
-use dispatchbox::replication::relation::{InsertOutcome, OutboxMapper, OutboxTable};
+use dispatchbox::source::pgoutput::{decode, Column, Decoder, PgOutputMessage};
+use dispatchbox::source::relation::{InsertOutcome, OutboxMapper, OutboxTable};
 use support::postgres::{ClusterOptions, TestCluster};
 
 fn fixtures_root() -> PathBuf {
@@ -578,7 +578,7 @@ fn fixtures_outbox_text_and_binary_map_to_the_same_events() {
 
 #[test]
 fn fixtures_other_dml_shapes() {
-    use dispatchbox::replication::pgoutput::{OldTuple, ReplicaIdentity};
+    use dispatchbox::source::pgoutput::{OldTuple, ReplicaIdentity};
     let msgs = FixtureSet::load("v1_dml").decode_strictly();
     let ty = msgs
         .iter()

@@ -139,8 +139,8 @@ async fn wait_done(
 /// stream again. Read with `pg_logical_slot_peek_binary_changes` (which needs the slot to
 /// be inactive) and decoded with the relay's own decoder.
 async fn unacknowledged_ids(client: &tokio_postgres::Client, db: &str) -> BTreeSet<i64> {
-    use dispatchbox::replication::pgoutput::{decode, DecodeContext, PgOutputMessage};
-    use dispatchbox::replication::relation::{InsertOutcome, OutboxMapper, OutboxTable};
+    use dispatchbox::source::pgoutput::{decode, DecodeContext, PgOutputMessage};
+    use dispatchbox::source::relation::{InsertOutcome, OutboxMapper, OutboxTable};
 
     let slot = format!("slot_{db}");
     eventually(

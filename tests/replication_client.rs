@@ -9,10 +9,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use dispatchbox::conninfo::ConnInfo;
-use dispatchbox::replication::client::{
+use dispatchbox::lsn::Lsn;
+use dispatchbox::source::client::{
     ClientError, ReplicationClient, ReplicationMessage, ReplicationReader,
 };
-use dispatchbox::replication::lsn::Lsn;
 use support::postgres::{eventually, free_port, ClusterOptions, TestCluster, SUPERUSER_PASSWORD};
 
 fn info(url: &str) -> ConnInfo {
@@ -31,9 +31,7 @@ async fn create_role(cluster: &TestCluster, name: &str, password: &str, encrypti
         .unwrap();
 }
 
-async fn identify(
-    url: &str,
-) -> Result<dispatchbox::replication::client::IdentifySystem, ClientError> {
+async fn identify(url: &str) -> Result<dispatchbox::source::client::IdentifySystem, ClientError> {
     let mut client = ReplicationClient::connect(&info(url)).await?;
     let system = client.identify_system().await?;
     client.close().await;

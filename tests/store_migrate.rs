@@ -3,8 +3,12 @@
 
 mod support;
 
-use dispatchbox::store::checks::CheckError;
-use dispatchbox::store::{Identifier, Names, SlotWalStatus, Store, StoreError, TableName};
+use dispatchbox::conninfo::ConnInfo;
+use dispatchbox::names::{Identifier, Names, TableName};
+use dispatchbox::ops::checks::{self, CheckError, ServerFacts};
+use dispatchbox::source::client::ReplicationClient;
+use dispatchbox::source::slot::{self, SlotWalStatus};
+use dispatchbox::store::{Store, StoreError};
 use std::time::Duration;
 
 use support::postgres::{eventually, ClusterOptions, TestCluster};
@@ -164,7 +168,7 @@ async fn migrate_creates_the_table_and_an_insert_only_publication_once() {
     assert_eq!(recorded, 5);
 
     // A freshly migrated database passes every preflight check.
-    let facts = store.preflight(&names, &no_slot()).await.unwrap();
+    let facts = preflight(&store, &names, &no_slot()).await.unwrap();
     assert_eq!(facts.wal_level, "logical");
 }
 
@@ -226,10 +230,11 @@ async fn migrate_supports_a_schema_qualified_table_next_to_another() {
         .batch_execute("SELECT app.archive_events(1)")
         .await
         .unwrap();
-    assert!(store(&cluster, &db, &custom)
-        .preflight(&custom, &no_slot())
-        .await
-        .is_ok());
+    assert!(
+        preflight(&store(&cluster, &db, &custom), &custom, &no_slot())
+            .await
+            .is_ok()
+    );
 }
 
 /// The Python Dispatchbox worker's `sql/schema.sql`, as an existing deployment has it.
@@ -356,8 +361,7 @@ async fn checks_name_each_misconfiguration() {
 
     // No table at all.
     let db = cluster.create_database("checks").await;
-    let err = store(&cluster, &db, &names)
-        .preflight(&names, &no_slot())
+    let err = preflight(&store(&cluster, &db, &names), &names, &no_slot())
         .await
         .unwrap_err();
     assert!(matches!(err, CheckError::MissingTable { .. }), "{err}");
@@ -378,7 +382,7 @@ async fn checks_name_each_misconfiguration() {
         pool(&cluster.url("relay", "relay-pw", &db), 4),
         names.table().clone(),
     );
-    let err = relay.preflight(&names, &no_slot()).await.unwrap_err();
+    let err = preflight(&relay, &names, &no_slot()).await.unwrap_err();
     assert!(
         matches!(err, CheckError::NoReplicationPrivilege { ref role } if role == "relay"),
         "{err}"
@@ -391,14 +395,14 @@ async fn checks_name_each_misconfiguration() {
         .batch_execute("ALTER ROLE relay REPLICATION")
         .await
         .unwrap();
-    relay.preflight(&names, &no_slot()).await.unwrap();
+    preflight(&relay, &names, &no_slot()).await.unwrap();
 
     // A publication that also publishes updates.
     admin
         .batch_execute("ALTER PUBLICATION dispatchbox SET (publish = 'insert,update')")
         .await
         .unwrap();
-    let err = store_ok.preflight(&names, &no_slot()).await.unwrap_err();
+    let err = preflight(&store_ok, &names, &no_slot()).await.unwrap_err();
     assert!(
         matches!(err, CheckError::PublicationNotInsertOnly { ref publishes, .. } if publishes == "insert, update"),
         "{err}"
@@ -418,13 +422,13 @@ async fn checks_name_each_misconfiguration() {
         )
         .await
         .unwrap();
-    let err = store_ok.preflight(&names, &no_slot()).await.unwrap_err();
+    let err = preflight(&store_ok, &names, &no_slot()).await.unwrap_err();
     assert!(matches!(err, CheckError::TableNotPublished { .. }), "{err}");
     admin
         .batch_execute("DROP PUBLICATION dispatchbox")
         .await
         .unwrap();
-    let err = store_ok.preflight(&names, &no_slot()).await.unwrap_err();
+    let err = preflight(&store_ok, &names, &no_slot()).await.unwrap_err();
     assert!(
         matches!(err, CheckError::MissingPublication { .. }),
         "{err}"
@@ -448,8 +452,7 @@ async fn checks_name_each_misconfiguration() {
         )
         .await
         .unwrap();
-    let err = store(&cluster, &db, &names)
-        .preflight(&names, &no_slot())
+    let err = preflight(&store(&cluster, &db, &names), &names, &no_slot())
         .await
         .unwrap_err();
     assert!(
@@ -475,7 +478,7 @@ async fn checks_reject_wal_level_replica() {
     let names = names("outbox_event", "dispatchbox");
     let store = store(&cluster, &db, &names);
     store.migrate(&names).await.unwrap();
-    let err = store.preflight(&names, &no_slot()).await.unwrap_err();
+    let err = preflight(&store, &names, &no_slot()).await.unwrap_err();
     assert!(
         matches!(err, CheckError::WalLevel { ref current } if current == "replica"),
         "{err}"
@@ -494,22 +497,29 @@ async fn slot_helpers_and_heartbeat() {
     let store = Store::new(pool(&cluster.superuser_url(&db), 4), TableName::default());
     let slot: Identifier = "dispatchbox_test".parse().unwrap();
 
-    assert_eq!(store.slot_info(&slot).await.unwrap(), None);
-    let start = store.create_slot(&slot).await.unwrap();
-    let err = store.create_slot(&slot).await.unwrap_err();
-    assert_eq!(err.sqlstate().map(|s| s.code()), Some("42710"), "{err}");
+    assert!(!slot::inspect_with(&store, &slot).await.unwrap().exists);
+    let info: ConnInfo = cluster.superuser_url(&db).parse().unwrap();
+    let mut client = ReplicationClient::connect(&info).await.unwrap();
+    let start = slot::create(&mut client, &slot)
+        .await
+        .unwrap()
+        .consistent_point;
+    let err = slot::create(&mut client, &slot).await.unwrap_err();
+    assert_eq!(err.sqlstate(), Some("42710"), "{err}");
     assert!(!err.is_transient());
+    client.close().await;
 
     let heartbeat = store.emit_heartbeat().await.unwrap();
     assert!(heartbeat > start);
 
-    let info = store.slot_info(&slot).await.unwrap().unwrap();
+    let info = slot::inspect_with(&store, &slot).await.unwrap();
+    assert!(info.exists);
     assert_eq!(info.plugin.as_deref(), Some("pgoutput"));
     assert_eq!(info.database.as_deref(), Some(db.as_str()));
     assert!(!info.active);
     assert_eq!(info.active_pid, None);
-    assert_eq!(info.confirmed_flush_lsn, Some(start));
-    assert_eq!(info.wal_status, SlotWalStatus::Reserved);
+    assert_eq!(info.confirmed_flush_lsn, Some(start.to_string()));
+    assert_eq!(info.wal_status, Some(SlotWalStatus::Reserved));
     // The heartbeat's WAL is written out by the WAL writer shortly after.
     eventually(
         Duration::from_secs(5),
@@ -518,14 +528,23 @@ async fn slot_helpers_and_heartbeat() {
             let store = store.clone();
             let slot = slot.clone();
             async move {
-                let info = store.slot_info(&slot).await.unwrap()?;
+                let info = slot::inspect_with(&store, &slot).await.unwrap();
                 (info.lag_bytes? > 0).then_some(())
             }
         },
     )
     .await;
 
-    assert!(store.drop_slot(&slot).await.unwrap());
-    assert!(!store.drop_slot(&slot).await.unwrap());
-    assert_eq!(store.slot_info(&slot).await.unwrap(), None);
+    assert!(slot::drop(&store, &slot).await.unwrap());
+    assert!(!slot::drop(&store, &slot).await.unwrap());
+    assert!(!slot::inspect_with(&store, &slot).await.unwrap().exists);
+}
+
+/// The start-up preflight on a connection of `store`'s pool.
+async fn preflight(
+    store: &Store,
+    names: &Names,
+    slot: &Identifier,
+) -> Result<ServerFacts, CheckError> {
+    checks::preflight_store(store, names, slot).await
 }

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use dispatchbox::replication::lsn::Lsn;
-use dispatchbox::replication::progress::Progress;
-use dispatchbox::store::status::{Outcome, Settlement, StatusWriter, StatusWriterConfig};
+use dispatchbox::event::Outcome;
+use dispatchbox::lsn::Lsn;
+use dispatchbox::source::progress::Progress;
+use dispatchbox::status::{Settlement, StatusWriter, StatusWriterConfig};
 use support::postgres::{eventually, TestCluster};
 use support::store::migrated;
 
@@ -44,7 +45,7 @@ fn transaction(
     commit: u64,
     end: u64,
     n: usize,
-) -> Vec<dispatchbox::replication::progress::Ack> {
+) -> Vec<dispatchbox::source::progress::Ack> {
     let seq = progress.begin(Lsn(commit)).unwrap();
     let acks = (0..n).map(|_| progress.event(seq)).collect();
     progress.commit(seq, Lsn(end));
@@ -642,10 +643,10 @@ async fn errors_are_cut_to_fit_a_narrow_column() {
         .unwrap();
     // The widths as the relay learns them at start-up: from the preflight checks.
     let names = support::store::default_names();
-    let facts = store
-        .preflight(&names, &"dispatchbox".parse().unwrap())
-        .await
-        .unwrap();
+    let facts =
+        dispatchbox::ops::checks::preflight_store(&store, &names, &"dispatchbox".parse().unwrap())
+            .await
+            .unwrap();
     assert!(
         facts
             .warnings(&names)

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dispatchbox::store::status::Outcome;
-use dispatchbox::store::sweep::{ClaimReason, ClaimSettings, ClaimedEvent};
+use dispatchbox::event::{ClaimReason, Outcome};
+use dispatchbox::store::sweep::{ClaimSettings, ClaimedEvent};
 use support::postgres::TestCluster;
 use support::store::migrated;
 
@@ -508,8 +508,8 @@ async fn claimed_outcomes_are_written_only_under_the_claim_token() {
 /// error instead of failing the claim.
 #[tokio::test]
 async fn claimed_rows_map_exactly_like_the_stream() {
-    use dispatchbox::replication::pgoutput::{decode, DecodeContext, PgOutputMessage};
-    use dispatchbox::replication::relation::{InsertOutcome, OutboxMapper, OutboxTable};
+    use dispatchbox::source::pgoutput::{decode, DecodeContext, PgOutputMessage};
+    use dispatchbox::source::relation::{InsertOutcome, OutboxMapper, OutboxTable};
 
     let cluster = TestCluster::start();
     let (db, store) = migrated(&cluster, "mapping", 6).await;

@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use bytes::Bytes;
-use dispatchbox::replication::relation::OutboxTable;
+use dispatchbox::source::relation::OutboxTable;
 use sha2::{Digest, Sha256};
 
 /// The first line of every case file.

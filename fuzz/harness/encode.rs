@@ -1,4 +1,4 @@
-//! pgoutput encoding: the inverse of `dispatchbox::replication::pgoutput::decode`, so the
+//! pgoutput encoding: the inverse of `dispatchbox::source::pgoutput::decode`, so the
 //! harness can check that a decoded message re-encodes to exactly the bytes it came from,
 //! and the mutator can edit a message as a structure and write it back.
 //!
@@ -7,7 +7,7 @@
 //! decoder trusts. It writes whatever it is given: a count that does not fit its wire width
 //! is cut, as the mutator wants, not rejected.
 
-use dispatchbox::replication::pgoutput::{Column, OldTuple, PgOutputMessage, TupleData};
+use dispatchbox::source::pgoutput::{Column, OldTuple, PgOutputMessage, TupleData};
 
 /// What a byte range of an encoded message holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

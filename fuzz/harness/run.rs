@@ -19,15 +19,15 @@
 //! test for new behaviour. Deterministic: no randomness, no clock, no I/O.
 
 use bytes::Bytes;
-use dispatchbox::replication::client::{
+use dispatchbox::source::client::{
     parse_copy_data, parse_oversized_copy_data, ProtocolError, ReplicationMessage,
     XLOG_DATA_HEADER_LEN,
 };
-use dispatchbox::replication::pgoutput::{
+use dispatchbox::source::pgoutput::{
     decode, decode_insert_prefix, Column, DecodeContext, DecodeError, Decoder, Insert,
     PgOutputMessage,
 };
-use dispatchbox::replication::relation::{
+use dispatchbox::source::relation::{
     InsertOutcome, OutboxMapper, OversizedInsert, RelationError, SchemaError,
 };
 

@@ -1,5 +1,5 @@
 //! The admin HTTP API, mounted at `/api`: dead-letter listing, statistics, inspection and
-//! retries over [`crate::store::dead`] (the same queries as `dispatchbox dead`), plus its
+//! retries over [`crate::ops::dead`] (the same queries as `dispatchbox dead`), plus its
 //! OpenAPI 3.1 document.
 //!
 //! Routes (relative to the mount point):
@@ -40,8 +40,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::Secret;
-use crate::store::dead::{parse_time, DeadFilter, Detail, Page, RetryError, RetrySelection};
-use crate::store::dead::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
+use crate::ops::dead::{parse_time, DeadFilter, Detail, Page, RetryError, RetrySelection};
+use crate::ops::dead::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
 use crate::store::{Store, StoreError};
 
 /// Every route path of the API (relative to its mount point), as the OpenAPI document

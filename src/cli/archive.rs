@@ -1,5 +1,5 @@
 //! `dispatchbox archive`: moves old `done` (optionally `dead`) rows to the archive table in
-//! small batches ([`crate::store::archive`]), or with `--dry-run` only counts them. Never
+//! small batches ([`crate::ops::archive`]), or with `--dry-run` only counts them. Never
 //! touches `pending`, `retry` or `processing` rows.
 
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::store::archive::{self, ArchiveCounts, ArchiveOptions, DEFAULT_BATCH_SIZE};
+use crate::ops::archive::{self, ArchiveCounts, ArchiveOptions, DEFAULT_BATCH_SIZE};
 
 /// Arguments of `dispatchbox archive`.
 #[derive(Debug, clap::Args)]

@@ -3,7 +3,7 @@
 //! human or JSON for a script. Exit code 0 when nothing blocks `dispatchbox run` (warnings
 //! allowed), 1 otherwise.
 //!
-//! The judgements are the ones `run` applies at start ([`crate::store::checks`]); this
+//! The judgements are the ones `run` applies at start ([`crate::ops::checks`]); this
 //! command only gathers, adds the sinks and prints. It never changes anything.
 
 use std::process::ExitCode;
@@ -12,10 +12,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::ops::checks::{self, CheckError, Finding, Severity};
 use crate::relay::{build_sinks, RelayError};
 use crate::sink::Sink;
-use crate::store::checks::{self, CheckError, Finding, Severity};
-use crate::store::report;
+use crate::source::slot;
 
 /// Output format of `check` and `status`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -88,7 +88,7 @@ async fn database_findings(config: &Config, timeout: Duration) -> Vec<Finding> {
         };
     let gathered = tokio::time::timeout(timeout, async {
         let facts = checks::gather(&client, &config.names).await?;
-        let slot = report::slot_status(&client, &config.slot).await?;
+        let slot = slot::inspect(&client, &config.slot).await?;
         Ok::<_, crate::store::StoreError>((facts, slot))
     })
     .await;

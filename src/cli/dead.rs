@@ -1,6 +1,6 @@
 //! `dispatchbox dead list|stats|show|retry|export`: dead-letter management from a shell.
 //!
-//! Parses flags into a [`DeadFilter`], calls [`crate::store::dead`] (where every query
+//! Parses flags into a [`DeadFilter`], calls [`crate::ops::dead`] (where every query
 //! lives, shared with the HTTP API) and prints the answer as an aligned table for humans,
 //! or as JSON / CSV for scripts. Exit codes: 0 done, 1 failed, 2 usage error (including a
 //! retry that selects nothing explicitly).
@@ -14,7 +14,7 @@ use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::config::Config;
-use crate::store::dead::{
+use crate::ops::dead::{
     parse_time, DeadEvent, DeadFilter, DeadPage, DeadStats, Detail, InvalidTime, Page, RetryError,
     RetrySelection, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT,
 };

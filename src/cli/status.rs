@@ -10,8 +10,8 @@ use anyhow::Context;
 
 use super::check::Format;
 use crate::config::Config;
-use crate::store::report::{self, human_bytes, StatusReport};
-use crate::store::SlotWalStatus;
+use crate::ops::report::{self, human_bytes, StatusReport};
+use crate::source::slot::SlotWalStatus;
 
 /// Arguments of `dispatchbox status`.
 #[derive(Debug, clap::Args)]

@@ -17,9 +17,6 @@
 //! - **Retry policy**: [`RetryPolicy`] maps a delivery result to `done`, `retry` (capped
 //!   exponential backoff with full jitter, at least `Retry-After`) or `dead`.
 
-pub mod backoff;
-pub mod budget;
-pub mod ordering;
 pub mod route;
 
 use std::collections::{HashMap, VecDeque};
@@ -31,41 +28,22 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::dispatch::route::Router;
 use crate::event::OutboxEvent;
-use crate::replication::progress::Ack;
+use crate::event::Outcome;
+use crate::flow::budget::BytesHeld;
+use crate::flow::ordering::{key_of, AggregateKey, BlockedAggregates};
+use crate::retry::Backoff;
 use crate::sink::{DeliveryError, Sink};
-use crate::store::status::{Outcome, Settlement};
+use crate::source::progress::Ack;
+pub use crate::source::Work;
+use crate::status::Settlement;
 use crate::store::Store;
 use crate::telemetry::metrics::{self, DeliveryOutcome};
-use backoff::Backoff;
-use budget::BytesHeld;
-use ordering::{key_of, AggregateKey, BlockedAggregates};
-use route::Router;
 
 /// Scheduled times closer than this to now are treated as due (tolerates clock skew
 /// between the database and the relay).
 const SCHEDULE_TOLERANCE: chrono::Duration = chrono::Duration::milliseconds(1000);
-
-/// Work handed from the replication stream to the dispatcher.
-#[derive(Debug)]
-pub enum Work {
-    /// Deliver this event; settle `ack` once its outcome is durable. `committed_at` is
-    /// the commit time of its transaction (for the commit-to-ack latency metric); `held`
-    /// its share of the byte budget, returned when its delivery ends (or it is parked).
-    Deliver {
-        event: Arc<OutboxEvent>,
-        ack: Ack,
-        committed_at: Option<DateTime<Utc>>,
-        held: BytesHeld,
-        /// Committed before the stream (re)connected: an earlier run may have delivered
-        /// and settled it already. The dispatcher checks such events against their rows,
-        /// a batch per query, and delivers only those still `pending`.
-        replayed: bool,
-    },
-    /// A row that cannot become an event (e.g. a malformed `headers` value): it is marked
-    /// `dead` with `reason` and never delivered.
-    Unusable { id: i64, reason: String, ack: Ack },
-}
 
 /// How a delivery result becomes an outcome.
 #[derive(Debug, Clone, Copy)]

@@ -41,9 +41,6 @@ pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// How long librdkafka may keep trying one message (`message.timeout.ms`) by default.
 pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Prefix of the environment variables that carry librdkafka properties.
-pub const PROPERTY_ENV_PREFIX: &str = "DISPATCHBOX_KAFKA_PROPERTY_";
-
 /// Pause suggested to the caller when the producer queue is full.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(500);
 
@@ -584,36 +581,6 @@ impl TopicTemplate {
     }
 }
 
-/// Collects librdkafka properties from environment variables named
-/// `DISPATCHBOX_KAFKA_PROPERTY_<NAME>`: `NAME` is lower-cased and each `_` becomes `.`,
-/// except that `__` stands for a literal `_` (for the few properties such as `log_level`).
-///
-/// `DISPATCHBOX_KAFKA_PROPERTY_SASL_MECHANISMS=PLAIN` → `("sasl.mechanisms", "PLAIN")`;
-/// `DISPATCHBOX_KAFKA_PROPERTY_LOG__LEVEL=6` → `("log_level", "6")`. Other variables and an
-/// empty `NAME` are ignored. The result is sorted by property name, so it does not depend
-/// on the environment's order.
-pub fn kafka_properties_from_env(
-    vars: impl Iterator<Item = (String, String)>,
-) -> Vec<(String, String)> {
-    let mut properties: Vec<(String, String)> = vars
-        .filter_map(|(name, value)| {
-            let raw = name.strip_prefix(PROPERTY_ENV_PREFIX)?;
-            if raw.is_empty() {
-                return None;
-            }
-            let property = raw
-                .to_ascii_lowercase()
-                .split("__")
-                .map(|part| part.replace('_', "."))
-                .collect::<Vec<_>>()
-                .join("_");
-            Some((property, value))
-        })
-        .collect();
-    properties.sort();
-    properties
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -724,32 +691,6 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         assert_eq!(pairs, expected);
-    }
-
-    #[test]
-    fn properties_from_env() {
-        let vars = [
-            ("DISPATCHBOX_KAFKA_PROPERTY_SASL_MECHANISMS", "PLAIN"),
-            ("DISPATCHBOX_KAFKA_PROPERTY_LINGER_MS", "5"),
-            ("DISPATCHBOX_KAFKA_PROPERTY_LOG__LEVEL", "6"),
-            ("DISPATCHBOX_KAFKA_PROPERTY_SSL_CA_LOCATION", "/etc/ca.pem"),
-            ("DISPATCHBOX_KAFKA_PROPERTY_", "ignored"),
-            ("DISPATCHBOX_KAFKA_BROKERS", "ignored"),
-            ("PATH", "/bin"),
-        ];
-        let parsed =
-            kafka_properties_from_env(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let expected = [
-            ("linger.ms", "5"),
-            ("log_level", "6"),
-            ("sasl.mechanisms", "PLAIN"),
-            ("ssl.ca.location", "/etc/ca.pem"),
-        ];
-        let expected: Vec<(String, String)> = expected
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        assert_eq!(parsed, expected);
     }
 
     #[test]

@@ -10,8 +10,8 @@
 
 use tokio_postgres::Client;
 
-use super::names::Names;
 use super::StoreError;
+use crate::names::Names;
 
 /// One embedded migration.
 #[derive(Debug, Clone, Copy)]

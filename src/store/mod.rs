@@ -14,26 +14,25 @@
 //! the server (replication::progress owns that); it only executes and classifies failures
 //! as transient or definite ([`StoreError::is_transient`]).
 
-pub mod archive;
-pub mod checks;
-pub mod dead;
 mod error;
 pub mod migrate;
-mod names;
-pub mod report;
+
+pub mod outcomes;
 pub mod stats;
-pub mod status;
+
 pub mod sweep;
 pub mod widths;
 
+pub use crate::names::{
+    Identifier, NameError, Names, TableName, DEFAULT_SCHEMA, MAX_IDENTIFIER_BYTES,
+};
 pub use error::StoreError;
 pub use migrate::MigrationReport;
-pub use names::{Identifier, NameError, Names, TableName, DEFAULT_SCHEMA, MAX_IDENTIFIER_BYTES};
 
 use deadpool_postgres::{Object, Pool};
 use tokio_postgres::types::PgLsn;
 
-use crate::replication::lsn::Lsn;
+use crate::lsn::Lsn;
 
 /// Session settings of the relay's own SQL connections (`dispatchbox run`).
 ///
@@ -70,66 +69,6 @@ impl std::fmt::Debug for Store {
             .field("widths", &self.widths)
             .field("pool", &self.pool.status())
             .finish()
-    }
-}
-
-/// State of a replication slot as `pg_replication_slots` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotInfo {
-    /// Output plugin (`pgoutput` for slots the relay created); `None` for physical slots.
-    pub plugin: Option<String>,
-    /// Database the slot decodes; `None` for physical slots.
-    pub database: Option<String>,
-    /// True while a walsender streams from the slot.
-    pub active: bool,
-    /// Backend process streaming from the slot, when active.
-    pub active_pid: Option<i32>,
-    /// Position the consumer confirmed; `None` for physical slots.
-    pub confirmed_flush_lsn: Option<Lsn>,
-    /// Oldest WAL the slot still needs.
-    pub restart_lsn: Option<Lsn>,
-    /// Whether the WAL the slot needs is still available.
-    pub wal_status: SlotWalStatus,
-    /// `pg_current_wal_lsn() - confirmed_flush_lsn` in bytes: how far the relay is behind.
-    pub lag_bytes: Option<i64>,
-}
-
-/// `pg_replication_slots.wal_status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlotWalStatus {
-    /// Within `max_wal_size`.
-    Reserved,
-    /// Beyond `max_wal_size` but still retained.
-    Extended,
-    /// Will be removed at the next checkpoint unless the slot catches up.
-    Unreserved,
-    /// Required WAL is gone: the slot is unusable and must be recreated.
-    Lost,
-    /// Null or a value this version does not know.
-    Unknown,
-}
-
-impl SlotWalStatus {
-    fn parse(value: Option<&str>) -> Self {
-        match value {
-            Some("reserved") => Self::Reserved,
-            Some("extended") => Self::Extended,
-            Some("unreserved") => Self::Unreserved,
-            Some("lost") => Self::Lost,
-            _ => Self::Unknown,
-        }
-    }
-
-    /// The value as PostgreSQL spells it (`unknown` for [`SlotWalStatus::Unknown`]); a
-    /// small closed set, usable as a metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Reserved => "reserved",
-            Self::Extended => "extended",
-            Self::Unreserved => "unreserved",
-            Self::Lost => "lost",
-            Self::Unknown => "unknown",
-        }
     }
 }
 
@@ -198,23 +137,6 @@ impl Store {
         migrate::migrate(&mut client, names).await
     }
 
-    /// Runs the preflight checks, the slot `slot` included (see [`checks::preflight`]).
-    pub async fn preflight(
-        &self,
-        names: &Names,
-        slot: &Identifier,
-    ) -> Result<checks::ServerFacts, checks::CheckError> {
-        let client = self.client("preflight checks").await?;
-        checks::preflight(&client, names, slot).await
-    }
-
-    /// Judges the slot of that name (see [`checks::judge_slot`]): missing, the relay's
-    /// (usable or invalidated), or someone else's (`Err`, to stop on).
-    pub async fn slot_use(&self, name: &Identifier) -> Result<checks::SlotUse, checks::CheckError> {
-        let client = self.client("replication slot check").await?;
-        checks::slot_use(&client, name).await
-    }
-
     /// Whether the stream can see the outbox's inserts: `None` when the table exists and
     /// the publication contains it, else what is wrong (renamed or dropped table, dropped
     /// publication, table no longer published). Read by the relay every few seconds.
@@ -272,100 +194,5 @@ impl Store {
             context: CONTEXT.into(),
             detail: "pg_logical_emit_message returned null".into(),
         })
-    }
-
-    /// The slot's state, or `None` when no slot has that name.
-    pub async fn slot_info(&self, name: &Identifier) -> Result<Option<SlotInfo>, StoreError> {
-        const CONTEXT: &str = "replication slot lookup";
-        let client = self.client(CONTEXT).await?;
-        let row = client
-            .query_opt(
-                "SELECT plugin::text, database::text, active, active_pid,
-                        confirmed_flush_lsn, restart_lsn, wal_status,
-                        pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
-                   FROM pg_catalog.pg_replication_slots
-                  WHERE slot_name = $1",
-                &[&name.as_str()],
-            )
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        Ok(Some(SlotInfo {
-            plugin: row.get(0),
-            database: row.get(1),
-            active: row.get(2),
-            active_pid: row.get(3),
-            confirmed_flush_lsn: lsn_column(&row, 4),
-            restart_lsn: lsn_column(&row, 5),
-            wal_status: SlotWalStatus::parse(row.get::<_, Option<&str>>(6)),
-            lag_bytes: row.get(7),
-        }))
-    }
-
-    /// Creates a logical slot with `pgoutput` (no exported snapshot) and returns its
-    /// consistent point: streaming from the slot yields every transaction committing after it.
-    ///
-    /// Fails with SQLSTATE 42710 when the slot already exists. The call waits for
-    /// transactions running at that moment to finish.
-    pub async fn create_slot(&self, name: &Identifier) -> Result<Lsn, StoreError> {
-        const CONTEXT: &str = "replication slot creation";
-        let client = self.client(CONTEXT).await?;
-        let row = client
-            .query_one(
-                "SELECT lsn FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-                &[&name.as_str()],
-            )
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
-        lsn_column(&row, 0).ok_or_else(|| StoreError::Unexpected {
-            context: CONTEXT.into(),
-            detail: "pg_create_logical_replication_slot returned no LSN".into(),
-        })
-    }
-
-    /// Drops the slot if it is the relay's (the facts of [`checks::judge_slot`], checked
-    /// in the same statement). Returns false when no such slot exists. Fails with SQLSTATE
-    /// 55006 while another process streams from it.
-    pub async fn drop_slot(&self, name: &Identifier) -> Result<bool, StoreError> {
-        self.drop_owned_slot(name, "TRUE").await
-    }
-
-    /// Drops the slot only if it is the relay's **and** invalidated (`wal_status` lost,
-    /// or an `invalidation_reason` on PostgreSQL 17+), judged in the same statement, so a
-    /// slot recreated meanwhile by another relay or another tool survives. Returns false
-    /// when nothing matched.
-    pub async fn drop_invalidated_slot(&self, name: &Identifier) -> Result<bool, StoreError> {
-        self.drop_owned_slot(
-            name,
-            "(s.wal_status = 'lost' OR to_jsonb(s) ->> 'invalidation_reason' IS NOT NULL)",
-        )
-        .await
-    }
-
-    /// `pg_drop_replication_slot` of the relay's own slot `name` when `condition` (SQL over
-    /// `pg_replication_slots s`, a constant of this module) also holds.
-    async fn drop_owned_slot(
-        &self,
-        name: &Identifier,
-        condition: &'static str,
-    ) -> Result<bool, StoreError> {
-        const CONTEXT: &str = "replication slot drop";
-        let client = self.client(CONTEXT).await?;
-        // The ownership facts of checks::judge_slot, so that nothing else is ever dropped
-        // even if it appeared under the name since it was judged.
-        let query = format!(
-            "SELECT pg_drop_replication_slot(s.slot_name)
-               FROM pg_catalog.pg_replication_slots s
-              WHERE s.slot_name = $1 AND s.slot_type = 'logical' AND s.plugin = 'pgoutput'
-                AND s.database = current_database() AND NOT s.temporary AND NOT s.two_phase
-                AND {condition}"
-        );
-        let rows = client
-            .query(&query, &[&name.as_str()])
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
-        Ok(!rows.is_empty())
     }
 }

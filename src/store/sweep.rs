@@ -29,11 +29,12 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::Row;
 
-use super::status::{outcome_update_sql, Outcome, OutcomeColumns, UpdateGuard};
+use super::outcomes::{outcome_update_sql, OutcomeColumns, UpdateGuard};
 use super::{Store, StoreError};
+use crate::event::mapping::{OutboxSchema, RowError};
 use crate::event::OutboxEvent;
-use crate::replication::lsn::Lsn;
-use crate::replication::relation::{header_entries, RowError};
+use crate::event::{ClaimReason, Outcome};
+use crate::lsn::Lsn;
 
 /// What one [`Store::claim_due`] call may claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,45 +51,6 @@ pub struct ClaimSettings {
     /// Per-aggregate ordering: claim only the head of each aggregate (its lowest-id row
     /// still `pending`, `retry` or `processing`), so a backlog drains in id order.
     pub ordering: bool,
-}
-
-/// Why a row was claimed (what its status was before the claim). A small closed set,
-/// usable as a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ClaimReason {
-    /// A `retry` row whose `next_run_at` has passed.
-    DueRetry,
-    /// A `processing` row whose lease expired: its claimer crashed or stalled.
-    ExpiredLease,
-    /// A `pending` row the stream did not deliver in time.
-    Missed,
-    /// A `pending` row that was attempted before: returned from `dead` by an operator.
-    Requeued,
-}
-
-impl ClaimReason {
-    /// Every reason, for metric label sets.
-    pub const ALL: [Self; 4] = [
-        Self::DueRetry,
-        Self::ExpiredLease,
-        Self::Missed,
-        Self::Requeued,
-    ];
-
-    /// `due_retry`, `expired_lease`, `missed` or `requeued`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::DueRetry => "due_retry",
-            Self::ExpiredLease => "expired_lease",
-            Self::Missed => "missed",
-            Self::Requeued => "requeued",
-        }
-    }
-
-    /// The inverse of [`ClaimReason::as_str`] (the claim query computes the reason).
-    fn parse(reason: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.as_str() == reason)
-    }
 }
 
 /// One row claimed by [`Store::claim_rows`]; it is `processing` under the caller's token
@@ -288,8 +250,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT id, aggregate_type, aggregate_id, event_type, payload::text,
-                    headers::text, created_at
+            "SELECT id, aggregate_type, aggregate_id, event_type, payload, headers, created_at
                FROM {}
               WHERE id = ANY($1) AND claim_token = $2 AND status = 'processing'
               ORDER BY id",
@@ -298,16 +259,40 @@ impl Store {
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let loaded = self.query_cached(CONTEXT, &sql, &[&ids, &token]).await?;
         let by_id: HashMap<i64, &ClaimedRow> = rows.iter().map(|r| (r.id, r)).collect();
+        // The stream's mapping, over the binary values of the row: a column of a type the
+        // mapping does not take is the table's problem, reported on each row it affects.
+        let schema = loaded.first().map(|row| {
+            let columns: Vec<(&str, u32)> = row
+                .columns()
+                .iter()
+                .map(|c| (c.name(), c.type_().oid()))
+                .collect();
+            OutboxSchema::resolve(self.table().to_string(), &columns)
+        });
         let mut events = Vec::with_capacity(loaded.len());
         for row in &loaded {
             let id: i64 = row.try_get(0).map_err(|e| StoreError::db(CONTEXT, e))?;
             let Some(claimed) = by_id.get(&id) else {
                 continue;
             };
-            let event = claimed_columns(row, id, claimed.due_at).map_err(|reason| RowError {
-                id: Some(id),
-                reason,
-            });
+            let event = match &schema {
+                Some(Ok(schema)) => schema
+                    .map_row(raw_columns(row).as_slice())
+                    .and_then(|event| {
+                        let next_run_at = claimed.due_at.ok_or_else(|| RowError {
+                            id: Some(id),
+                            reason: "column \"next_run_at\" cannot be read".into(),
+                        })?;
+                        Ok(OutboxEvent {
+                            next_run_at: Some(next_run_at),
+                            ..event
+                        })
+                    }),
+                Some(Err(_)) | None => Err(RowError {
+                    id: Some(id),
+                    reason: schema_error_reason(schema.as_ref()),
+                }),
+            };
             events.push(ClaimedEvent {
                 id,
                 event,
@@ -598,51 +583,44 @@ fn claimed_row(row: &Row) -> Result<ClaimedRow, StoreError> {
     })
 }
 
-/// The event columns of a loaded row, or why they cannot make an event. Only the id had to
-/// be readable; any other column that cannot be read as the event contract needs — NULL,
-/// a timestamp of `infinity`, a type the mapping does not know, malformed `headers` —
-/// makes this one row a [`RowError`], to be marked `dead` with the reason, while the other
-/// rows go on. The reason names the column and the problem, never the value.
-fn claimed_columns(
-    row: &Row,
-    id: i64,
-    due_at: Option<DateTime<Utc>>,
-) -> Result<OutboxEvent, String> {
-    fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
-        row: &'a Row,
-        index: usize,
-        name: &str,
-    ) -> Result<T, String> {
-        row.try_get::<_, Option<T>>(index)
-            .map_err(|e| format!("column \"{name}\" cannot be read: {}", unreadable(&e)))?
-            .ok_or_else(|| format!("column \"{name}\" is NULL"))
-    }
-    let headers = match row
-        .try_get::<_, Option<&str>>(5)
-        .map_err(|e| format!("column \"headers\" cannot be read: {}", unreadable(&e)))?
-    {
-        None => Vec::new(),
-        Some(text) => header_entries(text.as_bytes())?,
-    };
-    Ok(OutboxEvent {
-        id,
-        aggregate_type: column(row, 1, "aggregate_type")?,
-        aggregate_id: column(row, 2, "aggregate_id")?,
-        event_type: column(row, 3, "event_type")?,
-        // `payload::text` is the type's output function, the same text pgoutput sends.
-        payload: Bytes::from(column::<String>(row, 4, "payload")?),
-        headers,
-        created_at: column(row, 6, "created_at")?,
-        next_run_at: Some(due_at.ok_or("column \"next_run_at\" cannot be read")?),
-    })
+/// Every column of `row` as sent (binary), NULLs as `None`: what the mapping reads.
+fn raw_columns(row: &Row) -> Vec<Option<Bytes>> {
+    (0..row.len())
+        .map(|i| {
+            row.try_get::<_, RawValue>(i)
+                .map(|raw| raw.0)
+                .unwrap_or(None)
+        })
+        .collect()
 }
 
-/// Why a column could not be read, without its value: tokio-postgres reports a type it
-/// cannot convert, or a value out of range (`infinity` timestamps).
-fn unreadable(error: &tokio_postgres::Error) -> String {
-    match std::error::Error::source(error) {
-        Some(cause) if cause.to_string().contains("cannot convert") => cause.to_string(),
-        Some(_) => "the value is out of range (e.g. a timestamp of infinity)".to_owned(),
-        None => error.to_string(),
+/// A column's bytes as the server sent them, whatever its type.
+struct RawValue(Option<Bytes>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for RawValue {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Self(Some(Bytes::copy_from_slice(raw))))
+    }
+
+    fn from_sql_null(
+        _: &tokio_postgres::types::Type,
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Self(None))
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+}
+
+fn schema_error_reason(
+    schema: Option<&Result<OutboxSchema, crate::event::mapping::SchemaError>>,
+) -> String {
+    match schema {
+        Some(Err(error)) => error.to_string(),
+        _ => "the row could not be read".to_owned(),
     }
 }

@@ -19,7 +19,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::store::sweep::ClaimReason;
+use crate::event::ClaimReason;
 
 /// Content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

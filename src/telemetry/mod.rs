@@ -12,7 +12,12 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
 
 /// Installs the global subscriber. `level` is a `tracing` filter (already validated).
 pub fn init_logging(format: Option<LogFormat>, level: &str) {

@@ -11,9 +11,11 @@ use std::time::Duration;
 use envconfig::Envconfig;
 
 use crate::conninfo::ConnInfo;
+pub use crate::secret::Secret;
+pub use crate::telemetry::LogFormat;
+
 use crate::dispatch::route::Router;
-use crate::sink::kafka::kafka_properties_from_env;
-use crate::store::{Identifier, Names, TableName};
+use crate::names::{Identifier, Names, TableName};
 
 /// Raw variables as `envconfig` reads them; validated by [`Config::from_raw`].
 #[derive(Debug, Envconfig)]
@@ -117,28 +119,6 @@ impl ConfigError {
     }
 }
 
-/// A value that must never be printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret<T>(T);
-
-impl<T> Secret<T> {
-    /// Wraps a secret value.
-    pub fn new(value: T) -> Self {
-        Self(value)
-    }
-
-    /// The secret itself; only for handing to the component that needs it.
-    pub fn expose(&self) -> &T {
-        &self.0
-    }
-}
-
-impl<T> fmt::Debug for Secret<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
 /// The sinks a relay can deliver to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SinkKind {
@@ -156,13 +136,6 @@ impl SinkKind {
             SinkKind::Stdout => "stdout",
         }
     }
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Json,
-    Text,
 }
 
 /// Kafka settings (present when `kafka` is among the sinks).
@@ -670,9 +643,68 @@ impl Config {
     }
 }
 
+/// Prefix of the environment variables that carry librdkafka properties.
+pub const PROPERTY_ENV_PREFIX: &str = "DISPATCHBOX_KAFKA_PROPERTY_";
+
+/// Collects librdkafka properties from environment variables named
+/// `DISPATCHBOX_KAFKA_PROPERTY_<NAME>`: `NAME` is lower-cased and each `_` becomes `.`,
+/// except that `__` stands for a literal `_` (for the few properties such as `log_level`).
+///
+/// `DISPATCHBOX_KAFKA_PROPERTY_SASL_MECHANISMS=PLAIN` → `("sasl.mechanisms", "PLAIN")`;
+/// `DISPATCHBOX_KAFKA_PROPERTY_LOG__LEVEL=6` → `("log_level", "6")`. Other variables and an
+/// empty `NAME` are ignored. The result is sorted by property name, so it does not depend
+/// on the environment's order.
+pub fn kafka_properties_from_env(
+    vars: impl Iterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    let mut properties: Vec<(String, String)> = vars
+        .filter_map(|(name, value)| {
+            let raw = name.strip_prefix(PROPERTY_ENV_PREFIX)?;
+            if raw.is_empty() {
+                return None;
+            }
+            let property = raw
+                .to_ascii_lowercase()
+                .split("__")
+                .map(|part| part.replace('_', "."))
+                .collect::<Vec<_>>()
+                .join("_");
+            Some((property, value))
+        })
+        .collect();
+    properties.sort();
+    properties
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn properties_from_env() {
+        let vars = [
+            ("DISPATCHBOX_KAFKA_PROPERTY_SASL_MECHANISMS", "PLAIN"),
+            ("DISPATCHBOX_KAFKA_PROPERTY_LINGER_MS", "5"),
+            ("DISPATCHBOX_KAFKA_PROPERTY_LOG__LEVEL", "6"),
+            ("DISPATCHBOX_KAFKA_PROPERTY_SSL_CA_LOCATION", "/etc/ca.pem"),
+            ("DISPATCHBOX_KAFKA_PROPERTY_", "ignored"),
+            ("DISPATCHBOX_KAFKA_BROKERS", "ignored"),
+            ("PATH", "/bin"),
+        ];
+        let parsed =
+            kafka_properties_from_env(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let expected = [
+            ("linger.ms", "5"),
+            ("log_level", "6"),
+            ("sasl.mechanisms", "PLAIN"),
+            ("ssl.ca.location", "/etc/ca.pem"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(parsed, expected);
+    }
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         let mut map: HashMap<String, String> = pairs

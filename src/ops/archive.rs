@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
-use super::names::Names;
-use super::StoreError;
+use crate::names::Names;
+use crate::store::StoreError;
 
 /// Default rows per batch (one transaction each).
 pub const DEFAULT_BATCH_SIZE: i64 = 1000;

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::event::OutboxEvent;
-use crate::store::status::Outcome;
+use crate::event::Outcome;
 use crate::telemetry::metrics;
 
 /// An aggregate `(aggregate_type, aggregate_id)` as the dispatcher tracks it in memory: a

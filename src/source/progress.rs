@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use super::lsn::Lsn;
+use crate::lsn::Lsn;
 
 /// Sequence number of a transaction registered with [`Progress`].
 pub type TxnSeq = u64;

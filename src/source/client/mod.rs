@@ -40,7 +40,7 @@ pub use protocol::{
 pub use stream::{ReplicationReader, ReplicationWriter};
 
 use crate::conninfo::{ConnInfo, Endpoint, TargetSessionAttrs};
-use crate::replication::lsn::Lsn;
+use crate::lsn::Lsn;
 use connect::{log_notice, unexpected, BoxedTransport, SessionInfo};
 use frame::{Frame, FrameReader};
 

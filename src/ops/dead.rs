@@ -30,7 +30,7 @@ use serde_json::value::RawValue;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::{Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Rows per page when the caller does not say.
 pub const DEFAULT_PAGE_LIMIT: i64 = 50;

@@ -16,11 +16,12 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::names::{Identifier, Names};
-use super::report::{self, human_bytes, SlotStatus};
-use super::widths::{self, TextWidths};
-use super::{SlotWalStatus, StoreError};
+use super::report::human_bytes;
 use crate::conninfo::SqlConnectError;
+use crate::names::{Identifier, Names};
+use crate::source::slot::{self, NotOurs, SlotStatus, SlotUse, SlotWalStatus};
+use crate::store::widths::{self, TextWidths};
+use crate::store::{Store, StoreError};
 
 /// Oldest supported server (`server_version_num`): PostgreSQL 15 brings publication row
 /// filters, which sharding by several relays relies on.
@@ -182,18 +183,8 @@ pub enum CheckError {
         slot: String,
     },
     /// A slot of the configured name exists but is not this relay's (see
-    /// [`judge_slot`]): the relay neither streams from it nor drops or recreates it.
-    SlotNotOurs {
-        /// The configured slot.
-        slot: String,
-        /// What the slot is: "a physical slot", "a logical slot of database \"x\" with
-        /// output plugin \"test_decoding\"", …
-        found: String,
-        /// The database the relay is configured for.
-        database: String,
-        /// The database to connect to for dropping it (logical slots), when known.
-        owner_database: Option<String>,
-    },
+    /// [`slot::judge`]): the relay neither streams from it nor drops or recreates it.
+    SlotNotOurs(NotOurs),
 }
 
 impl CheckError {
@@ -239,7 +230,7 @@ impl CheckError {
             Self::MissingPublication { .. }
             | Self::TableNotPublished { .. }
             | Self::PublicationNotInsertOnly { .. } => "publication",
-            Self::SlotLost { .. } | Self::SlotNotOurs { .. } => "slot",
+            Self::SlotLost { .. } | Self::SlotNotOurs(_) => "slot",
         }
     }
 
@@ -313,16 +304,7 @@ impl CheckError {
                  was removed, usually because it exceeded max_slot_wal_keep_size while no relay \
                  was streaming"
             ),
-            Self::SlotNotOurs {
-                slot,
-                found,
-                database,
-                ..
-            } => format!(
-                "replication slot \"{slot}\" is not this relay's: it is {found}, and the relay \
-                 only streams from, drops or recreates {}",
-                owned_slot(database)
-            ),
+            Self::SlotNotOurs(not_ours) => not_ours.problem(),
         }
     }
 
@@ -374,21 +356,7 @@ impl CheckError {
                  re-delivers the rows written meanwhile (by hand: \
                  SELECT pg_drop_replication_slot('{slot}'))"
             ),
-            Self::SlotNotOurs {
-                slot,
-                owner_database,
-                ..
-            } => format!(
-                "set DISPATCHBOX_SLOT to a name no other slot of this cluster uses (slot names \
-                 are cluster-wide: give each database its own), or, if nothing needs this slot \
-                 any more, drop it by hand{} with SELECT pg_drop_replication_slot('{}'); and \
-                 `dispatchbox run` creates its own",
-                owner_database
-                    .as_ref()
-                    .map(|db| format!(" while connected to database {db:?}"))
-                    .unwrap_or_default(),
-                slot.replace('\'', "''")
-            ),
+            Self::SlotNotOurs(not_ours) => not_ours.fix(),
         };
         Some(fix)
     }
@@ -989,90 +957,11 @@ impl ServerFacts {
     }
 }
 
-/// What the relay may do with the slot of its configured name ([`judge_slot`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlotUse {
-    /// No slot has the name: `run` creates it.
-    Missing,
-    /// The relay's slot, able to stream.
-    Usable,
-    /// The relay's slot, invalidated (`wal_status` lost, or an `invalidation_reason` on
-    /// PostgreSQL 17+): it can never stream again; `run` drops and recreates it.
-    Invalidated,
-}
-
-/// The output plugin of the relay's slots.
-const PLUGIN: &str = "pgoutput";
-
-/// The one rule deciding whether the slot of the configured name is this relay's, shared by
-/// `check`, `run`'s start-up check and the replication source before it drops or recreates
-/// anything: a **logical** slot of the **configured database** with the output plugin
-/// **pgoutput**, **not temporary** and **without two-phase decoding** (the relay creates
-/// exactly that, with `CREATE_REPLICATION_SLOT … LOGICAL pgoutput`). PostgreSQL 15 keeps no
-/// owner or comment on a slot, so these are all the facts there are; a pgoutput slot of
-/// another tool in the same database with the same name passes them, which is why
-/// `DISPATCHBOX_SLOT` should be a name only the relay uses.
-///
-/// `Err` names the slot, what it is and the two ways out; the relay must then stop without
-/// touching it. `database` is the one the relay is connected to.
-pub fn judge_slot(slot: &SlotStatus, database: &str) -> Result<SlotUse, CheckError> {
-    if !slot.exists {
-        return Ok(SlotUse::Missing);
-    }
-    let logical = slot.slot_type.as_deref() == Some("logical");
-    let ours = logical
-        && slot.plugin.as_deref() == Some(PLUGIN)
-        && slot.database.as_deref() == Some(database)
-        && !slot.temporary
-        && !slot.two_phase;
-    if !ours {
-        return Err(CheckError::SlotNotOurs {
-            slot: slot.name.clone(),
-            found: describe_slot(slot),
-            database: database.to_owned(),
-            owner_database: slot.database.clone().filter(|_| logical),
-        });
-    }
-    if slot.wal_status == Some(SlotWalStatus::Lost) || slot.invalidation_reason.is_some() {
-        return Ok(SlotUse::Invalidated);
-    }
-    Ok(SlotUse::Usable)
-}
-
-/// "a logical slot of database "app" with output plugin pgoutput …": what the relay owns.
-fn owned_slot(database: &str) -> String {
-    format!(
-        "a logical slot of database {database:?} with output plugin \"{PLUGIN}\", not \
-         temporary and without two-phase decoding"
-    )
-}
-
-/// What a slot is, in the words of [`owned_slot`].
-fn describe_slot(slot: &SlotStatus) -> String {
-    let temporary = if slot.temporary { "temporary " } else { "" };
-    match slot.slot_type.as_deref() {
-        Some("logical") => format!(
-            "a {temporary}logical slot of database {:?} with output plugin {:?}{}",
-            slot.database.as_deref().unwrap_or("(none)"),
-            slot.plugin.as_deref().unwrap_or("(none)"),
-            if slot.two_phase {
-                " and two-phase decoding"
-            } else {
-                ""
-            }
-        ),
-        Some("physical") => {
-            format!("a {temporary}physical slot (used by a streaming standby or a backup)")
-        }
-        other => format!("a slot of type {:?}", other.unwrap_or("(unknown)")),
-    }
-}
-
 /// Problems of the replication slot as `check` reports them: one that is not the relay's,
 /// and the relay's own when it was invalidated (which `run` repairs).
 fn slot_problems(slot: &SlotStatus, database: &str) -> Vec<CheckError> {
-    match judge_slot(slot, database) {
-        Err(problem) => vec![problem],
+    match slot::judge(slot, database) {
+        Err(not_ours) => vec![CheckError::SlotNotOurs(not_ours)],
         Ok(SlotUse::Invalidated) => vec![CheckError::SlotLost {
             slot: slot.name.clone(),
         }],
@@ -1083,7 +972,7 @@ fn slot_problems(slot: &SlotStatus, database: &str) -> Vec<CheckError> {
 /// States of the replication slot that work but need watching.
 fn slot_warnings(slot: &SlotStatus, database: &str) -> Vec<CheckWarning> {
     let name = slot.name.clone();
-    match judge_slot(slot, database) {
+    match slot::judge(slot, database) {
         Ok(SlotUse::Missing) => return vec![CheckWarning::SlotMissing { slot: name }],
         Ok(SlotUse::Usable) => {}
         Ok(SlotUse::Invalidated) | Err(_) => return Vec::new(),
@@ -1248,9 +1137,19 @@ fn widen(table: &str, column: &str) -> String {
     format!("run ALTER TABLE {table} ALTER COLUMN \"{column}\" TYPE text")
 }
 
+/// [`preflight`] on a connection of `store`'s pool.
+pub async fn preflight_store(
+    store: &Store,
+    names: &Names,
+    slot: &Identifier,
+) -> Result<ServerFacts, CheckError> {
+    let client = store.client("preflight checks").await?;
+    preflight(&client, names, slot).await
+}
+
 /// Runs every check and returns the first problem (fail fast at `dispatchbox run`), or
 /// the facts when the relay can run. The slot is judged as `check` judges it
-/// ([`judge_slot`]), except that an invalidated slot of the relay's is no problem here:
+/// ([`slot::judge`]), except that an invalidated slot of the relay's is no problem here:
 /// `run` recreates it.
 pub async fn preflight(
     client: &Client,
@@ -1261,21 +1160,9 @@ pub async fn preflight(
     if let Some(problem) = facts.problems(names).into_iter().next() {
         return Err(problem);
     }
-    let status = report::slot_status(client, slot).await?;
-    judge_slot(&status, &facts.database)?;
+    let status = slot::inspect(client, slot).await?;
+    slot::judge(&status, &facts.database).map_err(CheckError::SlotNotOurs)?;
     Ok(facts)
-}
-
-/// Reads the slot and the connected database and judges the slot ([`judge_slot`]): what
-/// the replication source checks before it creates, drops or recreates anything.
-pub async fn slot_use(client: &Client, slot: &Identifier) -> Result<SlotUse, CheckError> {
-    let database: String = client
-        .query_one("SELECT current_database()::text", &[])
-        .await
-        .map_err(|e| StoreError::db("replication slot check", e))?
-        .get(0);
-    let status = report::slot_status(client, slot).await?;
-    judge_slot(&status, &database)
 }
 
 #[cfg(test)]
@@ -1510,6 +1397,8 @@ mod tests {
     /// what it is, and both ways out.
     #[test]
     fn only_the_relays_own_slot_is_used() {
+        let judge_slot =
+            |s: &SlotStatus, db: &str| slot::judge(s, db).map_err(CheckError::SlotNotOurs);
         let ours = slot(SlotWalStatus::Reserved);
         assert_eq!(judge_slot(&ours, "app").unwrap(), SlotUse::Usable);
         let mut missing = ours.clone();

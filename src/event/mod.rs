@@ -1,5 +1,11 @@
 //! The outbox event: the unit that flows from the replication stream (or the sweeper)
-//! through the dispatcher to the sinks. Pure data; no I/O.
+//! through the dispatcher to the sinks, and what became of it ([`outcome`]). Pure data; no
+//! I/O, and no imports from the rest of the crate: every stage speaks these types.
+
+pub mod mapping;
+pub mod outcome;
+
+pub use outcome::{ClaimReason, Outcome};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};

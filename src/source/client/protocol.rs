@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::error::ProtocolError;
-use crate::replication::lsn::Lsn;
-use crate::replication::pgoutput::PG_EPOCH_OFFSET_MICROS;
+use crate::lsn::Lsn;
+use crate::source::pgoutput::PG_EPOCH_OFFSET_MICROS;
 
 /// Size of the XLogData header before the pgoutput payload.
 pub const XLOG_DATA_HEADER_LEN: usize = 25;

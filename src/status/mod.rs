@@ -33,17 +33,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
-use tokio_postgres::types::ToSql;
-
-use super::widths::TextWidths;
-use super::{Store, StoreError, TableName};
-use crate::replication::progress::Ack;
+use crate::event::Outcome;
+use crate::source::progress::Ack;
+use crate::store::{Store, StoreError};
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics;
 
@@ -76,73 +73,6 @@ pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The `/ready` component name of the writer's problems.
 const HEALTH_COMPONENT: &str = "status writer";
-
-/// The result of delivering one event, or the decision not to deliver it yet.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Delivered: `status = 'done'`, `delivered_at = now()`.
-    Done,
-    /// Failed, try again at `next_run_at`: `status = 'retry'`.
-    Retry {
-        /// Why the attempt failed (stored in `last_error`).
-        error: String,
-        /// When the sweeper should deliver it again.
-        next_run_at: DateTime<Utc>,
-    },
-    /// Failed for good: `status = 'dead'`.
-    Dead {
-        /// Why (stored in `last_error`).
-        error: String,
-    },
-    /// Not delivered and not an attempt: the event waits behind an earlier event of its
-    /// aggregate, or is scheduled for later. `status = 'retry'` with this `next_run_at`;
-    /// `attempts`, `last_error`, `last_error_at` and `delivered_at` are left as they are.
-    ///
-    /// Through the status writer it applies only to a row that is still `pending`: a row
-    /// that already moved on (done, dead, claimed by a sweeper, already deferred) is left
-    /// alone and the settlement counts as written.
-    Deferred {
-        /// When the sweeper may deliver it.
-        next_run_at: DateTime<Utc>,
-    },
-}
-
-impl Outcome {
-    /// The `status` column value.
-    pub fn status(&self) -> &'static str {
-        match self {
-            Self::Done => "done",
-            Self::Retry { .. } | Self::Deferred { .. } => "retry",
-            Self::Dead { .. } => "dead",
-        }
-    }
-
-    /// Delivery attempts this outcome accounts for.
-    pub(super) fn attempts(&self) -> i32 {
-        match self {
-            Self::Done | Self::Retry { .. } | Self::Dead { .. } => 1,
-            Self::Deferred { .. } => 0,
-        }
-    }
-
-    fn error(&self, widths: &TextWidths) -> Option<String> {
-        match self {
-            Self::Done | Self::Deferred { .. } => None,
-            Self::Retry { error, .. } | Self::Dead { error } => Some(widths.fit_error(error)),
-        }
-    }
-
-    fn next_run_at(&self) -> Option<DateTime<Utc>> {
-        match self {
-            Self::Retry { next_run_at, .. } | Self::Deferred { next_run_at } => Some(*next_run_at),
-            Self::Done | Self::Dead { .. } => None,
-        }
-    }
-
-    fn is_deferred(&self) -> bool {
-        matches!(self, Self::Deferred { .. })
-    }
-}
 
 /// One delivery attempt's outcome (or a deferral) for outbox row `id`.
 #[derive(Debug)]
@@ -269,13 +199,13 @@ impl StatusWriter {
     /// Starts the writer for `store`'s table. Settlements go into the returned sender; drop
     /// every clone of it to shut the writer down, then [`StatusWriter::join`]: it writes
     /// everything still queued before it returns.
-    pub fn spawn(store: Store, config: StatusWriterConfig) -> (mpsc::Sender<Settlement>, Self) {
+    pub fn spawn(
+        store: impl StatusStore,
+        config: StatusWriterConfig,
+    ) -> (mpsc::Sender<Settlement>, Self) {
         let (tx, rx) = mpsc::channel(config.channel_capacity.max(1));
         let stats = Arc::new(StatusWriterStats::default());
         let writer = Writer {
-            sql: outcome_update_sql(store.table(), UpdateGuard::Stream),
-            done_sql: done_update_sql(store.table()),
-            dead_sql: rejected_update_sql(store.table()),
             store,
             config,
             stats: stats.clone(),
@@ -299,143 +229,6 @@ impl StatusWriter {
     /// down). Safe: unsettled acks hold the flush position back.
     pub fn abort(&self) {
         self.task.abort();
-    }
-}
-
-/// Which rows an outcome UPDATE may touch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum UpdateGuard {
-    /// Outcomes of streamed events (the status writer): any existing row, except that a
-    /// deferral applies only to a row still `pending`. Returns the updated ids plus the ids
-    /// of deferred rows that exist but are no longer pending (nothing to write: settled).
-    Stream,
-    /// Outcomes of rows a sweeper claimed: only rows still `processing` under the claim
-    /// token in `$7`, so a sweeper whose lease expired and was reclaimed by another cannot
-    /// overwrite the newer claim. Returns the updated ids.
-    Claimed,
-}
-
-/// The one outcome UPDATE, shared by the status writer and the sweeper. Parameters are the
-/// [`OutcomeColumns`] arrays, plus the claim token for [`UpdateGuard::Claimed`].
-///
-/// `attempts` is added, not set, so a deferral (0) leaves the count alone and merged
-/// settlements count every attempt. `last_error`/`last_error_at` change only with an
-/// error, `delivered_at` only on `done`; `claim_token` is always released.
-pub(super) fn outcome_update_sql(table: &TableName, guard: UpdateGuard) -> String {
-    let table = table.quoted();
-    let (condition, not_pending_deferrals) = match guard {
-        // A deferral must never pull back a row that moved on; the second SELECT reports
-        // such rows as handled. It reads the statement's snapshot: a row that was pending
-        // there but changed concurrently is in neither list and is simply retried.
-        UpdateGuard::Stream => (
-            "(NOT u.deferred OR t.status = 'pending')",
-            format!(
-                "
-          UNION ALL
-         SELECT t.id FROM {table} AS t JOIN u ON t.id = u.id
-          WHERE u.deferred AND t.status <> 'pending'"
-            ),
-        ),
-        UpdateGuard::Claimed => (
-            "t.claim_token = $7 AND t.status = 'processing'",
-            String::new(),
-        ),
-    };
-    format!(
-        "WITH u AS (
-             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[],
-                                  $5::int[], $6::bool[])
-                 AS u(id, status, error, next_run_at, attempts, deferred)
-         ), written AS (
-             UPDATE {table} AS t
-                SET status = u.status,
-                    attempts = t.attempts + u.attempts,
-                    delivered_at = CASE WHEN u.status = 'done' THEN now() ELSE t.delivered_at END,
-                    last_error = COALESCE(u.error, t.last_error),
-                    last_error_at = CASE WHEN u.error IS NULL THEN t.last_error_at ELSE now() END,
-                    next_run_at = COALESCE(u.next_run_at, t.next_run_at),
-                    claim_token = NULL
-               FROM u
-              WHERE t.id = u.id AND {condition}
-          RETURNING t.id
-         )
-         SELECT id FROM written{not_pending_deferrals}"
-    )
-}
-
-/// The fast path of the status writer for a batch whose every row is `done` after one
-/// attempt: the same effect as [`outcome_update_sql`] with [`UpdateGuard::Stream`] for such
-/// rows, as one index lookup per id (no join, no parameter arrays to unnest). `$1` holds
-/// the ids.
-pub(super) fn done_update_sql(table: &TableName) -> String {
-    format!(
-        "UPDATE {} SET status = 'done', attempts = attempts + 1, delivered_at = now(),
-                claim_token = NULL
-          WHERE id = ANY($1::bigint[])
-      RETURNING id",
-        table.quoted()
-    )
-}
-
-/// Writes row `$1` `dead` with reason `$2`, counting `$3` attempts: for a row whose
-/// outcome the database rejected. Returns the id when the row exists.
-fn rejected_update_sql(table: &TableName) -> String {
-    format!(
-        "UPDATE {} SET status = 'dead', attempts = attempts + $3, last_error = $2,
-                last_error_at = now(), claim_token = NULL
-          WHERE id = $1
-      RETURNING id",
-        table.quoted()
-    )
-}
-
-/// The parameter arrays of [`outcome_update_sql`], one entry per row, sorted by id: a
-/// stable lock order makes deadlocks with other writers of the same rows rarer.
-#[derive(Debug, Default)]
-pub(super) struct OutcomeColumns {
-    ids: Vec<i64>,
-    statuses: Vec<&'static str>,
-    errors: Vec<Option<String>>,
-    next_run_ats: Vec<Option<DateTime<Utc>>>,
-    attempts: Vec<i32>,
-    deferred: Vec<bool>,
-}
-
-impl OutcomeColumns {
-    /// Columns for `(id, outcome, attempts)` rows, error texts fitted to `widths`; ids must
-    /// be distinct.
-    pub(super) fn new<'a>(
-        rows: impl IntoIterator<Item = (i64, &'a Outcome, i32)>,
-        widths: &TextWidths,
-    ) -> Self {
-        let mut rows: Vec<_> = rows.into_iter().collect();
-        rows.sort_unstable_by_key(|&(id, _, _)| id);
-        let mut columns = Self::default();
-        for (id, outcome, attempts) in rows {
-            columns.ids.push(id);
-            columns.statuses.push(outcome.status());
-            columns.errors.push(outcome.error(widths));
-            columns.next_run_ats.push(outcome.next_run_at());
-            columns.attempts.push(attempts);
-            columns.deferred.push(outcome.is_deferred());
-        }
-        columns
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    /// `$1`..`$6`.
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 6] {
-        [
-            &self.ids,
-            &self.statuses,
-            &self.errors,
-            &self.next_run_ats,
-            &self.attempts,
-            &self.deferred,
-        ]
     }
 }
 
@@ -496,21 +289,54 @@ struct Written {
     given_up: HashSet<i64>,
 }
 
-#[derive(Debug)]
-struct Writer {
-    store: Store,
-    /// The general outcome UPDATE.
-    sql: String,
-    /// The fast path when every row is `done` after one attempt.
-    done_sql: String,
-    /// Marks one row `dead` whose outcome the database rejected.
-    dead_sql: String,
+/// What the status writer needs from the database. [`Store`] is the real one; the unit
+/// tests use an in-memory table, so the writer's decisions (batching, splitting a rejected
+/// batch, waiting for rows that are not visible yet, backing off) are tested without a
+/// server.
+///
+/// Contract of both methods: an `Err` that [`StoreError::is_about_a_row`] means the
+/// database refused the data of some row and nothing was written; any other `Err` means
+/// nothing was written and the same call may succeed later.
+pub trait StatusStore: Send + Sync + 'static {
+    /// Writes each `(id, outcome, attempts)` (distinct ids) in one transaction; returns
+    /// the ids written, plus deferred rows that had already moved on. An id not returned
+    /// has no visible row.
+    fn write_outcomes(
+        &self,
+        rows: &[(i64, &Outcome, i32)],
+    ) -> impl std::future::Future<Output = Result<HashSet<i64>, StoreError>> + Send;
+
+    /// Writes row `id` `dead` with `reason`, adding `attempts`; `Ok(false)` when there is
+    /// no such row.
+    fn write_dead(
+        &self,
+        id: i64,
+        reason: &str,
+        attempts: i32,
+    ) -> impl std::future::Future<Output = Result<bool, StoreError>> + Send;
+}
+
+impl StatusStore for Store {
+    async fn write_outcomes(
+        &self,
+        rows: &[(i64, &Outcome, i32)],
+    ) -> Result<HashSet<i64>, StoreError> {
+        self.write_stream_outcomes(rows).await
+    }
+
+    async fn write_dead(&self, id: i64, reason: &str, attempts: i32) -> Result<bool, StoreError> {
+        self.write_rejected_dead(id, reason, attempts).await
+    }
+}
+
+struct Writer<S> {
+    store: S,
     config: StatusWriterConfig,
     stats: Arc<StatusWriterStats>,
     stall: Arc<StallWatch>,
 }
 
-impl Writer {
+impl<S: StatusStore> Writer<S> {
     async fn run(self, rx: mpsc::Receiver<Settlement>) {
         let watchdog = tokio::spawn(watch_for_stalls(
             Arc::downgrade(&self.stall),
@@ -636,37 +462,19 @@ impl Writer {
 
     /// One statement for `rows`; returns the ids it wrote.
     async fn execute(&self, rows: &[Row]) -> Result<HashSet<i64>, StoreError> {
-        let widths = self.store.text_widths();
-        let columns =
-            OutcomeColumns::new(rows.iter().map(|r| (r.id, &r.outcome, r.attempts)), &widths);
-        let only_done = rows
+        let outcomes: Vec<(i64, &Outcome, i32)> = rows
             .iter()
-            .all(|r| r.outcome == Outcome::Done && r.attempts == 1);
-        let client = self.store.client("status update").await?;
-        let sql = if only_done { &self.done_sql } else { &self.sql };
-        let statement = client
-            .prepare_cached(sql)
-            .await
-            .map_err(|e| StoreError::db("status update", e))?;
-        let params = columns.params();
-        let params = if only_done { &params[..1] } else { &params[..] };
-        let updated = client
-            .query(&statement, params)
-            .await
-            .map_err(|e| StoreError::db("status update", e))?;
-        let ids = updated
-            .iter()
-            .map(|r| r.try_get::<_, i64>(0))
-            .collect::<Result<HashSet<i64>, _>>()
-            .map_err(|e| StoreError::db("status update", e))?;
-        metrics::status_write_batch(columns.len());
+            .map(|r| (r.id, &r.outcome, r.attempts))
+            .collect();
+        let ids = self.store.write_outcomes(&outcomes).await?;
+        metrics::status_write_batch(rows.len());
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats
             .rows_written
             .fetch_add(ids.len() as u64, Ordering::Relaxed);
         self.stats
             .last_batch_size
-            .store(columns.len() as u64, Ordering::Relaxed);
+            .store(rows.len() as u64, Ordering::Relaxed);
         Ok(ids)
     }
 
@@ -687,23 +495,11 @@ impl Writer {
             Outcome::Deferred { .. } => "it was not delivered yet",
             Outcome::Retry { .. } | Outcome::Dead { .. } => "its delivery failed",
         };
-        let reason = self.store.text_widths().fit_error(&format!(
+        let reason = format!(
             "dispatchbox could not write this row's status ({}; {delivered}): {cause}",
             row.outcome.status()
-        ));
-        let result: Result<bool, StoreError> = async {
-            let client = self.store.client("status update").await?;
-            let statement = client
-                .prepare_cached(&self.dead_sql)
-                .await
-                .map_err(|e| StoreError::db("status update", e))?;
-            client
-                .query_opt(&statement, &[&row.id, &reason, &row.attempts])
-                .await
-                .map(|found| found.is_some())
-                .map_err(|e| StoreError::db("status update", e))
-        }
-        .await;
+        );
+        let result = self.store.write_dead(row.id, &reason, row.attempts).await;
         match result {
             Ok(found) => {
                 self.stall.progressed();
@@ -957,8 +753,9 @@ fn jitter(delay: Duration) -> Duration {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::replication::lsn::Lsn;
-    use crate::replication::progress::Progress;
+    use crate::lsn::Lsn;
+    use crate::source::progress::Progress;
+    use chrono::Utc;
 
     fn settlement(id: i64, outcome: Outcome, ack: Option<Ack>) -> Settlement {
         Settlement {
@@ -1051,12 +848,10 @@ mod tests {
         assert_eq!(batch[0].attempts, 0);
         assert_eq!(batch[1].attempts, 1);
         assert_eq!(Arc::strong_count(&guard), 3);
-        let columns = OutcomeColumns::new(
-            batch.iter().map(|r| (r.id, &r.outcome, r.attempts)),
-            &TextWidths::default(),
-        );
-        assert_eq!(columns.deferred, vec![true, false]);
-        assert_eq!(columns.statuses, vec!["retry", "retry"]);
+        let deferred: Vec<bool> = batch.iter().map(|r| r.outcome.is_deferred()).collect();
+        let statuses: Vec<&str> = batch.iter().map(|r| r.outcome.status()).collect();
+        assert_eq!(deferred, vec![true, false]);
+        assert_eq!(statuses, vec!["retry", "retry"]);
         for row in batch {
             row.settle();
         }

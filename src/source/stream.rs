@@ -11,7 +11,7 @@
 //!
 //! Slot errors are classified by SQLSTATE and by the slot's own state in
 //! `pg_replication_slots` (never by message text): before it creates, drops or recreates
-//! anything the source judges the slot with [`crate::store::checks::judge_slot`], the rule
+//! anything the source judges the slot with [`slot::judge`], the rule
 //! `check` and `run`'s start-up use too. Only the relay's own slot (logical, pgoutput, this
 //! database) is ever dropped, and only when it is invalidated.
 //!
@@ -34,15 +34,16 @@ use super::client::{
     ReplicationMessage, ReplicationWriter,
 };
 use super::failover::{ServerIdentity, ServerWatch};
-use super::lsn::Lsn;
 use super::pgoutput::{decode_insert_prefix, pg_timestamp_to_datetime, Decoder, PgOutputMessage};
 use super::progress::{Progress, TxnSeq};
 use super::relation::{InsertOutcome, OutboxMapper, OutboxTable, OversizedInsert, RelationError};
+use super::slot::{self, JudgeError, SlotUse};
+use super::Work;
 use crate::conninfo::ConnInfo;
-use crate::dispatch::backoff::Backoff;
-use crate::dispatch::Work;
-use crate::store::checks::{CheckError, SlotUse};
-use crate::store::{Identifier, Store, TableName};
+use crate::lsn::Lsn;
+use crate::names::{Identifier, TableName};
+use crate::retry::Backoff;
+use crate::store::Store;
 use crate::telemetry::health::{Health, StreamState};
 use crate::telemetry::metrics;
 
@@ -73,10 +74,10 @@ pub struct SourceConfig {
     /// Where the stream's state is reported (probes and the stream gauges).
     pub health: Health,
     /// Bytes of events that may be held at once (`DISPATCHBOX_MAX_IN_FLIGHT_BYTES`).
-    pub budget: crate::dispatch::budget::ByteBudget,
+    pub budget: crate::flow::budget::ByteBudget,
     /// With ordering on, the blocked aggregates, reloaded from the table whenever the
     /// stream starts (this process just became the leader, or came back).
-    pub blocked: Option<crate::dispatch::ordering::BlockedAggregates>,
+    pub blocked: Option<crate::flow::ordering::BlockedAggregates>,
 }
 
 /// Why START_REPLICATION found no usable slot of the relay's.
@@ -148,7 +149,7 @@ pub enum SourceError {
     Store(#[source] Box<crate::store::StoreError>),
     /// The slot of the configured name is not the relay's (or could not be judged).
     #[error(transparent)]
-    SlotCheck(CheckError),
+    SlotCheck(JudgeError),
     #[error(
         "replication message of {len} bytes at {lsn} exceeds DISPATCHBOX_MAX_MESSAGE_SIZE_MB \
          ({limit_mb} MiB) and {what}; stopping without acknowledging it: raise \
@@ -497,7 +498,7 @@ impl<'a> Session<'a> {
 
     /// Decides from a START_REPLICATION error whether the relay's slot is missing or
     /// invalidated (then it is recreated), by the SQLSTATE and the slot's own state
-    /// ([`crate::store::checks::judge_slot`]). A slot that is not the relay's stops the
+    /// ([`slot::judge`]). A slot that is not the relay's stops the
     /// source with the error that names it; every other error is classified as usual.
     async fn slot_loss(&self, error: ClientError) -> Result<(SlotLoss, ClientError), SourceError> {
         let config = self.config;
@@ -509,9 +510,7 @@ impl<'a> Session<'a> {
         }
         // Whatever the server said, a slot of this name that is not the relay's is the
         // answer an operator needs (e.g. 22023 from another output plugin's options).
-        let verdict = config
-            .store
-            .slot_use(&config.slot)
+        let verdict = slot::judge_current(&config.store, &config.slot)
             .await
             .map_err(SourceError::SlotCheck)?;
         if !refuses_slot(&error) {
@@ -564,9 +563,7 @@ impl<'a> Session<'a> {
             }
             SlotLoss::Invalidated => {
                 tracing::error!(slot = %config.slot, reason, error = %cause, "replication slot was invalidated (WAL it needed was removed, e.g. max_slot_wal_keep_size exceeded); recreating it, and the sweeper re-delivers rows inserted meanwhile");
-                let dropped = config
-                    .store
-                    .drop_invalidated_slot(&config.slot)
+                let dropped = slot::drop_invalidated(&config.store, &config.slot)
                     .await
                     .map_err(|e| SourceError::Store(Box::new(e)))?;
                 if !dropped {
@@ -576,7 +573,7 @@ impl<'a> Session<'a> {
         }
         let client = ReplicationClient::connect_with(&config.conninfo, options.clone());
         let mut client = client.await.map_err(SourceError::Connection)?;
-        let created = match client.create_replication_slot(config.slot.as_str()).await {
+        let created = match slot::create(&mut client, &config.slot).await {
             Ok(created) => created,
             // 42710: a slot of that name appeared meanwhile (another replica). Streaming
             // again judges it like any other.

@@ -9,8 +9,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::names::{Identifier, Names};
-use super::{SlotWalStatus, StoreError};
+use crate::names::{Identifier, Names};
+use crate::source::slot::{self, SlotStatus};
+use crate::store::StoreError;
 
 /// Everything `dispatchbox status` shows. The JSON field names are a stable interface
 /// (documented in README.md, "Status").
@@ -23,54 +24,6 @@ pub struct StatusReport {
     pub slot: SlotStatus,
     /// The outbox table's rows.
     pub outbox: OutboxStatus,
-}
-
-/// The replication slot as `pg_replication_slots` (and `pg_stat_replication` for the
-/// process streaming from it) describe it. Every field but `name` and `exists` is `None`
-/// when the slot does not exist.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SlotStatus {
-    /// Slot name (`DISPATCHBOX_SLOT`).
-    pub name: String,
-    /// Whether the slot exists. `dispatchbox run` creates it when it does not.
-    pub exists: bool,
-    /// `logical` or `physical`.
-    pub slot_type: Option<String>,
-    /// Output plugin (`pgoutput` for slots the relay created); `None` for physical slots.
-    pub plugin: Option<String>,
-    /// A temporary slot (dropped when its session ends); the relay never makes one.
-    pub temporary: bool,
-    /// Decodes prepared transactions at PREPARE; the relay never asks for that.
-    pub two_phase: bool,
-    /// Database the slot decodes.
-    pub database: Option<String>,
-    /// True while a process streams from the slot.
-    pub active: bool,
-    /// The walsender process streaming from the slot.
-    pub active_pid: Option<i32>,
-    /// `application_name` of the streaming client (the relay sends `dispatchbox` unless
-    /// the database URL sets another); `None` when not visible to this role.
-    pub client_application_name: Option<String>,
-    /// Address of the streaming client; `None` for Unix sockets or when not visible.
-    pub client_addr: Option<String>,
-    /// Walsender state (`streaming`, `catchup`, `startup`, …).
-    pub client_state: Option<String>,
-    /// The position the relay confirmed (`X/Y`).
-    pub confirmed_flush_lsn: Option<String>,
-    /// Oldest WAL position the slot still needs (`X/Y`).
-    pub restart_lsn: Option<String>,
-    /// `pg_current_wal_lsn() - confirmed_flush_lsn`: bytes of WAL the relay has not
-    /// confirmed yet.
-    pub lag_bytes: Option<i64>,
-    /// `reserved`, `extended`, `unreserved`, `lost` (or `unknown`).
-    pub wal_status: Option<SlotWalStatus>,
-    /// Why the slot was invalidated (`pg_replication_slots.invalidation_reason`,
-    /// PostgreSQL 17 and newer: `wal_removed`, `rows_removed`, …); always `None` on
-    /// servers without the column.
-    pub invalidation_reason: Option<String>,
-    /// Bytes of WAL that can still be written before the slot is invalidated by
-    /// `max_slot_wal_keep_size`; `None` when unlimited (or the slot is lost).
-    pub safe_wal_size: Option<i64>,
 }
 
 /// Outbox rows by status.
@@ -109,13 +62,6 @@ pub struct StatusCounts {
     pub other: i64,
 }
 
-/// Serialised as PostgreSQL spells it.
-impl Serialize for SlotWalStatus {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
 /// Timestamps serialise as RFC 3339 in UTC with microseconds (PostgreSQL's precision).
 fn rfc3339<S: serde::Serializer>(
     value: &Option<DateTime<Utc>>,
@@ -142,77 +88,12 @@ pub async fn status(
     names: &Names,
     slot: &Identifier,
 ) -> Result<StatusReport, StoreError> {
-    let slot_status = slot_status(client, slot).await?;
+    let slot_status = slot::inspect(client, slot).await?;
     let (taken_at, outbox) = outbox_status(client, names).await?;
     Ok(StatusReport {
         taken_at,
         slot: slot_status,
         outbox,
-    })
-}
-
-/// The replication slot and the client streaming from it.
-pub async fn slot_status(client: &Client, slot: &Identifier) -> Result<SlotStatus, StoreError> {
-    const CONTEXT: &str = "replication slot status";
-    let row = client
-        .query_opt(
-            // invalidation_reason exists from PostgreSQL 17 on; read through to_jsonb so
-            // the same statement works (as NULL) on older servers.
-            "SELECT s.plugin::text, s.database::text, s.active, s.active_pid,
-                    r.application_name, host(r.client_addr), r.state,
-                    s.confirmed_flush_lsn::text, s.restart_lsn::text,
-                    pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint,
-                    s.wal_status, s.safe_wal_size,
-                    s.slot_type, s.temporary, s.two_phase,
-                    to_jsonb(s) ->> 'invalidation_reason'
-               FROM pg_catalog.pg_replication_slots s
-               LEFT JOIN pg_catalog.pg_stat_replication r ON r.pid = s.active_pid
-              WHERE s.slot_name = $1",
-            &[&slot.as_str()],
-        )
-        .await
-        .map_err(|e| StoreError::db(CONTEXT, e))?;
-    let Some(row) = row else {
-        return Ok(SlotStatus {
-            name: slot.to_string(),
-            exists: false,
-            slot_type: None,
-            plugin: None,
-            temporary: false,
-            two_phase: false,
-            database: None,
-            active: false,
-            active_pid: None,
-            client_application_name: None,
-            client_addr: None,
-            client_state: None,
-            confirmed_flush_lsn: None,
-            restart_lsn: None,
-            lag_bytes: None,
-            wal_status: None,
-            safe_wal_size: None,
-            invalidation_reason: None,
-        });
-    };
-    Ok(SlotStatus {
-        name: slot.to_string(),
-        exists: true,
-        slot_type: row.get(12),
-        plugin: row.get(0),
-        temporary: row.get(13),
-        two_phase: row.get(14),
-        database: row.get(1),
-        active: row.get(2),
-        active_pid: row.get(3),
-        client_application_name: row.get(4),
-        client_addr: row.get(5),
-        client_state: row.get(6),
-        confirmed_flush_lsn: row.get(7),
-        restart_lsn: row.get(8),
-        lag_bytes: row.get(9),
-        wal_status: Some(SlotWalStatus::parse(row.get::<_, Option<&str>>(10))),
-        safe_wal_size: row.get(11),
-        invalidation_reason: row.get(15),
     })
 }
 

@@ -20,7 +20,7 @@ use super::protocol::{
     encode_standby_status, parse_copy_data, parse_oversized_copy_data, pg_epoch_micros,
     ReplicationMessage,
 };
-use crate::replication::lsn::Lsn;
+use crate::lsn::Lsn;
 
 const READ_CONTEXT: &str = "streaming WAL";
 

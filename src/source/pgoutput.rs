@@ -11,25 +11,10 @@
 //! Column values are zero-copy slices of the input [`Bytes`].
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 
-use crate::replication::lsn::Lsn;
+use crate::lsn::Lsn;
 
-/// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01 00:00:00 UTC),
-/// the clock of pgoutput timestamps and of the replication protocol.
-pub(crate) const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
-
-/// Converts a PostgreSQL timestamp (µs since 2000-01-01 UTC) to a `DateTime<Utc>`.
-///
-/// Returns `None` for `infinity`/`-infinity` (`i64::MAX`/`i64::MIN`) and for values chrono
-/// cannot represent.
-pub fn pg_timestamp_to_datetime(micros: i64) -> Option<DateTime<Utc>> {
-    if micros == i64::MAX || micros == i64::MIN {
-        return None;
-    }
-    let unix = micros.checked_add(PG_EPOCH_OFFSET_MICROS)?;
-    DateTime::from_timestamp_micros(unix)
-}
+pub use crate::event::mapping::{pg_timestamp_to_datetime, PG_EPOCH_OFFSET_MICROS};
 
 /// What the decoder must know that is not in the message bytes themselves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
