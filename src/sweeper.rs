@@ -38,6 +38,7 @@ use crate::event::Outcome;
 use crate::flow::budget::ByteBudget;
 use crate::flow::ordering::BlockedAggregates;
 use crate::lsn::Lsn;
+use crate::retry::{Backoff, Retry};
 use crate::store::sweep::{ClaimSettings, ClaimedEvent, ClaimedRow, PendingSighting};
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics;
@@ -386,6 +387,12 @@ impl Sweeper<'_> {
     }
 }
 
+/// Retries of a failed outcome write: 100 ms doubling to 2 s.
+const OUTCOME_WRITE_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(100),
+    max: Duration::from_secs(2),
+};
+
 /// Writes the outcomes of delivered claimed rows, retrying a failed write (the database
 /// restarting, a connection lost) for as long as the lease would have held: giving up at
 /// once would leave delivered rows `processing` until the lease expires, and another
@@ -398,17 +405,18 @@ async fn write_outcomes(
     lease: Duration,
 ) -> Result<Vec<i64>, StoreError> {
     let started = Instant::now();
-    let mut backoff = Duration::from_millis(100);
+    let mut retry = Retry::new(OUTCOME_WRITE_BACKOFF);
     loop {
-        match store.write_claimed_outcomes(token, outcomes).await {
+        let error = match store.write_claimed_outcomes(token, outcomes).await {
             Ok(written) => return Ok(written),
-            Err(error) if error.is_transient() && started.elapsed() + backoff < lease => {
-                tracing::warn!(error = %error, rows = outcomes.len(), retry_in = ?backoff, "cannot write the sweeper's outcomes yet; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-            Err(error) => return Err(error),
+            Err(error) => error,
+        };
+        let delay = retry.next_delay();
+        if !error.is_transient() || started.elapsed() + delay >= lease {
+            return Err(error);
         }
+        tracing::warn!(error = %error, rows = outcomes.len(), retry_in = ?delay, "cannot write the sweeper's outcomes yet; retrying");
+        tokio::time::sleep(delay).await;
     }
 }
 

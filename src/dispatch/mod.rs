@@ -60,8 +60,19 @@ impl RetryPolicy {
         error.is_permanent() || attempt >= self.max_attempts
     }
 
-    /// The outcome of attempt number `attempt` (1-based) that ended with `result`.
+    /// The outcome of attempt number `attempt` (1-based) that ended with `result` now.
     pub fn outcome(&self, attempt: u32, result: Result<(), DeliveryError>) -> Outcome {
+        self.outcome_at(attempt, result, Utc::now(), &mut rand::thread_rng())
+    }
+
+    /// [`RetryPolicy::outcome`] at time `now` with the randomness of `rng`.
+    pub fn outcome_at(
+        &self,
+        attempt: u32,
+        result: Result<(), DeliveryError>,
+        now: DateTime<Utc>,
+        rng: &mut impl rand::Rng,
+    ) -> Outcome {
         match result {
             Ok(()) => Outcome::Done,
             Err(DeliveryError::Permanent { reason }) => Outcome::Dead { error: reason },
@@ -73,18 +84,15 @@ impl RetryPolicy {
             Err(DeliveryError::Retryable {
                 reason,
                 retry_after,
-            }) => {
-                let delay = self
-                    .backoff
-                    .delay(attempt, &mut rand::thread_rng())
-                    .max(retry_after.unwrap_or_default());
-                Outcome::Retry {
-                    error: reason,
-                    next_run_at: Utc::now()
-                        + chrono::Duration::from_std(delay)
-                            .unwrap_or_else(|_| chrono::Duration::days(1)),
-                }
-            }
+            }) => Outcome::Retry {
+                error: reason,
+                next_run_at: self.backoff.retry_at(
+                    attempt,
+                    retry_after.unwrap_or_default(),
+                    now,
+                    rng,
+                ),
+            },
         }
     }
 }

@@ -33,12 +33,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
 use crate::event::Outcome;
+use crate::retry::{Backoff, Retry};
 use crate::source::progress::Ack;
 use crate::store::{Store, StoreError};
 use crate::telemetry::health::Health;
@@ -242,8 +242,8 @@ struct Row {
     guards: Vec<Arc<()>>,
     /// Delivery attempts this write accounts for.
     attempts: i32,
-    /// Set once the row was not found: when that first happened and the current delay.
-    missing: Option<(Instant, Duration)>,
+    /// Set once the row was not found: when that first happened and how often since.
+    missing: Option<(Instant, u32)>,
 }
 
 impl Row {
@@ -400,14 +400,17 @@ impl<S: StatusStore> Writer<S> {
     async fn write(&self, batch: &[Row]) -> Written {
         let mut written = Written::default();
         let mut parts: Vec<&[Row]> = vec![batch];
-        let mut backoff = self.config.error_backoff_min;
+        let mut retry = Retry::new(Backoff {
+            base: self.config.error_backoff_min,
+            max: self.config.error_backoff_max,
+        });
         self.stall.begin();
         while let Some(part) = parts.pop() {
             let error = match self.execute(part).await {
                 Ok(ids) => {
                     written.ids.extend(ids);
                     self.stall.progressed();
-                    backoff = self.config.error_backoff_min;
+                    retry.reset();
                     continue;
                 }
                 Err(error) => error,
@@ -425,10 +428,10 @@ impl<S: StatusStore> Writer<S> {
                         Ok(None) => {
                             written.given_up.insert(row.id);
                         }
-                        Err(retry) => {
-                            tracing::warn!(error = %retry, event_id = row.id, retry_in = ?backoff, "writing a rejected row as dead failed; retrying");
-                            tokio::time::sleep(jitter(backoff)).await;
-                            backoff = (backoff * 2).min(self.config.error_backoff_max);
+                        Err(failed) => {
+                            let delay = retry.next_delay();
+                            tracing::warn!(error = %failed, event_id = row.id, retry_in = ?delay, "writing a rejected row as dead failed; retrying");
+                            tokio::time::sleep(delay).await;
                             parts.push(part);
                         }
                     },
@@ -441,19 +444,19 @@ impl<S: StatusStore> Writer<S> {
                 }
                 continue;
             }
+            let delay = retry.next_delay();
             if error.is_transient() {
-                tracing::warn!(error = %error, rows = part.len(), retry_in = ?backoff, "status update failed; retrying");
+                tracing::warn!(error = %error, rows = part.len(), retry_in = ?delay, "status update failed; retrying");
             } else {
                 tracing::error!(
                     error = %error,
                     rows = part.len(),
-                    retry_in = ?backoff,
+                    retry_in = ?delay,
                     "status update failed and will keep failing until the database \
                      or the outbox table is fixed; retrying"
                 );
             }
-            tokio::time::sleep(jitter(backoff)).await;
-            backoff = (backoff * 2).min(self.config.error_backoff_max);
+            tokio::time::sleep(delay).await;
             parts.push(part);
         }
         self.stall.idle();
@@ -533,9 +536,7 @@ impl<S: StatusStore> Writer<S> {
                 row.settle();
                 continue;
             }
-            let (first_missed, delay) = row
-                .missing
-                .unwrap_or((now, self.config.missing_row_retry_min));
+            let (first_missed, misses) = row.missing.unwrap_or((now, 0));
             if now.duration_since(first_missed) >= self.config.missing_row_deadline {
                 tracing::warn!(
                     event_id = row.id,
@@ -557,8 +558,14 @@ impl<S: StatusStore> Writer<S> {
                 );
                 continue;
             }
-            let next_delay = (delay * 2).min(self.config.missing_row_retry_max);
-            row.missing = Some((first_missed, next_delay));
+            let misses = misses.saturating_add(1);
+            // No jitter: the row becomes visible at one moment for everyone.
+            let delay = Backoff {
+                base: self.config.missing_row_retry_min,
+                max: self.config.missing_row_retry_max,
+            }
+            .ceiling(misses);
+            row.missing = Some((first_missed, misses));
             tracing::debug!(event_id = row.id, retry_in = ?delay, "outbox row not visible yet");
             waiting.insert(
                 row.id,
@@ -743,12 +750,6 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Half fixed, half random: spreads reconnect attempts of several writers apart.
-fn jitter(delay: Duration) -> Duration {
-    let half = delay / 2;
-    half + half.mul_f64(rand::thread_rng().gen_range(0.0..=1.0))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -800,7 +801,7 @@ mod tests {
             },
             None,
         ));
-        row.missing = Some((now, Duration::from_millis(20)));
+        row.missing = Some((now, 1));
         waiting.insert(
             5,
             Waiting {
