@@ -374,11 +374,7 @@ impl Store {
             self.table().quoted(),
             p.sql
         );
-        let client = self.client(CONTEXT).await?;
-        let rows = client
-            .query(&sql, &p.params)
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let rows = self.query(CONTEXT, &sql, &p.params).await?;
         let mut events = rows
             .iter()
             .map(|row| dead_event(CONTEXT, row, detail))
@@ -413,11 +409,7 @@ impl Store {
             self.table().quoted(),
             p.sql
         );
-        let client = self.client(CONTEXT).await?;
-        let rows = client
-            .query(&sql, &p.params)
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let rows = self.query(CONTEXT, &sql, &p.params).await?;
         let mut stats = DeadStats {
             total: 0,
             by_event_type: Vec::new(),
@@ -463,12 +455,9 @@ impl Store {
             columns(Detail::Full),
             self.table().quoted()
         );
-        let client = self.client(CONTEXT).await?;
-        let row = client
-            .query_opt(&sql, &[&id])
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
-        row.map(|row| dead_event(CONTEXT, &row, Detail::Full))
+        let rows = self.query(CONTEXT, &sql, &[&id]).await?;
+        rows.first()
+            .map(|row| dead_event(CONTEXT, &row, Detail::Full))
             .transpose()
     }
 
@@ -511,11 +500,7 @@ impl Store {
                 p.sql
             )
         };
-        let client = self.client(CONTEXT).await?;
-        let rows = client
-            .query(&sql, &p.params)
-            .await
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let rows = self.query(CONTEXT, &sql, &p.params).await?;
         let mut ids = rows
             .iter()
             .map(|r| r.try_get::<_, i64>(0))

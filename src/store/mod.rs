@@ -124,6 +124,21 @@ impl Store {
             .map_err(|e| StoreError::db(context, e))
     }
 
+    /// Runs `sql` (not prepared for reuse: operator queries built per call) on a pooled
+    /// connection; errors carry `context`.
+    pub(crate) async fn query(
+        &self,
+        context: &'static str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let client = self.client(context).await?;
+        client
+            .query(sql, params)
+            .await
+            .map_err(|e| StoreError::db(context, e))
+    }
+
     pub(crate) async fn client(&self, context: &'static str) -> Result<Object, StoreError> {
         self.pool
             .get()
