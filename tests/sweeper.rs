@@ -163,10 +163,45 @@ async fn a_long_transaction_is_delivered_once() {
         .get(0);
     tokio::time::sleep(Duration::from_secs(5)).await;
     tx.commit().await.unwrap();
+    let committed = Instant::now();
+    // A marker the sweeper delivers (the stream parks it: it is scheduled) once the grace
+    // period counted from the commit has passed, with a second to spare for the sweeper's
+    // first sighting of the row.
+    let marker: i64 = client
+        .query_one(
+            &format!(
+                "INSERT INTO {TABLE} (aggregate_type, aggregate_id, event_type, payload, next_run_at)
+                 VALUES ('order', 'marker', 'order.placed', '{{}}', now() + interval '4 seconds')
+                 RETURNING id"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
 
     wait_done(&client, 1, Duration::from_secs(30)).await;
-    // Past the grace period counted from the commit: nothing more arrives.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Past the grace period counted from the commit: nothing more arrives. The sweep that
+    // claims the marker counts the grace up to then, claims every row it finds due in id
+    // order in the same statement (the long transaction's row comes first) and writes the
+    // marker's outcome only after each of those deliveries ended: once the marker is done,
+    // a second delivery of the row would have been recorded.
+    wait_done(&client, 2, Duration::from_secs(30)).await;
+    let marker_requests = receiver.requests_for("marker");
+    assert_eq!(marker_requests.len(), 1);
+    assert!(
+        marker_requests[0].arrived >= committed + Duration::from_secs(3),
+        "the marker came before the grace period had passed"
+    );
+    let marker_attempts: i32 = client
+        .query_one(
+            &format!("SELECT attempts FROM {TABLE} WHERE id = $1"),
+            &[&marker],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(marker_attempts, 1);
     let requests = receiver.requests_for("long");
     assert_eq!(requests.len(), 1, "delivered {} times", requests.len());
     let attempts: i32 = client
