@@ -352,9 +352,34 @@ async fn broker_outage_under_load_loses_nothing() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Under load: events flow through the broker before it stops (rather than "5 s in").
+    eventually(
+        Duration::from_secs(30),
+        "events to be delivered through the broker",
+        || async { (count_status(&client, "done").await >= 100).then_some(()) },
+    )
+    .await;
     broker.pause();
+    // The outage lasts 20 s: the fault under test, not a wait for something to happen. It
+    // is checked to have hit the load: the writer still inserts, and what it wrote
+    // meanwhile waits for the broker.
     tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(
+        !writer.is_finished(),
+        "the load ended before the outage did"
+    );
+    let waiting: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM {TABLE} WHERE status <> 'done'"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        waiting >= 200,
+        "only {waiting} rows waited for the broker during the outage"
+    );
     broker.resume();
     writer.await.unwrap();
 
