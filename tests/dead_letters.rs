@@ -460,8 +460,24 @@ async fn retried_dead_events_are_delivered_by_the_running_relay() {
     for id in e.dead() {
         assert_eq!(s.status(id).await.0, "dead", "dry run changed {id}");
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(s.receiver.requests().len(), requests_before);
+    // And nothing is delivered: the running relay would have sent rows the dry run had
+    // returned to `pending` by its next sweep. A marker shows that sweep happened: an event
+    // made dead after the dry run (the stream was running) and retried for real is
+    // delivered by a sweep that takes returned rows in id order, in one claim, and writes
+    // the marker's outcome only after every delivery of that claim ended.
+    s.receiver
+        .respond(Rule::for_aggregate("marker").fail_times(1, 400));
+    let marker = s.insert(("order", "marker"), "order.placed", None).await;
+    s.wait_status(marker, "dead").await;
+    let report = s.dead_json(&["retry", &marker.to_string()]);
+    assert_eq!(report, json!({"retried": [marker], "dry_run": false}));
+    s.wait_status(marker, "done").await;
+    assert_eq!(
+        s.receiver.requests_for("marker").len(),
+        2,
+        "one 400, one 200"
+    );
+    assert_eq!(s.receiver.requests().len(), requests_before + 2);
 
     // Retry one id: the running relay delivers it (the receiver now answers 200).
     let report = s.dead_json(&["retry", &e.o1.to_string()]);

@@ -77,6 +77,38 @@ async fn wait_status(
     .await
 }
 
+/// Waits until a marker event has gone through the stream and then through the sweeper,
+/// after everything the test did before. Then "nothing more was sent"
+/// means something, instead of "nothing was sent yet".
+///
+/// The stream delivers the marker (aggregate `marker`) after every event committed before
+/// it. Returned to `retry`, due now (the publication streams INSERTs only, so only the
+/// sweeper sees this), it is claimed by the sweeper's next pass, which claims every due
+/// row in id order in one statement and writes the outcomes only after each of those
+/// deliveries ended: once the marker is `done` with its second attempt, any older row the
+/// sweeper would take (wrongly) has reached the receiver too.
+async fn marker_passes_stream_and_sweeper(client: &tokio_postgres::Client, receiver: &Receiver) {
+    let marker = insert(client, "marker", "order.placed").await;
+    wait_status(client, marker, "done", Duration::from_secs(30)).await;
+    client
+        .execute(
+            &format!("UPDATE {TABLE} SET status = 'retry', next_run_at = now() WHERE id = $1"),
+            &[&marker],
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the sweeper to deliver the marker again",
+        || async {
+            let r = row(client, marker).await;
+            (r.status == "done" && r.attempts == 2).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(receiver.requests_for("marker").len(), 2);
+}
+
 struct Setup {
     _cluster: TestCluster,
     client: tokio_postgres::Client,
@@ -164,7 +196,9 @@ async fn permanent_and_exhausted_failures_are_dead() {
     let r = wait_status(&s.client, gone, "dead", Duration::from_secs(30)).await;
     assert_eq!(r.attempts, 1);
     assert!(r.last_error.unwrap().contains("410"));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Not sent again: neither the stream nor the sweeper takes a dead row. A marker shows
+    // that both had their chance after the rows became dead.
+    marker_passes_stream_and_sweeper(&s.client, &s.receiver).await;
     assert_eq!(s.receiver.requests_for("bad-request").len(), 1);
     assert_eq!(s.receiver.requests_for("gone").len(), 1);
 }

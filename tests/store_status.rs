@@ -161,7 +161,47 @@ async fn a_row_that_becomes_visible_late_is_written_before_its_ack_settles() {
     .await
     .unwrap();
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Not a fixed wait: a marker. Once the writer has run its first statement (the missing
+    // row's first try), a settlement of a row that exists is sent, with an ack of its own
+    // (another `Progress`). The writer takes settlements in order and decides on every row
+    // of a statement before it takes more, so once the marker's ack settles, the writer
+    // has tried the missing row and decided what to do with it (it must not settle it).
+    eventually(
+        Duration::from_secs(10),
+        "the writer's first statement",
+        || {
+            let stats = stats.clone();
+            async move { (stats.batches() >= 1).then_some(()) }
+        },
+    )
+    .await;
+    client
+        .execute(
+            "INSERT INTO outbox_event (id, aggregate_type, aggregate_id, event_type, payload)
+             VALUES (900002, 'order', 'marker', 'order.created', '{}')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let marker_progress = Progress::new(Lsn(10));
+    let mut marker_acks = transaction(&marker_progress, 20, 30, 1);
+    tx.send(Settlement {
+        id: 900_002,
+        outcome: Outcome::Done,
+        ack: marker_acks.pop(),
+        written: None,
+    })
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the marker's ack to settle",
+        || {
+            let marker_progress = marker_progress.clone();
+            async move { (marker_progress.feedback().flush == Lsn(30)).then_some(()) }
+        },
+    )
+    .await;
     assert_eq!(
         progress.feedback().flush,
         Lsn(10),
@@ -405,7 +445,30 @@ async fn a_deferral_parks_only_pending_rows_and_releases_its_guard_after_the_wri
         .await
         .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Not a fixed wait: until the writer's statement waits for the lock, so the writer has
+    // taken the settlements and sent the write that cannot commit yet.
+    let blocker_pid: i32 = lock
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    eventually(
+        Duration::from_secs(10),
+        "the writer's statement to wait for the lock",
+        || async {
+            let waiting: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                      WHERE $1 = ANY(pg_blocking_pids(pid)) AND query ILIKE '%UPDATE%outbox_event%'",
+                    &[&blocker_pid],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
     assert_eq!(Arc::strong_count(&guard), 4, "released before the write");
     assert_eq!(progress.feedback().flush, Lsn(10));
 

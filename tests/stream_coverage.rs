@@ -63,19 +63,57 @@ async fn ready_says(relay: &RelayProcess, status: u16, text: &str) -> String {
     .await
 }
 
+/// What the server last heard from the relay in a standby status update: the position
+/// the relay reported as received (written), as bytes past `0/0`, and when it sent the
+/// update (microseconds since the epoch).
+async fn reported(client: &tokio_postgres::Client) -> Option<(i64, i64)> {
+    let row = client
+        .query_opt(
+            "SELECT pg_wal_lsn_diff(write_lsn, '0/0')::bigint,
+                    (extract(epoch FROM reply_time) * 1000000)::bigint
+               FROM pg_stat_replication",
+            &[],
+        )
+        .await
+        .unwrap()?;
+    Some((row.get::<_, Option<i64>>(0)?, row.get::<_, Option<i64>>(1)?))
+}
+
 /// The position stands still while the problem lasts: the heartbeat (every second) and
 /// the status updates (every 500 ms) would move it within about a second otherwise, as
 /// the first half of each test shows.
+///
+/// Not a fixed wait: until the relay has received WAL past what was written while the
+/// outbox was invisible (reported as its write position in a status update), and then
+/// sent two more updates. Every update carries the confirmed position next to the
+/// received one, so the relay knew of that WAL and had its chances to confirm past it.
 async fn assert_held(client: &tokio_postgres::Client, at: i64) {
     let target = current_wal(client).await;
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = confirmed(client).await;
-        assert!(
-            now < target,
-            "confirmed {now} passed {target}, written while the outbox was invisible (held at {at})"
-        );
+    let (_, mut last_reply) = eventually(
+        Duration::from_secs(20),
+        "the relay to report WAL past the invisible inserts as received",
+        || async {
+            let (write, reply) = reported(client).await?;
+            (write >= target).then_some((write, reply))
+        },
+    )
+    .await;
+    for _ in 0..2 {
+        last_reply = eventually(
+            Duration::from_secs(20),
+            "another standby status update",
+            || async {
+                let (_, reply) = reported(client).await?;
+                (reply > last_reply).then_some(reply)
+            },
+        )
+        .await;
     }
+    let now = confirmed(client).await;
+    assert!(
+        now < target,
+        "confirmed {now} passed {target}, written while the outbox was invisible (held at {at})"
+    );
 }
 
 async fn confirms_past_now(client: &tokio_postgres::Client) {

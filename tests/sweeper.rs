@@ -163,10 +163,45 @@ async fn a_long_transaction_is_delivered_once() {
         .get(0);
     tokio::time::sleep(Duration::from_secs(5)).await;
     tx.commit().await.unwrap();
+    let committed = Instant::now();
+    // A marker the sweeper delivers (the stream parks it: it is scheduled) once the grace
+    // period counted from the commit has passed, with a second to spare for the sweeper's
+    // first sighting of the row.
+    let marker: i64 = client
+        .query_one(
+            &format!(
+                "INSERT INTO {TABLE} (aggregate_type, aggregate_id, event_type, payload, next_run_at)
+                 VALUES ('order', 'marker', 'order.placed', '{{}}', now() + interval '4 seconds')
+                 RETURNING id"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
 
     wait_done(&client, 1, Duration::from_secs(30)).await;
-    // Past the grace period counted from the commit: nothing more arrives.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Past the grace period counted from the commit: nothing more arrives. The sweep that
+    // claims the marker counts the grace up to then, claims every row it finds due in id
+    // order in the same statement (the long transaction's row comes first) and writes the
+    // marker's outcome only after each of those deliveries ended: once the marker is done,
+    // a second delivery of the row would have been recorded.
+    wait_done(&client, 2, Duration::from_secs(30)).await;
+    let marker_requests = receiver.requests_for("marker");
+    assert_eq!(marker_requests.len(), 1);
+    assert!(
+        marker_requests[0].arrived >= committed + Duration::from_secs(3),
+        "the marker came before the grace period had passed"
+    );
+    let marker_attempts: i32 = client
+        .query_one(
+            &format!("SELECT attempts FROM {TABLE} WHERE id = $1"),
+            &[&marker],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(marker_attempts, 1);
     let requests = receiver.requests_for("long");
     assert_eq!(requests.len(), 1, "delivered {} times", requests.len());
     let attempts: i32 = client
@@ -317,9 +352,34 @@ async fn broker_outage_under_load_loses_nothing() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Under load: events flow through the broker before it stops (rather than "5 s in").
+    eventually(
+        Duration::from_secs(30),
+        "events to be delivered through the broker",
+        || async { (count_status(&client, "done").await >= 100).then_some(()) },
+    )
+    .await;
     broker.pause();
+    // The outage lasts 20 s: the fault under test, not a wait for something to happen. It
+    // is checked to have hit the load: the writer still inserts, and what it wrote
+    // meanwhile waits for the broker.
     tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(
+        !writer.is_finished(),
+        "the load ended before the outage did"
+    );
+    let waiting: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM {TABLE} WHERE status <> 'done'"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        waiting >= 200,
+        "only {waiting} rows waited for the broker during the outage"
+    );
     broker.resume();
     writer.await.unwrap();
 
@@ -476,9 +536,10 @@ async fn committed_transactions(observer: &tokio_postgres::Client, db: &str) -> 
 }
 
 /// Given retrying, scheduled and leased heads of three aggregates due in an hour, with rows
-/// parked behind them that are due already, when a relay runs for 10 s with a 1 s sweep
-/// interval, then the database runs a handful of transactions per interval (not one sweep
-/// every 20 ms); and once the heads fall due, every row is delivered, in order.
+/// parked behind them that are due already, when a relay runs for about 9 s with a 1 s
+/// sweep interval (until a marker row falls due and is delivered), then the database runs
+/// a handful of transactions per interval (not one sweep every 20 ms) and nothing but the
+/// marker is delivered; and once the heads fall due, every row is delivered, in order.
 #[tokio::test]
 async fn the_sweeper_sleeps_while_nothing_is_claimable() {
     let cluster = TestCluster::start();
@@ -506,7 +567,9 @@ async fn the_sweeper_sleeps_while_nothing_is_claimable() {
                         (6, 'order', 'C', 'order.placed', '{{}}', 'processing', 0, NULL,
                          'a-replica-that-died', now() + interval '1 hour'),
                         (7, 'order', 'C', 'order.paid', '{{}}', 'retry', 0, NULL, NULL,
-                         now() - interval '1 minute')"
+                         now() - interval '1 minute'),
+                        (8, 'marker', 'M', 'marker.passed', '{{}}', 'retry', 0, NULL, NULL,
+                         now() + interval '9 seconds')"
             ))
             .await
             .unwrap();
@@ -514,14 +577,33 @@ async fn the_sweeper_sleeps_while_nothing_is_claimable() {
     let observer = cluster.connect("postgres").await;
     let before = committed_transactions(&observer, &db).await;
 
+    // The relay runs for about 9 s once it streams, until a marker falls due: row 8, alone
+    // in its aggregate, due 9 s after the rows were written (the stream never sees it: it
+    // was written before the slot existed, by a session that ended before the count began).
+    // The sweep that claims it claims every claimable row with it, in id order, in one
+    // statement, and hands them to the stdout sink in that order: once the marker is on
+    // stdout, a row that was claimable (wrongly) is there too. So no deliveries and few
+    // transactions mean the sweeper slept, not that it had not got round to anything yet.
+    // Stdout is polled, not the database, to keep the count clean. (The marker's sweep
+    // costs about what a second of idling does: 9 s with it ≈ 10 s without, measured.)
     let mut relay = RelayProcess::start(&env);
     support::relay::wait_streaming(&observer).await;
-    let window = Duration::from_secs(10);
-    tokio::time::sleep(window).await;
+    let streaming = Instant::now();
+    eventually(
+        Duration::from_secs(30),
+        "the sweeper to deliver the marker when it falls due",
+        || async { relay.delivered_ids().contains(&8).then_some(()) },
+    )
+    .await;
+    let window = streaming.elapsed();
+    assert!(
+        window >= Duration::from_secs(5),
+        "only {window:?} from streaming to the marker: too short an idle time to judge"
+    );
     relay.terminate();
     assert!(relay.wait_exit(Duration::from_secs(30)).is_some());
     let transactions = committed_transactions(&observer, &db).await - before;
-    println!("{transactions} transactions in {window:?} (start-up and shutdown included)");
+    println!("{transactions} transactions in {window:?} (start-up, marker and shutdown included)");
     // Measured: about 30 for start-up and shutdown (checks, prepared statements, the
     // slot), 3 per sweep (sighting, claim, next due), one sweep per interval. Before the
     // sweeper computed its wake-up from claimable rows: 1,100 in 8 s.
@@ -529,7 +611,11 @@ async fn the_sweeper_sleeps_while_nothing_is_claimable() {
         transactions <= 100,
         "{transactions} transactions in {window:?} with nothing claimable: the sweeper polls"
     );
-    assert!(relay.delivered_ids().is_empty(), "nothing was claimable");
+    assert_eq!(
+        relay.delivered_ids(),
+        vec![8],
+        "nothing was claimable (but the marker)"
+    );
 
     // The heads fall due: everything goes out, parked rows after their head.
     let client = cluster.connect(&db).await;
@@ -541,7 +627,7 @@ async fn the_sweeper_sleeps_while_nothing_is_claimable() {
         )
         .await
         .unwrap();
-    wait_done(&client, 7, Duration::from_secs(30)).await;
+    wait_done(&client, 8, Duration::from_secs(30)).await;
     let delivered = relay.delivered_ids();
     let of_a: Vec<i64> = delivered.iter().copied().filter(|id| *id <= 4).collect();
     assert_eq!(of_a, vec![1, 2, 3, 4]);
