@@ -1,26 +1,43 @@
 //! dispatchbox: a transactional-outbox relay for PostgreSQL.
 //!
+//! The pipeline, in the order an event travels:
+//!
 //! ```text
-//! Postgres WAL ──slot/pgoutput──▶ replication::client ──▶ replication::pgoutput ──▶ OutboxEvent
-//!    ▲                                ▲ standby status (flush = settled prefix, replication::progress)
-//!    │                                │
-//!    │        store::status (batched UPDATE … FROM unnest) ◀── outcomes ◀── dispatch ──▶ sink::{kafka,webhook,stdout}
-//!    │                                                                        ▲
-//!    └── sweeper (due retries, expired leases, rows the stream missed) ───────┘
+//! Postgres WAL ──slot/pgoutput──▶ source ──Work──▶ dispatch ──▶ sink::{kafka,webhook,stdout}
+//!    ▲                              ▲ flush = settled prefix           │ outcomes
+//!    │                              │ (source::progress)               ▼
+//!    │                              └──── acks settled ◀──── status (batched UPDATE)
+//!    └── sweeper: due retries, expired leases, rows the stream missed ──▶ dispatch
 //! ```
 //!
-//! - [`replication`] owns the WAL side: the wire client, the pure pgoutput decoder, the
-//!   relation → event mapping, and [`replication::progress`], the single owner of the
-//!   confirmed-flush LSN.
+//! # The house: arrows only point down
+//!
+//! Each top-level module may import only from its own layer and the layers below; no two
+//! modules import each other. `tests/module_graph.rs` checks both on every test run.
+//!
+//! | layer | modules | what it is |
+//! |---|---|---|
+//! | commands | [`cli`] | one-shot commands; `run` starts [`relay`] |
+//! | wiring | [`relay`] | builds the stages from the configuration, one shutdown path |
+//! | admin | [`admin`] | probes, `/metrics`, the dead-letter API |
+//! | operator tools | [`ops`] | preflight checks and help texts, reports, dead letters, archive |
+//! | configuration | [`config`] | the validated `DISPATCHBOX_*` environment, one section per stage |
+//! | stages | [`sweeper`] > [`dispatch`] > [`status`] > [`sink`] > [`source`] | the pipeline |
+//! | store | [`store`] | SQL only: migrations, the outcome UPDATEs, claims, the dead-row count |
+//! | services | [`telemetry`], [`flow`] | logs, metrics, health; the byte budget and blocked aggregates |
+//! | vocabulary | [`event`], [`lsn`], [`names`], [`secret`], [`conninfo`], [`retry`], [`shutdown`] | the types and rules every stage speaks; they import nothing above them |
+//!
+//! - [`source`] owns the WAL side: the wire client, the pure pgoutput decoder, the outbox
+//!   relation cache, [`source::progress`] (the single owner of the confirmed-flush LSN) and
+//!   [`source::slot`] (the one place that inspects, judges, creates and drops the slot).
+//!   It depends on nothing above the store.
+//! - [`event::mapping`] is the one row → event mapping, used by the stream (pgoutput tuples)
+//!   and the sweeper (rows it read); [`retry`] the one retry-delay rule.
 //! - [`dispatch`] routes events, keeps per-aggregate order, parks what must wait, and turns
 //!   results into outcomes with the retry policy; it never sees LSNs.
 //! - [`sink`] delivers events; sinks never touch the database.
-//! - [`sweeper`] delivers due rows with leases: retries, expired claims, missed rows.
-//! - [`store`] holds all SQL: migrations, status write-back, claims, checks, reports, dead
-//!   letters, archive.
-//! - [`relay`] wires the tasks together for `dispatchbox run`, with shutdown; [`admin`]
-//!   serves probes, metrics and the dead-letter API; [`telemetry`] owns logs and metrics.
-//! - [`cli`] holds the one-shot commands; [`config`] the validated environment.
+//! - [`status`] writes outcomes of streamed events in batches and settles their acks.
+//! - [`sweeper`] delivers due rows under leases: retries, expired claims, missed rows.
 
 pub mod admin;
 pub mod cli;

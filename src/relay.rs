@@ -357,7 +357,7 @@ async fn database_metrics(store: Store, slot: Identifier, shutdown: Cancellation
 /// nothing: that is reported elsewhere.
 async fn watch_stream_coverage(
     store: Store,
-    names: crate::store::Names,
+    names: crate::names::Names,
     progress: Progress,
     health: Health,
     shutdown: CancellationToken,

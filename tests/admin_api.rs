@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 use dispatchbox::admin::api;
 use dispatchbox::config::Secret;
 use dispatchbox::conninfo::ConnInfo;
-use dispatchbox::store::{Names, Store};
+use dispatchbox::names::Names;
+use dispatchbox::store::Store;
 use support::postgres::TestCluster;
 use support::store::count_status;
 

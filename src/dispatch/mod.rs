@@ -11,7 +11,7 @@
 //!   next ones wait in memory behind it, in commit order. When one fails and goes to
 //!   `retry`, the aggregate is blocked: its queued and later events are parked in their rows
 //!   (`retry`, due now) and the sweeper delivers the backlog head first; other aggregates
-//!   keep flowing. See [`ordering`].
+//!   keep flowing. See [`crate::flow::ordering`].
 //! - **Scheduled events** (`next_run_at` in the future) are parked until due; with ordering
 //!   on they block their aggregate like a failure does.
 //! - **Retry policy**: [`RetryPolicy`] maps a delivery result to `done`, `retry` (capped

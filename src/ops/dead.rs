@@ -457,7 +457,7 @@ impl Store {
         );
         let rows = self.query(CONTEXT, &sql, &[&id]).await?;
         rows.first()
-            .map(|row| dead_event(CONTEXT, &row, Detail::Full))
+            .map(|row| dead_event(CONTEXT, row, Detail::Full))
             .transpose()
     }
 

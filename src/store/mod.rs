@@ -1,31 +1,28 @@
-//! The store: every SQL statement the relay issues lives behind this module.
+//! The store: the relay pipeline's SQL, and nothing else. It decides nothing: which
+//! outcome to write is the dispatcher's and the sweeper's call, batching and acks are the
+//! status writer's, LSNs are [`crate::source::progress`]'s. It executes, and classifies
+//! failures as transient or definite ([`StoreError::is_transient`]) or about one row's
+//! data ([`StoreError::is_about_a_row`]).
 //!
 //! - [`migrate`]: the embedded `sql/*.sql` migrations.
-//! - [`dead`]: dead-letter listing, statistics and operator retries (CLI and HTTP API).
-//! - [`checks`]: preflight checks that turn a misconfigured server into one clear error.
-//! - [`status`]: the batched status writer, the only writer of outcomes of streamed events.
-//! - [`widths`]: the declared widths of the text columns the relay writes, and the rule
-//!   that fits every text it writes into them.
+//! - [`outcomes`]: the outcome UPDATEs, shared by the status writer and the sweeper.
 //! - [`sweep`]: the sweeper's claims (row leases), the outcomes of claimed rows, and the
 //!   backlog lookups of per-aggregate ordering.
-//! - [`Store`]: heartbeats and replication-slot helpers over a connection pool.
+//! - [`stats`]: the cheap questions of the probes and metrics (ping, dead rows).
+//! - [`widths`]: the declared widths of the text columns the relay writes, and the rule
+//!   that fits every text it writes into them.
+//! - [`Store`]: the connection pool, heartbeats and the stream-coverage check.
 //!
-//! The store never decides *what* to write (the dispatcher does) and never reports LSNs to
-//! the server (replication::progress owns that); it only executes and classifies failures
-//! as transient or definite ([`StoreError::is_transient`]).
+//! Operator tools with SQL of their own (checks, reports, dead letters, archive) are in
+//! [`crate::ops`]; the replication slot is [`crate::source::slot`]'s.
 
 mod error;
 pub mod migrate;
-
 pub mod outcomes;
 pub mod stats;
-
 pub mod sweep;
 pub mod widths;
 
-pub use crate::names::{
-    Identifier, NameError, Names, TableName, DEFAULT_SCHEMA, MAX_IDENTIFIER_BYTES,
-};
 pub use error::StoreError;
 pub use migrate::MigrationReport;
 
@@ -33,6 +30,7 @@ use deadpool_postgres::{Object, Pool};
 use tokio_postgres::types::PgLsn;
 
 use crate::lsn::Lsn;
+use crate::names::{Names, TableName};
 
 /// Session settings of the relay's own SQL connections (`dispatchbox run`).
 ///
@@ -89,7 +87,7 @@ impl Store {
     }
 
     /// The same store, cutting every text it writes to `widths` (learnt by the preflight
-    /// checks: [`checks::ServerFacts::text_widths`]).
+    /// checks: `ops::checks::ServerFacts::text_widths`).
     pub fn with_text_widths(mut self, widths: widths::TextWidths) -> Self {
         self.widths = widths;
         self

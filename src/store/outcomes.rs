@@ -1,6 +1,6 @@
 //! The outcome UPDATEs: how a delivery's [`Outcome`] is written onto its row. One statement
 //! shared by the status writer (streamed events) and the sweeper (claimed rows), differing
-//! only in which rows it may touch ([`UpdateGuard`]), plus the status writer's fast path
+//! only in which rows it may touch (`UpdateGuard`), plus the status writer's fast path
 //! for all-`done` batches and the `dead` write for a row whose outcome was rejected.
 //!
 //! Only SQL: which outcome to write, batching, retrying and acks belong to the status

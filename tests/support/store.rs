@@ -3,7 +3,8 @@
 
 use deadpool_postgres::Pool;
 use dispatchbox::conninfo::ConnInfo;
-use dispatchbox::store::{Names, Store, PLANNER_SETTINGS};
+use dispatchbox::names::Names;
+use dispatchbox::store::{Store, PLANNER_SETTINGS};
 
 use super::postgres::TestCluster;
 

@@ -39,7 +39,7 @@ pub enum CheckError {
         /// How long the check waited.
         timeout: Duration,
     },
-    /// The server is older than [`MIN_SERVER_VERSION_NUM`].
+    /// The server is older than [`super::MIN_SERVER_VERSION_NUM`].
     ServerTooOld {
         /// `server_version` as the server reports it.
         version: String,
@@ -126,7 +126,7 @@ pub enum CheckError {
         slot: String,
     },
     /// A slot of the configured name exists but is not this relay's (see
-    /// [`slot::judge`]): the relay neither streams from it nor drops or recreates it.
+    /// [`crate::source::slot::judge`]): the relay neither streams from it nor drops or recreates it.
     SlotNotOurs(NotOurs),
 }
 

@@ -11,7 +11,7 @@
 //!
 //! Slot errors are classified by SQLSTATE and by the slot's own state in
 //! `pg_replication_slots` (never by message text): before it creates, drops or recreates
-//! anything the source judges the slot with [`slot::judge`], the rule
+//! anything the source judges the slot with [`super::slot::judge`], the rule
 //! `check` and `run`'s start-up use too. Only the relay's own slot (logical, pgoutput, this
 //! database) is ever dropped, and only when it is invalidated.
 //!
