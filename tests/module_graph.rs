@@ -243,3 +243,22 @@ fn the_check_finds_what_it_must() {
 fn join(files: &BTreeSet<String>) -> String {
     files.iter().cloned().collect::<Vec<_>>().join(", ")
 }
+
+/// Prints the arrows between top-level modules, by layer (for the README and reviews):
+/// `cargo test --test module_graph -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints the graph; asserts nothing"]
+fn print_the_graph() {
+    let graph = graph();
+    for (name, modules) in LAYERS.iter().rev() {
+        println!("{name}:");
+        for module in modules.iter() {
+            let arrows: Vec<&str> = graph
+                .get(*module)
+                .into_iter()
+                .flat_map(|arrows| arrows.keys().map(String::as_str))
+                .collect();
+            println!("  {module} → {}", arrows.join(", "));
+        }
+    }
+}
