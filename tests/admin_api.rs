@@ -12,9 +12,9 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use dispatchbox::admin::api;
-use dispatchbox::config::Secret;
 use dispatchbox::conninfo::ConnInfo;
 use dispatchbox::names::Names;
+use dispatchbox::secret::Secret;
 use dispatchbox::store::Store;
 use support::postgres::TestCluster;
 use support::store::count_status;

@@ -39,9 +39,9 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::Secret;
 use crate::ops::dead::{parse_time, DeadFilter, Detail, Page, RetryError, RetrySelection};
 use crate::ops::dead::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
+use crate::secret::Secret;
 use crate::store::{Store, StoreError};
 
 /// Every route path of the API (relative to its mount point), as the OpenAPI document

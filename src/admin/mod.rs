@@ -31,7 +31,7 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 use crate::sink::Sink;
 use crate::store::Store;
 use crate::telemetry::health::{Health, StreamState};
