@@ -56,7 +56,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    dispatchbox::telemetry::init_logging(config.log_format, &config.log_level);
+    dispatchbox::telemetry::init_logging(config.log.format, &config.log.level);
 
     // One thread runs every async task. The relay's work is hand-offs between its stages
     // (stream → dispatcher → sinks → status writer → feedback); on one thread they cost a

@@ -11,6 +11,10 @@
 //! the settlement channel; the status writer flushes; then the source sends a final
 //! standby status covering everything settled and leaves the stream cleanly. The admin
 //! server answers throughout (`/ready` says 503 from the signal on) and stops last.
+//!
+//! Wiring only: each section of the validated [`Config`] becomes its stage's config (which
+//! adds the runtime handles: store, health, budget, channels). Nothing is checked again
+//! here; the configuration did that once, at startup.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,18 +23,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminServer, AdminState};
-use crate::config::{Config, SinkKind};
-use crate::dispatch::{self, Deliverer, DispatchConfig, RetryPolicy};
+use crate::config::Config;
+use crate::dispatch::{self, Deliverer, DispatchConfig};
 use crate::flow::budget::ByteBudget;
 use crate::flow::ordering::BlockedAggregates;
 use crate::lsn::Lsn;
 use crate::names::Identifier;
 use crate::ops::checks;
 use crate::retry::Backoff;
-use crate::sink::kafka::{KafkaSink, KafkaSinkConfig};
-use crate::sink::stdout::StdoutSink;
-use crate::sink::webhook::{WebhookSink, WebhookSinkConfig};
-use crate::sink::Sink;
+use crate::sink::{Sink, SinkConfig, SinkSetupError};
 use crate::source::progress::Progress;
 use crate::source::slot::{self, SlotWalStatus};
 use crate::source::stream::{self as source, SourceConfig, SourceError};
@@ -56,8 +57,9 @@ pub enum RelayError {
     Connect(#[from] crate::conninfo::SqlConnectError),
     #[error("database error: {0}")]
     Store(#[from] crate::store::StoreError),
-    #[error("cannot set up sink {sink}: {reason}")]
-    Sink { sink: &'static str, reason: String },
+    // The setup error is the source: `{:#}` (main) appends it once.
+    #[error("cannot set up sink {}", .0.sink())]
+    Sink(#[from] SinkSetupError),
     #[error(transparent)]
     Source(Box<SourceError>),
     #[error(transparent)]
@@ -69,15 +71,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     metrics::init();
     let pool = config
         .database
+        .conninfo
         .pool_with_setup(8, Some(crate::store::PLANNER_SETTINGS))?;
-    let store = Store::new(pool, config.names.table().clone());
-    let sinks: Arc<[Sink]> = build_sinks(&config)?.into();
+    let store = Store::new(pool, config.database.names.table().clone());
+    let sinks = config
+        .sinks
+        .iter()
+        .map(Sink::from_config)
+        .collect::<Result<Arc<[Sink]>, _>>()?;
     let health = Health::new();
     let admin = AdminServer::start(
-        config.http_addr,
+        config.admin.http_addr,
         admin::router(
             AdminState::new(health.clone(), store.clone(), sinks.clone()),
-            config.admin_token.clone(),
+            config.admin.token.clone(),
         ),
     )
     .await?;
@@ -109,32 +116,27 @@ async fn pipeline(
     let store = store.with_text_widths(facts.text_widths());
     let deliverer = Deliverer::new(
         sinks.clone(),
-        config.router.clone(),
-        RetryPolicy {
-            max_attempts: config.max_attempts,
-            backoff: Backoff {
-                base: config.backoff_base,
-                max: config.backoff_max,
-            },
-        },
+        config.dispatch.router.clone(),
+        config.dispatch.retry,
     );
     // Aggregates with events waiting in their rows are loaded by the source each time it
     // starts streaming (not here: a standby that takes over later must see what the
     // leader left), and forgotten by the sweeper once their backlog drained.
     let blocked = BlockedAggregates::default();
-    let budget = ByteBudget::new(config.max_in_flight_bytes);
+    let budget = ByteBudget::new(config.dispatch.max_in_flight_bytes);
+    let ordering = config.dispatch.ordering;
 
     let (settlements, status_writer) = StatusWriter::spawn(
         store.clone(),
         StatusWriterConfig {
-            max_batch: config.status_batch_size,
-            linger: config.status_linger,
-            stall_timeout: config.status_stall_timeout,
+            max_batch: config.status.batch_size,
+            linger: config.status.linger,
+            stall_timeout: config.status.stall_timeout,
             health: health.clone(),
             ..StatusWriterConfig::default()
         },
     );
-    let (work_tx, work_rx) = mpsc::channel(config.max_in_flight);
+    let (work_tx, work_rx) = mpsc::channel(config.dispatch.max_in_flight);
     let dispatcher = tokio::spawn(dispatch::run(
         work_rx,
         deliverer.clone(),
@@ -142,8 +144,8 @@ async fn pipeline(
         blocked.clone(),
         settlements,
         DispatchConfig {
-            max_in_flight: config.max_in_flight,
-            ordering: config.ordering,
+            max_in_flight: config.dispatch.max_in_flight,
+            ordering,
             shutdown_timeout: config.shutdown_timeout,
             replay_grace: replay_grace(config),
         },
@@ -155,18 +157,18 @@ async fn pipeline(
     };
     let heartbeat = tokio::spawn(heartbeat(
         store.clone(),
-        config.heartbeat_interval,
+        config.source.heartbeat_interval,
         shutdown.clone(),
     ));
     let database_metrics = tokio::spawn(database_metrics(
         store.clone(),
-        config.slot.clone(),
+        config.database.slot.clone(),
         shutdown.clone(),
     ));
     let progress = Progress::new(Lsn::ZERO);
     let coverage = tokio::spawn(watch_stream_coverage(
         store.clone(),
-        config.names.clone(),
+        config.database.names.clone(),
         progress.clone(),
         health.clone(),
         shutdown.clone(),
@@ -177,12 +179,12 @@ async fn pipeline(
         deliverer,
         blocked.clone(),
         SweepConfig {
-            interval: config.sweep_interval,
-            grace: config.sweep_grace,
-            slot: config.slot.as_str().to_owned(),
-            batch: config.sweep_batch,
-            lease: config.sweep_lease,
-            ordering: config.ordering,
+            interval: config.sweeper.interval,
+            grace: config.sweeper.grace,
+            slot: config.database.slot.as_str().to_owned(),
+            batch: config.sweeper.batch,
+            lease: config.sweeper.lease,
+            ordering,
             budget: budget.clone(),
         },
         sweep_now.clone(),
@@ -191,20 +193,20 @@ async fn pipeline(
 
     let result = source::run(
         SourceConfig {
-            conninfo: config.database.clone(),
-            slot: config.slot.clone(),
-            publication: config.names.publication().clone(),
-            table: config.names.table().clone(),
-            status_interval: config.status_interval,
-            max_message_size: config.max_message_size,
-            reconnect_max: config.reconnect_max,
+            conninfo: config.database.conninfo.clone(),
+            slot: config.database.slot.clone(),
+            publication: config.database.names.publication().clone(),
+            table: config.database.names.table().clone(),
+            status_interval: config.source.status_interval,
+            max_message_size: config.source.max_message_size,
+            reconnect_max: config.source.reconnect_max,
             shutdown_timeout: config.shutdown_timeout,
-            slot_recreate_limit: config.slot_recreate_limit,
+            slot_recreate_limit: config.source.slot_recreate_limit,
             store: store.clone(),
             sweep_now,
             health,
             budget,
-            blocked: config.ordering.then_some(blocked),
+            blocked: ordering.then_some(blocked),
         },
         progress,
         work_tx,
@@ -234,13 +236,14 @@ async fn preflight(
 ) -> Result<Option<checks::ServerFacts>, RelayError> {
     let backoff = Backoff {
         base: Duration::from_millis(250),
-        max: config.reconnect_max,
+        max: config.source.reconnect_max,
     };
+    let names = &config.database.names;
     let mut attempt = 0;
     loop {
-        match checks::preflight_store(store, &config.names, &config.slot).await {
+        match checks::preflight_store(store, names, &config.database.slot).await {
             Ok(facts) => {
-                for warning in facts.warnings(&config.names) {
+                for warning in facts.warnings(names) {
                     tracing::warn!(warning = %warning, "database check");
                 }
                 return Ok((!shutdown.is_cancelled()).then_some(facts));
@@ -264,61 +267,16 @@ async fn preflight(
 /// before may still have had in flight, plus the status linger and a margin.
 fn replay_grace(config: &Config) -> Duration {
     let longest_delivery = config
-        .webhook
+        .sinks
         .iter()
-        .map(|w| w.timeout)
-        .chain(config.kafka.iter().map(|k| k.delivery_timeout))
+        .filter_map(SinkConfig::delivery_timeout)
         .max()
         .unwrap_or_default();
-    longest_delivery + config.status_linger + REPLAY_MARGIN
+    longest_delivery + config.status.linger + REPLAY_MARGIN
 }
 
 /// Added to the longest delivery for [`replay_grace`]: the status write and its retries.
 const REPLAY_MARGIN: Duration = Duration::from_secs(15);
-
-pub(crate) fn build_sinks(config: &Config) -> Result<Vec<Sink>, RelayError> {
-    config
-        .sinks
-        .iter()
-        .map(|kind| match kind {
-            SinkKind::Stdout => Ok(Sink::Stdout(StdoutSink::new())),
-            SinkKind::Webhook => {
-                let webhook = config.webhook.as_ref().ok_or(RelayError::Sink {
-                    sink: "webhook",
-                    reason: "DISPATCHBOX_WEBHOOK_URL is not set".into(),
-                })?;
-                WebhookSink::new(WebhookSinkConfig {
-                    url: webhook.url.clone(),
-                    secrets: webhook.secrets.expose().clone(),
-                    timeout: webhook.timeout,
-                    max_concurrency: webhook.concurrency,
-                })
-                .map(Sink::Webhook)
-                .map_err(|e| RelayError::Sink {
-                    sink: "webhook",
-                    reason: e.to_string(),
-                })
-            }
-            SinkKind::Kafka => {
-                let kafka = config.kafka.as_ref().ok_or(RelayError::Sink {
-                    sink: "kafka",
-                    reason: "DISPATCHBOX_KAFKA_BROKERS is not set".into(),
-                })?;
-                KafkaSink::new(KafkaSinkConfig {
-                    brokers: kafka.brokers.clone(),
-                    topic_template: kafka.topic_template.clone(),
-                    properties: kafka.properties.expose().clone(),
-                    delivery_timeout: kafka.delivery_timeout,
-                })
-                .map(Sink::Kafka)
-                .map_err(|e| RelayError::Sink {
-                    sink: "kafka",
-                    reason: e.to_string(),
-                })
-            }
-        })
-        .collect()
-}
 
 /// Refreshes the gauges read from the database: replication lag and slot state every
 /// [`SLOT_METRICS_INTERVAL`], the dead-row count every [`DEAD_COUNT_EVERY`] of those.

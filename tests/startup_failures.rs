@@ -123,3 +123,57 @@ fn a_bad_multi_host_url_exits_2_naming_the_variable() {
     assert!(stderr.contains("2 hosts but 3 ports"), "{stderr}");
     assert!(!stderr.contains("s3cret"), "password leaked: {stderr}");
 }
+
+/// What a sink refuses about its settings is a configuration error, found before anything
+/// connects: exit 2 (for `run` and for `check`), naming the variable, echoing neither the
+/// URL's token nor a property's value.
+#[test]
+fn a_sink_setting_the_sink_refuses_exits_2_naming_the_variable() {
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (
+            &[
+                ("DISPATCHBOX_SINKS", "webhook"),
+                (
+                    "DISPATCHBOX_WEBHOOK_URL",
+                    "hooks.example.com/x?token=s3cret",
+                ),
+            ],
+            "DISPATCHBOX_WEBHOOK_URL",
+        ),
+        (
+            &[
+                ("DISPATCHBOX_SINKS", "kafka"),
+                ("DISPATCHBOX_KAFKA_BROKERS", "127.0.0.1:9"),
+                ("DISPATCHBOX_KAFKA_TOPIC", "outbox/{aggregate_type}"),
+            ],
+            "DISPATCHBOX_KAFKA_TOPIC",
+        ),
+        (
+            &[
+                ("DISPATCHBOX_SINKS", "kafka"),
+                ("DISPATCHBOX_KAFKA_BROKERS", "127.0.0.1:9"),
+                ("DISPATCHBOX_KAFKA_PROPERTY_NO_SUCH_THING", "s3cret"),
+            ],
+            "DISPATCHBOX_KAFKA_PROPERTY_NO_SUCH_THING",
+        ),
+    ];
+    for (settings, variable) in cases {
+        let mut env = vec![(
+            "DISPATCHBOX_DATABASE_URL".to_owned(),
+            "postgres://relay:pw@127.0.0.1:9/app".to_owned(),
+        )];
+        for (key, value) in settings {
+            set_env(&mut env, key, value);
+        }
+        for command in ["run", "check"] {
+            let (status, stdout, stderr) = run_to_end(&[command], &env);
+            assert_eq!(
+                status.code(),
+                Some(2),
+                "{command} {variable}: {stdout}{stderr}"
+            );
+            assert!(stderr.contains(variable), "{variable} not named: {stderr}");
+            assert!(!stderr.contains("s3cret"), "value echoed: {stderr}");
+        }
+    }
+}

@@ -52,16 +52,26 @@ fn describe(counts: &ArchiveCounts) -> String {
 pub async fn run(config: &Config, args: &ArchiveArgs) -> anyhow::Result<ExitCode> {
     let (client, connection) = config
         .database
+        .conninfo
         .connect_sql()
         .await
-        .with_context(|| format!("cannot connect to {}", config.database.redacted_url()))?;
+        .with_context(|| {
+            format!(
+                "cannot connect to {}",
+                config.database.conninfo.redacted_url()
+            )
+        })?;
     let options = ArchiveOptions {
         older_than: args.older_than,
         include_dead: args.include_dead,
         batch_size: args.batch_size,
     };
-    let table = config.names.table();
-    let archive_table = format!("{}.{}", table.schema(), config.names.archive_table());
+    let table = config.database.names.table();
+    let archive_table = format!(
+        "{}.{}",
+        table.schema(),
+        config.database.names.archive_table()
+    );
     let older_than = humantime::format_duration(args.older_than);
     let what = if args.include_dead {
         "done and dead"
@@ -70,7 +80,7 @@ pub async fn run(config: &Config, args: &ArchiveArgs) -> anyhow::Result<ExitCode
     };
 
     if args.dry_run {
-        let counts = archive::count(&client, &config.names, &options)
+        let counts = archive::count(&client, &config.database.names, &options)
             .await
             .with_context(|| format!("counting archivable rows of {table}"))?;
         println!(
@@ -79,7 +89,7 @@ pub async fn run(config: &Config, args: &ArchiveArgs) -> anyhow::Result<ExitCode
         );
     } else {
         let mut progress = ArchiveCounts::default();
-        let moved = archive::archive(&client, &config.names, &options, |totals| {
+        let moved = archive::archive(&client, &config.database.names, &options, |totals| {
             progress = *totals;
             tracing::debug!(
                 done = totals.done,

@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, SinkConfig};
 use crate::ops::checks::{self, CheckError, Finding, Severity};
-use crate::relay::{build_sinks, RelayError};
 use crate::sink::Sink;
 use crate::source::slot;
 
@@ -73,7 +72,7 @@ pub async fn run(config: &Config, args: &CheckArgs) -> anyhow::Result<ExitCode> 
 /// Connection, server, role, table, publication and slot. An unreachable database is one
 /// error finding (with a hint), not a failure of the command.
 async fn database_findings(config: &Config, timeout: Duration) -> Vec<Finding> {
-    let target = config.database.redacted_url();
+    let target = config.database.conninfo.redacted_url();
     let timed_out = || {
         vec![Finding::from(&CheckError::ConnectTimeout {
             target: target.clone(),
@@ -81,14 +80,14 @@ async fn database_findings(config: &Config, timeout: Duration) -> Vec<Finding> {
         })]
     };
     let (client, connection) =
-        match tokio::time::timeout(timeout, config.database.connect_sql()).await {
+        match tokio::time::timeout(timeout, config.database.conninfo.connect_sql()).await {
             Err(_elapsed) => return timed_out(),
             Ok(Err(error)) => return vec![Finding::from(&CheckError::from_connect(error))],
             Ok(Ok(connected)) => connected,
         };
     let gathered = tokio::time::timeout(timeout, async {
-        let facts = checks::gather(&client, &config.names).await?;
-        let slot = slot::inspect(&client, &config.slot).await?;
+        let facts = checks::gather(&client, &config.database.names).await?;
+        let slot = slot::inspect(&client, &config.database.slot).await?;
         Ok::<_, crate::store::StoreError>((facts, slot))
     })
     .await;
@@ -99,27 +98,32 @@ async fn database_findings(config: &Config, timeout: Duration) -> Vec<Finding> {
         Ok(Err(error)) => vec![Finding::from(&CheckError::Database(error))],
         Ok(Ok((facts, slot))) => {
             let mut findings = vec![Finding::ok("connection", format!("connected to {target}"))];
-            findings.extend(facts.findings(&config.names, &slot));
+            findings.extend(facts.findings(&config.database.names, &slot));
             findings
         }
     }
 }
 
-/// Each enabled sink's readiness probe ([`Sink::check`]), bounded by `timeout`.
+/// Each enabled sink's readiness probe ([`Sink::check`]), bounded by `timeout`. A sink that
+/// cannot be built (its settings were validated with the configuration, so for reasons of
+/// this machine) is an error finding of its own.
 async fn sink_findings(config: &Config, timeout: Duration) -> Vec<Finding> {
-    let sinks = match build_sinks(config) {
-        Ok(sinks) => sinks,
-        Err(RelayError::Sink { sink, reason }) => {
-            return vec![Finding::error(
-                format!("sink.{sink}"),
-                format!("cannot set up the {sink} sink: {reason}"),
-                Some(sink_fix(sink).to_owned()),
-            )]
+    let mut findings = Vec::with_capacity(config.sinks.len());
+    let mut sinks = Vec::with_capacity(config.sinks.len());
+    for sink_config in &config.sinks {
+        match Sink::from_config(sink_config) {
+            Ok(sink) => sinks.push((sink_config, sink)),
+            Err(error) => {
+                let sink = error.sink();
+                findings.push(Finding::error(
+                    format!("sink.{sink}"),
+                    format!("cannot set up the {sink} sink: {error}"),
+                    Some(sink_fix(sink).to_owned()),
+                ));
+            }
         }
-        Err(other) => return vec![Finding::error("sink", other.to_string(), None)],
-    };
-    let mut findings = Vec::with_capacity(sinks.len());
-    for sink in &sinks {
+    }
+    for (sink_config, sink) in &sinks {
         let name = sink.name();
         // Sink::check bounds itself; the outer timeout guards against a probe that does not.
         let answered = tokio::time::timeout(timeout + Duration::from_secs(2), sink.check(timeout))
@@ -131,7 +135,7 @@ async fn sink_findings(config: &Config, timeout: Duration) -> Vec<Finding> {
                 )))
             });
         findings.push(match answered {
-            Ok(()) => Finding::ok(format!("sink.{name}"), sink_ready(config, sink)),
+            Ok(()) => Finding::ok(format!("sink.{name}"), sink_ready(sink_config)),
             Err(error) => Finding::error(
                 format!("sink.{name}"),
                 error.reason(),
@@ -139,29 +143,26 @@ async fn sink_findings(config: &Config, timeout: Duration) -> Vec<Finding> {
             ),
         });
     }
-    for sink in &sinks {
+    for (_, sink) in &sinks {
         sink.close(Duration::from_millis(100)).await;
     }
     findings
 }
 
-fn sink_ready(config: &Config, sink: &Sink) -> String {
-    match sink {
-        Sink::Kafka(_) => format!(
+fn sink_ready(config: &SinkConfig) -> String {
+    match config {
+        SinkConfig::Kafka(kafka) => format!(
             "kafka brokers {} answered a metadata request",
-            config.kafka.as_ref().map_or("", |k| k.brokers.as_str())
+            kafka.brokers
         ),
-        Sink::Webhook(_) => {
+        SinkConfig::Webhook(webhook) => {
             // Only the origin: paths and queries may carry tokens.
-            let origin = config
-                .webhook
-                .as_ref()
-                .and_then(|w| url::Url::parse(&w.url).ok())
+            let origin = url::Url::parse(&webhook.url)
                 .map(|url| url.origin().ascii_serialization())
                 .unwrap_or_default();
             format!("webhook host of {origin} resolves (no request was sent)")
         }
-        Sink::Stdout(_) => "stdout needs nothing".to_owned(),
+        SinkConfig::Stdout => "stdout needs nothing".to_owned(),
     }
 }
 

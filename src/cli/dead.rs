@@ -191,12 +191,14 @@ struct ExportArgs {
 
 /// Runs `dispatchbox dead …`.
 pub async fn run(config: &Config, args: &DeadArgs) -> anyhow::Result<ExitCode> {
-    let pool = config
-        .database
-        .pool(1)
-        .with_context(|| format!("cannot connect to {}", config.database.redacted_url()))?;
-    let store = Store::new(pool, config.names.table().clone());
-    let table = config.names.table();
+    let pool = config.database.conninfo.pool(1).with_context(|| {
+        format!(
+            "cannot connect to {}",
+            config.database.conninfo.redacted_url()
+        )
+    })?;
+    let store = Store::new(pool, config.database.names.table().clone());
+    let table = config.database.names.table();
     match &args.command {
         DeadCommand::List(a) => {
             let page = Page::new(a.limit, a.after_id)?;

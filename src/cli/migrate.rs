@@ -6,28 +6,35 @@ use crate::config::Config;
 
 /// `dispatchbox migrate`: applies the embedded migrations to the configured table.
 pub async fn run(config: &Config) -> anyhow::Result<()> {
-    let (mut client, connection) = config
-        .database
-        .connect_sql()
+    let (mut client, connection) =
+        config
+            .database
+            .conninfo
+            .connect_sql()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot connect to {}",
+                    config.database.conninfo.redacted_url()
+                )
+            })?;
+    let report = crate::store::migrate::migrate(&mut client, &config.database.names)
         .await
-        .with_context(|| format!("cannot connect to {}", config.database.redacted_url()))?;
-    let report = crate::store::migrate::migrate(&mut client, &config.names)
-        .await
-        .with_context(|| format!("migrating {}", config.names.table()))?;
+        .with_context(|| format!("migrating {}", config.database.names.table()))?;
     drop(client);
     connection.abort();
     if report.applied.is_empty() {
         println!(
             "{}: up to date (migrations {:?} already applied)",
-            config.names.table(),
+            config.database.names.table(),
             report.skipped
         );
     } else {
         println!(
             "{}: applied migrations {:?}; publication {} publishes its inserts",
-            config.names.table(),
+            config.database.names.table(),
             report.applied,
-            config.names.publication()
+            config.database.names.publication()
         );
     }
     Ok(())

@@ -25,12 +25,18 @@ pub struct StatusArgs {
 pub async fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let (client, connection) = config
         .database
+        .conninfo
         .connect_sql()
         .await
-        .with_context(|| format!("cannot connect to {}", config.database.redacted_url()))?;
-    let status = report::status(&client, &config.names, &config.slot)
+        .with_context(|| {
+            format!(
+                "cannot connect to {}",
+                config.database.conninfo.redacted_url()
+            )
+        })?;
+    let status = report::status(&client, &config.database.names, &config.database.slot)
         .await
-        .with_context(|| format!("reading the status of {}", config.names.table()))?;
+        .with_context(|| format!("reading the status of {}", config.database.names.table()))?;
     drop(client);
     connection.abort();
     match args.format {

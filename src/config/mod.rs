@@ -1,21 +1,35 @@
 //! Configuration: `DISPATCHBOX_*` environment variables, read with `envconfig` into raw
-//! strings and validated once at startup into [`Config`]. Every validation error names the
-//! variable and the rule it broke. Secrets are wrapped so they never print.
+//! strings and validated once at startup into a [`Config`] tree: one section per stage of
+//! the pipeline, and one [`SinkConfig`] per enabled sink, built from that sink's own
+//! variables. Every validation error names the variable and the rule it broke, and
+//! whatever a sink would refuse at construction is found here (see [`sinks`]). Secrets
+//! never print: they are wrapped in [`Secret`], or their type prints them redacted.
 //!
-//! This module only parses and validates; it opens no connections.
+//! This module only parses and validates; it opens no connections. It sits above the
+//! stages: its sections hold stage types ([`Router`], [`RetryPolicy`], the sinks' configs),
+//! and no stage reads it. The relay turns each section into the stage's own config (which
+//! also carries runtime handles) without checking anything again.
 
+mod sinks;
+mod value;
+
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use envconfig::Envconfig;
 
 use crate::conninfo::ConnInfo;
-pub use crate::secret::Secret;
-pub use crate::telemetry::LogFormat;
-
 use crate::dispatch::route::Router;
+use crate::dispatch::RetryPolicy;
 use crate::names::{Identifier, Names, TableName};
+use crate::retry::Backoff;
+pub use crate::secret::Secret;
+pub use crate::sink::SinkConfig;
+pub use crate::telemetry::LogFormat;
+pub use sinks::{kafka_properties_from_env, PROPERTY_ENV_PREFIX};
+use value::{at_most, byte_size, count, duration, positive_duration, value_or_file};
 
 /// Raw variables as `envconfig` reads them; validated by [`Config::from_raw`].
 #[derive(Debug, Envconfig)]
@@ -104,239 +118,164 @@ pub struct RawConfig {
 #[derive(Debug, thiserror::Error)]
 #[error("{variable}: {rule}")]
 pub struct ConfigError {
-    /// The offending variable, e.g. `DISPATCHBOX_MAX_IN_FLIGHT`.
-    pub variable: &'static str,
+    /// The offending variable, e.g. `DISPATCHBOX_MAX_IN_FLIGHT` (or the
+    /// `DISPATCHBOX_KAFKA_PROPERTY_…` variable of a refused librdkafka property).
+    pub variable: Cow<'static, str>,
     /// What the value must look like (never echoes a secret).
     pub rule: String,
 }
 
 impl ConfigError {
-    fn new(variable: &'static str, rule: impl Into<String>) -> Self {
+    fn new(variable: impl Into<Cow<'static, str>>, rule: impl Into<String>) -> Self {
         Self {
-            variable,
+            variable: variable.into(),
             rule: rule.into(),
         }
     }
 }
 
-/// The sinks a relay can deliver to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SinkKind {
-    Kafka,
-    Webhook,
-    Stdout,
-}
-
-impl SinkKind {
-    /// The name used in `DISPATCHBOX_SINKS` and `DISPATCHBOX_ROUTES`.
-    pub fn name(self) -> &'static str {
-        match self {
-            SinkKind::Kafka => "kafka",
-            SinkKind::Webhook => "webhook",
-            SinkKind::Stdout => "stdout",
-        }
-    }
-}
-
-/// Kafka settings (present when `kafka` is among the sinks).
-#[derive(Debug, Clone)]
-pub struct KafkaConfig {
-    /// `DISPATCHBOX_KAFKA_BROKERS`: comma-separated `host:port` list.
-    pub brokers: String,
-    /// `DISPATCHBOX_KAFKA_TOPIC`: topic template.
-    pub topic_template: String,
-    /// `DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT`: librdkafka `message.timeout.ms`.
-    pub delivery_timeout: Duration,
-    /// `DISPATCHBOX_KAFKA_PROPERTY_*`: any librdkafka property. Values may be secrets.
-    pub properties: Secret<Vec<(String, String)>>,
-}
-
-/// Webhook settings (present when `webhook` is among the sinks).
-#[derive(Debug, Clone)]
-pub struct WebhookConfig {
-    /// `DISPATCHBOX_WEBHOOK_URL`.
-    pub url: String,
-    /// `DISPATCHBOX_WEBHOOK_SECRET` (or `_FILE`): `whsec_…` secrets; all of them sign.
-    pub secrets: Secret<Vec<String>>,
-    /// `DISPATCHBOX_WEBHOOK_TIMEOUT`: per request.
-    pub timeout: Duration,
-    /// `DISPATCHBOX_WEBHOOK_CONCURRENCY`: requests in flight at most.
-    pub concurrency: usize,
-}
-
-/// Validated configuration of the relay.
+/// Validated configuration of the relay, one section per stage.
+///
+/// ```text
+/// Config
+/// ├── database          url, table and publication names, slot
+/// ├── source            replication stream: status interval, heartbeat, reconnect, limits
+/// ├── dispatch          in-flight bounds, ordering, routes, retry policy
+/// ├── sinks             [SinkConfig::Kafka | Webhook | Stdout], in DISPATCHBOX_SINKS order
+/// ├── status            status writer: batch size, linger, stall timeout
+/// ├── sweeper           interval, grace, batch, lease
+/// ├── admin             HTTP address, API token
+/// ├── log               format, level
+/// └── shutdown_timeout
+/// ```
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `DISPATCHBOX_DATABASE_URL` (or `_FILE`), parsed. Prints redacted.
-    pub database: ConnInfo,
-    /// `DISPATCHBOX_TABLE` (the outbox table, `schema.name`, default schema `public`) and
-    /// `DISPATCHBOX_PUBLICATION`, with the names derived from them.
-    pub names: Names,
-    /// `DISPATCHBOX_SLOT`.
-    pub slot: Identifier,
-    /// `DISPATCHBOX_SINKS`: enabled sinks, in order.
-    pub sinks: Vec<SinkKind>,
-    /// Kafka settings when the kafka sink is enabled.
-    pub kafka: Option<KafkaConfig>,
-    /// Webhook settings when the webhook sink is enabled.
-    pub webhook: Option<WebhookConfig>,
-    /// `DISPATCHBOX_MAX_IN_FLIGHT`: events decoded but not yet settled, at most.
-    pub max_in_flight: usize,
-    /// `DISPATCHBOX_MAX_IN_FLIGHT_BYTES`: bytes of events (payload and headers) held at
-    /// once between the stream, the dispatcher, the sinks and the sweeper, at most.
-    pub max_in_flight_bytes: usize,
-    /// `DISPATCHBOX_STATUS_BATCH_SIZE`: rows per status UPDATE, at most.
-    pub status_batch_size: usize,
-    /// `DISPATCHBOX_STATUS_LINGER`: how long the status writer waits for more outcomes
-    /// before writing a batch that is not full (fewer, larger status transactions).
-    pub status_linger: Duration,
-    /// `DISPATCHBOX_STATUS_STALL_TIMEOUT`: how long the status writer may fail to write
-    /// anything before `/ready` turns 503.
-    pub status_stall_timeout: Duration,
-    /// `DISPATCHBOX_STATUS_INTERVAL`: standby status updates to PostgreSQL, at least this often.
-    pub status_interval: Duration,
-    /// `DISPATCHBOX_HEARTBEAT_INTERVAL`: `pg_logical_emit_message` heartbeat period.
-    pub heartbeat_interval: Duration,
-    /// `DISPATCHBOX_SHUTDOWN_TIMEOUT`: how long in-flight deliveries may finish on SIGTERM.
+    /// Where the outbox lives and which slot streams it.
+    pub database: DatabaseSettings,
+    /// The replication stream.
+    pub source: SourceSettings,
+    /// Delivery: how much is in flight, ordering, routing and retries.
+    pub dispatch: DispatchSettings,
+    /// `DISPATCHBOX_SINKS` (default `stdout`): the enabled sinks, in that order (a repeated
+    /// name counts once), each with its own validated settings. [`DispatchSettings::router`]
+    /// refers to them by position.
+    pub sinks: Vec<SinkConfig>,
+    /// Writing outcomes back onto the rows.
+    pub status: StatusSettings,
+    /// Delivering what the stream cannot: retries, expired leases, missed rows.
+    pub sweeper: SweeperSettings,
+    /// The admin HTTP server.
+    pub admin: AdminSettings,
+    /// Logging.
+    pub log: LogSettings,
+    /// `DISPATCHBOX_SHUTDOWN_TIMEOUT` (default 30 s): on SIGTERM, how long in-flight
+    /// deliveries may finish.
     pub shutdown_timeout: Duration,
-    /// `DISPATCHBOX_RECONNECT_MAX`: cap of the reconnect backoff.
+}
+
+/// The database, the outbox's names, and the replication slot.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// `DISPATCHBOX_DATABASE_URL` (or `_FILE`), required, parsed. Prints redacted.
+    pub conninfo: ConnInfo,
+    /// `DISPATCHBOX_TABLE` (the outbox table, `schema.name`, default `public.outbox_event`)
+    /// and `DISPATCHBOX_PUBLICATION` (default `dispatchbox`), with the names derived from
+    /// them.
+    pub names: Names,
+    /// `DISPATCHBOX_SLOT` (default `dispatchbox`).
+    pub slot: Identifier,
+}
+
+/// The replication stream.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    /// `DISPATCHBOX_STATUS_INTERVAL` (default 2 s): standby status updates to PostgreSQL, at
+    /// least this often.
+    pub status_interval: Duration,
+    /// `DISPATCHBOX_HEARTBEAT_INTERVAL` (default 30 s): `pg_logical_emit_message` heartbeat
+    /// period.
+    pub heartbeat_interval: Duration,
+    /// `DISPATCHBOX_RECONNECT_MAX` (default 30 s): cap of the reconnect backoff.
     pub reconnect_max: Duration,
-    /// `DISPATCHBOX_MAX_MESSAGE_SIZE_MB`: largest replication message accepted.
+    /// `DISPATCHBOX_MAX_MESSAGE_SIZE_MB` (default 1024, 1–4096): largest replication
+    /// message accepted, in bytes (the MiB given plus 64 KiB for the message's framing).
     pub max_message_size: usize,
-    /// `DISPATCHBOX_MAX_ATTEMPTS`: delivery attempts before an event is `dead`.
-    pub max_attempts: u32,
-    /// `DISPATCHBOX_BACKOFF_BASE`: first retry delay.
-    pub backoff_base: Duration,
-    /// `DISPATCHBOX_BACKOFF_MAX`: largest retry delay.
-    pub backoff_max: Duration,
-    /// `DISPATCHBOX_ORDERING`: per-aggregate ordering (`aggregate`, default) or `none`.
-    pub ordering: bool,
-    /// `DISPATCHBOX_ROUTES`: routing rules (validated against the enabled sinks).
-    pub router: Router,
-    /// `DISPATCHBOX_SWEEP_INTERVAL`: how often the sweeper looks for due rows.
-    pub sweep_interval: Duration,
-    /// `DISPATCHBOX_SWEEP_GRACE`: how long a committed `pending` row is left to the stream
-    /// (from the sweeper's first sight of it) when the slot does not show it was passed.
-    pub sweep_grace: Duration,
-    /// `DISPATCHBOX_SWEEP_BATCH`: rows per sweeper claim.
-    pub sweep_batch: i64,
-    /// `DISPATCHBOX_SWEEP_LEASE`: how long a sweeper claim holds a row.
-    pub sweep_lease: Duration,
-    /// `DISPATCHBOX_SLOT_RECREATE_LIMIT`: slot recreations allowed per hour.
+    /// `DISPATCHBOX_SLOT_RECREATE_LIMIT` (default 3): slot recreations allowed per hour.
     pub slot_recreate_limit: u32,
-    /// `DISPATCHBOX_HTTP_ADDR`: where the admin HTTP server listens.
-    pub http_addr: std::net::SocketAddr,
-    /// `DISPATCHBOX_ADMIN_TOKEN` (or `_FILE`): bearer token of `/api/*`; `None` refuses the API.
-    pub admin_token: Option<Secret<String>>,
-    /// `DISPATCHBOX_LOG_FORMAT`: `json` or `text`; `None` = json unless stdout is a terminal.
-    pub log_format: Option<LogFormat>,
-    /// `DISPATCHBOX_LOG_LEVEL`: a `tracing` filter (`info`, `debug`, `dispatchbox=debug,warn`).
-    pub log_level: String,
 }
 
-fn duration(variable: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(value.trim()).map_err(|_| {
-        ConfigError::new(
-            variable,
-            format!("{value:?} is not a duration; use a number with a unit, e.g. 500ms, 30s, 5m"),
-        )
-    })
+/// Delivery: how much is in flight, ordering, routing and retries (shared by the
+/// dispatcher and the sweeper).
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    /// `DISPATCHBOX_MAX_IN_FLIGHT` (default 1000): events decoded but not yet settled, at
+    /// most.
+    pub max_in_flight: usize,
+    /// `DISPATCHBOX_MAX_IN_FLIGHT_BYTES` (default 64 MiB): bytes of events (payload and
+    /// headers) held at once between the stream, the dispatcher, the sinks and the
+    /// sweeper, at most.
+    pub max_in_flight_bytes: usize,
+    /// `DISPATCHBOX_ORDERING`: per-aggregate ordering (`aggregate`, the default: true) or
+    /// none (`none`: false).
+    pub ordering: bool,
+    /// `DISPATCHBOX_ROUTES` (default: every event to every sink): routing rules, validated
+    /// against the enabled sinks; they name sinks by their position in [`Config::sinks`].
+    pub router: Router,
+    /// `DISPATCHBOX_MAX_ATTEMPTS` (default 5): delivery attempts before an event is `dead`;
+    /// `DISPATCHBOX_BACKOFF_BASE` (default 1 s) and `DISPATCHBOX_BACKOFF_MAX` (default 5 m):
+    /// the first and the largest retry delay.
+    pub retry: RetryPolicy,
 }
 
-/// A size in bytes: a whole number with an optional unit (`B`, `KiB`, `MiB`, `GiB`, or
-/// `KB`/`MB`/`GB` read as the binary ones), from 1 MiB to 4095 MiB.
-fn byte_size(variable: &'static str, value: &str) -> Result<usize, ConfigError> {
-    const MIB: u64 = 1024 * 1024;
-    let invalid = || {
-        ConfigError::new(
-            variable,
-            format!(
-                "{value:?} is not a valid size; use a size from 1MiB to 4095MiB, e.g. 64MiB, \
-                 512MiB or 1GiB"
-            ),
-        )
-    };
-    let text = value.trim();
-    let digits = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(digits);
-    let number: u64 = number.parse().map_err(|_| invalid())?;
-    let unit = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kib" | "kb" | "k" => 1024,
-        "mib" | "mb" | "m" => MIB,
-        "gib" | "gb" | "g" => 1024 * MIB,
-        _ => return Err(invalid()),
-    };
-    let bytes = number.checked_mul(unit).ok_or_else(invalid)?;
-    if !(MIB..=4095 * MIB).contains(&bytes) {
-        return Err(invalid());
-    }
-    usize::try_from(bytes).map_err(|_| invalid())
+/// The status writer.
+#[derive(Debug, Clone)]
+pub struct StatusSettings {
+    /// `DISPATCHBOX_STATUS_BATCH_SIZE` (default 1000): rows per status UPDATE, at most.
+    pub batch_size: usize,
+    /// `DISPATCHBOX_STATUS_LINGER` (default 100 ms, at most 1 s): how long the status writer
+    /// waits for more outcomes before writing a batch that is not full (fewer, larger
+    /// status transactions).
+    pub linger: Duration,
+    /// `DISPATCHBOX_STATUS_STALL_TIMEOUT` (default 60 s): how long the status writer may
+    /// fail to write anything before `/ready` turns 503.
+    pub stall_timeout: Duration,
 }
 
-fn positive_duration(variable: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    let d = duration(variable, value)?;
-    if d.is_zero() {
-        return Err(ConfigError::new(variable, "must be greater than zero"));
-    }
-    Ok(d)
+/// The sweeper.
+#[derive(Debug, Clone)]
+pub struct SweeperSettings {
+    /// `DISPATCHBOX_SWEEP_INTERVAL` (default 5 s): how often the sweeper looks for due rows.
+    pub interval: Duration,
+    /// `DISPATCHBOX_SWEEP_GRACE` (default 5 m): how long a committed `pending` row is left
+    /// to the stream (from the sweeper's first sight of it) when the slot does not show it
+    /// was passed.
+    pub grace: Duration,
+    /// `DISPATCHBOX_SWEEP_BATCH` (default 500): rows per sweeper claim.
+    pub batch: i64,
+    /// `DISPATCHBOX_SWEEP_LEASE` (default 2 m): how long a sweeper claim holds a row; longer
+    /// than every sink's delivery timeout.
+    pub lease: Duration,
 }
 
-fn at_most(variable: &'static str, d: Duration, max: Duration) -> Result<Duration, ConfigError> {
-    if d > max {
-        return Err(ConfigError::new(
-            variable,
-            format!("must be at most {}", humantime::format_duration(max)),
-        ));
-    }
-    Ok(d)
+/// The admin HTTP server.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// `DISPATCHBOX_HTTP_ADDR` (default `0.0.0.0:8080`): where the server listens.
+    pub http_addr: SocketAddr,
+    /// `DISPATCHBOX_ADMIN_TOKEN` (or `_FILE`): bearer token of `/api/*`, at least 16
+    /// characters; `None` (the default) refuses the API.
+    pub token: Option<Secret<String>>,
 }
 
-fn count<T: std::str::FromStr + PartialOrd + fmt::Display>(
-    variable: &'static str,
-    value: &str,
-    min: T,
-    max: T,
-) -> Result<T, ConfigError> {
-    let rule = || format!("{value:?} is not valid; use a whole number from {min} to {max}");
-    let n: T = value
-        .trim()
-        .parse()
-        .map_err(|_| ConfigError::new(variable, rule()))?;
-    if n < min || n > max {
-        return Err(ConfigError::new(variable, rule()));
-    }
-    Ok(n)
-}
-
-fn read_secret_file(variable: &'static str, path: &str) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
-        .map_err(|e| ConfigError::new(variable, format!("cannot read file {path:?}: {e}")))
-}
-
-/// A value given either directly in `variable` or as a file named by `file_variable`, not
-/// both. Returns it with the variable it came from (for errors about its content).
-fn value_or_file(
-    variable: &'static str,
-    file_variable: &'static str,
-    value: &Option<String>,
-    path: &Option<String>,
-) -> Result<Option<(&'static str, String)>, ConfigError> {
-    match (value, path) {
-        (Some(_), Some(_)) => Err(ConfigError::new(
-            variable,
-            format!("set either {variable} or {file_variable}, not both"),
-        )),
-        (Some(value), None) => Ok(Some((variable, value.clone()))),
-        (None, Some(path)) => Ok(Some((
-            file_variable,
-            read_secret_file(file_variable, path)?,
-        ))),
-        (None, None) => Ok(None),
-    }
+/// Logging.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// `DISPATCHBOX_LOG_FORMAT`: `json` or `text`; `None` (unset) = json unless stdout is a
+    /// terminal.
+    pub format: Option<LogFormat>,
+    /// `DISPATCHBOX_LOG_LEVEL` (default `info`): a `tracing` filter (`info`, `debug`,
+    /// `dispatchbox=debug,warn`).
+    pub level: String,
 }
 
 impl Config {
@@ -359,6 +298,26 @@ impl Config {
         raw: RawConfig,
         vars: impl Iterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        let database = DatabaseSettings::from_raw(&raw)?;
+        let sinks = sinks::from_raw(&raw, vars)?;
+        let dispatch = DispatchSettings::from_raw(&raw, &sinks)?;
+        let sweeper = SweeperSettings::from_raw(&raw, &sinks)?;
+        Ok(Config {
+            source: SourceSettings::from_raw(&raw)?,
+            status: StatusSettings::from_raw(&raw)?,
+            admin: AdminSettings::from_raw(&raw)?,
+            log: LogSettings::from_raw(&raw)?,
+            shutdown_timeout: duration("DISPATCHBOX_SHUTDOWN_TIMEOUT", &raw.shutdown_timeout)?,
+            database,
+            dispatch,
+            sinks,
+            sweeper,
+        })
+    }
+}
+
+impl DatabaseSettings {
+    fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
         let url =
             match value_or_file(
                 "DISPATCHBOX_DATABASE_URL",
@@ -372,7 +331,7 @@ impl Config {
                     "is required (e.g. postgres://relay:secret@db:5432/app?sslmode=verify-full)",
                 )),
             };
-        let database = url
+        let conninfo = url
             .parse::<ConnInfo>()
             .map_err(|e| ConfigError::new("DISPATCHBOX_DATABASE_URL", e.to_string()))?;
         let table = raw
@@ -387,64 +346,49 @@ impl Config {
             .slot
             .parse::<Identifier>()
             .map_err(|e| ConfigError::new("DISPATCHBOX_SLOT", e.to_string()))?;
+        let names = Names::new(table, publication)
+            .map_err(|e| ConfigError::new("DISPATCHBOX_TABLE", e.to_string()))?;
+        Ok(Self {
+            conninfo,
+            names,
+            slot,
+        })
+    }
+}
 
-        let mut sinks = Vec::new();
-        for name in raw
-            .sinks
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
-            let kind = match name {
-                "kafka" => SinkKind::Kafka,
-                "webhook" => SinkKind::Webhook,
-                "stdout" => SinkKind::Stdout,
-                other => {
-                    return Err(ConfigError::new(
-                        "DISPATCHBOX_SINKS",
-                        format!(
-                            "unknown sink {other:?}; use a comma-separated list of kafka, webhook, stdout"
-                        ),
-                    ))
-                }
-            };
-            if !sinks.contains(&kind) {
-                sinks.push(kind);
-            }
-        }
-        if sinks.is_empty() {
-            return Err(ConfigError::new(
-                "DISPATCHBOX_SINKS",
-                "must name at least one sink (kafka, webhook, stdout)",
-            ));
-        }
+impl SourceSettings {
+    fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        Ok(Self {
+            status_interval: positive_duration(
+                "DISPATCHBOX_STATUS_INTERVAL",
+                &raw.status_interval,
+            )?,
+            heartbeat_interval: positive_duration(
+                "DISPATCHBOX_HEARTBEAT_INTERVAL",
+                &raw.heartbeat_interval,
+            )?,
+            reconnect_max: positive_duration("DISPATCHBOX_RECONNECT_MAX", &raw.reconnect_max)?,
+            max_message_size: count::<usize>(
+                "DISPATCHBOX_MAX_MESSAGE_SIZE_MB",
+                &raw.max_message_size_mb,
+                1,
+                4096,
+            )? * 1024
+                * 1024
+                + 64 * 1024,
+            slot_recreate_limit: count(
+                "DISPATCHBOX_SLOT_RECREATE_LIMIT",
+                &raw.slot_recreate_limit,
+                1,
+                1000,
+            )?,
+        })
+    }
+}
 
-        let kafka = if sinks.contains(&SinkKind::Kafka) {
-            let brokers = raw
-                .kafka_brokers
-                .as_deref()
-                .map(str::trim)
-                .filter(|b| !b.is_empty())
-                .ok_or_else(|| {
-                    ConfigError::new(
-                        "DISPATCHBOX_KAFKA_BROKERS",
-                        "is required when DISPATCHBOX_SINKS includes kafka (e.g. kafka-0:9092,kafka-1:9092)",
-                    )
-                })?
-                .to_owned();
-            Some(KafkaConfig {
-                brokers,
-                topic_template: raw.kafka_topic.clone(),
-                delivery_timeout: positive_duration(
-                    "DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT",
-                    &raw.kafka_delivery_timeout,
-                )?,
-                properties: Secret::new(kafka_properties_from_env(vars)),
-            })
-        } else {
-            None
-        };
-
+impl DispatchSettings {
+    /// `sinks` are the enabled sinks the routes may name.
+    fn from_raw(raw: &RawConfig, sinks: &[SinkConfig]) -> Result<Self, ConfigError> {
         let ordering = match raw.ordering.trim() {
             "aggregate" => true,
             "none" => false,
@@ -452,80 +396,132 @@ impl Config {
                 return Err(ConfigError::new(
                     "DISPATCHBOX_ORDERING",
                     format!(
-                    "{other:?} is not valid; use aggregate (per-aggregate commit order) or none"
-                ),
+                        "{other:?} is not valid; use aggregate (per-aggregate commit order) or none"
+                    ),
                 ))
             }
         };
-        let sink_names: Vec<&str> = sinks.iter().map(|k| k.name()).collect();
+        let sink_names: Vec<&str> = sinks.iter().map(SinkConfig::name).collect();
         let router = Router::parse(raw.routes.as_deref(), &sink_names)
             .map_err(|e| ConfigError::new("DISPATCHBOX_ROUTES", e.to_string()))?;
-        let sweep_lease = positive_duration("DISPATCHBOX_SWEEP_LEASE", &raw.sweep_lease)?;
-        if let Some(kafka) = &kafka {
-            if sweep_lease <= kafka.delivery_timeout {
-                return Err(ConfigError::new(
-                    "DISPATCHBOX_SWEEP_LEASE",
-                    format!(
-                        "must be longer than DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT ({}), or a slow delivery could be claimed twice",
-                        humantime::format_duration(kafka.delivery_timeout)
-                    ),
-                ));
-            }
-        }
-        let webhook = if sinks.contains(&SinkKind::Webhook) {
-            let url = raw
-                .webhook_url
-                .as_deref()
-                .map(str::trim)
-                .filter(|u| !u.is_empty())
-                .ok_or_else(|| {
-                    ConfigError::new(
-                        "DISPATCHBOX_WEBHOOK_URL",
-                        "is required when DISPATCHBOX_SINKS includes webhook (e.g. https://hooks.example.com/outbox)",
-                    )
-                })?
-                .to_owned();
-            let secrets = match value_or_file(
-                "DISPATCHBOX_WEBHOOK_SECRET",
-                "DISPATCHBOX_WEBHOOK_SECRET_FILE",
-                &raw.webhook_secret,
-                &raw.webhook_secret_file,
-            )? {
-                Some((variable, text)) => crate::sink::webhook::parse_secrets(&text)
-                    .map_err(|e| ConfigError::new(variable, e.to_string()))?,
-                None => Vec::new(),
-            };
-            Some(WebhookConfig {
-                url,
-                secrets: Secret::new(secrets),
-                timeout: positive_duration("DISPATCHBOX_WEBHOOK_TIMEOUT", &raw.webhook_timeout)?,
-                concurrency: count(
-                    "DISPATCHBOX_WEBHOOK_CONCURRENCY",
-                    &raw.webhook_concurrency,
-                    1,
-                    10_000,
-                )?,
-            })
-        } else {
-            None
-        };
-        if let Some(webhook) = &webhook {
-            if sweep_lease <= webhook.timeout {
-                return Err(ConfigError::new(
-                    "DISPATCHBOX_SWEEP_LEASE",
-                    "must be longer than DISPATCHBOX_WEBHOOK_TIMEOUT, or a slow delivery could be claimed twice",
-                ));
-            }
-        }
-        let backoff_base = positive_duration("DISPATCHBOX_BACKOFF_BASE", &raw.backoff_base)?;
-        let backoff_max = positive_duration("DISPATCHBOX_BACKOFF_MAX", &raw.backoff_max)?;
-        if backoff_max < backoff_base {
+        let base = positive_duration("DISPATCHBOX_BACKOFF_BASE", &raw.backoff_base)?;
+        let max = positive_duration("DISPATCHBOX_BACKOFF_MAX", &raw.backoff_max)?;
+        if max < base {
             return Err(ConfigError::new(
                 "DISPATCHBOX_BACKOFF_MAX",
                 "must not be smaller than DISPATCHBOX_BACKOFF_BASE",
             ));
         }
-        let log_format = match raw.log_format.as_deref().map(str::trim) {
+        Ok(Self {
+            max_in_flight: count(
+                "DISPATCHBOX_MAX_IN_FLIGHT",
+                &raw.max_in_flight,
+                1,
+                1_000_000,
+            )?,
+            max_in_flight_bytes: byte_size(
+                "DISPATCHBOX_MAX_IN_FLIGHT_BYTES",
+                &raw.max_in_flight_bytes,
+            )?,
+            ordering,
+            router,
+            retry: RetryPolicy {
+                max_attempts: count("DISPATCHBOX_MAX_ATTEMPTS", &raw.max_attempts, 1, 1000)?,
+                backoff: Backoff { base, max },
+            },
+        })
+    }
+}
+
+impl StatusSettings {
+    fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        Ok(Self {
+            batch_size: count(
+                "DISPATCHBOX_STATUS_BATCH_SIZE",
+                &raw.status_batch_size,
+                1,
+                100_000,
+            )?,
+            linger: at_most(
+                "DISPATCHBOX_STATUS_LINGER",
+                duration("DISPATCHBOX_STATUS_LINGER", &raw.status_linger)?,
+                Duration::from_secs(1),
+            )?,
+            stall_timeout: positive_duration(
+                "DISPATCHBOX_STATUS_STALL_TIMEOUT",
+                &raw.status_stall_timeout,
+            )?,
+        })
+    }
+}
+
+impl SweeperSettings {
+    /// `sinks`: the lease must outlast each one's delivery timeout.
+    fn from_raw(raw: &RawConfig, sinks: &[SinkConfig]) -> Result<Self, ConfigError> {
+        let lease = positive_duration("DISPATCHBOX_SWEEP_LEASE", &raw.sweep_lease)?;
+        for sink in sinks {
+            match sink {
+                SinkConfig::Kafka(kafka) if lease <= kafka.delivery_timeout => {
+                    return Err(ConfigError::new(
+                        "DISPATCHBOX_SWEEP_LEASE",
+                        format!(
+                            "must be longer than DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT ({}), or a slow delivery could be claimed twice",
+                            humantime::format_duration(kafka.delivery_timeout)
+                        ),
+                    ));
+                }
+                SinkConfig::Webhook(webhook) if lease <= webhook.timeout => {
+                    return Err(ConfigError::new(
+                        "DISPATCHBOX_SWEEP_LEASE",
+                        "must be longer than DISPATCHBOX_WEBHOOK_TIMEOUT, or a slow delivery could be claimed twice",
+                    ));
+                }
+                SinkConfig::Kafka(_) | SinkConfig::Webhook(_) | SinkConfig::Stdout => {}
+            }
+        }
+        Ok(Self {
+            interval: positive_duration("DISPATCHBOX_SWEEP_INTERVAL", &raw.sweep_interval)?,
+            grace: duration("DISPATCHBOX_SWEEP_GRACE", &raw.sweep_grace)?,
+            batch: count("DISPATCHBOX_SWEEP_BATCH", &raw.sweep_batch, 1, 100_000)?,
+            lease,
+        })
+    }
+}
+
+impl AdminSettings {
+    fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        let http_addr = raw.http_addr.trim().parse().map_err(|_| {
+            ConfigError::new(
+                "DISPATCHBOX_HTTP_ADDR",
+                format!(
+                    "{:?} is not an address; use IP:PORT, e.g. 0.0.0.0:8080",
+                    raw.http_addr
+                ),
+            )
+        })?;
+        let token = value_or_file(
+            "DISPATCHBOX_ADMIN_TOKEN",
+            "DISPATCHBOX_ADMIN_TOKEN_FILE",
+            &raw.admin_token,
+            &raw.admin_token_file,
+        )?
+        .map(|(_, token)| token);
+        if token.as_deref().is_some_and(|t| t.trim().len() < 16) {
+            return Err(ConfigError::new(
+                "DISPATCHBOX_ADMIN_TOKEN",
+                "must be at least 16 characters (e.g. openssl rand -hex 32)",
+            ));
+        }
+        Ok(Self {
+            http_addr,
+            token: token.map(|t| Secret::new(t.trim().to_owned())),
+        })
+    }
+}
+
+impl LogSettings {
+    fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        let format = match raw.log_format.as_deref().map(str::trim) {
             None | Some("") => None,
             Some("json") => Some(LogFormat::Json),
             Some("text") => Some(LogFormat::Text),
@@ -545,166 +541,18 @@ impl Config {
                 ),
             ));
         }
-
-        let names = Names::new(table, publication)
-            .map_err(|e| ConfigError::new("DISPATCHBOX_TABLE", e.to_string()))?;
-        let http_addr = raw.http_addr.trim().parse().map_err(|_| {
-            ConfigError::new(
-                "DISPATCHBOX_HTTP_ADDR",
-                format!(
-                    "{:?} is not an address; use IP:PORT, e.g. 0.0.0.0:8080",
-                    raw.http_addr
-                ),
-            )
-        })?;
-        let admin_token = value_or_file(
-            "DISPATCHBOX_ADMIN_TOKEN",
-            "DISPATCHBOX_ADMIN_TOKEN_FILE",
-            &raw.admin_token,
-            &raw.admin_token_file,
-        )?
-        .map(|(_, token)| token);
-        if admin_token.as_deref().is_some_and(|t| t.trim().len() < 16) {
-            return Err(ConfigError::new(
-                "DISPATCHBOX_ADMIN_TOKEN",
-                "must be at least 16 characters (e.g. openssl rand -hex 32)",
-            ));
-        }
-        Ok(Config {
-            http_addr,
-            admin_token: admin_token.map(|t| Secret::new(t.trim().to_owned())),
-            database,
-            names,
-            slot,
-            sinks,
-            kafka,
-            webhook,
-            max_in_flight: count(
-                "DISPATCHBOX_MAX_IN_FLIGHT",
-                &raw.max_in_flight,
-                1,
-                1_000_000,
-            )?,
-            max_in_flight_bytes: byte_size(
-                "DISPATCHBOX_MAX_IN_FLIGHT_BYTES",
-                &raw.max_in_flight_bytes,
-            )?,
-            status_batch_size: count(
-                "DISPATCHBOX_STATUS_BATCH_SIZE",
-                &raw.status_batch_size,
-                1,
-                100_000,
-            )?,
-            status_linger: at_most(
-                "DISPATCHBOX_STATUS_LINGER",
-                duration("DISPATCHBOX_STATUS_LINGER", &raw.status_linger)?,
-                Duration::from_secs(1),
-            )?,
-            status_stall_timeout: positive_duration(
-                "DISPATCHBOX_STATUS_STALL_TIMEOUT",
-                &raw.status_stall_timeout,
-            )?,
-            status_interval: positive_duration(
-                "DISPATCHBOX_STATUS_INTERVAL",
-                &raw.status_interval,
-            )?,
-            heartbeat_interval: positive_duration(
-                "DISPATCHBOX_HEARTBEAT_INTERVAL",
-                &raw.heartbeat_interval,
-            )?,
-            shutdown_timeout: duration("DISPATCHBOX_SHUTDOWN_TIMEOUT", &raw.shutdown_timeout)?,
-            reconnect_max: positive_duration("DISPATCHBOX_RECONNECT_MAX", &raw.reconnect_max)?,
-            max_message_size: count::<usize>(
-                "DISPATCHBOX_MAX_MESSAGE_SIZE_MB",
-                &raw.max_message_size_mb,
-                1,
-                4096,
-            )? * 1024
-                * 1024
-                + 64 * 1024,
-            max_attempts: count("DISPATCHBOX_MAX_ATTEMPTS", &raw.max_attempts, 1, 1000)?,
-            ordering,
-            router,
-            sweep_interval: positive_duration("DISPATCHBOX_SWEEP_INTERVAL", &raw.sweep_interval)?,
-            sweep_grace: duration("DISPATCHBOX_SWEEP_GRACE", &raw.sweep_grace)?,
-            sweep_batch: count("DISPATCHBOX_SWEEP_BATCH", &raw.sweep_batch, 1, 100_000)?,
-            sweep_lease,
-            slot_recreate_limit: count(
-                "DISPATCHBOX_SLOT_RECREATE_LIMIT",
-                &raw.slot_recreate_limit,
-                1,
-                1000,
-            )?,
-            backoff_base,
-            backoff_max,
-            log_format,
-            log_level: raw.log_level,
+        Ok(Self {
+            format,
+            level: raw.log_level.clone(),
         })
     }
-}
-
-/// Prefix of the environment variables that carry librdkafka properties.
-pub const PROPERTY_ENV_PREFIX: &str = "DISPATCHBOX_KAFKA_PROPERTY_";
-
-/// Collects librdkafka properties from environment variables named
-/// `DISPATCHBOX_KAFKA_PROPERTY_<NAME>`: `NAME` is lower-cased and each `_` becomes `.`,
-/// except that `__` stands for a literal `_` (for the few properties such as `log_level`).
-///
-/// `DISPATCHBOX_KAFKA_PROPERTY_SASL_MECHANISMS=PLAIN` → `("sasl.mechanisms", "PLAIN")`;
-/// `DISPATCHBOX_KAFKA_PROPERTY_LOG__LEVEL=6` → `("log_level", "6")`. Other variables and an
-/// empty `NAME` are ignored. The result is sorted by property name, so it does not depend
-/// on the environment's order.
-pub fn kafka_properties_from_env(
-    vars: impl Iterator<Item = (String, String)>,
-) -> Vec<(String, String)> {
-    let mut properties: Vec<(String, String)> = vars
-        .filter_map(|(name, value)| {
-            let raw = name.strip_prefix(PROPERTY_ENV_PREFIX)?;
-            if raw.is_empty() {
-                return None;
-            }
-            let property = raw
-                .to_ascii_lowercase()
-                .split("__")
-                .map(|part| part.replace('_', "."))
-                .collect::<Vec<_>>()
-                .join("_");
-            Some((property, value))
-        })
-        .collect();
-    properties.sort();
-    properties
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn properties_from_env() {
-        let vars = [
-            ("DISPATCHBOX_KAFKA_PROPERTY_SASL_MECHANISMS", "PLAIN"),
-            ("DISPATCHBOX_KAFKA_PROPERTY_LINGER_MS", "5"),
-            ("DISPATCHBOX_KAFKA_PROPERTY_LOG__LEVEL", "6"),
-            ("DISPATCHBOX_KAFKA_PROPERTY_SSL_CA_LOCATION", "/etc/ca.pem"),
-            ("DISPATCHBOX_KAFKA_PROPERTY_", "ignored"),
-            ("DISPATCHBOX_KAFKA_BROKERS", "ignored"),
-            ("PATH", "/bin"),
-        ];
-        let parsed =
-            kafka_properties_from_env(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let expected = [
-            ("linger.ms", "5"),
-            ("log_level", "6"),
-            ("sasl.mechanisms", "PLAIN"),
-            ("ssl.ca.location", "/etc/ca.pem"),
-        ];
-        let expected: Vec<(String, String)> = expected
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        assert_eq!(parsed, expected);
-    }
+    use crate::sink::kafka::KafkaSinkConfig;
+    use crate::sink::webhook::WebhookSinkConfig;
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         let mut map: HashMap<String, String> = pairs
@@ -720,22 +568,43 @@ mod tests {
         Config::from_vars(vars(pairs)).expect_err("config should be rejected")
     }
 
+    fn sink_names(config: &Config) -> Vec<&'static str> {
+        config.sinks.iter().map(SinkConfig::name).collect()
+    }
+
+    fn kafka(config: &Config) -> Option<&KafkaSinkConfig> {
+        config.sinks.iter().find_map(|sink| match sink {
+            SinkConfig::Kafka(kafka) => Some(kafka),
+            _ => None,
+        })
+    }
+
+    fn webhook(config: &Config) -> Option<&WebhookSinkConfig> {
+        config.sinks.iter().find_map(|sink| match sink {
+            SinkConfig::Webhook(webhook) => Some(webhook),
+            _ => None,
+        })
+    }
+
     #[test]
     fn defaults_are_valid() {
         let config = Config::from_vars(vars(&[])).expect("defaults");
-        assert_eq!(config.sinks, vec![SinkKind::Stdout]);
-        assert_eq!(config.names.table().to_string(), "public.outbox_event");
-        assert_eq!(config.max_attempts, 5);
+        assert_eq!(sink_names(&config), vec!["stdout"]);
+        assert_eq!(
+            config.database.names.table().to_string(),
+            "public.outbox_event"
+        );
+        assert_eq!(config.dispatch.retry.max_attempts, 5);
         assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
-        assert!(config.kafka.is_none());
-        assert_eq!(config.max_in_flight_bytes, 64 * 1024 * 1024);
+        assert!(kafka(&config).is_none());
+        assert_eq!(config.dispatch.max_in_flight_bytes, 64 * 1024 * 1024);
     }
 
     #[test]
     fn byte_sizes_take_units_and_name_the_rule() {
         let size = |v: &str| {
             Config::from_vars(vars(&[("DISPATCHBOX_MAX_IN_FLIGHT_BYTES", v)]))
-                .map(|c| c.max_in_flight_bytes)
+                .map(|c| c.dispatch.max_in_flight_bytes)
         };
         assert_eq!(size("512MiB").unwrap(), 512 << 20);
         assert_eq!(size("1 GiB").unwrap(), 1 << 30);
@@ -831,7 +700,7 @@ mod tests {
             "postgres://relay:s3cret@db-a:5432,db-b:5433/app?target_session_attrs=read-write",
         )]))
         .expect("a multi-host URL");
-        assert_eq!(config.database.endpoints().len(), 2);
+        assert_eq!(config.database.conninfo.endpoints().len(), 2);
         assert!(!format!("{config:?}").contains("s3cret"));
     }
 
@@ -868,8 +737,8 @@ mod tests {
             ),
         ]))
         .expect("config");
-        let webhook = config.webhook.expect("webhook");
-        assert_eq!(webhook.secrets.expose().len(), 1);
+        let webhook = webhook(&config).expect("webhook");
+        assert_eq!(webhook.secrets.len(), 1);
         assert!(!format!("{webhook:?}").contains("MfKQ9r8"));
     }
 
@@ -881,11 +750,53 @@ mod tests {
             ("DISPATCHBOX_KAFKA_PROPERTY_LINGER_MS", "5"),
         ]))
         .expect("config");
-        let kafka = config.kafka.expect("kafka");
+        let kafka = kafka(&config).expect("kafka");
         assert!(kafka
             .properties
-            .expose()
             .contains(&("linger.ms".to_owned(), "5".to_owned())));
-        assert_eq!(config.sinks, vec![SinkKind::Kafka, SinkKind::Stdout]);
+        assert_eq!(sink_names(&config), vec!["kafka", "stdout"]);
+    }
+
+    /// What a sink would refuse when it is built is refused here, naming the variable.
+    #[test]
+    fn sink_settings_are_validated_as_the_sink_would() {
+        let webhook = |url: &str| {
+            error_for(&[
+                ("DISPATCHBOX_SINKS", "webhook"),
+                ("DISPATCHBOX_WEBHOOK_URL", url),
+            ])
+        };
+        let e = webhook("hooks.example.com/x?token=s3cr3t");
+        assert_eq!(e.variable, "DISPATCHBOX_WEBHOOK_URL");
+        assert!(e.to_string().contains("not a valid url"), "{e}");
+        assert!(!e.to_string().contains("s3cr3t"), "url echoed: {e}");
+        let e = webhook("ftp://hooks.example.com/");
+        assert_eq!(e.variable, "DISPATCHBOX_WEBHOOK_URL");
+        assert!(e.to_string().contains("http or https"), "{e}");
+
+        let kafka = |pairs: &[(&str, &str)]| {
+            let mut all = vec![
+                ("DISPATCHBOX_SINKS", "kafka"),
+                ("DISPATCHBOX_KAFKA_BROKERS", "k:9092"),
+            ];
+            all.extend_from_slice(pairs);
+            error_for(&all)
+        };
+        for template in ["outbox/{aggregate_type}", "outbox.{aggregate}", ""] {
+            let e = kafka(&[("DISPATCHBOX_KAFKA_TOPIC", template)]);
+            assert_eq!(e.variable, "DISPATCHBOX_KAFKA_TOPIC", "{template}: {e}");
+        }
+        let e = kafka(&[
+            ("DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT", "30days"),
+            ("DISPATCHBOX_SWEEP_LEASE", "60days"),
+        ]);
+        assert_eq!(e.variable, "DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT");
+        let e = kafka(&[("DISPATCHBOX_KAFKA_PROPERTY_NO_SUCH_THING", "s3cret")]);
+        assert_eq!(e.variable, "DISPATCHBOX_KAFKA_PROPERTY_NO_SUCH_THING");
+        assert!(e.to_string().contains("\"no.such.thing\""), "{e}");
+        assert!(!e.to_string().contains("s3cret"), "value echoed: {e}");
+        let e = kafka(&[("DISPATCHBOX_KAFKA_PROPERTY_ACKS", "s3cret")]);
+        assert_eq!(e.variable, "DISPATCHBOX_KAFKA_PROPERTY_ACKS");
+        assert!(!e.to_string().contains("s3cret"), "value echoed: {e}");
     }
 }

@@ -87,6 +87,59 @@ impl KafkaSinkConfig {
     }
 }
 
+impl KafkaSinkConfig {
+    /// Checks everything about this config that [`KafkaSink::new`] can check on its own: the
+    /// topic template, the delivery timeout, and each property's name and value (librdkafka's
+    /// own check, without creating a client). The configuration calls it at startup, so a
+    /// mistake is reported with the variable that holds it. Combinations of properties that
+    /// librdkafka refuses only show when the producer is created.
+    pub fn validate(&self) -> Result<(), KafkaSinkError> {
+        let (_, client_config) = self.parse()?;
+        client_config
+            .create_native_config()
+            .map_err(|source| config_error(source, &self.brokers))?;
+        Ok(())
+    }
+
+    /// The parsed template and the producer's settings: the sink's defaults, then the
+    /// configured properties.
+    fn parse(&self) -> Result<(TopicTemplate, ClientConfig), KafkaSinkError> {
+        let template = TopicTemplate::parse(&self.topic_template)?;
+        let timeout_ms = i32::try_from(self.delivery_timeout.as_millis())
+            .ok()
+            .filter(|&ms| ms > 0)
+            .ok_or(KafkaSinkError::DeliveryTimeout)?;
+        let mut client_config = ClientConfig::new();
+        client_config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", "dispatchbox")
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", timeout_ms.to_string())
+            // librdkafka waits this long for a topic missing from metadata before failing
+            // its messages as unknown; it must end before the delivery timeout, or a missing
+            // topic (auto-creation off) would only ever show up as a retryable timeout.
+            .set(
+                "topic.metadata.propagation.max.ms",
+                (timeout_ms / 2).clamp(1, 30_000).to_string(),
+            )
+            // An outbox relay is latency-bound at ordinary rates: librdkafka's default of
+            // 5 ms was most of the commit → broker-ack time. Under load batches still fill
+            // while earlier requests are in flight.
+            .set("linger.ms", "1")
+            // Same key → same partition as the Java client, so mixed producers agree.
+            .set("partitioner", "murmur2_random")
+            // Outbox payloads of a few MiB are legitimate; librdkafka's own default (1 MB)
+            // would make them dead letters before a broker is even asked. Brokers still
+            // enforce their own limit (a rejection there is permanent).
+            .set("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES.to_string());
+        for (name, value) in &self.properties {
+            client_config.set(name, value);
+        }
+        Ok((template, client_config))
+    }
+}
+
 /// Property values can hold passwords, so only the names are printed.
 impl std::fmt::Debug for KafkaSinkConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -155,42 +208,10 @@ impl std::fmt::Debug for KafkaSink {
 }
 
 impl KafkaSink {
-    /// Validates the template and builds the producer. Does not contact the brokers (use
+    /// Validates the config and builds the producer. Does not contact the brokers (use
     /// [`KafkaSink::check`] for that).
     pub fn new(config: KafkaSinkConfig) -> Result<Self, KafkaSinkError> {
-        let template = TopicTemplate::parse(&config.topic_template)?;
-        let timeout_ms = i32::try_from(config.delivery_timeout.as_millis())
-            .ok()
-            .filter(|&ms| ms > 0)
-            .ok_or(KafkaSinkError::DeliveryTimeout)?;
-
-        let mut client_config = ClientConfig::new();
-        client_config
-            .set("bootstrap.servers", &config.brokers)
-            .set("client.id", "dispatchbox")
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", timeout_ms.to_string())
-            // librdkafka waits this long for a topic missing from metadata before failing
-            // its messages as unknown; it must end before the delivery timeout, or a missing
-            // topic (auto-creation off) would only ever show up as a retryable timeout.
-            .set(
-                "topic.metadata.propagation.max.ms",
-                (timeout_ms / 2).clamp(1, 30_000).to_string(),
-            )
-            // An outbox relay is latency-bound at ordinary rates: librdkafka's default of
-            // 5 ms was most of the commit → broker-ack time. Under load batches still fill
-            // while earlier requests are in flight.
-            .set("linger.ms", "1")
-            // Same key → same partition as the Java client, so mixed producers agree.
-            .set("partitioner", "murmur2_random")
-            // Outbox payloads of a few MiB are legitimate; librdkafka's own default (1 MB)
-            // would make them dead letters before a broker is even asked. Brokers still
-            // enforce their own limit (a rejection there is permanent).
-            .set("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES.to_string());
-        for (name, value) in &config.properties {
-            client_config.set(name, value);
-        }
+        let (template, client_config) = config.parse()?;
         let producer = create_producer(&client_config, &config.brokers)?;
         warm_up(&producer);
         Ok(Self {
@@ -341,7 +362,15 @@ fn warm_up(producer: &FutureProducer) {
 }
 
 fn create_producer(config: &ClientConfig, brokers: &str) -> Result<FutureProducer, KafkaSinkError> {
-    config.create().map_err(|source| match source {
+    config
+        .create()
+        .map_err(|source| config_error(source, brokers))
+}
+
+/// A property librdkafka refused (named, its value left out: it may be a password), or
+/// another failure to create the producer.
+fn config_error(source: KafkaError, brokers: &str) -> KafkaSinkError {
+    match source {
         KafkaError::ClientConfig(_, reason, name, _value) => {
             KafkaSinkError::Property { name, reason }
         }
@@ -349,7 +378,7 @@ fn create_producer(config: &ClientConfig, brokers: &str) -> Result<FutureProduce
             brokers: brokers.to_owned(),
             source,
         },
-    })
+    }
 }
 
 /// Sorts a failure into retryable or permanent. The one place that decides this for Kafka.

@@ -6,7 +6,9 @@
 //! does), and never log payloads or header values.
 //!
 //! The set of sinks is closed, so [`Sink`] is an enum with plain methods rather than a trait
-//! object; adding a sink means adding a variant and one arm per method.
+//! object; adding a sink means adding a variant and one arm per method, and a variant of
+//! [`SinkConfig`]. Each sink module owns its config type and the rules for it
+//! (`validate`); [`Sink::from_config`] is the one place a sink is built from its config.
 
 pub mod kafka;
 pub mod stdout;
@@ -23,6 +25,59 @@ use crate::event::OutboxEvent;
 pub use kafka::{KafkaSink, KafkaSinkConfig, KafkaSinkError};
 pub use stdout::StdoutSink;
 pub use webhook::{WebhookSink, WebhookSinkConfig, WebhookSinkError};
+
+/// The settings of one sink: what [`Sink::from_config`] builds a sink from. The
+/// configuration fills one per enabled sink, from that sink's variables, and validates it.
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    Kafka(KafkaSinkConfig),
+    Webhook(WebhookSinkConfig),
+    Stdout,
+}
+
+impl SinkConfig {
+    /// The sink's name, as `DISPATCHBOX_SINKS` and `DISPATCHBOX_ROUTES` spell it and as
+    /// [`Sink::name`] reports it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SinkConfig::Kafka(_) => "kafka",
+            SinkConfig::Webhook(_) => "webhook",
+            SinkConfig::Stdout => "stdout",
+        }
+    }
+
+    /// How long one delivery may take before it counts as failed, where the sink bounds it
+    /// (Kafka: the delivery timeout; webhook: the request timeout). Stdout has no bound of
+    /// its own: a write lasts as long as the reader takes.
+    pub fn delivery_timeout(&self) -> Option<Duration> {
+        match self {
+            SinkConfig::Kafka(kafka) => Some(kafka.delivery_timeout),
+            SinkConfig::Webhook(webhook) => Some(webhook.timeout),
+            SinkConfig::Stdout => None,
+        }
+    }
+}
+
+/// Why a sink could not be built from its config. A config that passed its sink's
+/// `validate` fails here only for reasons of the environment (TLS setup, the producer's
+/// threads) or for combinations of Kafka properties that librdkafka checks on creation.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkSetupError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaSinkError),
+    #[error(transparent)]
+    Webhook(#[from] WebhookSinkError),
+}
+
+impl SinkSetupError {
+    /// The name of the sink that could not be built.
+    pub fn sink(&self) -> &'static str {
+        match self {
+            SinkSetupError::Kafka(_) => "kafka",
+            SinkSetupError::Webhook(_) => "webhook",
+        }
+    }
+}
 
 /// One configured sink.
 ///
@@ -60,6 +115,15 @@ pub enum Sink {
 }
 
 impl Sink {
+    /// Builds the sink `config` describes. Contacts nothing (use [`Sink::check`] for that).
+    pub fn from_config(config: &SinkConfig) -> Result<Self, SinkSetupError> {
+        Ok(match config {
+            SinkConfig::Kafka(kafka) => Sink::Kafka(KafkaSink::new(kafka.clone())?),
+            SinkConfig::Webhook(webhook) => Sink::Webhook(WebhookSink::new(webhook.clone())?),
+            SinkConfig::Stdout => Sink::Stdout(StdoutSink::new()),
+        })
+    }
+
     /// Label for logs and metrics: `"kafka"`, `"stdout"` or `"webhook"`.
     pub fn name(&self) -> &'static str {
         match self {

@@ -107,6 +107,51 @@ impl WebhookSinkConfig {
     }
 }
 
+impl WebhookSinkConfig {
+    /// Checks everything [`WebhookSink::new`] rejects about this config (the URL, each
+    /// secret, a zero timeout or concurrency) without building a client. The configuration
+    /// calls it at startup, so a mistake is reported with the variable that holds it and the
+    /// sink is only ever built from a config that passed.
+    pub fn validate(&self) -> Result<(), WebhookSinkError> {
+        self.parse().map(drop)
+    }
+
+    /// The URL and one HMAC key per secret, with the limits checked.
+    fn parse(&self) -> Result<(Url, Vec<HmacSha256>), WebhookSinkError> {
+        let url =
+            Url::parse(&self.url).map_err(|reason| WebhookSinkError::InvalidUrl { reason })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(WebhookSinkError::UnsupportedScheme {
+                scheme: url.scheme().to_owned(),
+            });
+        }
+        if url.host().is_none() {
+            return Err(WebhookSinkError::MissingHost);
+        }
+        let keys = self
+            .secrets
+            .iter()
+            .enumerate()
+            .map(|(index, secret)| {
+                let key = decode_secret(secret, index + 1)?;
+                // HMAC accepts keys of any length; the error type only exists for fixed-size
+                // MACs, and the length was checked above anyway.
+                HmacSha256::new_from_slice(&key).map_err(|_| WebhookSinkError::SecretLength {
+                    position: index + 1,
+                    len: key.len(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.timeout.is_zero() {
+            return Err(WebhookSinkError::ZeroTimeout);
+        }
+        if self.max_concurrency == 0 {
+            return Err(WebhookSinkError::ZeroConcurrency);
+        }
+        Ok((url, keys))
+    }
+}
+
 /// The URL may hold tokens and the secrets are secrets: only the origin and a count print.
 impl std::fmt::Debug for WebhookSinkConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -237,37 +282,7 @@ impl WebhookSink {
     /// Validates the config and builds the client. Does not contact the receiver (use
     /// [`WebhookSink::check`] for a cheap probe).
     pub fn new(config: WebhookSinkConfig) -> Result<Self, WebhookSinkError> {
-        let url =
-            Url::parse(&config.url).map_err(|reason| WebhookSinkError::InvalidUrl { reason })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(WebhookSinkError::UnsupportedScheme {
-                scheme: url.scheme().to_owned(),
-            });
-        }
-        if url.host().is_none() {
-            return Err(WebhookSinkError::MissingHost);
-        }
-        let keys = config
-            .secrets
-            .iter()
-            .enumerate()
-            .map(|(index, secret)| {
-                let key = decode_secret(secret, index + 1)?;
-                // HMAC accepts keys of any length; the error type only exists for fixed-size
-                // MACs, and the length was checked above anyway.
-                HmacSha256::new_from_slice(&key).map_err(|_| WebhookSinkError::SecretLength {
-                    position: index + 1,
-                    len: key.len(),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if config.timeout.is_zero() {
-            return Err(WebhookSinkError::ZeroTimeout);
-        }
-        if config.max_concurrency == 0 {
-            return Err(WebhookSinkError::ZeroConcurrency);
-        }
-
+        let (url, keys) = config.parse()?;
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls_config()?)
             .redirect(reqwest::redirect::Policy::none())

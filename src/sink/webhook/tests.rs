@@ -244,8 +244,12 @@ fn config(url: &str, secrets: &[&str]) -> WebhookSinkConfig {
     }
 }
 
+/// What `new` rejects the config for, checking that `validate` says the same.
 fn build_error(config: WebhookSinkConfig) -> String {
-    WebhookSink::new(config).unwrap_err().to_string()
+    let invalid = config.validate().unwrap_err().to_string();
+    let rejected = WebhookSink::new(config).unwrap_err().to_string();
+    assert_eq!(invalid, rejected, "validate and new disagree");
+    rejected
 }
 
 #[test]
