@@ -195,9 +195,7 @@ fn config_errors_do_not_echo_property_values() {
     let invalid = config.validate().unwrap_err();
     let err = KafkaSink::new(config).unwrap_err();
     for err in [&invalid, &err] {
-        assert!(
-            matches!(err, KafkaSinkError::Property { name, .. } if name == "no.such.property")
-        );
+        assert!(matches!(err, KafkaSinkError::Property { name, .. } if name == "no.such.property"));
         assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 
