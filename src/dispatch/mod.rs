@@ -1,8 +1,8 @@
 //! Dispatch: decides what happens to each event (deliver now, park in its row, or mark it
 //! dead), hands deliveries to the routed sinks, and turns results into outcomes for the
 //! status writer. It never sees LSNs (the stream's [`Ack`] travels through untouched) and
-//! issues no SQL of its own (it asks the [`Store`] one question: has a blocked aggregate
-//! drained?).
+//! issues no SQL of its own: it asks the database two questions through [`DispatchStore`]
+//! (which replayed events are settled already, has a blocked aggregate drained?).
 //!
 //! - **Concurrency** is bounded by `max_in_flight` (deliveries started plus events queued
 //!   behind them): at the limit the dispatcher stops reading, which backs up the bounded
@@ -19,7 +19,8 @@
 
 pub mod route;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ use crate::sink::{DeliveryError, Sink};
 use crate::source::progress::Ack;
 pub use crate::source::Work;
 use crate::status::Settlement;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::telemetry::metrics::{self, DeliveryOutcome};
 
 /// Scheduled times closer than this to now are treated as due (tolerates clock skew
@@ -217,6 +218,62 @@ pub fn unusable_row(id: i64, reason: String) -> Outcome {
 /// Most replayed events looked up in one query.
 const REPLAY_BATCH: usize = 1000;
 
+/// What the dispatcher asks the database. [`Store`] is the real one; the unit tests use an
+/// in-memory outbox, so the dispatcher's decisions (skip, park, deliver, unblock) are
+/// tested without a server.
+///
+/// # Contract
+///
+/// - **Read-only.** Neither method writes or locks a row: the dispatcher's writes all go
+///   through the status writer.
+/// - **Snapshots.** Each answer is true of one moment; rows may change right after. The
+///   dispatcher's decisions stay safe under that (see each method).
+/// - **Errors** mean "unknown", whatever their class: the dispatcher then takes the safe
+///   side (a replayed event is treated as pending, a blocked aggregate stays parked) and
+///   asks again with the next event. It never retries a call itself, so a method may fail
+///   fast.
+/// - **Concurrency.** Calls come from one task, one at a time; `&self` and `Sync` because
+///   the dispatcher's state is shared across awaits.
+pub trait DispatchStore: Send + Sync + 'static {
+    /// Of the rows `ids` (distinct, at most [`REPLAY_BATCH`]), those no longer `pending`:
+    /// settled by an earlier run (`done`, `dead`) or the sweeper's now (`retry`,
+    /// `processing`). Rows that do not exist are not among them.
+    ///
+    /// The dispatcher does not deliver a replayed event whose id is returned and settles
+    /// its ack at once, so an id may be returned only when its row has durably left
+    /// `pending`; leaving one out costs at most a redundant park.
+    fn settled_among(
+        &self,
+        ids: &[i64],
+    ) -> impl Future<Output = Result<HashSet<i64>, StoreError>> + Send;
+
+    /// Whether the aggregate `(aggregate_type, aggregate_id)` has rows in `retry` or
+    /// `processing` (`pending` rows do not count: the stream is delivering them).
+    ///
+    /// `Ok(false)` unblocks the aggregate and its next event is delivered at once, so it
+    /// may be answered only when no such row is committed; `Ok(true)` keeps parking its
+    /// events in their rows.
+    fn aggregate_has_backlog(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+impl DispatchStore for Store {
+    async fn settled_among(&self, ids: &[i64]) -> Result<HashSet<i64>, StoreError> {
+        Store::settled_among(self, ids).await
+    }
+
+    async fn aggregate_has_backlog(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<bool, StoreError> {
+        Store::aggregate_has_backlog(self, aggregate_type, aggregate_id).await
+    }
+}
+
 /// Dispatcher settings.
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
@@ -243,10 +300,10 @@ type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = Delivered> + 
 /// once and lets outstanding deliveries finish up to `shutdown_timeout`). Events still
 /// outstanding at the deadline, and events left in the channel, stay unsettled: the flush
 /// position does not pass them, so they are streamed again after a restart.
-pub async fn run(
+pub async fn run<S: DispatchStore>(
     input: mpsc::Receiver<Work>,
     deliverer: Deliverer,
-    store: Store,
+    store: S,
     blocked: BlockedAggregates,
     settlements: mpsc::Sender<Settlement>,
     config: DispatchConfig,
@@ -268,16 +325,16 @@ pub async fn run(
 }
 
 /// The dispatcher's state that is shared across awaits (must be `Sync`).
-struct Shared {
+struct Shared<S> {
     deliverer: Deliverer,
-    store: Store,
+    store: S,
     blocked: BlockedAggregates,
     settlements: mpsc::Sender<Settlement>,
     config: DispatchConfig,
 }
 
-struct Dispatcher {
-    shared: Shared,
+struct Dispatcher<S> {
+    shared: Shared<S>,
     in_flight: FuturesUnordered<InFlight>,
     /// Aggregates with a delivery in flight → events waiting behind it (ordering only).
     queued: HashMap<AggregateKey, VecDeque<Streamed>>,
@@ -287,7 +344,7 @@ struct Dispatcher {
 /// The dispatcher gave up because the status writer is gone.
 struct WriterGone;
 
-impl Shared {
+impl<S: DispatchStore> Shared<S> {
     async fn settle(
         &self,
         id: i64,
@@ -359,7 +416,7 @@ impl Shared {
     }
 }
 
-impl Dispatcher {
+impl<S: DispatchStore> Dispatcher<S> {
     fn outstanding(&self) -> usize {
         self.in_flight.len() + self.queued_len
     }
@@ -489,7 +546,7 @@ impl Dispatcher {
             Err(error) => {
                 // Not knowing is not a reason to stop: deliver them (at least once).
                 tracing::warn!(error = %error, events = ids.len(), "cannot check replayed events against their rows; delivering them");
-                std::collections::HashSet::new()
+                HashSet::new()
             }
         };
         if !settled.is_empty() {
@@ -619,3 +676,4 @@ impl Dispatcher {
         Ok(())
     }
 }
+
