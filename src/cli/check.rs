@@ -162,6 +162,8 @@ fn sink_ready(config: &Config, sink: &Sink) -> String {
             format!("webhook host of {origin} resolves (no request was sent)")
         }
         Sink::Stdout(_) => "stdout needs nothing".to_owned(),
+        #[cfg(test)]
+        Sink::Memory(_) => "memory needs nothing".to_owned(),
     }
 }
 
