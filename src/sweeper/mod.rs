@@ -24,10 +24,11 @@
 //! repeats until nothing is due, so a parked aggregate drains in id order.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -42,6 +43,166 @@ use crate::retry::{Backoff, Retry};
 use crate::store::sweep::{ClaimSettings, ClaimedEvent, ClaimedRow, PendingSighting};
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics;
+
+/// What the sweeper needs from the database. [`Store`] is the real one (see
+/// [`crate::store::sweep`] for the statements); the unit tests use an in-memory outbox, so
+/// the sweeper's decisions (what to claim, when to renew, how long to retry a write, when
+/// to wake) are tested without a server.
+///
+/// # Contract
+///
+/// - **Claims are leases.** [`SweepStore::claim_rows`] makes rows `processing` under the
+///   caller's `token` until [`SweepStore::write_claimed_outcomes`] releases them or the
+///   lease expires. Any number of sweepers (one per relay replica) may call at once; a row
+///   is never held by two live claims.
+/// - **Token-guarded.** Every method that takes a `token` touches only rows still
+///   `processing` under it: once a lease expired and another sweeper claimed the row,
+///   this sweeper can neither load, renew nor write it. An id missing from an answer lost
+///   its claim; that is not an error.
+/// - **Lookups write nothing**: [`SweepStore::sight_pending`],
+///   [`SweepStore::aggregates_of`], [`SweepStore::drained_aggregates`] and
+///   [`SweepStore::next_due`] are snapshots; rows may change right after.
+/// - **Errors.** A failed call has written nothing. One that
+///   [`StoreError::is_transient`] may pass when repeated: the sweeper retries outcome
+///   writes so while the lease holds. Any other error ends the sweep; the next one starts
+///   at the interval, and rows left `processing` are claimed again when their lease
+///   expires (delivered again: at least once).
+/// - **Concurrency.** One sweeper calls from one task, one call at a time, except that
+///   [`SweepStore::renew_claims`] may run while the same rows are loaded or written.
+pub trait SweepStore: Send + Sync + 'static {
+    /// `token` as the `claim_token` column holds it (cut to the column's width, keeping
+    /// its unique end): the token every claim of this sweeper is made and checked with.
+    fn fit_claim_token(&self, token: &str) -> String;
+
+    /// Up to `limit` due `pending` rows, lowest due first, with the WAL position their
+    /// commits precede and how far the stream of `slot` has settled (see
+    /// [`PendingSighting`]). Rows never attempted are in `ids`; rows returned from
+    /// `dead` in `requeued`.
+    fn sight_pending(
+        &self,
+        slot: &str,
+        limit: i64,
+    ) -> impl Future<Output = Result<PendingSighting, StoreError>> + Send;
+
+    /// The distinct aggregates of the rows `ids` (rows without one left out).
+    fn aggregates_of(
+        &self,
+        ids: &[i64],
+    ) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
+
+    /// Claims up to `settings.batch` rows under `token` for `settings.lease`, lowest id
+    /// first: due `retry` rows, `processing` rows whose lease expired, and due `pending`
+    /// rows among `settings.missed_pending` (other `pending` rows are the stream's); with
+    /// `settings.ordering`, only rows that head their aggregate's backlog. Rows another
+    /// claimer is taking right now are skipped, not waited for. `attempts` is left alone
+    /// (the outcome write counts the attempt). Empty: nothing claimable now.
+    fn claim_rows(
+        &self,
+        token: &str,
+        settings: &ClaimSettings,
+    ) -> impl Future<Output = Result<Vec<ClaimedRow>, StoreError>> + Send;
+
+    /// The events of `rows` still claimed under `token`, in id order; a row that cannot
+    /// form an event comes back with its [`crate::event::mapping::RowError`] (the caller
+    /// marks it `dead`).
+    fn load_claimed(
+        &self,
+        token: &str,
+        rows: &[ClaimedRow],
+    ) -> impl Future<Output = Result<Vec<ClaimedEvent>, StoreError>> + Send;
+
+    /// Extends the leases of the rows `ids` still claimed under `token` to `lease` from
+    /// now; returns how many it extended. Idempotent.
+    fn renew_claims(
+        &self,
+        token: &str,
+        ids: &[i64],
+        lease: Duration,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Writes each `(id, outcome)` of a row still claimed under `token` (one attempt each,
+    /// none for a deferral; a later duplicate id wins) and releases the claim, in one
+    /// transaction. Returns the ids written, in id order: an id left out lost its claim
+    /// and its outcome was discarded. Repeating the call after a failure is safe.
+    fn write_claimed_outcomes(
+        &self,
+        token: &str,
+        outcomes: &[(i64, Outcome)],
+    ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send;
+
+    /// Of `aggregates`, those without rows in `retry` or `processing`: their backlog
+    /// drained.
+    fn drained_aggregates(
+        &self,
+        aggregates: &[(String, String)],
+    ) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
+
+    /// When [`SweepStore::claim_rows`] can next claim a `retry` or `processing` row (a
+    /// retry falling due, a lease expiring; with `ordering`, heads of their aggregate
+    /// only), or `None` when there is no such row. May be in the past.
+    fn next_due(
+        &self,
+        ordering: bool,
+    ) -> impl Future<Output = Result<Option<DateTime<Utc>>, StoreError>> + Send;
+}
+
+impl SweepStore for Store {
+    fn fit_claim_token(&self, token: &str) -> String {
+        self.text_widths().fit_claim_token(token)
+    }
+
+    async fn sight_pending(&self, slot: &str, limit: i64) -> Result<PendingSighting, StoreError> {
+        Store::sight_pending(self, slot, limit).await
+    }
+
+    async fn aggregates_of(&self, ids: &[i64]) -> Result<Vec<(String, String)>, StoreError> {
+        Store::aggregates_of(self, ids).await
+    }
+
+    async fn claim_rows(
+        &self,
+        token: &str,
+        settings: &ClaimSettings,
+    ) -> Result<Vec<ClaimedRow>, StoreError> {
+        Store::claim_rows(self, token, settings).await
+    }
+
+    async fn load_claimed(
+        &self,
+        token: &str,
+        rows: &[ClaimedRow],
+    ) -> Result<Vec<ClaimedEvent>, StoreError> {
+        Store::load_claimed(self, token, rows).await
+    }
+
+    async fn renew_claims(
+        &self,
+        token: &str,
+        ids: &[i64],
+        lease: Duration,
+    ) -> Result<u64, StoreError> {
+        Store::renew_claims(self, token, ids, lease).await
+    }
+
+    async fn write_claimed_outcomes(
+        &self,
+        token: &str,
+        outcomes: &[(i64, Outcome)],
+    ) -> Result<Vec<i64>, StoreError> {
+        Store::write_claimed_outcomes(self, token, outcomes).await
+    }
+
+    async fn drained_aggregates(
+        &self,
+        aggregates: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        Store::drained_aggregates(self, aggregates).await
+    }
+
+    async fn next_due(&self, ordering: bool) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Store::next_due(self, ordering).await
+    }
+}
 
 /// Sweeper settings.
 #[derive(Debug, Clone)]
@@ -137,15 +298,15 @@ pub fn claim_token() -> String {
 
 /// Runs until `shutdown`, sweeping at the interval, when a retry falls due, and at once
 /// when `sweep_now` is notified (the source does so after it (re)created the slot).
-pub async fn run(
-    store: Store,
+pub async fn run<S: SweepStore>(
+    store: S,
     deliverer: Deliverer,
     blocked: BlockedAggregates,
     config: SweepConfig,
     sweep_now: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let token = store.text_widths().fit_claim_token(&claim_token());
+    let token = store.fit_claim_token(&claim_token());
     let mut sightings = Sightings::default();
     let mut wake = tokio::time::Instant::now();
     let mut pruned = Instant::now();
@@ -184,7 +345,7 @@ pub async fn run(
 /// When to sweep next: at the interval, or sooner when a row becomes claimable (a retry
 /// falls due, a lease expires). A row that is claimable already and still was not claimed
 /// (another replica holds it) is tried again after a second, not at once.
-async fn next_wake(store: &Store, config: &SweepConfig, claimed: usize) -> Instant {
+async fn next_wake(store: &impl SweepStore, config: &SweepConfig, claimed: usize) -> Instant {
     let now = Instant::now();
     let due = match store.next_due(config.ordering).await {
         Ok(Some(at)) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO),
@@ -203,8 +364,8 @@ async fn next_wake(store: &Store, config: &SweepConfig, claimed: usize) -> Insta
 /// stream passes while this sweep runs wait for the next one; ids in `missed_pending` that
 /// were claimed or settled meanwhile are ignored by the claim.
 /// What every step of one sweep works with.
-struct Sweeper<'a> {
-    store: &'a Store,
+struct Sweeper<'a, S> {
+    store: &'a S,
     deliverer: &'a Deliverer,
     blocked: &'a BlockedAggregates,
     config: &'a SweepConfig,
@@ -212,7 +373,7 @@ struct Sweeper<'a> {
     token: &'a str,
 }
 
-impl Sweeper<'_> {
+impl<S: SweepStore> Sweeper<'_, S> {
     async fn sweep(
         &self,
         sightings: &mut Sightings,
@@ -270,7 +431,10 @@ impl Sweeper<'_> {
 /// sweep intervals): the
 /// dispatcher rechecks an aggregate only when a new event of it arrives, so without this
 /// the set would keep every aggregate that ever failed once.
-async fn prune_blocked(store: &Store, blocked: &BlockedAggregates) -> Result<(), StoreError> {
+async fn prune_blocked(
+    store: &impl SweepStore,
+    blocked: &BlockedAggregates,
+) -> Result<(), StoreError> {
     for chunk in blocked.idle().chunks(1000) {
         let drained = store.drained_aggregates(chunk).await?;
         blocked.forget_drained(&drained);
@@ -281,7 +445,7 @@ async fn prune_blocked(store: &Store, blocked: &BlockedAggregates) -> Result<(),
 /// Delivers the claimed `rows` ([`deliver_in_pieces`]), renewing their leases every third
 /// of the lease meanwhile, so that a batch that takes long (slow sinks, a byte budget
 /// spent by the stream) is never taken over by another sweeper while it is delivered.
-impl Sweeper<'_> {
+impl<S: SweepStore> Sweeper<'_, S> {
     async fn deliver_renewing(&self, rows: &[ClaimedRow]) -> Result<(), StoreError> {
         let Self {
             store,
@@ -399,7 +563,7 @@ const OUTCOME_WRITE_BACKOFF: Backoff = Backoff {
 /// sweeper would deliver them again. A late write is harmless: it only touches rows still
 /// claimed by `token`.
 async fn write_outcomes(
-    store: &Store,
+    store: &impl SweepStore,
     token: &str,
     outcomes: &[(i64, Outcome)],
     lease: Duration,
