@@ -11,6 +11,8 @@
 //! (`validate`); [`Sink::from_config`] is the one place a sink is built from its config.
 
 pub mod kafka;
+#[cfg(test)]
+pub mod memory;
 pub mod stdout;
 pub mod webhook;
 
@@ -112,6 +114,9 @@ pub enum Sink {
     Kafka(KafkaSink),
     Stdout(StdoutSink),
     Webhook(WebhookSink),
+    /// Unit tests only: records hand-offs and answers as scripted.
+    #[cfg(test)]
+    Memory(memory::MemorySink),
 }
 
 impl Sink {
@@ -130,6 +135,8 @@ impl Sink {
             Sink::Kafka(_) => "kafka",
             Sink::Stdout(_) => "stdout",
             Sink::Webhook(_) => "webhook",
+            #[cfg(test)]
+            Sink::Memory(_) => "memory",
         }
     }
 
@@ -142,7 +149,13 @@ impl Sink {
         match self {
             Sink::Kafka(sink) => Either::Left(Either::Left(sink.deliver(event))),
             Sink::Stdout(sink) => Either::Left(Either::Right(sink.deliver(&event))),
+            #[cfg(not(test))]
             Sink::Webhook(sink) => Either::Right(sink.deliver(event)),
+            // Under test the right branch is shared with the memory sink.
+            #[cfg(test)]
+            Sink::Webhook(sink) => Either::Right(Either::Left(sink.deliver(event))),
+            #[cfg(test)]
+            Sink::Memory(sink) => Either::Right(Either::Right(sink.deliver(&event))),
         }
     }
 
@@ -153,6 +166,8 @@ impl Sink {
             Sink::Kafka(sink) => sink.close(timeout).await,
             Sink::Stdout(sink) => sink.close(),
             Sink::Webhook(sink) => sink.close(),
+            #[cfg(test)]
+            Sink::Memory(_) => {}
         }
     }
 
@@ -164,6 +179,8 @@ impl Sink {
             Sink::Kafka(sink) => sink.check(timeout).await,
             Sink::Stdout(_) => Ok(()),
             Sink::Webhook(sink) => sink.check(timeout).await,
+            #[cfg(test)]
+            Sink::Memory(_) => Ok(()),
         }
     }
 }

@@ -46,6 +46,19 @@ pub enum StoreError {
         /// What was wrong with the answer.
         detail: String,
     },
+    /// A failure as the server would report it with SQLSTATE `code`, made without a
+    /// server: what the in-memory stores of the stages' unit tests fail with. It is
+    /// classified by the same rules as a real one ([`StoreError::is_transient`],
+    /// [`StoreError::is_about_a_row`]). A `tokio_postgres::Error` carrying a SQLSTATE
+    /// cannot be built outside tokio-postgres, hence a variant of its own.
+    #[cfg(test)]
+    #[error("{context} failed: simulated failure (SQLSTATE {})", code.code())]
+    Simulated {
+        /// What the store was doing.
+        context: Cow<'static, str>,
+        /// The SQLSTATE the server would have sent.
+        code: SqlState,
+    },
 }
 
 /// `SQLSTATE message` for server errors, the plain error text otherwise.
@@ -131,10 +144,23 @@ impl StoreError {
         }
     }
 
+    /// A failure the server would report with SQLSTATE `code` (e.g. `"08006"` connection
+    /// failure: transient; `"23514"` check violation: about a row; `"42501"` permission
+    /// denied: neither), for in-memory stores in unit tests.
+    #[cfg(test)]
+    pub(crate) fn simulated(context: impl Into<Cow<'static, str>>, code: &str) -> Self {
+        Self::Simulated {
+            context: context.into(),
+            code: SqlState::from_code(code),
+        }
+    }
+
     /// The SQLSTATE the server reported, if the failure came from the server.
     pub fn sqlstate(&self) -> Option<&SqlState> {
         match self {
             Self::Database { source, .. } => source.code(),
+            #[cfg(test)]
+            Self::Simulated { code, .. } => Some(code),
             Self::Pool {
                 source: deadpool_postgres::PoolError::Backend(source),
                 ..
@@ -170,6 +196,8 @@ impl StoreError {
                 | PoolError::NoRuntimeSpecified => false,
             },
             Self::MissingSchema { .. } | Self::Unexpected { .. } => false,
+            #[cfg(test)]
+            Self::Simulated { code, .. } => is_transient_code(code),
         }
     }
 }
@@ -202,6 +230,20 @@ mod tests {
         ] {
             assert!(!is_about_a_row_code(code), "{code}");
         }
+    }
+
+    #[test]
+    fn simulated_failures_are_classified_like_the_server_s() {
+        let lost = StoreError::simulated("status update", "08006");
+        assert!(lost.is_transient() && !lost.is_about_a_row());
+        let rejected = StoreError::simulated("status update", "23514");
+        assert!(!rejected.is_transient() && rejected.is_about_a_row());
+        let denied = StoreError::simulated("status update", "42501");
+        assert!(!denied.is_transient() && !denied.is_about_a_row());
+        assert_eq!(
+            rejected.to_string(),
+            "status update failed: simulated failure (SQLSTATE 23514)"
+        );
     }
 
     #[test]
