@@ -50,17 +50,7 @@ fn describe(counts: &ArchiveCounts) -> String {
 
 /// Runs the command.
 pub async fn run(config: &Config, args: &ArchiveArgs) -> anyhow::Result<ExitCode> {
-    let (client, connection) = config
-        .database
-        .conninfo
-        .connect_sql()
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to {}",
-                config.database.conninfo.redacted_url()
-            )
-        })?;
+    let (client, connection) = super::connect(config).await?;
     let options = ArchiveOptions {
         older_than: args.older_than,
         include_dead: args.include_dead,

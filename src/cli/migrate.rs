@@ -6,18 +6,7 @@ use crate::config::Config;
 
 /// `dispatchbox migrate`: applies the embedded migrations to the configured table.
 pub async fn run(config: &Config) -> anyhow::Result<()> {
-    let (mut client, connection) =
-        config
-            .database
-            .conninfo
-            .connect_sql()
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot connect to {}",
-                    config.database.conninfo.redacted_url()
-                )
-            })?;
+    let (mut client, connection) = super::connect(config).await?;
     let report = crate::store::migrate::migrate(&mut client, &config.database.names)
         .await
         .with_context(|| format!("migrating {}", config.database.names.table()))?;

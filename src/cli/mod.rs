@@ -8,3 +8,19 @@ pub mod dead;
 pub mod healthcheck;
 pub mod migrate;
 pub mod status;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+
+use crate::config::Config;
+
+/// One SQL connection to the configured database for a command, with the error naming the
+/// (redacted) URL. Abort the returned task once the client is dropped.
+async fn connect(config: &Config) -> anyhow::Result<(Client, JoinHandle<()>)> {
+    let conninfo = &config.database.conninfo;
+    conninfo
+        .connect_sql()
+        .await
+        .with_context(|| format!("cannot connect to {}", conninfo.redacted_url()))
+}

@@ -23,17 +23,7 @@ pub struct StatusArgs {
 
 /// Runs the command.
 pub async fn run(config: &Config, args: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let (client, connection) = config
-        .database
-        .conninfo
-        .connect_sql()
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to {}",
-                config.database.conninfo.redacted_url()
-            )
-        })?;
+    let (client, connection) = super::connect(config).await?;
     let status = report::status(&client, &config.database.names, &config.database.slot)
         .await
         .with_context(|| format!("reading the status of {}", config.database.names.table()))?;

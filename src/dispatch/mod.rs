@@ -680,4 +680,22 @@ impl<S: DispatchStore> Dispatcher<S> {
 }
 
 #[cfg(test)]
+impl Deliverer {
+    /// For unit tests: every event to one memory sink, 5 attempts, backoff 1 s to 10 s.
+    pub(crate) fn to_memory(sink: &crate::sink::memory::MemorySink) -> Self {
+        Self::new(
+            Arc::from(vec![Sink::Memory(sink.clone())]),
+            Router::parse(None, &["memory"]).unwrap_or_else(|e| panic!("{e}")),
+            RetryPolicy {
+                max_attempts: 5,
+                backoff: Backoff {
+                    base: Duration::from_secs(1),
+                    max: Duration::from_secs(10),
+                },
+            },
+        )
+    }
+}
+
+#[cfg(test)]
 mod tests;

@@ -29,17 +29,7 @@ struct Harness {
 impl Harness {
     fn start(ordering: bool, store: MemoryDispatchStore) -> Self {
         let sink = MemorySink::default();
-        let deliverer = Deliverer::new(
-            Arc::from(vec![Sink::Memory(sink.clone())]),
-            Router::parse(None, &["memory"]).unwrap(),
-            RetryPolicy {
-                max_attempts: 5,
-                backoff: Backoff {
-                    base: Duration::from_secs(1),
-                    max: Duration::from_secs(10),
-                },
-            },
-        );
+        let deliverer = Deliverer::to_memory(&sink);
         let (work, input) = mpsc::channel(100);
         let (tx, settlements) = mpsc::channel(100);
         let blocked = BlockedAggregates::default();

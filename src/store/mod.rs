@@ -111,30 +111,39 @@ impl Store {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-        let client = self.client(context).await?;
-        let statement = client
-            .prepare_cached(sql)
-            .await
-            .map_err(|e| StoreError::db(context, e))?;
-        client
-            .query(&statement, params)
-            .await
-            .map_err(|e| StoreError::db(context, e))
+        self.run_query(context, sql, params, true).await
     }
 
-    /// Runs `sql` (not prepared for reuse: operator queries built per call) on a pooled
-    /// connection; errors carry `context`.
+    /// Runs `sql` (not prepared for reuse: operator queries built per call) and returns
+    /// its rows.
     pub(crate) async fn query(
         &self,
         context: &'static str,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        self.run_query(context, sql, params, false).await
+    }
+
+    /// One query on a pooled connection; errors carry `context`.
+    async fn run_query(
+        &self,
+        context: &'static str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        cached: bool,
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
         let client = self.client(context).await?;
-        client
-            .query(sql, params)
-            .await
-            .map_err(|e| StoreError::db(context, e))
+        let rows = if cached {
+            let statement = client
+                .prepare_cached(sql)
+                .await
+                .map_err(|e| StoreError::db(context, e))?;
+            client.query(&statement, params).await
+        } else {
+            client.query(sql, params).await
+        };
+        rows.map_err(|e| StoreError::db(context, e))
     }
 
     pub(crate) async fn client(&self, context: &'static str) -> Result<Object, StoreError> {

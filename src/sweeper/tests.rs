@@ -57,10 +57,8 @@ fn rows_no_longer_pending_are_forgotten_and_sighted_anew_if_they_return() {
 // sink, with paused time: what it claims, delivers and writes, how long it retries a
 // write, when it renews leases and when it wakes.
 
-use crate::dispatch::route::Router;
-use crate::dispatch::RetryPolicy;
 use crate::sink::memory::MemorySink;
-use crate::sink::{DeliveryError, Sink};
+use crate::sink::DeliveryError;
 use memory::{MemorySweepStore, Method};
 use tokio::task::JoinHandle;
 
@@ -84,17 +82,7 @@ struct Running {
 
 impl Running {
     fn start(store: &MemorySweepStore, sink: &MemorySink, config: SweepConfig) -> Self {
-        let deliverer = Deliverer::new(
-            Arc::from(vec![Sink::Memory(sink.clone())]),
-            Router::parse(None, &["memory"]).unwrap(),
-            RetryPolicy {
-                max_attempts: 5,
-                backoff: Backoff {
-                    base: Duration::from_secs(1),
-                    max: Duration::from_secs(10),
-                },
-            },
-        );
+        let deliverer = Deliverer::to_memory(sink);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(
             store.clone(),
