@@ -42,7 +42,8 @@ use crate::source::progress::Ack;
 pub use crate::source::Work;
 use crate::status::Settlement;
 use crate::store::{Store, StoreError};
-use crate::telemetry::metrics::{self, DeliveryOutcome};
+use crate::telemetry::events::{DeliveryAttempted, Emit, EventDead, ReplaySkipped};
+use crate::telemetry::metrics;
 
 /// Scheduled times closer than this to now are treated as due (tolerates clock skew
 /// between the database and the relay).
@@ -154,21 +155,22 @@ impl Deliverer {
             }
             let mut combined = Ok(());
             let mut record = |sink: &'static str, took, result: Result<(), DeliveryError>| {
+                let attempted = |failed| DeliveryAttempted {
+                    event_id: event.id,
+                    event_type: &event.event_type,
+                    sink,
+                    attempt,
+                    took,
+                    failed,
+                };
                 let error = match result {
                     Ok(()) => {
-                        tracing::debug!(event_id = event.id, event_type = %event.event_type, sink, attempt, took = ?took, "delivered");
-                        metrics::delivery(sink, DeliveryOutcome::Done, took);
+                        attempted(None).emit();
                         return;
                     }
                     Err(error) => error,
                 };
-                tracing::warn!(event_id = event.id, event_type = %event.event_type, sink, attempt, error = %error, "delivery failed");
-                let outcome = if policy.gives_up(attempt, &error) {
-                    DeliveryOutcome::Dead
-                } else {
-                    DeliveryOutcome::Retry
-                };
-                metrics::delivery(sink, outcome, took);
+                attempted(Some((&error, policy.gives_up(attempt, &error)))).emit();
                 if !matches!(combined, Err(DeliveryError::Permanent { .. })) {
                     combined = Err(error);
                 }
@@ -202,8 +204,13 @@ impl Deliverer {
     ) -> Outcome {
         let outcome = self.policy.outcome(attempt, result);
         if let Outcome::Dead { error } = &outcome {
-            tracing::warn!(event_id = event.id, event_type = %event.event_type, attempt, error = %error, "event is dead; it will not be retried automatically");
-            metrics::dead_event(Some(&event.event_type), attempt);
+            EventDead::Delivery {
+                event_id: event.id,
+                event_type: &event.event_type,
+                attempt,
+                error,
+            }
+            .emit();
         }
         outcome
     }
@@ -212,8 +219,11 @@ impl Deliverer {
 /// Logs and counts a row that cannot become an event; returns its `dead` outcome (written
 /// without an attempt).
 pub fn unusable_row(id: i64, reason: String) -> Outcome {
-    tracing::warn!(event_id = id, error = %reason, "outbox row cannot be delivered; marking it dead");
-    metrics::dead_event(None, 0);
+    EventDead::Unusable {
+        event_id: id,
+        reason: &reason,
+    }
+    .emit();
     Outcome::Dead { error: reason }
 }
 
@@ -551,14 +561,11 @@ impl<S: DispatchStore> Dispatcher<S> {
                 HashSet::new()
             }
         };
-        if !settled.is_empty() {
-            tracing::info!(
-                skipped = settled.len(),
-                of = ids.len(),
-                "replayed events whose rows are settled already are not delivered again"
-            );
-            metrics::replay_skipped(settled.len());
+        ReplaySkipped {
+            skipped: settled.len(),
+            of: ids.len(),
         }
+        .emit();
         let grace = self.shared.config.replay_grace;
         let due = Utc::now() + chrono::Duration::from_std(grace).unwrap_or_default();
         for (event, ack, _committed_at, held) in batch {

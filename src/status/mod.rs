@@ -41,6 +41,7 @@ use crate::event::Outcome;
 use crate::retry::{Backoff, Retry};
 use crate::source::progress::Ack;
 use crate::store::{Store, StoreError};
+use crate::telemetry::events::{Emit, StatusRowRejected, StatusWriterStall};
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics;
 
@@ -510,14 +511,24 @@ impl<S: StatusStore> Writer<S> {
             Ok(found) => {
                 self.stall.progressed();
                 if found {
-                    tracing::error!(event_id = row.id, status = row.outcome.status(), error = %cause, "the database rejected this row's status; wrote it dead with the reason");
-                    metrics::status_row_rejected("dead");
+                    StatusRowRejected {
+                        event_id: row.id,
+                        status: row.outcome.status(),
+                        cause,
+                        dead_refused: None,
+                    }
+                    .emit();
                 }
                 Ok(Some(found))
             }
             Err(error) if error.is_about_a_row() => {
-                tracing::error!(event_id = row.id, status = row.outcome.status(), error = %cause, dead_error = %error, "the database rejected this row's status, and dead too; leaving the row as it is (the sweeper meets it again)");
-                metrics::status_row_rejected("none");
+                StatusRowRejected {
+                    event_id: row.id,
+                    status: row.outcome.status(),
+                    cause,
+                    dead_refused: Some(&error),
+                }
+                .emit();
                 Ok(None)
             }
             Err(error) => Err(error),
@@ -649,15 +660,13 @@ impl StallWatch {
                     )
                 );
                 if !state.reported {
-                    tracing::error!(reason = %reason, "status writer is stuck; /ready reports it until it writes again");
-                    metrics::status_writer_stalled(true);
+                    StatusWriterStall::Stuck { reason: &reason }.emit();
                     state.reported = true;
                 }
                 health.set_problem(HEALTH_COMPONENT, Some(reason));
             }
             None if state.reported => {
-                tracing::info!("status writer is writing again");
-                metrics::status_writer_stalled(false);
+                StatusWriterStall::Writing.emit();
                 health.set_problem(HEALTH_COMPONENT, None);
                 state.reported = false;
             }

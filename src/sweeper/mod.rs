@@ -42,7 +42,7 @@ use crate::lsn::Lsn;
 use crate::retry::{Backoff, Retry};
 use crate::store::sweep::{ClaimSettings, ClaimedEvent, ClaimedRow, PendingSighting};
 use crate::store::{Store, StoreError};
-use crate::telemetry::metrics;
+use crate::telemetry::events::{Emit, SweeperReclaimed};
 
 #[cfg(test)]
 mod memory;
@@ -515,16 +515,15 @@ impl<S: SweepStore> Sweeper<'_, S> {
         let mut deliveries = Vec::new();
         for row in claimed {
             let attempt = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
-            metrics::sweeper_reclaim(row.reason.as_str());
+            SweeperReclaimed {
+                event_id: row.id,
+                attempt,
+                reason: row.reason,
+            }
+            .emit();
             match row.event {
                 Ok(event) => {
                     let event = Arc::new(event);
-                    tracing::debug!(
-                        event_id = event.id,
-                        attempt,
-                        reason = row.reason.as_str(),
-                        "sweeper delivering"
-                    );
                     let delivery = deliverer.deliver(event.clone(), attempt);
                     deliveries.push(async move { (event, attempt, delivery.await) });
                 }

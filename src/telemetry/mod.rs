@@ -5,6 +5,7 @@
 //! terminal or `DISPATCHBOX_LOG_FORMAT=json`, text otherwise. Fields first, message last;
 //! payloads and secrets are never logged.
 
+pub mod events;
 pub mod health;
 pub mod metrics;
 

@@ -44,6 +44,7 @@ use crate::lsn::Lsn;
 use crate::names::{Identifier, TableName};
 use crate::retry::Backoff;
 use crate::store::Store;
+use crate::telemetry::events::{Emit, FailoverSeen};
 use crate::telemetry::health::{Health, StreamState};
 use crate::telemetry::metrics;
 
@@ -447,15 +448,14 @@ impl<'a> Session<'a> {
         if !change.is_failover() {
             return;
         }
-        tracing::error!(
-            host = %host,
-            system_id = %system.systemid,
-            timeline = system.timeline,
-            slot = %config.slot,
-            change = %change,
-            "failover: the replication connection reached another server than before; not trusting the old position, streaming from this server's slot (created if missing), and the sweeper delivers the rows committed here that were not delivered"
-        );
-        metrics::failover();
+        FailoverSeen {
+            host,
+            system_id: &system.systemid,
+            timeline: system.timeline,
+            slot: config.slot.as_str(),
+            change: &change,
+        }
+        .emit();
         let deadline = Instant::now() + config.shutdown_timeout;
         // Acks, not transactions: the broken stream's transactions were forgotten, but
         // their events may still be in delivery or waiting for their status write.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{Session, SourceConfig, SourceError};
 use crate::source::client::{ClientError, ClientOptions, ReplicationClient};
 use crate::source::slot::{self, SlotUse};
-use crate::telemetry::metrics;
+use crate::telemetry::events::{Emit, SlotCreated};
 
 /// Why START_REPLICATION found no usable slot of the relay's.
 #[derive(Debug, Clone, Copy)]
@@ -141,12 +141,16 @@ impl Session<'_> {
             Err(error) => return Err(slot_error(error)),
         };
         client.close().await;
-        metrics::slot_recreated(reason);
         // Rows committed before the consistent point will never be streamed. The sweeper
         // takes every pending row it sees once the slot's confirmed position passes the
         // point where it saw it, which covers exactly those rows; wake it now.
         config.sweep_now.notify_one();
-        tracing::info!(slot = %config.slot, reason, consistent_point = %created.consistent_point, "created replication slot; the sweeper delivers rows it cannot stream");
+        SlotCreated {
+            slot: config.slot.as_str(),
+            reason,
+            consistent_point: created.consistent_point,
+        }
+        .emit();
         Ok(())
     }
 }
