@@ -38,6 +38,8 @@
 //! - [`sink`] delivers events; sinks never touch the database.
 //! - [`status`] writes outcomes of streamed events in batches and settles their acks.
 //! - [`sweeper`] delivers due rows under leases: retries, expired claims, missed rows.
+//! - [`telemetry::events`]: what operators must hear about, as values that write their log
+//!   line and update their metrics together.
 
 pub mod admin;
 pub mod cli;
