@@ -38,7 +38,7 @@ use super::pgoutput::{decode_insert_prefix, pg_timestamp_to_datetime, Decoder, P
 use super::progress::{Progress, TxnSeq};
 use super::relation::{InsertOutcome, OutboxMapper, OutboxTable, OversizedInsert, RelationError};
 use super::slot::JudgeError;
-use super::Work;
+use super::{Replay, Work};
 use crate::conninfo::ConnInfo;
 use crate::lsn::Lsn;
 use crate::names::{Identifier, TableName};
@@ -184,9 +184,17 @@ pub async fn run(
     let mut writer = None;
     let mut recreations = Vec::new();
     let mut server = ServerWatch::default();
+    let mut contended = false;
     while !shutdown.is_cancelled() {
         let Some(sender) = work.as_ref() else { break };
-        let mut session = Session::new(&config, &progress, sender, &mut recreations, &mut server);
+        let mut session = Session::new(
+            &config,
+            &progress,
+            sender,
+            &mut recreations,
+            &mut server,
+            contended,
+        );
         match session.stream(&shutdown).await {
             Ok(w) => {
                 writer = Some(w);
@@ -200,6 +208,14 @@ pub async fn run(
                 // Whatever was not settled is sent again after the reconnect, to this
                 // process or to the relay that takes the slot meanwhile.
                 progress.forget_unsettled();
+                // Replayed events may be in delivery elsewhere when another relay held
+                // the slot a moment ago, or when deliveries of this connection are still
+                // out; once a connection got past its replay, only new evidence counts.
+                if session.caught_up {
+                    contended = false;
+                }
+                contended |=
+                    matches!(error, SourceError::SlotBusy { .. }) || progress.acks_out() > 0;
                 failures = failures.saturating_add(1);
                 let delay = reconnect.delay(failures, &mut rand::thread_rng());
                 tracing::warn!(error = %error, retry_in = ?delay, "replication stream interrupted; reconnecting");
@@ -267,6 +283,11 @@ struct Session<'a> {
     replay_until: Lsn,
     /// Whether the transaction being received is within `replay_until`.
     replaying: bool,
+    /// Whether the previous holder of the slot may still be delivering what is replayed
+    /// (see [`Replay::Takeover`]).
+    contended: bool,
+    /// Whether a transaction past `replay_until` arrived: the replay is over.
+    caught_up: bool,
     /// When the slot was (re)created recently (shared across sessions).
     recreations: &'a mut Vec<std::time::Instant>,
     /// The server the stream follows (shared across sessions).
@@ -280,6 +301,7 @@ impl<'a> Session<'a> {
         work: &'a mpsc::Sender<Work>,
         recreations: &'a mut Vec<std::time::Instant>,
         server: &'a mut ServerWatch,
+        contended: bool,
     ) -> Self {
         Self {
             config,
@@ -292,6 +314,8 @@ impl<'a> Session<'a> {
             streamed: false,
             replay_until: Lsn::ZERO,
             replaying: false,
+            contended,
+            caught_up: false,
             recreations,
             server,
         }
@@ -493,6 +517,7 @@ impl<'a> Session<'a> {
                 self.current = Some(self.progress.begin(begin.final_lsn));
                 self.committed_at = pg_timestamp_to_datetime(begin.commit_ts);
                 self.replaying = begin.final_lsn <= self.replay_until;
+                self.caught_up |= !self.replaying;
             }
             PgOutputMessage::Commit(commit) => {
                 let Some(current) = self.current.take() else {
@@ -547,7 +572,11 @@ impl<'a> Session<'a> {
                             ack: self.progress.event(seq),
                             committed_at: self.committed_at,
                             held,
-                            replayed: self.replaying,
+                            replay: match (self.replaying, self.contended) {
+                                (false, _) => Replay::No,
+                                (true, false) => Replay::Restart,
+                                (true, true) => Replay::Takeover,
+                            },
                         }
                     }
                     InsertOutcome::Dead(error) => match error.id {
