@@ -277,6 +277,15 @@ fn print_drains(args: &Args, drains: &[Drain], goals: &mut Goals) {
             )
             .show(0),
         );
+        if args.statements {
+            if let Some(last) = of.last() {
+                for (query, calls, ms, rows, wal) in &last.statements.top {
+                    println!(
+                        "    {calls:>7} calls {ms:>9.1} ms {rows:>8} rows {wal:>10} WAL B  {query}"
+                    );
+                }
+            }
+        }
     }
 }
 
