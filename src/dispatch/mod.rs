@@ -230,12 +230,6 @@ pub fn unusable_row(id: i64, reason: String) -> Outcome {
 /// Most replayed events looked up in one query.
 const REPLAY_BATCH: usize = 1000;
 
-/// Fewest replayed events looked up in one query, even when the in-flight limit leaves
-/// room for fewer: they are decoded already (queued in the channel), and one query per
-/// handful of events cost a backlog drain more than its deliveries. The dispatcher may go
-/// this far past `max_in_flight` while replaying.
-const REPLAY_MIN_BATCH: usize = 100;
-
 /// What the dispatcher asks the database. [`Store`] is the real one; the unit tests use an
 /// in-memory outbox, so the dispatcher's decisions (skip, park, deliver, unblock) are
 /// tested without a server.
@@ -543,7 +537,7 @@ impl<S: DispatchStore> Dispatcher<S> {
             .config
             .max_in_flight
             .saturating_sub(self.outstanding())
-            .clamp(REPLAY_MIN_BATCH, REPLAY_BATCH);
+            .clamp(1, REPLAY_BATCH);
         let mut batch = vec![first];
         let mut after = None;
         while batch.len() < room {
