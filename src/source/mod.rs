@@ -24,13 +24,13 @@ use progress::Ack;
 pub enum Replay {
     /// Committed after the connection was made: never handed out before.
     No,
-    /// Committed before, and nobody can be delivering it now: the slot was free when this
-    /// relay took it, and this relay has no delivery of an earlier connection left. The
-    /// dispatcher skips it if its row is settled, and delivers it otherwise.
+    /// Committed before, on the first connection of a relay process that found the slot
+    /// free: the previous holder's walsender had exited, so nobody is streaming from it.
+    /// The dispatcher skips it if its row is settled, and delivers it otherwise.
     Restart,
     /// Committed before, and the previous holder of the slot may still be delivering it:
-    /// another relay held the slot moments ago (this one stood by), or this relay's own
-    /// previous connection left deliveries out. Skipped if its row is settled; otherwise
+    /// this relay stood by while another held the slot, or this is a later connection of
+    /// this process, whose earlier connection's deliveries may still be out. Skipped if its row is settled; otherwise
     /// parked in its row until the previous holder's deliveries must have ended, so a
     /// second delivery can neither duplicate it nor overtake that holder's retry of an
     /// earlier event of its aggregate.

@@ -208,14 +208,11 @@ pub async fn run(
                 // Whatever was not settled is sent again after the reconnect, to this
                 // process or to the relay that takes the slot meanwhile.
                 progress.forget_unsettled();
-                // Replayed events may be in delivery elsewhere when another relay held
-                // the slot a moment ago, or when deliveries of this connection are still
-                // out; once a connection got past its replay, only new evidence counts.
-                if session.caught_up {
-                    contended = false;
-                }
-                contended |=
-                    matches!(error, SourceError::SlotBusy { .. }) || progress.acks_out() > 0;
+                // From now on replayed events may be in delivery elsewhere: another relay
+                // held the slot a moment ago, or deliveries of this process's broken
+                // connection are still out or were just given up. Only the first
+                // connection of a process that found the slot free replays as a restart.
+                contended = true;
                 failures = failures.saturating_add(1);
                 let delay = reconnect.delay(failures, &mut rand::thread_rng());
                 tracing::warn!(error = %error, retry_in = ?delay, "replication stream interrupted; reconnecting");
@@ -286,8 +283,6 @@ struct Session<'a> {
     /// Whether the previous holder of the slot may still be delivering what is replayed
     /// (see [`Replay::Takeover`]).
     contended: bool,
-    /// Whether a transaction past `replay_until` arrived: the replay is over.
-    caught_up: bool,
     /// When the slot was (re)created recently (shared across sessions).
     recreations: &'a mut Vec<std::time::Instant>,
     /// The server the stream follows (shared across sessions).
@@ -315,7 +310,6 @@ impl<'a> Session<'a> {
             replay_until: Lsn::ZERO,
             replaying: false,
             contended,
-            caught_up: false,
             recreations,
             server,
         }
@@ -517,7 +511,6 @@ impl<'a> Session<'a> {
                 self.current = Some(self.progress.begin(begin.final_lsn));
                 self.committed_at = pg_timestamp_to_datetime(begin.commit_ts);
                 self.replaying = begin.final_lsn <= self.replay_until;
-                self.caught_up |= !self.replaying;
             }
             PgOutputMessage::Commit(commit) => {
                 let Some(current) = self.current.take() else {
