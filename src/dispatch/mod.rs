@@ -39,7 +39,7 @@ use crate::flow::ordering::{key_of, AggregateKey, BlockedAggregates};
 use crate::retry::Backoff;
 use crate::sink::{DeliveryError, Sink};
 use crate::source::progress::Ack;
-pub use crate::source::{Replay, Work};
+pub use crate::source::Work;
 use crate::status::Settlement;
 use crate::store::{Store, StoreError};
 use crate::telemetry::events::{DeliveryAttempted, Emit, EventDead, ReplaySkipped};
@@ -494,11 +494,9 @@ impl<S: DispatchStore> Dispatcher<S> {
                 ack,
                 committed_at,
                 held,
-                replay: replay @ (Replay::Restart | Replay::Takeover),
+                replayed: true,
             } => {
-                let after = self
-                    .replay((event, ack, committed_at, held), replay, input)
-                    .await?;
+                let after = self.replay((event, ack, committed_at, held), input).await?;
                 match after {
                     Some(work) => Box::pin(self.take(work, input)).await,
                     None => Ok(()),
@@ -509,7 +507,7 @@ impl<S: DispatchStore> Dispatcher<S> {
                 ack,
                 committed_at,
                 held,
-                replay: Replay::No,
+                replayed: false,
             } => self.admit((event, ack, committed_at, held)).await,
             Work::Unusable { id, reason, ack } => {
                 let outcome = unusable_row(id, reason);
@@ -523,13 +521,11 @@ impl<S: DispatchStore> Dispatcher<S> {
     /// one query. Rows no longer `pending` were settled by an earlier run (`done`,
     /// `dead`) or belong to the sweeper now (`retry`, `processing`): their events are not
     /// delivered again, and their acks settle at once (the row is already written). The
-    /// rest are delivered like any streamed event after a [`Replay::Restart`], and parked
-    /// for the sweeper after `replay_grace` after a [`Replay::Takeover`] (see below).
-    /// Returns the first queued work that was not part of the batch.
+    /// rest are parked for the sweeper after `replay_grace` (see below). Returns the first
+    /// queued work that was not part of the batch.
     async fn replay(
         &mut self,
         first: Streamed,
-        kind: Replay,
         input: &mut mpsc::Receiver<Work>,
     ) -> Result<Option<Work>, WriterGone> {
         let room = self
@@ -547,8 +543,8 @@ impl<S: DispatchStore> Dispatcher<S> {
                     ack,
                     committed_at,
                     held,
-                    replay,
-                }) if replay == kind => batch.push((event, ack, committed_at, held)),
+                    replayed: true,
+                }) => batch.push((event, ack, committed_at, held)),
                 Ok(other) => {
                     after = Some(other);
                     break;
@@ -572,17 +568,12 @@ impl<S: DispatchStore> Dispatcher<S> {
         .emit();
         let grace = self.shared.config.replay_grace;
         let due = Utc::now() + chrono::Duration::from_std(grace).unwrap_or_default();
-        for (event, ack, committed_at, held) in batch {
+        for (event, ack, _committed_at, held) in batch {
             if settled.contains(&event.id) {
                 ack.settle();
                 continue;
             }
             if !ack.is_live() {
-                continue;
-            }
-            if kind == Replay::Restart {
-                // Nobody else can be delivering it: deliver it like any streamed event.
-                self.admit((event, ack, committed_at, held)).await?;
                 continue;
             }
             // Still pending: maybe never delivered, maybe delivered a moment ago by the

@@ -61,9 +61,8 @@ impl Harness {
     }
 
     /// Streams event `id` of aggregate `("order", aggregate)`, in a transaction of its
-    /// own; `replay`: whether it was committed before the stream connected, and whether
-    /// the previous holder of the slot may still be delivering it.
-    fn stream(&mut self, id: i64, aggregate: &str, replay: Replay) {
+    /// own; `replayed`: committed before the stream connected.
+    fn stream(&mut self, id: i64, aggregate: &str, replayed: bool) {
         self.next_lsn += 10;
         let t = self.progress.begin(Lsn(self.next_lsn)).unwrap();
         let ack = self.progress.event(t);
@@ -87,7 +86,7 @@ impl Harness {
                 ack,
                 committed_at: None,
                 held,
-                replay,
+                replayed,
             })
             .unwrap();
     }
@@ -139,9 +138,9 @@ async fn replayed_events_whose_rows_are_settled_are_skipped_and_the_rest_parked(
     let skipped_before = replay_skipped_total();
     let mut h = Harness::start(true, store);
     for id in 1..=4 {
-        h.stream(id, &format!("a{id}"), Replay::Takeover);
+        h.stream(id, &format!("a{id}"), true);
     }
-    h.stream(5, "a5", Replay::No);
+    h.stream(5, "a5", false);
 
     let before = Utc::now();
     let mut settled = Vec::new();
@@ -171,35 +170,6 @@ async fn replayed_events_whose_rows_are_settled_are_skipped_and_the_rest_parked(
     h.stop().await;
 }
 
-/// Given events replayed after a restart (the slot was free, nothing of an earlier
-/// connection is out) whose rows are still pending, when they arrive, then they are
-/// delivered at once like any streamed event: nothing is parked for the sweeper (a
-/// backlog after a restart drains at stream speed).
-#[tokio::test(start_paused = true)]
-async fn events_replayed_after_a_restart_are_delivered_at_once() {
-    let mut h = Harness::start(true, MemoryDispatchStore::default());
-    h.stream(1, "a", Replay::Restart);
-    h.stream(2, "a", Replay::Restart);
-    h.stream(3, "b", Replay::Restart);
-    let mut summaries = Vec::new();
-    for _ in 0..3 {
-        let settlement = h.settlement().await;
-        summaries.push(summary(&settlement));
-        settlement.ack.unwrap().settle();
-    }
-    summaries.sort();
-    assert_eq!(
-        summaries,
-        [(1, "done", false), (2, "done", false), (3, "done", false)]
-    );
-    let mut handed = h.sink.handed();
-    handed.sort();
-    assert_eq!(handed, [1, 2, 3]);
-    assert_eq!(h.store.asked(), [Asked::SettledAmong(vec![1, 2, 3])]);
-    assert!(h.all_settled());
-    h.stop().await;
-}
-
 /// Given replayed events and a database that cannot be asked, when they arrive, then
 /// none is skipped (not knowing is no reason to lose one): all are parked for the
 /// sweeper, none is delivered at once.
@@ -209,8 +179,8 @@ async fn replayed_events_that_cannot_be_looked_up_are_all_parked() {
     store.settle([1]);
     store.fail();
     let mut h = Harness::start(false, store);
-    h.stream(1, "a", Replay::Takeover);
-    h.stream(2, "b", Replay::Takeover);
+    h.stream(1, "a", true);
+    h.stream(2, "b", true);
     let first = h.settlement().await;
     let second = h.settlement().await;
     assert_eq!(
@@ -230,10 +200,10 @@ async fn replayed_events_that_cannot_be_looked_up_are_all_parked() {
 async fn a_failed_event_parks_the_later_events_of_its_aggregate() {
     let mut h = Harness::start(true, MemoryDispatchStore::default());
     let first = h.sink.hold(1);
-    h.stream(1, "a", Replay::No);
-    h.stream(2, "a", Replay::No);
-    h.stream(3, "a", Replay::No);
-    h.stream(4, "b", Replay::No);
+    h.stream(1, "a", false);
+    h.stream(2, "a", false);
+    h.stream(3, "a", false);
+    h.stream(4, "b", false);
 
     let other = h.settlement().await;
     assert_eq!(summary(&other), (4, "done", false));
@@ -254,7 +224,7 @@ async fn a_failed_event_parks_the_later_events_of_its_aggregate() {
     assert!(h.blocked.contains(&AggregateKey::new("order", "a")));
 
     // A later event of `a` is parked too, while the writes above are in flight.
-    h.stream(5, "a", Replay::No);
+    h.stream(5, "a", false);
     assert_eq!(summary(&h.settlement().await), (5, "retry", true));
     assert_eq!(h.sink.handed(), [1, 4]);
     assert!(h.store.asked().is_empty());
@@ -273,8 +243,8 @@ async fn a_blocked_aggregate_is_released_only_when_its_backlog_drained() {
     for aggregate in ["drained", "waiting"] {
         h.blocked.block("order", aggregate);
     }
-    h.stream(1, "drained", Replay::No);
-    h.stream(2, "waiting", Replay::No);
+    h.stream(1, "drained", false);
+    h.stream(2, "waiting", false);
     let settled = [h.settlement().await, h.settlement().await];
     let mut summaries: Vec<_> = settled.iter().map(summary).collect();
     summaries.sort();
@@ -287,7 +257,7 @@ async fn a_blocked_aggregate_is_released_only_when_its_backlog_drained() {
 
     h.blocked.block("order", "unknown");
     h.store.fail();
-    h.stream(3, "unknown", Replay::No);
+    h.stream(3, "unknown", false);
     assert_eq!(summary(&h.settlement().await), (3, "retry", true));
     assert!(h.blocked.contains(&AggregateKey::new("order", "unknown")));
     assert_eq!(h.store.asked().last(), Some(&backlog("unknown")));

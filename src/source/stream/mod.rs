@@ -38,7 +38,7 @@ use super::pgoutput::{decode_insert_prefix, pg_timestamp_to_datetime, Decoder, P
 use super::progress::{Progress, TxnSeq};
 use super::relation::{InsertOutcome, OutboxMapper, OutboxTable, OversizedInsert, RelationError};
 use super::slot::JudgeError;
-use super::{Replay, Work};
+use super::Work;
 use crate::conninfo::ConnInfo;
 use crate::lsn::Lsn;
 use crate::names::{Identifier, TableName};
@@ -184,17 +184,9 @@ pub async fn run(
     let mut writer = None;
     let mut recreations = Vec::new();
     let mut server = ServerWatch::default();
-    let mut contended = false;
     while !shutdown.is_cancelled() {
         let Some(sender) = work.as_ref() else { break };
-        let mut session = Session::new(
-            &config,
-            &progress,
-            sender,
-            &mut recreations,
-            &mut server,
-            contended,
-        );
+        let mut session = Session::new(&config, &progress, sender, &mut recreations, &mut server);
         match session.stream(&shutdown).await {
             Ok(w) => {
                 writer = Some(w);
@@ -208,11 +200,6 @@ pub async fn run(
                 // Whatever was not settled is sent again after the reconnect, to this
                 // process or to the relay that takes the slot meanwhile.
                 progress.forget_unsettled();
-                // From now on replayed events may be in delivery elsewhere: another relay
-                // held the slot a moment ago, or deliveries of this process's broken
-                // connection are still out or were just given up. Only the first
-                // connection of a process that found the slot free replays as a restart.
-                contended = true;
                 failures = failures.saturating_add(1);
                 let delay = reconnect.delay(failures, &mut rand::thread_rng());
                 tracing::warn!(error = %error, retry_in = ?delay, "replication stream interrupted; reconnecting");
@@ -280,9 +267,6 @@ struct Session<'a> {
     replay_until: Lsn,
     /// Whether the transaction being received is within `replay_until`.
     replaying: bool,
-    /// Whether the previous holder of the slot may still be delivering what is replayed
-    /// (see [`Replay::Takeover`]).
-    contended: bool,
     /// When the slot was (re)created recently (shared across sessions).
     recreations: &'a mut Vec<std::time::Instant>,
     /// The server the stream follows (shared across sessions).
@@ -296,7 +280,6 @@ impl<'a> Session<'a> {
         work: &'a mpsc::Sender<Work>,
         recreations: &'a mut Vec<std::time::Instant>,
         server: &'a mut ServerWatch,
-        contended: bool,
     ) -> Self {
         Self {
             config,
@@ -309,7 +292,6 @@ impl<'a> Session<'a> {
             streamed: false,
             replay_until: Lsn::ZERO,
             replaying: false,
-            contended,
             recreations,
             server,
         }
@@ -565,11 +547,7 @@ impl<'a> Session<'a> {
                             ack: self.progress.event(seq),
                             committed_at: self.committed_at,
                             held,
-                            replay: match (self.replaying, self.contended) {
-                                (false, _) => Replay::No,
-                                (true, false) => Replay::Restart,
-                                (true, true) => Replay::Takeover,
-                            },
+                            replayed: self.replaying,
                         }
                     }
                     InsertOutcome::Dead(error) => match error.id {
