@@ -1,7 +1,7 @@
 //! The house rules of `src/`: arrows between top-level modules only point down.
 //!
-//! Reads every `crate::…` path in `src/` (in `use` lines and in code, grouped imports
-//! included), maps each file to its top-level module (`src/source/client/mod.rs` →
+//! Reads every `crate::…` path in `src/` (in `use` lines, in code and in comments: a doc
+//! link is an arrow too, rustdoc resolves it; grouped imports included), maps each file to its top-level module (`src/source/client/mod.rs` →
 //! `source`), and fails on
 //! - any import cycle between top-level modules (printed with the files that make each
 //!   arrow), and
@@ -59,12 +59,11 @@ fn top_module(src: &Path, file: &Path) -> Option<String> {
     }
 }
 
-/// The top-level modules a source text names through `crate::`, comments excluded.
+/// The top-level modules a source text names through `crate::`, in code and comments.
 fn imports(text: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     for line in text.lines() {
-        let code = line.split("//").next().unwrap_or("");
-        let mut rest = code;
+        let mut rest = line;
         while let Some(at) = rest.find("crate::") {
             let after = &rest[at + "crate::".len()..];
             if let Some(group) = after.strip_prefix('{') {
@@ -213,13 +212,13 @@ fn every_arrow_points_down_the_layers() {
     );
 }
 
-/// The check itself: it must see plain, grouped and in-code paths, skip comments, and
+/// The check itself: it must see plain, grouped, in-code and doc-link paths, and
 /// find a cycle when there is one.
 #[test]
 fn the_check_finds_what_it_must() {
-    let text = "use crate::a::B;\nuse crate::{c, d::E};\nlet x = crate::f::g();\n// crate::h\n";
+    let text = "use crate::a::B;\nuse crate::{c, d::E};\nlet x = crate::f::g();\n/// [`crate::h`]\n";
     let found: Vec<String> = imports(text).into_iter().collect();
-    assert_eq!(found, ["a", "c", "d", "f"]);
+    assert_eq!(found, ["a", "c", "d", "f", "h"]);
 
     let mut graph = Graph::new();
     let arrow = |graph: &mut Graph, from: &str, to: &str| {

@@ -1,6 +1,6 @@
 //! The store: the relay pipeline's SQL, and nothing else. It decides nothing: which
 //! outcome to write is the dispatcher's and the sweeper's call, batching and acks are the
-//! status writer's, LSNs are [`crate::source::progress`]'s. It executes, and classifies
+//! status writer's, LSNs are the source's (`source::progress`). It executes, and classifies
 //! failures as transient or definite ([`StoreError::is_transient`]) or about one row's
 //! data ([`StoreError::is_about_a_row`]).
 //!
@@ -14,7 +14,7 @@
 //! - [`Store`]: the connection pool, heartbeats and the stream-coverage check.
 //!
 //! Operator tools with SQL of their own (checks, reports, dead letters, archive) are in
-//! [`crate::ops`]; the replication slot is [`crate::source::slot`]'s.
+//! `ops`, and the replication slot is `source::slot`'s: both sit above the store and use it.
 
 mod error;
 pub mod migrate;

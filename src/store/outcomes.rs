@@ -4,7 +4,7 @@
 //! for all-`done` batches and the `dead` write for a row whose outcome was rejected.
 //!
 //! Only SQL: which outcome to write, batching, retrying and acks belong to the status
-//! writer ([`crate::status`]) and the sweeper.
+//! writer (the `status` module, above this one) and the sweeper.
 
 use std::collections::HashSet;
 
