@@ -216,7 +216,8 @@ fn every_arrow_points_down_the_layers() {
 /// find a cycle when there is one.
 #[test]
 fn the_check_finds_what_it_must() {
-    let text = "use crate::a::B;\nuse crate::{c, d::E};\nlet x = crate::f::g();\n/// [`crate::h`]\n";
+    let text =
+        "use crate::a::B;\nuse crate::{c, d::E};\nlet x = crate::f::g();\n/// [`crate::h`]\n";
     let found: Vec<String> = imports(text).into_iter().collect();
     assert_eq!(found, ["a", "c", "d", "f", "h"]);
 

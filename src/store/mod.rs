@@ -58,6 +58,8 @@ pub struct Store {
     pool: Pool,
     table: TableName,
     widths: widths::TextWidths,
+    /// The outcome UPDATEs for `table`, built once (they run for every status batch).
+    outcome_sql: std::sync::Arc<outcomes::OutcomeSql>,
 }
 
 impl std::fmt::Debug for Store {
@@ -81,6 +83,7 @@ impl Store {
     pub fn new(pool: Pool, table: TableName) -> Self {
         Self {
             pool,
+            outcome_sql: std::sync::Arc::new(outcomes::OutcomeSql::for_table(&table)),
             table,
             widths: widths::TextWidths::default(),
         }

@@ -151,6 +151,30 @@ impl OutcomeColumns {
     }
 }
 
+/// The outcome UPDATEs of one table, built once per [`Store`].
+#[derive(Debug)]
+pub(crate) struct OutcomeSql {
+    /// [`outcome_update_sql`] with [`UpdateGuard::Stream`].
+    stream: String,
+    /// [`outcome_update_sql`] with [`UpdateGuard::Claimed`].
+    pub(crate) claimed: String,
+    /// [`done_update_sql`].
+    done: String,
+    /// [`rejected_update_sql`].
+    rejected: String,
+}
+
+impl OutcomeSql {
+    pub(crate) fn for_table(table: &TableName) -> Self {
+        Self {
+            stream: outcome_update_sql(table, UpdateGuard::Stream),
+            claimed: outcome_update_sql(table, UpdateGuard::Claimed),
+            done: done_update_sql(table),
+            rejected: rejected_update_sql(table),
+        }
+    }
+}
+
 impl Store {
     /// Writes the outcomes of streamed events (`(id, outcome, attempts)`, distinct ids) in
     /// one statement; returns the ids written, plus deferred rows that had moved on
@@ -166,13 +190,13 @@ impl Store {
             .iter()
             .all(|&(_, outcome, attempts)| *outcome == Outcome::Done && attempts == 1);
         let sql = if only_done {
-            done_update_sql(self.table())
+            &self.outcome_sql.done
         } else {
-            outcome_update_sql(self.table(), UpdateGuard::Stream)
+            &self.outcome_sql.stream
         };
         let params = columns.params();
         let params = if only_done { &params[..1] } else { &params[..] };
-        let updated = self.query_cached(CONTEXT, &sql, params).await?;
+        let updated = self.query_cached(CONTEXT, sql, params).await?;
         updated
             .iter()
             .map(|r| r.try_get::<_, i64>(0))
@@ -190,9 +214,12 @@ impl Store {
     ) -> Result<bool, StoreError> {
         const CONTEXT: &str = "status update";
         let reason = self.text_widths().fit_error(reason);
-        let sql = rejected_update_sql(self.table());
         let rows = self
-            .query_cached(CONTEXT, &sql, &[&id, &reason, &attempts])
+            .query_cached(
+                CONTEXT,
+                &self.outcome_sql.rejected,
+                &[&id, &reason, &attempts],
+            )
             .await?;
         Ok(!rows.is_empty())
     }

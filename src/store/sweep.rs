@@ -29,7 +29,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::Row;
 
-use super::outcomes::{outcome_update_sql, OutcomeColumns, UpdateGuard};
+use super::outcomes::OutcomeColumns;
 use super::{Store, StoreError};
 use crate::event::mapping::{OutboxSchema, RowError};
 use crate::event::OutboxEvent;
@@ -349,10 +349,13 @@ impl Store {
             latest.iter().map(|(&id, o)| (id, *o, o.attempts())),
             &self.text_widths(),
         );
-        let sql = outcome_update_sql(self.table(), UpdateGuard::Claimed);
         let [p1, p2, p3, p4, p5, p6] = columns.params();
         let rows = self
-            .query_cached(CONTEXT, &sql, &[p1, p2, p3, p4, p5, p6, &token])
+            .query_cached(
+                CONTEXT,
+                &self.outcome_sql.claimed,
+                &[p1, p2, p3, p4, p5, p6, &token],
+            )
             .await?;
         let mut written = rows
             .iter()
