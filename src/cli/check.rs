@@ -162,7 +162,7 @@ fn sink_ready(config: &SinkConfig) -> String {
                 .unwrap_or_default();
             format!("webhook host of {origin} resolves (no request was sent)")
         }
-        SinkConfig::Stdout => "stdout needs nothing".to_owned(),
+        SinkConfig::Stdout(_) => "stdout needs nothing".to_owned(),
     }
 }
 

@@ -48,12 +48,28 @@ pub struct RawConfig {
     pub sinks: String,
     #[envconfig(from = "DISPATCHBOX_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_KAFKA_TOPIC", default = "outbox.{aggregate_type}")]
-    pub kafka_topic: String,
+    /// Unset: `outbox.{aggregate_type}`, or `outbox.event.{aggregate_type}` with the
+    /// debezium format.
+    #[envconfig(from = "DISPATCHBOX_KAFKA_TOPIC")]
+    pub kafka_topic: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_KAFKA_FORMAT")]
+    pub kafka_format: Option<String>,
     #[envconfig(from = "DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT", default = "30s")]
     pub kafka_delivery_timeout: String,
     #[envconfig(from = "DISPATCHBOX_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_WEBHOOK_FORMAT")]
+    pub webhook_format: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_STDOUT_FORMAT")]
+    pub stdout_format: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_FORMAT", default = "native")]
+    pub format: String,
+    #[envconfig(from = "DISPATCHBOX_CLOUDEVENTS_SOURCE")]
+    pub cloudevents_source: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_CLOUDEVENTS_MODE", default = "structured")]
+    pub cloudevents_mode: String,
+    #[envconfig(from = "DISPATCHBOX_DEBEZIUM_ADDITIONAL_PLACEMENT")]
+    pub debezium_additional_placement: Option<String>,
     #[envconfig(from = "DISPATCHBOX_WEBHOOK_SECRET")]
     pub webhook_secret: Option<String>,
     #[envconfig(from = "DISPATCHBOX_WEBHOOK_SECRET_FILE")]
@@ -299,7 +315,7 @@ impl Config {
         vars: impl Iterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let database = DatabaseSettings::from_raw(&raw)?;
-        let sinks = sinks::from_raw(&raw, vars)?;
+        let sinks = sinks::from_raw(&raw, &database, vars)?;
         let dispatch = DispatchSettings::from_raw(&raw, &sinks)?;
         let sweeper = SweeperSettings::from_raw(&raw, &sinks)?;
         Ok(Config {
@@ -476,7 +492,7 @@ impl SweeperSettings {
                         "must be longer than DISPATCHBOX_WEBHOOK_TIMEOUT, or a slow delivery could be claimed twice",
                     ));
                 }
-                SinkConfig::Kafka(_) | SinkConfig::Webhook(_) | SinkConfig::Stdout => {}
+                SinkConfig::Kafka(_) | SinkConfig::Webhook(_) | SinkConfig::Stdout(_) => {}
             }
         }
         Ok(Self {

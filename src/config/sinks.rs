@@ -8,8 +8,9 @@
 use std::borrow::Cow;
 
 use super::value::{count, positive_duration, value_or_file};
-use super::{ConfigError, RawConfig};
-use crate::sink::kafka::{KafkaSinkConfig, KafkaSinkError};
+use super::{ConfigError, DatabaseSettings, RawConfig};
+use crate::sink::format::{debezium, CloudEvents, Debezium, Format, FormatError, FormatKind};
+use crate::sink::kafka::{KafkaSinkConfig, KafkaSinkError, DEFAULT_TOPIC_TEMPLATE};
 use crate::sink::webhook::{self, WebhookSinkConfig, WebhookSinkError};
 use crate::sink::SinkConfig;
 
@@ -28,24 +29,115 @@ enum Kind {
 /// settings; `vars` supplies the dynamic `DISPATCHBOX_KAFKA_PROPERTY_*` set.
 pub(super) fn from_raw(
     raw: &RawConfig,
+    database: &DatabaseSettings,
     vars: impl Iterator<Item = (String, String)>,
 ) -> Result<Vec<SinkConfig>, ConfigError> {
     // The whole list is checked before any sink's settings, so a misspelt name is reported
     // as such rather than as a missing setting of the sink beside it.
     let kinds = kinds(&raw.sinks)?;
+    let formats = Formats::from_raw(raw, database)?;
     let mut properties = Some(kafka_properties_from_env(vars));
     kinds
         .into_iter()
         .map(|kind| {
             Ok(match kind {
                 Kind::Kafka => {
-                    SinkConfig::Kafka(kafka(raw, properties.take().unwrap_or_default())?)
+                    let format = formats.for_sink("kafka", &raw.kafka_format, &[])?;
+                    SinkConfig::Kafka(kafka(raw, format, properties.take().unwrap_or_default())?)
                 }
-                Kind::Webhook => SinkConfig::Webhook(webhook(raw)?),
-                Kind::Stdout => SinkConfig::Stdout,
+                Kind::Webhook => {
+                    let format = formats.for_sink("webhook", &raw.webhook_format, &[DEBEZIUM])?;
+                    SinkConfig::Webhook(webhook(raw, format)?)
+                }
+                Kind::Stdout => {
+                    let format = formats.for_sink("stdout", &raw.stdout_format, &[DEBEZIUM])?;
+                    SinkConfig::Stdout(format)
+                }
             })
         })
         .collect()
+}
+
+/// Why a sink cannot speak Debezium's format.
+const DEBEZIUM: (FormatKind, &str) = (
+    FormatKind::Debezium,
+    "Debezium's outbox event router writes Kafka records; use native or cloudevents",
+);
+
+/// `DISPATCHBOX_FORMAT` and the settings of each format, checked once; each sink then picks
+/// its format (its own `DISPATCHBOX_<SINK>_FORMAT`, else `DISPATCHBOX_FORMAT`).
+struct Formats {
+    default: FormatKind,
+    cloudevents: CloudEvents,
+    debezium: Debezium,
+}
+
+impl Formats {
+    fn from_raw(raw: &RawConfig, database: &DatabaseSettings) -> Result<Self, ConfigError> {
+        let default = parse_format("DISPATCHBOX_FORMAT", &raw.format)?;
+        let mode = raw.cloudevents_mode.parse().map_err(|e: FormatError| {
+            ConfigError::new("DISPATCHBOX_CLOUDEVENTS_MODE", e.to_string())
+        })?;
+        let table = database.names.table();
+        let source = raw.cloudevents_source.clone().unwrap_or_else(|| {
+            crate::sink::format::cloudevents::default_source(
+                database.conninfo.dbname(),
+                &format!("{}.{}", table.schema(), table.name()),
+            )
+        });
+        let cloudevents = CloudEvents::new(source, mode)
+            .map_err(|e| ConfigError::new("DISPATCHBOX_CLOUDEVENTS_SOURCE", e.to_string()))?;
+        let debezium =
+            Debezium::from_placements(raw.debezium_additional_placement.as_deref().unwrap_or(""))
+                .map_err(|e| {
+                ConfigError::new("DISPATCHBOX_DEBEZIUM_ADDITIONAL_PLACEMENT", e.to_string())
+            })?;
+        Ok(Self {
+            default,
+            cloudevents,
+            debezium,
+        })
+    }
+
+    /// The format of sink `sink`: `own` (its `DISPATCHBOX_<SINK>_FORMAT`) or the default,
+    /// refused when it is among the sink's `unsupported` formats.
+    fn for_sink(
+        &self,
+        sink: &'static str,
+        own: &Option<String>,
+        unsupported: &[(FormatKind, &'static str)],
+    ) -> Result<Format, ConfigError> {
+        let own_variable = format!("DISPATCHBOX_{}_FORMAT", sink.to_ascii_uppercase());
+        let (variable, kind): (Cow<'static, str>, FormatKind) = match own.as_deref().map(str::trim)
+        {
+            Some(text) if !text.is_empty() => {
+                let kind = parse_format(own_variable.clone(), text)?;
+                (own_variable.into(), kind)
+            }
+            _ => ("DISPATCHBOX_FORMAT".into(), self.default),
+        };
+        if let Some((_, reason)) = unsupported.iter().find(|(refused, _)| *refused == kind) {
+            let error = FormatError::Unsupported {
+                format: kind.name(),
+                sink,
+                reason,
+            };
+            return Err(ConfigError::new(variable, error.to_string()));
+        }
+        Ok(match kind {
+            FormatKind::Native => Format::Native,
+            FormatKind::CloudEvents => Format::CloudEvents(self.cloudevents.clone()),
+            FormatKind::Debezium => Format::Debezium(self.debezium.clone()),
+        })
+    }
+}
+
+fn parse_format(
+    variable: impl Into<Cow<'static, str>>,
+    text: &str,
+) -> Result<FormatKind, ConfigError> {
+    text.parse()
+        .map_err(|e: FormatError| ConfigError::new(variable, e.to_string()))
 }
 
 fn kinds(list: &str) -> Result<Vec<Kind>, ConfigError> {
@@ -80,6 +172,7 @@ fn kinds(list: &str) -> Result<Vec<Kind>, ConfigError> {
 /// `DISPATCHBOX_KAFKA_*`.
 fn kafka(
     raw: &RawConfig,
+    format: Format,
     properties: Vec<(String, String)>,
 ) -> Result<KafkaSinkConfig, ConfigError> {
     let brokers = raw
@@ -94,9 +187,17 @@ fn kafka(
             )
         })?
         .to_owned();
+    let default_topic = match format {
+        Format::Debezium(_) => debezium::DEFAULT_TOPIC_TEMPLATE,
+        _ => DEFAULT_TOPIC_TEMPLATE,
+    };
     let config = KafkaSinkConfig {
         brokers,
-        topic_template: raw.kafka_topic.clone(),
+        topic_template: raw
+            .kafka_topic
+            .clone()
+            .unwrap_or_else(|| default_topic.to_owned()),
+        format,
         properties,
         delivery_timeout: positive_duration(
             "DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT",
@@ -142,7 +243,7 @@ fn property_variable(name: &str) -> String {
 }
 
 /// `DISPATCHBOX_WEBHOOK_*`.
-fn webhook(raw: &RawConfig) -> Result<WebhookSinkConfig, ConfigError> {
+fn webhook(raw: &RawConfig, format: Format) -> Result<WebhookSinkConfig, ConfigError> {
     let url = raw
         .webhook_url
         .as_deref()
@@ -177,6 +278,7 @@ fn webhook(raw: &RawConfig) -> Result<WebhookSinkConfig, ConfigError> {
             1,
             10_000,
         )?,
+        format,
     };
     config
         .validate()

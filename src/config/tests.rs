@@ -246,3 +246,98 @@ fn sink_settings_are_validated_as_the_sink_would() {
     assert_eq!(e.variable, "DISPATCHBOX_KAFKA_PROPERTY_ACKS");
     assert!(!e.to_string().contains("s3cret"), "value echoed: {e}");
 }
+
+#[test]
+fn formats_default_to_native_and_follow_the_sinks_own_variable() {
+    use crate::sink::format::{CloudEventsMode, Format};
+    let config = Config::from_vars(vars(&[
+        ("DISPATCHBOX_SINKS", "kafka,webhook,stdout"),
+        ("DISPATCHBOX_KAFKA_BROKERS", "k:9092"),
+        ("DISPATCHBOX_WEBHOOK_URL", "https://hooks.example.com/x"),
+        ("DISPATCHBOX_FORMAT", "cloudevents"),
+        ("DISPATCHBOX_CLOUDEVENTS_MODE", "binary"),
+        ("DISPATCHBOX_KAFKA_FORMAT", "debezium"),
+        (
+            "DISPATCHBOX_DEBEZIUM_ADDITIONAL_PLACEMENT",
+            "event_type:header:eventType",
+        ),
+    ]))
+    .expect("valid");
+    let kafka = kafka(&config).unwrap();
+    let Format::Debezium(debezium) = &kafka.format else {
+        panic!("kafka format {:?}", kafka.format);
+    };
+    assert_eq!(debezium.describe(), "event_type:header:eventType");
+    assert_eq!(kafka.topic_template, "outbox.event.{aggregate_type}");
+    let Format::CloudEvents(ce) = &webhook(&config).unwrap().format else {
+        panic!("webhook format");
+    };
+    assert_eq!(ce.mode, CloudEventsMode::Binary);
+    assert_eq!(ce.source, "/dispatchbox/app/public.outbox_event");
+    assert!(matches!(
+        config.sinks.last(),
+        Some(SinkConfig::Stdout(Format::CloudEvents(_)))
+    ));
+
+    let native = Config::from_vars(vars(&[
+        ("DISPATCHBOX_SINKS", "kafka"),
+        ("DISPATCHBOX_KAFKA_BROKERS", "k:9092"),
+    ]))
+    .unwrap();
+    let kafka = self::kafka(&native).unwrap();
+    assert_eq!(kafka.format, Format::Native);
+    assert_eq!(kafka.topic_template, "outbox.{aggregate_type}");
+
+    // An explicit topic wins over the debezium default.
+    let explicit = Config::from_vars(vars(&[
+        ("DISPATCHBOX_SINKS", "kafka"),
+        ("DISPATCHBOX_KAFKA_BROKERS", "k:9092"),
+        ("DISPATCHBOX_FORMAT", "debezium"),
+        ("DISPATCHBOX_KAFKA_TOPIC", "events"),
+        (
+            "DISPATCHBOX_CLOUDEVENTS_SOURCE",
+            "https://orders.example.com",
+        ),
+    ]))
+    .unwrap();
+    assert_eq!(self::kafka(&explicit).unwrap().topic_template, "events");
+}
+
+#[test]
+fn format_mistakes_name_their_variable() {
+    let cases: [(&[(&str, &str)], &str); 6] = [
+        (&[("DISPATCHBOX_FORMAT", "avro")], "DISPATCHBOX_FORMAT"),
+        (
+            &[("DISPATCHBOX_STDOUT_FORMAT", "xml")],
+            "DISPATCHBOX_STDOUT_FORMAT",
+        ),
+        (
+            &[("DISPATCHBOX_CLOUDEVENTS_MODE", "batched")],
+            "DISPATCHBOX_CLOUDEVENTS_MODE",
+        ),
+        (
+            &[("DISPATCHBOX_CLOUDEVENTS_SOURCE", "a b")],
+            "DISPATCHBOX_CLOUDEVENTS_SOURCE",
+        ),
+        (
+            &[(
+                "DISPATCHBOX_DEBEZIUM_ADDITIONAL_PLACEMENT",
+                "payload:header",
+            )],
+            "DISPATCHBOX_DEBEZIUM_ADDITIONAL_PLACEMENT",
+        ),
+        // stdout cannot speak debezium: the variable that chose it is named.
+        (&[("DISPATCHBOX_FORMAT", "debezium")], "DISPATCHBOX_FORMAT"),
+    ];
+    for (pairs, variable) in cases {
+        let error = error_for(pairs);
+        assert_eq!(error.variable, variable, "{pairs:?}: {error}");
+    }
+    let error = error_for(&[
+        ("DISPATCHBOX_SINKS", "webhook"),
+        ("DISPATCHBOX_WEBHOOK_URL", "https://hooks.example.com/x"),
+        ("DISPATCHBOX_WEBHOOK_FORMAT", "debezium"),
+    ]);
+    assert_eq!(error.variable, "DISPATCHBOX_WEBHOOK_FORMAT");
+    assert!(error.rule.contains("Kafka records"), "{error}");
+}

@@ -7,6 +7,12 @@
 //! those five is dropped: consumers that read the last header of a name must never see a
 //! forged idempotency key.
 //!
+//! That is the native format. With `cloudevents` the value is the structured document
+//! (header `content-type: application/cloudevents+json`) or, in binary mode, the payload
+//! with `ce_`-prefixed attribute headers and `content-type: application/json`; with
+//! `debezium` the headers are `id` and the placed columns (see [`super::format`]). The key
+//! is the aggregate id in every format, and the row's headers follow the format's own.
+//!
 //! Owns: topic templates, producer configuration, and the classification of every librdkafka
 //! failure into retryable or permanent, in `classify`. Must not: log payloads or header
 //! values, touch the database, or retry on its own (the dispatcher owns retries; librdkafka
@@ -20,6 +26,7 @@
 //! Fatal producer errors (idempotence sequence violations) make a librdkafka producer
 //! unusable for good; the sink notices on the next `deliver` and builds a fresh producer.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -29,6 +36,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
+use super::format::{cloudevents, CloudEventsMode, Format};
 use super::DeliveryError;
 use crate::event::OutboxEvent;
 
@@ -73,16 +81,20 @@ pub struct KafkaSinkConfig {
     /// outcome can arrive up to `reconnect.backoff.max.ms` (10 s) later. A topic missing from
     /// the cluster fails as permanent after half of this (`topic.metadata.propagation.max.ms`).
     pub delivery_timeout: Duration,
+    /// What a record looks like (default [`Format::Native`], the shape in the module doc).
+    pub format: Format,
 }
 
 impl KafkaSinkConfig {
-    /// A config for `brokers` with the default template, timeout and no extra properties.
+    /// A config for `brokers` with the default template, timeout and format and no extra
+    /// properties.
     pub fn new(brokers: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
             topic_template: DEFAULT_TOPIC_TEMPLATE.to_owned(),
             properties: Vec::new(),
             delivery_timeout: DEFAULT_DELIVERY_TIMEOUT,
+            format: Format::Native,
         }
     }
 }
@@ -149,6 +161,7 @@ impl std::fmt::Debug for KafkaSinkConfig {
             .field("topic_template", &self.topic_template)
             .field("properties", &names)
             .field("delivery_timeout", &self.delivery_timeout)
+            .field("format", &self.format)
             .finish()
     }
 }
@@ -192,6 +205,7 @@ pub struct KafkaSink {
     /// Shared with every in-flight delivery (for error messages) without copying.
     brokers: Arc<str>,
     template: TopicTemplate,
+    format: Format,
     client_config: ClientConfig,
     /// Replaced only when the current producer reports a fatal error; cloning is cheap.
     producer: Mutex<FutureProducer>,
@@ -217,6 +231,7 @@ impl KafkaSink {
         Ok(Self {
             brokers: config.brokers.into(),
             template,
+            format: config.format,
             client_config,
             producer: Mutex::new(producer),
         })
@@ -254,14 +269,68 @@ impl KafkaSink {
                 self.template.source, event.id
             )));
         }
+        let (value, headers) = self.render(event)?;
         let producer = self.producer()?;
         let record = FutureRecord::to(topic)
             .key(event.aggregate_id.as_bytes())
-            .payload(event.payload.as_ref())
-            .headers(record_headers(event));
+            .payload(value.as_ref())
+            .headers(headers);
         producer
             .send_result(record)
             .map_err(|(error, _record)| classify(&error, topic, &self.brokers))
+    }
+
+    /// The record's value and headers in the sink's format. The key is the aggregate id in
+    /// every format (CloudEvents' `partitionkey`, Debezium's key).
+    fn render<'e>(
+        &self,
+        event: &'e OutboxEvent,
+    ) -> Result<(Cow<'e, [u8]>, OwnedHeaders), DeliveryError> {
+        let payload = Cow::Borrowed(event.payload.as_ref());
+        Ok(match &self.format {
+            Format::Native => (payload, native_headers(event)),
+            Format::CloudEvents(ce) => match ce.mode {
+                CloudEventsMode::Structured => {
+                    let document = ce.structured(event).map_err(|err| {
+                        DeliveryError::permanent(format!(
+                            "payload of event {} is not valid json ({err}); it cannot be \
+                             sent as a CloudEvent",
+                            event.id
+                        ))
+                    })?;
+                    let fixed = [(
+                        CONTENT_TYPE_HEADER.to_owned(),
+                        cloudevents::STRUCTURED_CONTENT_TYPE.to_owned(),
+                    )];
+                    (
+                        Cow::Owned(document),
+                        with_row_headers(fixed, event, is_ce_header),
+                    )
+                }
+                CloudEventsMode::Binary => {
+                    let fixed = std::iter::once((
+                        CONTENT_TYPE_HEADER.to_owned(),
+                        cloudevents::DATA_CONTENT_TYPE.to_owned(),
+                    ))
+                    .chain(
+                        ce.attributes(event)
+                            .into_iter()
+                            .map(|(name, value)| (format!("ce_{name}"), value)),
+                    );
+                    (payload, with_row_headers(fixed, event, is_ce_header))
+                }
+            },
+            Format::Debezium(debezium) => {
+                let fixed = debezium
+                    .headers(event)
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value));
+                (
+                    payload,
+                    with_row_headers(fixed, event, |name| debezium.reserves(name)),
+                )
+            }
+        })
     }
 
     /// The current producer, replaced first if librdkafka declared it unusable.
@@ -507,28 +576,46 @@ fn is_topic_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
 }
 
-/// Builds the record headers (see the module doc for the list and the collision rule).
-fn record_headers(event: &OutboxEvent) -> OwnedHeaders {
-    let id = event.id.to_string();
-    let created_at = event.created_at_rfc3339();
+/// The native record headers (see the module doc for the list and the collision rule).
+fn native_headers(event: &OutboxEvent) -> OwnedHeaders {
     let fixed = [
-        ("id", id.as_str()),
-        ("event_type", event.event_type.as_str()),
-        ("aggregate_type", event.aggregate_type.as_str()),
-        ("aggregate_id", event.aggregate_id.as_str()),
-        ("created_at", created_at.as_str()),
-    ];
-    let extra = event
+        ("id", event.id.to_string()),
+        ("event_type", event.event_type.clone()),
+        ("aggregate_type", event.aggregate_type.clone()),
+        ("aggregate_id", event.aggregate_id.clone()),
+        ("created_at", event.created_at_rfc3339()),
+    ]
+    .map(|(name, value)| (name.to_owned(), value));
+    with_row_headers(fixed, event, |name| RESERVED_HEADERS.contains(&name))
+}
+
+/// The `content-type` header of the CloudEvents Kafka binding.
+const CONTENT_TYPE_HEADER: &str = "content-type";
+
+/// Headers the CloudEvents formats set: `content-type` and every `ce_` attribute.
+fn is_ce_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case(CONTENT_TYPE_HEADER) || name.starts_with("ce_")
+}
+
+/// The format's own headers, then the row's headers, except those whose names the format
+/// `reserves`: consumers that read the last header of a name must never see a forged
+/// idempotency key or attribute.
+fn with_row_headers(
+    fixed: impl IntoIterator<Item = (String, String)>,
+    event: &OutboxEvent,
+    reserves: impl Fn(&str) -> bool,
+) -> OwnedHeaders {
+    let row = event
         .headers
         .iter()
-        .filter(|(name, _)| !RESERVED_HEADERS.contains(&name.as_str()))
-        .map(|(name, value)| (name.as_str(), value.as_str()));
-    fixed.into_iter().chain(extra).fold(
-        OwnedHeaders::new_with_capacity(5 + event.headers.len()),
+        .filter(|(name, _)| !reserves(name))
+        .map(|(name, value)| (name.clone(), value.clone()));
+    fixed.into_iter().chain(row).fold(
+        OwnedHeaders::new_with_capacity(8 + event.headers.len()),
         |headers, (key, value)| {
             headers.insert(Header {
-                key,
-                value: Some(value),
+                key: &key,
+                value: Some(&value),
             })
         },
     )

@@ -10,6 +10,7 @@
 //! [`SinkConfig`]. Each sink module owns its config type and the rules for it
 //! (`validate`); [`Sink::from_config`] is the one place a sink is built from its config.
 
+pub mod format;
 pub mod kafka;
 #[cfg(test)]
 pub mod memory;
@@ -34,7 +35,8 @@ pub use webhook::{WebhookSink, WebhookSinkConfig, WebhookSinkError};
 pub enum SinkConfig {
     Kafka(KafkaSinkConfig),
     Webhook(WebhookSinkConfig),
-    Stdout,
+    /// Stdout with its format (`native` or `cloudevents`, always structured).
+    Stdout(format::Format),
 }
 
 impl SinkConfig {
@@ -44,7 +46,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Kafka(_) => "kafka",
             SinkConfig::Webhook(_) => "webhook",
-            SinkConfig::Stdout => "stdout",
+            SinkConfig::Stdout(_) => "stdout",
         }
     }
 
@@ -55,7 +57,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Kafka(kafka) => Some(kafka.delivery_timeout),
             SinkConfig::Webhook(webhook) => Some(webhook.timeout),
-            SinkConfig::Stdout => None,
+            SinkConfig::Stdout(_) => None,
         }
     }
 }
@@ -125,7 +127,7 @@ impl Sink {
         Ok(match config {
             SinkConfig::Kafka(kafka) => Sink::Kafka(KafkaSink::new(kafka.clone())?),
             SinkConfig::Webhook(webhook) => Sink::Webhook(WebhookSink::new(webhook.clone())?),
-            SinkConfig::Stdout => Sink::Stdout(StdoutSink::new()),
+            SinkConfig::Stdout(format) => Sink::Stdout(StdoutSink::new(format.clone())),
         })
     }
 

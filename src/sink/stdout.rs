@@ -8,6 +8,9 @@
 //!  "created_at":"2024-01-02T03:04:05.000006Z","headers":{"traceparent":"…"},"payload":{…}}
 //! ```
 //!
+//! With the `cloudevents` format each line is the event's structured CloudEvents document
+//! instead (binary mode has no meaning for a line; see [`super::format::cloudevents`]).
+//!
 //! Lines are handed to a writer thread in call order and written in batches: whatever
 //! queued while the previous write ran goes out with one `write` and one flush, so a fast
 //! stream costs a system call per batch rather than per event, and a slow reader never
@@ -29,6 +32,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
+use super::format::Format;
 use super::DeliveryError;
 use crate::event::OutboxEvent;
 
@@ -38,17 +42,12 @@ use crate::event::OutboxEvent;
 /// written whole by one thread.
 pub struct StdoutSink {
     queue: Arc<Queue>,
+    format: Format,
 }
 
 impl std::fmt::Debug for StdoutSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StdoutSink").finish_non_exhaustive()
-    }
-}
-
-impl Default for StdoutSink {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -81,12 +80,19 @@ impl Queue {
 }
 
 impl StdoutSink {
-    /// A sink writing to the process's standard output.
-    pub fn new() -> Self {
-        Self::with_writer(std::io::stdout())
+    /// A sink writing lines in `format` (native or CloudEvents) to the process's standard
+    /// output.
+    pub fn new(format: Format) -> Self {
+        Self::with_writer(std::io::stdout()).with_format(format)
     }
 
-    /// A sink writing to `writer` (tests capture the output this way).
+    /// The same sink, writing lines in `format`.
+    pub fn with_format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// A sink writing native lines to `writer` (tests capture the output this way).
     pub fn with_writer(writer: impl Write + Send + 'static) -> Self {
         let queue = Arc::new(Queue::default());
         let spawned = std::thread::Builder::new()
@@ -100,7 +106,10 @@ impl StdoutSink {
             tracing::error!(sink = "stdout", error = %error, "cannot start the stdout writer thread");
             queue.close();
         }
-        Self { queue }
+        Self {
+            queue,
+            format: Format::Native,
+        }
     }
 
     /// Renders `event`'s line and queues it now (lines keep the order of these calls);
@@ -110,7 +119,7 @@ impl StdoutSink {
         event: &OutboxEvent,
     ) -> impl Future<Output = Result<(), DeliveryError>> + Send + 'static {
         let id = event.id;
-        let queued = render_line(event).and_then(|line| {
+        let queued = self.render(event).and_then(|line| {
             let (tx, rx) = oneshot::channel();
             let mut pending = self.queue.lock();
             if pending.closed {
@@ -192,7 +201,28 @@ fn classify(err: &std::io::Error, event_id: i64) -> DeliveryError {
     }
 }
 
-/// The JSON line for `event`, newline included.
+impl StdoutSink {
+    /// The line for `event` in the sink's format, newline included.
+    fn render(&self, event: &OutboxEvent) -> Result<Vec<u8>, DeliveryError> {
+        match &self.format {
+            Format::CloudEvents(ce) => {
+                let mut line = ce.structured(event).map_err(|err| {
+                    DeliveryError::permanent(format!(
+                        "payload of event {} is not valid json ({err}); it cannot be written \
+                         as a CloudEvent",
+                        event.id
+                    ))
+                })?;
+                line.push(b'\n');
+                Ok(line)
+            }
+            // The configuration refuses debezium for stdout; a native line is the fallback.
+            Format::Native | Format::Debezium(_) => render_line(event),
+        }
+    }
+}
+
+/// The native JSON line for `event`, newline included.
 fn render_line(event: &OutboxEvent) -> Result<Vec<u8>, DeliveryError> {
     let payload: &RawValue = serde_json::from_slice(&event.payload).map_err(|err| {
         DeliveryError::permanent(format!(

@@ -12,6 +12,12 @@
 //!  "aggregate_type":"order","aggregate_id":"o-1","data":{…}}
 //! ```
 //!
+//! With the `cloudevents` format the body is the structured CloudEvents document
+//! (`content-type: application/cloudevents+json; charset=utf-8`) or, in binary mode, the
+//! payload alone (`application/json`) with the attributes as `ce-` headers, percent-encoded
+//! as the CloudEvents HTTP binding says. The Standard Webhooks headers and signature are the
+//! same in every format: the signature covers whatever body is sent.
+//!
 //! The event's own `headers` column is not forwarded: HTTP headers of arbitrary names could
 //! collide with the signing headers, and receivers verify the signed body, not headers.
 //!
@@ -46,6 +52,7 @@ use serde_json::value::RawValue;
 use sha2::Sha256;
 use tokio::sync::Semaphore;
 
+use super::format::{cloudevents, CloudEventsMode, Format};
 use super::DeliveryError;
 use crate::event::OutboxEvent;
 
@@ -93,6 +100,8 @@ pub struct WebhookSinkConfig {
     pub timeout: Duration,
     /// Requests in flight at once (default [`DEFAULT_MAX_CONCURRENCY`]).
     pub max_concurrency: usize,
+    /// The body's shape: native (the module doc) or CloudEvents.
+    pub format: Format,
 }
 
 impl WebhookSinkConfig {
@@ -103,6 +112,7 @@ impl WebhookSinkConfig {
             secrets: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            format: Format::Native,
         }
     }
 }
@@ -265,6 +275,7 @@ struct Inner {
     signer: Signer,
     permits: Semaphore,
     timeout: Duration,
+    format: Format,
 }
 
 /// The client and keys are not printed.
@@ -298,6 +309,7 @@ impl WebhookSink {
                 signer: Signer { keys },
                 permits: Semaphore::new(config.max_concurrency),
                 timeout: config.timeout,
+                format: config.format,
             }),
         })
     }
@@ -309,10 +321,14 @@ impl WebhookSink {
         &self,
         event: Arc<OutboxEvent>,
     ) -> impl Future<Output = Result<(), DeliveryError>> + Send + 'static {
-        let body = render_body(&event);
+        let rendered = render(&self.inner.format, &event);
         let inner = Arc::clone(&self.inner);
         async move {
-            let body = body?;
+            let Rendered {
+                body,
+                content_type,
+                attributes,
+            } = rendered?;
             let _permit = inner.permits.acquire().await.map_err(|_| {
                 DeliveryError::retryable(format!(
                     "webhook sink for {} was shut down before event {} was sent",
@@ -326,10 +342,13 @@ impl WebhookSink {
             let mut request = inner
                 .client
                 .post(inner.url.clone())
-                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .header(CONTENT_TYPE, HeaderValue::from_static(content_type))
                 .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
                 .header("webhook-id", &id)
                 .header("webhook-timestamp", &timestamp);
+            for (name, value) in attributes {
+                request = request.header(name, value);
+            }
             if let Some(signature) = inner.signer.sign(&id, &timestamp, &body) {
                 request = request.header("webhook-signature", signature);
             }
@@ -429,7 +448,54 @@ impl Signer {
     }
 }
 
-/// The request body for `event`: rendered once, sent as is, signed as is.
+/// A request's format-dependent parts, rendered once, sent as is, signed as is.
+struct Rendered {
+    body: Bytes,
+    content_type: &'static str,
+    /// CloudEvents binary mode: the `ce-` attribute headers, values percent-encoded.
+    attributes: Vec<(String, String)>,
+}
+
+/// The body, content type and attribute headers of `event` in `format`.
+fn render(format: &Format, event: &OutboxEvent) -> Result<Rendered, DeliveryError> {
+    let not_json = |err: serde_json::Error| {
+        DeliveryError::permanent(format!(
+            "payload of event {} is not valid json ({err}); it cannot be sent as a CloudEvent",
+            event.id
+        ))
+    };
+    Ok(match format {
+        Format::CloudEvents(ce) => match ce.mode {
+            CloudEventsMode::Structured => Rendered {
+                body: Bytes::from(ce.structured(event).map_err(not_json)?),
+                content_type: cloudevents::STRUCTURED_CONTENT_TYPE,
+                attributes: Vec::new(),
+            },
+            CloudEventsMode::Binary => {
+                serde_json::from_slice::<&RawValue>(&event.payload).map_err(not_json)?;
+                Rendered {
+                    body: event.payload.clone(),
+                    content_type: cloudevents::DATA_CONTENT_TYPE,
+                    attributes: ce
+                        .attributes(event)
+                        .into_iter()
+                        .map(|(name, value)| {
+                            (format!("ce-{name}"), cloudevents::http_header_value(&value))
+                        })
+                        .collect(),
+                }
+            }
+        },
+        // The configuration refuses debezium for webhooks; native is the fallback.
+        Format::Native | Format::Debezium(_) => Rendered {
+            body: render_body(event)?,
+            content_type: "application/json",
+            attributes: Vec::new(),
+        },
+    })
+}
+
+/// The native request body for `event`.
 fn render_body(event: &OutboxEvent) -> Result<Bytes, DeliveryError> {
     let data: &RawValue = serde_json::from_slice(&event.payload).map_err(|err| {
         DeliveryError::permanent(format!(

@@ -83,7 +83,7 @@ fn topic_names_follow_kafka_rules() {
 
 #[test]
 fn headers_carry_metadata_then_event_headers_without_collisions() {
-    let headers = record_headers(&event());
+    let headers = native_headers(&event());
     let pairs: Vec<(String, String)> = headers
         .iter()
         .map(|h| {
