@@ -61,3 +61,4 @@ pub mod status;
 pub mod store;
 pub mod sweeper;
 pub mod telemetry;
+pub mod tls;

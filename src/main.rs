@@ -57,6 +57,18 @@ fn main() -> ExitCode {
         }
     };
     dispatchbox::telemetry::init_logging(config.log.format, &config.log.level);
+    // Spans are exported only by `run`; the exporter's blocking HTTP client is set up and
+    // flushed here, outside the async runtime.
+    let traces = match (&cli.command, &config.traces) {
+        (Command::Run, Some(settings)) => match dispatchbox::telemetry::traces::init(settings) {
+            Ok(export) => Some(export),
+            Err(error) => {
+                eprintln!("dispatchbox: cannot start the OTLP trace export: {error}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        },
+        _ => None,
+    };
 
     // One thread runs every async task. The relay's work is hand-offs between its stages
     // (stream → dispatcher → sinks → status writer → feedback); on one thread they cost a
@@ -92,6 +104,10 @@ fn main() -> ExitCode {
             Command::Healthcheck => Ok(cli::healthcheck::run_blocking()),
         }
     });
+    drop(runtime);
+    if let Some(export) = traces {
+        export.shutdown();
+    }
     match result {
         Ok(code) => code,
         Err(error) => {

@@ -18,7 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "vocabulary",
         &[
-            "event", "lsn", "names", "secret", "conninfo", "retry", "shutdown",
+            "event", "lsn", "names", "secret", "conninfo", "retry", "shutdown", "tls",
         ],
     ),
     ("telemetry and flow control", &["telemetry", "flow"]),

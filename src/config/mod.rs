@@ -27,6 +27,7 @@ use crate::names::{Identifier, Names, TableName};
 use crate::retry::Backoff;
 pub use crate::secret::Secret;
 pub use crate::sink::SinkConfig;
+pub use crate::telemetry::traces::TraceSettings;
 pub use crate::telemetry::LogFormat;
 pub use sinks::{kafka_properties_from_env, PROPERTY_ENV_PREFIX};
 use value::{at_most, byte_size, count, duration, positive_duration, value_or_file};
@@ -128,6 +129,26 @@ pub struct RawConfig {
     pub log_format: Option<String>,
     #[envconfig(from = "DISPATCHBOX_LOG_LEVEL", default = "info")]
     pub log_level: String,
+    #[envconfig(from = "DISPATCHBOX_OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub dispatchbox_otel_endpoint: Option<String>,
+    #[envconfig(from = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_endpoint: Option<String>,
+    #[envconfig(from = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    pub otel_traces_endpoint: Option<String>,
+    #[envconfig(from = "OTEL_EXPORTER_OTLP_PROTOCOL")]
+    pub otel_protocol: Option<String>,
+    #[envconfig(from = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")]
+    pub otel_traces_protocol: Option<String>,
+    #[envconfig(from = "OTEL_EXPORTER_OTLP_TIMEOUT")]
+    pub otel_timeout: Option<String>,
+    #[envconfig(from = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")]
+    pub otel_traces_timeout: Option<String>,
+    #[envconfig(from = "OTEL_SDK_DISABLED")]
+    pub otel_sdk_disabled: Option<String>,
+    #[envconfig(from = "OTEL_SERVICE_NAME")]
+    pub otel_service_name: Option<String>,
+    #[envconfig(from = "OTEL_RESOURCE_ATTRIBUTES")]
+    pub otel_resource_attributes: Option<String>,
 }
 
 /// A configuration error: which variable, and the rule it broke.
@@ -162,6 +183,7 @@ impl ConfigError {
 /// ├── sweeper           interval, grace, batch, lease
 /// ├── admin             HTTP address, API token
 /// ├── log               format, level
+/// ├── traces            OTLP span export (OpenTelemetry's OTEL_* variables), when on
 /// └── shutdown_timeout
 /// ```
 #[derive(Debug, Clone)]
@@ -184,6 +206,8 @@ pub struct Config {
     pub admin: AdminSettings,
     /// Logging.
     pub log: LogSettings,
+    /// OTLP trace export (`OTEL_EXPORTER_OTLP_ENDPOINT` …); `None` when off.
+    pub traces: Option<TraceSettings>,
     /// `DISPATCHBOX_SHUTDOWN_TIMEOUT` (default 30 s): on SIGTERM, how long in-flight
     /// deliveries may finish.
     pub shutdown_timeout: Duration,
@@ -323,6 +347,7 @@ impl Config {
             status: StatusSettings::from_raw(&raw)?,
             admin: AdminSettings::from_raw(&raw)?,
             log: LogSettings::from_raw(&raw)?,
+            traces: traces(&raw)?,
             shutdown_timeout: duration("DISPATCHBOX_SHUTDOWN_TIMEOUT", &raw.shutdown_timeout)?,
             database,
             dispatch,
@@ -566,3 +591,93 @@ impl LogSettings {
 
 #[cfg(test)]
 mod tests;
+
+/// OTLP trace export, from OpenTelemetry's own variables: on when an endpoint is set
+/// (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as is, or `OTEL_EXPORTER_OTLP_ENDPOINT` /
+/// `DISPATCHBOX_OTEL_EXPORTER_OTLP_ENDPOINT` plus `/v1/traces`) and `OTEL_SDK_DISABLED` is
+/// not `true`. Only OTLP/HTTP with protobuf is spoken.
+fn traces(raw: &RawConfig) -> Result<Option<TraceSettings>, ConfigError> {
+    let set = |value: &Option<String>| {
+        value
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    if set(&raw.otel_sdk_disabled).is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Ok(None);
+    }
+    let endpoint = if let Some(url) = set(&raw.otel_traces_endpoint) {
+        Some(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url))
+    } else if let Some(base) = set(&raw.dispatchbox_otel_endpoint) {
+        Some(("DISPATCHBOX_OTEL_EXPORTER_OTLP_ENDPOINT", traces_url(&base)))
+    } else {
+        set(&raw.otel_endpoint).map(|base| ("OTEL_EXPORTER_OTLP_ENDPOINT", traces_url(&base)))
+    };
+    let Some((variable, endpoint)) = endpoint else {
+        return Ok(None);
+    };
+    match url::Url::parse(&endpoint) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+        _ => {
+            return Err(ConfigError::new(
+                variable,
+                "must be an http:// or https:// URL of an OTLP/HTTP receiver (e.g. \
+                 http://otel-collector:4318)",
+            ))
+        }
+    }
+    for (name, value) in [
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            &raw.otel_traces_protocol,
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", &raw.otel_protocol),
+    ] {
+        if let Some(protocol) = set(value) {
+            if protocol != "http/protobuf" {
+                return Err(ConfigError::new(
+                    name,
+                    format!("{protocol:?} is not supported; dispatchbox exports http/protobuf"),
+                ));
+            }
+        }
+    }
+    let timeout = match [
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            &raw.otel_traces_timeout,
+        ),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", &raw.otel_timeout),
+    ]
+    .into_iter()
+    .find_map(|(name, value)| set(value).map(|v| (name, v)))
+    {
+        Some((name, millis)) => match millis.parse::<u64>() {
+            Ok(ms) if ms > 0 => Duration::from_millis(ms),
+            _ => {
+                return Err(ConfigError::new(
+                    name,
+                    format!("{millis:?} is not valid; use a whole number of milliseconds above 0"),
+                ))
+            }
+        },
+        None => Duration::from_secs(10),
+    };
+    let names_service = set(&raw.otel_service_name).is_some()
+        || set(&raw.otel_resource_attributes).is_some_and(|attrs| {
+            attrs
+                .split(',')
+                .any(|pair| pair.trim_start().starts_with("service.name="))
+        });
+    Ok(Some(TraceSettings {
+        endpoint,
+        timeout,
+        default_service_name: (!names_service).then(|| "dispatchbox".to_owned()),
+    }))
+}
+
+/// The traces URL under an OTLP base endpoint, as the OTLP exporter specification says.
+fn traces_url(base: &str) -> String {
+    format!("{}/v1/traces", base.trim_end_matches('/'))
+}

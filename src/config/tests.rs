@@ -341,3 +341,64 @@ fn format_mistakes_name_their_variable() {
     assert_eq!(error.variable, "DISPATCHBOX_WEBHOOK_FORMAT");
     assert!(error.rule.contains("Kafka records"), "{error}");
 }
+
+#[test]
+fn trace_export_follows_opentelemetrys_variables() {
+    let traces = |pairs: &[(&str, &str)]| Config::from_vars(vars(pairs)).map(|c| c.traces);
+    assert_eq!(traces(&[]).unwrap(), None);
+    let on = traces(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")])
+        .unwrap()
+        .unwrap();
+    assert_eq!(on.endpoint, "http://collector:4318/v1/traces");
+    assert_eq!(on.timeout, Duration::from_secs(10));
+    assert_eq!(on.default_service_name.as_deref(), Some("dispatchbox"));
+    // The signal's own endpoint is used as is and wins; the prefixed alias is a base URL.
+    let signal = traces(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "https://b/otlp/traces",
+        ),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+        ("OTEL_SERVICE_NAME", "orders-relay"),
+    ])
+    .unwrap()
+    .unwrap();
+    assert_eq!(signal.endpoint, "https://b/otlp/traces");
+    assert_eq!(signal.timeout, Duration::from_millis(2500));
+    assert_eq!(signal.default_service_name, None);
+    let alias = traces(&[("DISPATCHBOX_OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")])
+        .unwrap()
+        .unwrap();
+    assert_eq!(alias.endpoint, "http://c:4318/v1/traces");
+    assert_eq!(
+        traces(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ])
+        .unwrap(),
+        None
+    );
+    for (pairs, variable) in [
+        (
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")][..],
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+        (
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ][..],
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ),
+        (
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
+            ][..],
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ),
+    ] {
+        assert_eq!(error_for(pairs).variable, variable);
+    }
+}

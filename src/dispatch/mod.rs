@@ -44,6 +44,7 @@ use crate::status::Settlement;
 use crate::store::{Store, StoreError};
 use crate::telemetry::events::{DeliveryAttempted, Emit, EventDead, ReplaySkipped};
 use crate::telemetry::metrics;
+use crate::telemetry::traces::{self, SendSpan};
 
 /// Scheduled times closer than this to now are treated as due (tolerates clock skew
 /// between the database and the relay).
@@ -134,6 +135,9 @@ impl Deliverer {
         let in_flight = metrics::in_flight();
         let policy = self.policy;
         let since = std::time::Instant::now();
+        // Spans need wall-clock times and destinations; without trace export neither is
+        // taken.
+        let traced = traces::enabled().then(std::time::SystemTime::now);
         // Hand-offs happen now, in route order; the futures only learn the outcomes.
         let routes = self.router.route(&event.event_type);
         let routed = routes.is_some();
@@ -141,7 +145,13 @@ impl Deliverer {
             .unwrap_or_default()
             .iter()
             .filter_map(|&i| self.sinks.get(i))
-            .map(|sink| (sink.name(), sink.deliver(event.clone())))
+            .map(|sink| {
+                let sink_id = SinkId {
+                    name: sink.name(),
+                    destination: traced.and_then(|_| sink.destination(&event)),
+                };
+                (sink_id, sink.deliver(event.clone()))
+            })
             .collect();
         async move {
             let _in_flight = in_flight;
@@ -154,7 +164,22 @@ impl Deliverer {
                 });
             }
             let mut combined = Ok(());
-            let mut record = |sink: &'static str, took, result: Result<(), DeliveryError>| {
+            let mut record = |sink: SinkId, took, result: Result<(), DeliveryError>| {
+                if let Some(started) = traced {
+                    traces::record_send(SendSpan {
+                        event: &event,
+                        sink: sink.name,
+                        destination: sink.destination.as_deref(),
+                        attempt,
+                        started,
+                        ended: started + took,
+                        failed: result
+                            .as_ref()
+                            .err()
+                            .map(|error| (error.reason(), error.is_permanent())),
+                    });
+                }
+                let sink = sink.name;
                 let attempted = |failed| DeliveryAttempted {
                     event_id: event.id,
                     event_type: &event.event_type,
@@ -214,6 +239,13 @@ impl Deliverer {
         }
         outcome
     }
+}
+
+/// A routed sink as one attempt's records name it.
+struct SinkId {
+    name: &'static str,
+    /// For the trace span, when trace export is on.
+    destination: Option<String>,
 }
 
 /// Logs and counts a row that cannot become an event; returns its `dead` outcome (written

@@ -142,6 +142,17 @@ impl Sink {
         }
     }
 
+    /// Where `event` goes inside the transport, for trace spans: the Kafka topic; `None`
+    /// for sinks without named destinations (a webhook's URL is not one, stdout has one).
+    pub fn destination(&self, event: &OutboxEvent) -> Option<String> {
+        match self {
+            Sink::Kafka(sink) => Some(sink.topic_for(event)),
+            Sink::Stdout(_) | Sink::Webhook(_) => None,
+            #[cfg(test)]
+            Sink::Memory(_) => None,
+        }
+    }
+
     /// Hands `event` to the transport now and returns a future that resolves once the outcome
     /// is known. See the type-level contract for ordering and what `Ok` allows.
     pub fn deliver(

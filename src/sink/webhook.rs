@@ -404,20 +404,9 @@ impl WebhookSink {
     }
 }
 
-/// rustls with ring and the webpki root set, HTTP/1.1 only. Built here rather than by
-/// reqwest so no process-wide crypto provider has to be installed.
+/// rustls with ring and the webpki root set, HTTP/1.1 only (see [`crate::tls`]).
 fn tls_config() -> Result<rustls::ClientConfig, WebhookSinkError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|source| WebhookSinkError::Tls { source })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    crate::tls::https_client_config().map_err(|source| WebhookSinkError::Tls { source })
 }
 
 /// Signs with every configured key (Standard Webhooks, symmetric `v1`).

@@ -8,6 +8,7 @@
 pub mod events;
 pub mod health;
 pub mod metrics;
+pub mod traces;
 
 use std::io::IsTerminal;
 
