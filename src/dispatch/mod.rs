@@ -105,6 +105,8 @@ impl RetryPolicy {
 #[derive(Debug, Clone)]
 pub struct Deliverer {
     sinks: Arc<[Sink]>,
+    /// The sinks' names, shared by the delivery futures that log and count under them.
+    names: Arc<[Arc<str>]>,
     router: Arc<Router>,
     /// The retry policy applied to results.
     pub policy: RetryPolicy,
@@ -113,6 +115,7 @@ pub struct Deliverer {
 impl Deliverer {
     pub fn new(sinks: Arc<[Sink]>, router: Router, policy: RetryPolicy) -> Self {
         Self {
+            names: sinks.iter().map(|sink| Arc::from(sink.name())).collect(),
             sinks,
             router: Arc::new(router),
             policy,
@@ -140,8 +143,8 @@ impl Deliverer {
         let mut started: Vec<_> = routes
             .unwrap_or_default()
             .iter()
-            .filter_map(|&i| self.sinks.get(i))
-            .map(|sink| (sink.name(), sink.deliver(event.clone())))
+            .filter_map(|&i| Some((self.names.get(i)?.clone(), self.sinks.get(i)?)))
+            .map(|(name, sink)| (name, sink.deliver(event.clone())))
             .collect();
         async move {
             let _in_flight = in_flight;
@@ -154,11 +157,11 @@ impl Deliverer {
                 });
             }
             let mut combined = Ok(());
-            let mut record = |sink: &'static str, took, result: Result<(), DeliveryError>| {
+            let mut record = |sink: Arc<str>, took, result: Result<(), DeliveryError>| {
                 let attempted = |failed| DeliveryAttempted {
                     event_id: event.id,
                     event_type: &event.event_type,
-                    sink,
+                    sink: &sink,
                     attempt,
                     took,
                     failed,
