@@ -416,9 +416,9 @@ async fn the_ssrf_guard_refuses_loopback_unless_allowed() {
     let receiver = Receiver::start().await;
     let error = WebhookSink::new(WebhookSinkConfig::new(receiver.url())).unwrap_err();
     assert!(
-        error.to_string().starts_with(&format!(
-            "webhook url points at 127.0.0.1, a loopback address (127.0.0.0/8)"
-        )),
+        error
+            .to_string()
+            .starts_with("webhook url points at 127.0.0.1, a loopback address (127.0.0.0/8)"),
         "{error}"
     );
 
