@@ -28,8 +28,8 @@
 //! Owns: request building and signing, the HTTP client (one pooled `reqwest` client over
 //! rustls with the ring provider and the webpki root set), the concurrency limit, and the
 //! classification of every answer into retryable or permanent, in `classify`. Must not:
-//! log bodies, URLs beyond their origin (paths and queries may carry tokens) or secrets,
-//! follow redirects, or retry on its own (the dispatcher owns retries).
+//! log bodies, header values, URLs beyond their origin (paths and queries may carry
+//! tokens) or secrets, follow redirects, or retry on its own (the dispatcher owns retries).
 //!
 //! Ordering: unlike Kafka, nothing reaches the receiver until the returned future is polled,
 //! and up to `max_concurrency` requests run in parallel over separate connections, so two
