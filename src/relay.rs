@@ -79,6 +79,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         .iter()
         .map(Sink::from_config)
         .collect::<Result<Arc<[Sink]>, _>>()?;
+    for sink in sinks.iter() {
+        metrics::sink_enabled(sink.name());
+    }
     let health = Health::new();
     let admin = AdminServer::start(
         config.admin.http_addr,

@@ -313,6 +313,10 @@ async fn ready_is_unavailable_from_the_signal_until_exit() {
     env.extend([
         ("DISPATCHBOX_SINKS".to_owned(), "webhook".to_owned()),
         ("DISPATCHBOX_WEBHOOK_URL".to_owned(), receiver.url()),
+        (
+            "DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE".to_owned(),
+            "true".to_owned(),
+        ),
         ("DISPATCHBOX_SHUTDOWN_TIMEOUT".to_owned(), "5s".to_owned()),
     ]);
     migrate(&env);
@@ -498,6 +502,8 @@ async fn retries_are_counted_per_sink() {
     let mut env = base_env(&cluster, &db);
     set_env(&mut env, "DISPATCHBOX_SINKS", "webhook");
     set_env(&mut env, "DISPATCHBOX_WEBHOOK_URL", &receiver.url());
+    // The receiver is on loopback: turn the SSRF guard off.
+    set_env(&mut env, "DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE", "true");
     set_env(&mut env, "DISPATCHBOX_BACKOFF_BASE", "100ms");
     set_env(&mut env, "DISPATCHBOX_BACKOFF_MAX", "200ms");
     set_env(&mut env, "DISPATCHBOX_SWEEP_INTERVAL", "200ms");

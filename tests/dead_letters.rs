@@ -153,6 +153,8 @@ async fn setup() -> (Setup, Events) {
     let mut env = base_env(&cluster, &db);
     set_env(&mut env, "DISPATCHBOX_SINKS", "webhook");
     set_env(&mut env, "DISPATCHBOX_WEBHOOK_URL", &receiver.url());
+    // The receiver is on loopback: turn the SSRF guard off.
+    set_env(&mut env, "DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE", "true");
     set_env(&mut env, "DISPATCHBOX_WEBHOOK_TIMEOUT", "2s");
     set_env(&mut env, "DISPATCHBOX_SWEEP_INTERVAL", "200ms");
     set_env(&mut env, "DISPATCHBOX_SWEEP_LEASE", "10s");

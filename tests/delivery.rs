@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use support::kafka::TestBroker;
 use support::postgres::{eventually, TestCluster};
-use support::relay::{base_env, migrate, set_env, start_streaming, RelayProcess};
+use support::relay::{base_env, metric, migrate, set_env, start_streaming, RelayProcess};
 use support::store::count_status;
 use support::webhook::{Receiver, Rule};
 
@@ -20,6 +20,8 @@ fn webhook_env(cluster: &TestCluster, db: &str, receiver: &Receiver) -> Vec<(Str
     let mut env = base_env(cluster, db);
     set_env(&mut env, "DISPATCHBOX_SINKS", "webhook");
     set_env(&mut env, "DISPATCHBOX_WEBHOOK_URL", &receiver.url());
+    // The receiver is on loopback: turn the SSRF guard off.
+    set_env(&mut env, "DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE", "true");
     set_env(&mut env, "DISPATCHBOX_WEBHOOK_TIMEOUT", "2s");
     set_env(&mut env, "DISPATCHBOX_SWEEP_INTERVAL", "200ms");
     set_env(&mut env, "DISPATCHBOX_SWEEP_LEASE", "10s");
@@ -347,6 +349,118 @@ async fn routes_by_event_type_and_dead_letters_unrouted_events() {
         .map(|r| r.header("id").unwrap().to_owned())
         .collect();
     assert_eq!(ids, vec![order.to_string()], "only the order goes to Kafka");
+}
+
+/// Named webhook endpoints are sinks of their own: routes send invoices to
+/// `webhook:billing` with its own secret and static header, everything else to `webhook`;
+/// the trace context of the row travels, other row headers do not; metrics count per
+/// endpoint.
+#[tokio::test]
+async fn named_endpoints_get_their_own_events_secrets_and_headers() {
+    const BILLING_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let cluster = TestCluster::start();
+    let receiver = Receiver::start().await;
+    let billing = Receiver::start().await;
+    let db = cluster.create_database("endpoints").await;
+    let mut env = webhook_env(&cluster, &db, &receiver);
+    set_env(&mut env, "DISPATCHBOX_SINKS", "webhook,webhook:billing");
+    set_env(&mut env, "DISPATCHBOX_WEBHOOK_BILLING_URL", &billing.url());
+    set_env(
+        &mut env,
+        "DISPATCHBOX_WEBHOOK_BILLING_SECRET",
+        BILLING_SECRET,
+    );
+    set_env(
+        &mut env,
+        "DISPATCHBOX_WEBHOOK_BILLING_HEADERS",
+        "X-Api-Key: billing-key,v2",
+    );
+    set_env(
+        &mut env,
+        "DISPATCHBOX_ROUTES",
+        "invoice.*=webhook:billing; *=webhook",
+    );
+    migrate(&env);
+    let client = cluster.connect(&db).await;
+    let relay = start_streaming(&client, &env).await;
+
+    let invoice: i64 = client
+        .query_one(
+            &format!(
+                "INSERT INTO {TABLE} (aggregate_type, aggregate_id, event_type, payload, headers)
+                 VALUES ('invoice', 'i-1', 'invoice.issued', '{{}}',
+                         jsonb_build_object('traceparent', $1::text, 'x-internal', 'no'))
+                 RETURNING id"
+            ),
+            &[&TRACEPARENT],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let order = insert(&client, "o-1", "order.placed").await;
+    wait_status(&client, invoice, "done", Duration::from_secs(30)).await;
+    wait_status(&client, order, "done", Duration::from_secs(30)).await;
+
+    let to_billing = billing.requests();
+    assert_eq!(to_billing.len(), 1, "only the invoice goes to billing");
+    let request = &to_billing[0];
+    assert_eq!(request.webhook_id(), Some(invoice.to_string().as_str()));
+    assert_eq!(request.header("x-api-key"), Some("billing-key,v2"));
+    assert_eq!(request.header("traceparent"), Some(TRACEPARENT));
+    assert!(request.header("x-internal").is_none());
+    standardwebhooks::Webhook::new(BILLING_SECRET)
+        .unwrap()
+        .verify(&request.body, &request.headers)
+        .unwrap();
+    let to_default = receiver.requests();
+    assert_eq!(to_default.len(), 1, "only the order goes to webhook");
+    assert_eq!(to_default[0].webhook_id(), Some(order.to_string().as_str()));
+    assert!(to_default[0].header("x-api-key").is_none());
+    assert!(to_default[0].header("webhook-signature").is_none());
+
+    let admin = relay.admin_url();
+    for (sink, delivered) in [("webhook:billing", 1.0), ("webhook", 1.0)] {
+        let series =
+            format!("dispatchbox_events_processed_total{{outcome=\"done\",sink=\"{sink}\"}}");
+        assert_eq!(metric(&admin, &series).await, Some(delivered), "{series}");
+    }
+    let series = "dispatchbox_events_processed_total{outcome=\"dead\",sink=\"webhook:billing\"}";
+    assert_eq!(metric(&admin, series).await, Some(0.0), "created at zero");
+}
+
+/// With the SSRF guard on (the default), a receiver whose host resolves to loopback gets
+/// nothing: the event is `dead` after one attempt, and its `last_error` names the host, the
+/// rule and the switch.
+#[tokio::test]
+async fn the_ssrf_guard_makes_events_for_a_loopback_host_dead() {
+    let cluster = TestCluster::start();
+    let receiver = Receiver::start().await;
+    let db = cluster.create_database("ssrf").await;
+    let mut env = webhook_env(&cluster, &db, &receiver);
+    env.retain(|(name, _)| name != "DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE");
+    set_env(
+        &mut env,
+        "DISPATCHBOX_WEBHOOK_URL",
+        &receiver.url().replace("127.0.0.1", "localhost"),
+    );
+    migrate(&env);
+    let client = cluster.connect(&db).await;
+    let _relay = start_streaming(&client, &env).await;
+
+    let id = insert(&client, "o-1", "order.placed").await;
+    let r = wait_status(&client, id, "dead", Duration::from_secs(30)).await;
+    assert_eq!(r.attempts, 1, "permanent: not retried");
+    let error = r.last_error.unwrap();
+    for part in [
+        "refused by the SSRF guard",
+        "host \"localhost\" resolves to",
+        "loopback address",
+        "DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE=true",
+    ] {
+        assert!(error.contains(part), "{part:?} not in {error}");
+    }
+    assert!(receiver.requests().is_empty());
 }
 
 /// Two relays on one database under load: exactly one streams, every event is delivered,

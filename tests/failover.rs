@@ -63,6 +63,8 @@ async fn promoted_standby_takes_over_without_losing_events() {
     );
     set_env(&mut env, "DISPATCHBOX_SINKS", "webhook");
     set_env(&mut env, "DISPATCHBOX_WEBHOOK_URL", &receiver.url());
+    // The receiver is on loopback: turn the SSRF guard off.
+    set_env(&mut env, "DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE", "true");
     set_env(&mut env, "DISPATCHBOX_WEBHOOK_TIMEOUT", "10s");
     set_env(&mut env, "DISPATCHBOX_SWEEP_INTERVAL", "500ms");
     set_env(&mut env, "DISPATCHBOX_BACKOFF_BASE", "1s");

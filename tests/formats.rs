@@ -139,6 +139,7 @@ async fn webhook_cloudevents_in_both_modes_decode_with_the_sdk() {
         let sink = Sink::Webhook(
             WebhookSink::new(WebhookSinkConfig {
                 format: cloudevents(mode),
+                allow_private: true,
                 ..WebhookSinkConfig::new(receiver.url())
             })
             .unwrap(),

@@ -49,6 +49,10 @@ async fn debug_logs_are_json_with_delivery_fields_and_no_secrets() {
         ("DISPATCHBOX_SINKS".to_owned(), "webhook".to_owned()),
         ("DISPATCHBOX_WEBHOOK_URL".to_owned(), receiver.url()),
         (
+            "DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE".to_owned(),
+            "true".to_owned(),
+        ),
+        (
             "DISPATCHBOX_WEBHOOK_SECRET".to_owned(),
             format!("whsec_{WEBHOOK_SECRET_B64}"),
         ),

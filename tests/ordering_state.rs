@@ -16,6 +16,8 @@ fn webhook_env(cluster: &TestCluster, db: &str, receiver: &Receiver) -> Vec<(Str
     let mut env = base_env(cluster, db);
     set_env(&mut env, "DISPATCHBOX_SINKS", "webhook");
     set_env(&mut env, "DISPATCHBOX_WEBHOOK_URL", &receiver.url());
+    // The receiver is on loopback: turn the SSRF guard off.
+    set_env(&mut env, "DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE", "true");
     set_env(&mut env, "DISPATCHBOX_WEBHOOK_TIMEOUT", "1s");
     set_env(&mut env, "DISPATCHBOX_SWEEP_INTERVAL", "200ms");
     env

@@ -129,7 +129,7 @@ fn a_bad_multi_host_url_exits_2_naming_the_variable() {
 /// URL's token nor a property's value.
 #[test]
 fn a_sink_setting_the_sink_refuses_exits_2_naming_the_variable() {
-    let cases: [(&[(&str, &str)], &str); 3] = [
+    let cases: [(&[(&str, &str)], &str); 6] = [
         (
             &[
                 ("DISPATCHBOX_SINKS", "webhook"),
@@ -139,6 +139,41 @@ fn a_sink_setting_the_sink_refuses_exits_2_naming_the_variable() {
                 ),
             ],
             "DISPATCHBOX_WEBHOOK_URL",
+        ),
+        // The SSRF guard refuses an IP literal it would never connect to at startup.
+        (
+            &[
+                ("DISPATCHBOX_SINKS", "webhook"),
+                (
+                    "DISPATCHBOX_WEBHOOK_URL",
+                    "http://127.0.0.1:8080/x?token=s3cret",
+                ),
+            ],
+            "DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE=true",
+        ),
+        (
+            &[
+                ("DISPATCHBOX_SINKS", "webhook,webhook:billing"),
+                ("DISPATCHBOX_WEBHOOK_URL", "https://hooks.example.com/"),
+                ("DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE", "true"),
+                ("DISPATCHBOX_WEBHOOK_BILLING_URL", "http://169.254.169.254/"),
+                ("DISPATCHBOX_WEBHOOK_BILLING_ALLOW_PRIVATE", "false"),
+            ],
+            "DISPATCHBOX_WEBHOOK_BILLING_URL",
+        ),
+        (
+            &[
+                ("DISPATCHBOX_SINKS", "webhook:billing"),
+                (
+                    "DISPATCHBOX_WEBHOOK_BILLING_URL",
+                    "https://hooks.example.com/",
+                ),
+                (
+                    "DISPATCHBOX_WEBHOOK_BILLING_HEADERS",
+                    "Webhook-Signature: s3cret",
+                ),
+            ],
+            "DISPATCHBOX_WEBHOOK_BILLING_HEADERS",
         ),
         (
             &[

@@ -1,6 +1,8 @@
 //! The webhook sink against a real HTTP receiver (axum on loopback): request shape and
-//! signatures (checked with the independent `standardwebhooks` crate), classification of
-//! answers and transport failures, the concurrency limit and connection reuse.
+//! signatures (checked with the independent `standardwebhooks` crate), extra and forwarded
+//! headers, classification of answers and transport failures, the concurrency limit,
+//! connection reuse, and the SSRF guard (the receiver is on loopback, so every other test
+//! turns the guard off, as `DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE=true` does).
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -42,8 +44,16 @@ fn sink_with(config: WebhookSinkConfig) -> Sink {
     Sink::Webhook(WebhookSink::new(config).unwrap())
 }
 
+/// The receiver is on loopback: the SSRF guard is off.
+fn to(url: &str) -> WebhookSinkConfig {
+    WebhookSinkConfig {
+        allow_private: true,
+        ..WebhookSinkConfig::new(url)
+    }
+}
+
 fn sink(url: &str) -> Sink {
-    sink_with(WebhookSinkConfig::new(url))
+    sink_with(to(url))
 }
 
 fn origin(receiver: &Receiver) -> String {
@@ -57,10 +67,10 @@ fn now_unix() -> i64 {
 #[tokio::test]
 async fn delivers_a_signed_request_that_an_independent_verifier_accepts() {
     let receiver = Receiver::start().await;
-    let (old, new) = (secret(1), secret(2));
+    let (old, new, newest) = (secret(1), secret(2), secret(4));
     let sink = sink_with(WebhookSinkConfig {
-        secrets: vec![old.clone(), new.clone()],
-        ..WebhookSinkConfig::new(receiver.url())
+        secrets: vec![old.clone(), new.clone(), newest.clone()],
+        ..to(&receiver.url())
     });
     assert_eq!(sink.name(), "webhook");
 
@@ -94,9 +104,10 @@ async fn delivers_a_signed_request_that_an_independent_verifier_accepts() {
         (before..=after).contains(&timestamp),
         "{timestamp} not in {before}..={after}"
     );
-    assert!(
-        request.header("traceparent").is_none(),
-        "event headers are not forwarded"
+    assert_eq!(
+        request.header("traceparent"),
+        Some("00-abc-01"),
+        "the trace context is forwarded by default"
     );
     assert_eq!(
         request.json(),
@@ -114,12 +125,12 @@ async fn delivers_a_signed_request_that_an_independent_verifier_accepts() {
         .unwrap()
         .split(' ')
         .collect();
-    assert_eq!(signatures.len(), 2, "{signatures:?}");
+    assert_eq!(signatures.len(), 3, "{signatures:?}");
     assert!(signatures.iter().all(|s| s.starts_with("v1,")));
 
-    // Both secrets of the rotation pair verify on their own, as a receiver that has only
-    // one of them would.
-    for secret in [&old, &new] {
+    // Every secret of the rotation verifies on its own, as a receiver that has only one of
+    // them would.
+    for secret in [&old, &new, &newest] {
         let verifier = standardwebhooks::Webhook::new(secret).unwrap();
         verifier.verify(&request.body, &request.headers).unwrap();
     }
@@ -236,7 +247,7 @@ async fn a_receiver_slower_than_the_timeout_is_retryable() {
     receiver.respond(Rule::any().delay(Duration::from_secs(5)));
     let sink = sink_with(WebhookSinkConfig {
         timeout: Duration::from_millis(300),
-        ..WebhookSinkConfig::new(receiver.url())
+        ..to(&receiver.url())
     });
 
     let started = Instant::now();
@@ -284,7 +295,7 @@ async fn no_more_than_max_concurrency_requests_are_in_flight() {
     receiver.respond(Rule::any().delay(Duration::from_millis(300)));
     let sink = sink_with(WebhookSinkConfig {
         max_concurrency: 2,
-        ..WebhookSinkConfig::new(receiver.url())
+        ..to(&receiver.url())
     });
 
     let started = Instant::now();
@@ -319,4 +330,133 @@ async fn check_probes_without_sending_a_request() {
     sink.check(Duration::from_secs(5)).await.unwrap();
     sink.close(Duration::from_secs(1)).await;
     assert!(receiver.requests().is_empty());
+}
+
+fn event_with_headers(id: i64, headers: &[(&str, &str)]) -> Arc<OutboxEvent> {
+    let mut event = Arc::unwrap_or_clone(event(id, "o-1", "{}"));
+    event.headers = headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    Arc::new(event)
+}
+
+#[tokio::test]
+async fn static_and_allowed_row_headers_travel_and_nothing_else() {
+    let receiver = Receiver::start().await;
+    let key = secret(5);
+    let sink = sink_with(WebhookSinkConfig {
+        secrets: vec![key.clone()],
+        headers: vec![
+            ("Authorization".into(), "Bearer k1,k2".into()),
+            ("X-Tenant".into(), "static".into()),
+        ],
+        forward_headers: vec!["traceparent".into(), "tracestate".into(), "x-tenant".into()],
+        ..to(&receiver.url())
+    });
+    sink.deliver(event_with_headers(
+        1,
+        &[
+            (
+                "TraceParent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("tracestate", "vendor=a\nInjected: yes"),
+            ("x-tenant", "from-row"),
+            ("x-internal", "not-on-the-list"),
+            ("webhook-id", "999"),
+        ],
+    ))
+    .await
+    .unwrap();
+    let request = &receiver.requests()[0];
+    assert_eq!(request.header("authorization"), Some("Bearer k1,k2"));
+    assert_eq!(
+        request.header("traceparent"),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
+    assert_eq!(
+        request.header("x-tenant"),
+        Some("static"),
+        "static headers win"
+    );
+    assert!(
+        request.header("tracestate").is_none(),
+        "invalid value skipped"
+    );
+    assert!(request.header("injected").is_none(), "no header injection");
+    assert!(
+        request.header("x-internal").is_none(),
+        "not on the allow-list"
+    );
+    assert_eq!(
+        request.webhook_id(),
+        Some("1"),
+        "signing headers are the relay's"
+    );
+    standardwebhooks::Webhook::new(&key)
+        .unwrap()
+        .verify(&request.body, &request.headers)
+        .unwrap();
+
+    // Nothing forwarded when the list is empty.
+    let sink = sink_with(WebhookSinkConfig {
+        forward_headers: Vec::new(),
+        ..to(&receiver.url())
+    });
+    sink.deliver(event(2, "o-1", "{}")).await.unwrap();
+    assert!(receiver.requests()[1].header("traceparent").is_none());
+}
+
+/// By default the guard refuses a receiver on loopback: an IP literal when the sink is
+/// built, and a host name that resolves there (`localhost`) on connecting, which is a
+/// permanent failure naming the host, the rule and the switch. No request arrives.
+#[tokio::test]
+async fn the_ssrf_guard_refuses_loopback_unless_allowed() {
+    let receiver = Receiver::start().await;
+    let error = WebhookSink::new(WebhookSinkConfig::new(receiver.url())).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("webhook url points at 127.0.0.1, a loopback address (127.0.0.0/8)"),
+        "{error}"
+    );
+
+    let by_name = receiver.url().replace("127.0.0.1", "localhost");
+    let port = receiver.addr().port();
+    let guarded = sink_with(WebhookSinkConfig::new(format!("{by_name}?token=s3cr3t")));
+    let err = guarded.deliver(event(1, "o-1", "{}")).await.unwrap_err();
+    assert!(err.is_permanent(), "{err}");
+    let reason = err.reason();
+    assert!(
+        reason.starts_with(&format!(
+            "webhook http://localhost:{port} refused by the SSRF guard: host \"localhost\" \
+             resolves to "
+        )),
+        "{reason}"
+    );
+    assert!(reason.contains("loopback address"), "{reason}");
+    assert!(
+        reason.contains("set DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE=true"),
+        "{reason}"
+    );
+    assert!(!reason.contains("s3cr3t"), "{reason}");
+    assert!(receiver.requests().is_empty(), "nothing was sent");
+
+    // A named endpoint's reason names its own switch.
+    let named = sink_with(WebhookSinkConfig {
+        name: "webhook:billing".into(),
+        ..WebhookSinkConfig::new(by_name.clone())
+    });
+    assert_eq!(named.name(), "webhook:billing");
+    let err = named.deliver(event(2, "o-1", "{}")).await.unwrap_err();
+    assert!(
+        err.reason()
+            .contains("set DISPATCHBOX_WEBHOOK_BILLING_ALLOW_PRIVATE=true"),
+        "{err}"
+    );
+
+    // Allowed: the same host name delivers.
+    sink(&by_name).deliver(event(3, "o-1", "{}")).await.unwrap();
+    assert_eq!(receiver.requests().len(), 1);
 }

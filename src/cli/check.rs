@@ -160,7 +160,14 @@ fn sink_ready(config: &SinkConfig) -> String {
             let origin = url::Url::parse(&webhook.url)
                 .map(|url| url.origin().ascii_serialization())
                 .unwrap_or_default();
-            format!("webhook host of {origin} resolves (no request was sent)")
+            if webhook.allow_private {
+                format!("webhook host of {origin} resolves (SSRF guard off; no request was sent)")
+            } else {
+                format!(
+                    "webhook host of {origin} resolves to an address the SSRF guard allows (no \
+                     request was sent)"
+                )
+            }
         }
         SinkConfig::Stdout(_) => "stdout needs nothing".to_owned(),
     }
@@ -172,7 +179,14 @@ fn sink_fix(sink: &str) -> &'static str {
             "check DISPATCHBOX_KAFKA_BROKERS, that the brokers run and are reachable from here, \
              and the security settings (DISPATCHBOX_KAFKA_PROPERTY_SECURITY_PROTOCOL, SASL, SSL)"
         }
-        "webhook" => "check the host in DISPATCHBOX_WEBHOOK_URL and this machine's DNS",
+        "webhook" => {
+            "check the host in DISPATCHBOX_WEBHOOK_URL and this machine's DNS; an internal \
+             receiver needs DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE=true"
+        }
+        name if name.starts_with("webhook:") => {
+            "check the host in the endpoint's DISPATCHBOX_WEBHOOK_<NAME>_URL and this machine's \
+             DNS; an internal receiver needs DISPATCHBOX_WEBHOOK_<NAME>_ALLOW_PRIVATE=true"
+        }
         _ => "check the DISPATCHBOX_SINKS setting",
     }
 }

@@ -79,6 +79,17 @@ pub struct RawConfig {
     pub webhook_timeout: String,
     #[envconfig(from = "DISPATCHBOX_WEBHOOK_CONCURRENCY", default = "32")]
     pub webhook_concurrency: String,
+    #[envconfig(from = "DISPATCHBOX_WEBHOOK_HEADERS")]
+    pub webhook_headers: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_WEBHOOK_HEADERS_FILE")]
+    pub webhook_headers_file: Option<String>,
+    #[envconfig(
+        from = "DISPATCHBOX_WEBHOOK_FORWARD_HEADERS",
+        default = "traceparent,tracestate"
+    )]
+    pub webhook_forward_headers: String,
+    #[envconfig(from = "DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE", default = "false")]
+    pub webhook_allow_private: String,
     #[envconfig(from = "DISPATCHBOX_MAX_IN_FLIGHT", default = "1000")]
     pub max_in_flight: String,
     #[envconfig(from = "DISPATCHBOX_MAX_IN_FLIGHT_BYTES", default = "64MiB")]
@@ -178,7 +189,8 @@ impl ConfigError {
 /// ├── database          url, table and publication names, slot
 /// ├── source            replication stream: status interval, heartbeat, reconnect, limits
 /// ├── dispatch          in-flight bounds, ordering, routes, retry policy
-/// ├── sinks             [SinkConfig::Kafka | Webhook | Stdout], in DISPATCHBOX_SINKS order
+/// ├── sinks             [SinkConfig::Kafka | Webhook (one per endpoint) | Stdout], in
+/// │                     DISPATCHBOX_SINKS order
 /// ├── status            status writer: batch size, linger, stall timeout
 /// ├── sweeper           interval, grace, batch, lease
 /// ├── admin             HTTP address, API token
@@ -514,7 +526,12 @@ impl SweeperSettings {
                 SinkConfig::Webhook(webhook) if lease <= webhook.timeout => {
                     return Err(ConfigError::new(
                         "DISPATCHBOX_SWEEP_LEASE",
-                        "must be longer than DISPATCHBOX_WEBHOOK_TIMEOUT, or a slow delivery could be claimed twice",
+                        format!(
+                            "must be longer than the timeout of sink {} ({}, {}TIMEOUT), or a slow delivery could be claimed twice",
+                            webhook.name,
+                            humantime::format_duration(webhook.timeout),
+                            crate::sink::webhook::variable_prefix(&webhook.name),
+                        ),
                     ));
                 }
                 SinkConfig::Kafka(_) | SinkConfig::Webhook(_) | SinkConfig::Stdout(_) => {}

@@ -4,24 +4,33 @@
 //! Whatever a sink refuses about its config is found here, through the sink's own
 //! `validate` (the rules stay in the sink), and reported with the variable that holds the
 //! mistake: `run` and `check` only ever build sinks from configs that passed.
+//!
+//! Webhook endpoints: `webhook` reads `DISPATCHBOX_WEBHOOK_*`; each named endpoint
+//! `webhook:<name>` is a sink of its own reading `DISPATCHBOX_WEBHOOK_<NAME>_*` (see
+//! [`webhook`] for which settings fall back to the unnamed ones).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
-use super::value::{count, positive_duration, value_or_file};
+use super::value::{boolean, count, positive_duration, value_or_file};
 use super::{ConfigError, DatabaseSettings, RawConfig};
 use crate::sink::format::{debezium, CloudEvents, Debezium, Format, FormatError, FormatKind};
 use crate::sink::kafka::{KafkaSinkConfig, KafkaSinkError, DEFAULT_TOPIC_TEMPLATE};
-use crate::sink::webhook::{self, WebhookSinkConfig, WebhookSinkError};
+use crate::sink::webhook::{self, headers, WebhookSinkConfig, WebhookSinkError};
 use crate::sink::SinkConfig;
 
 /// Prefix of the environment variables that carry librdkafka properties.
 pub const PROPERTY_ENV_PREFIX: &str = "DISPATCHBOX_KAFKA_PROPERTY_";
 
+/// Longest webhook endpoint name.
+const MAX_ENDPOINT_NAME: usize = 32;
+
 /// The sinks `DISPATCHBOX_SINKS` names, as parsed before their settings are read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Kind {
     Kafka,
-    Webhook,
+    /// `webhook` (`None`) or `webhook:<name>`.
+    Webhook(Option<String>),
     Stdout,
 }
 
@@ -36,26 +45,104 @@ pub(super) fn from_raw(
     // as such rather than as a missing setting of the sink beside it.
     let kinds = kinds(&raw.sinks)?;
     let formats = Formats::from_raw(raw, database)?;
-    let mut properties = Some(kafka_properties_from_env(vars));
+    let vars: HashMap<String, String> = vars.collect();
+    let mut properties = Some(kafka_properties_from_env(
+        vars.iter()
+            .map(|(name, value)| (name.clone(), value.clone())),
+    ));
     kinds
         .into_iter()
         .map(|kind| {
             Ok(match kind {
                 Kind::Kafka => {
-                    let format = formats.for_sink("kafka", &raw.kafka_format, &[])?;
+                    let format = formats.for_sink("kafka", own("KAFKA", &raw.kafka_format), &[])?;
                     SinkConfig::Kafka(kafka(raw, format, properties.take().unwrap_or_default())?)
                 }
-                Kind::Webhook => {
-                    let format = formats.for_sink("webhook", &raw.webhook_format, &[DEBEZIUM])?;
-                    SinkConfig::Webhook(webhook(raw, format)?)
+                Kind::Webhook(endpoint) => {
+                    // A named endpoint's own format, else the webhooks', else the default.
+                    let named = endpoint.as_deref().and_then(|name| {
+                        let variable =
+                            format!("DISPATCHBOX_WEBHOOK_{}_FORMAT", name.to_ascii_uppercase());
+                        let value = vars.get(&variable).cloned();
+                        own(variable, &value)
+                    });
+                    let own = named.or_else(|| own("WEBHOOK", &raw.webhook_format));
+                    let format = formats.for_sink("webhook", own, &[DEBEZIUM])?;
+                    SinkConfig::Webhook(webhook(raw, &vars, endpoint.as_deref(), format)?)
                 }
                 Kind::Stdout => {
-                    let format = formats.for_sink("stdout", &raw.stdout_format, &[DEBEZIUM])?;
-                    SinkConfig::Stdout(format)
+                    let own = own("STDOUT", &raw.stdout_format);
+                    SinkConfig::Stdout(formats.for_sink("stdout", own, &[DEBEZIUM])?)
                 }
             })
         })
         .collect()
+}
+
+/// A webhook endpoint name: it becomes part of variable names
+/// (`DISPATCHBOX_WEBHOOK_<NAME>_URL`), so lower-case letters, digits and `_`, starting with
+/// a letter. A name ending in `forward` is refused: its `…_FORWARD_HEADERS` variable would
+/// be another endpoint's `…_HEADERS` (`DISPATCHBOX_WEBHOOK_FORWARD_HEADERS` is the unnamed
+/// endpoint's allow-list, not the static headers of `webhook:forward`).
+fn endpoint_name(name: &str) -> Result<String, ConfigError> {
+    let valid = name.len() <= MAX_ENDPOINT_NAME
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !valid {
+        return Err(ConfigError::new(
+            "DISPATCHBOX_SINKS",
+            format!(
+                "webhook endpoint name {name:?} is not valid; use lower-case letters, digits and \
+                 _, starting with a letter, at most {MAX_ENDPOINT_NAME} characters (e.g. \
+                 webhook:billing, configured by DISPATCHBOX_WEBHOOK_BILLING_URL)"
+            ),
+        ));
+    }
+    if name == "forward" || name.ends_with("_forward") {
+        return Err(ConfigError::new(
+            "DISPATCHBOX_SINKS",
+            format!(
+                "webhook endpoint name {name:?} is reserved: its variables would collide with \
+                 …_FORWARD_HEADERS; choose another name"
+            ),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn kinds(list: &str) -> Result<Vec<Kind>, ConfigError> {
+    let mut kinds = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let kind = match name {
+            "kafka" => Kind::Kafka,
+            "webhook" => Kind::Webhook(None),
+            "stdout" => Kind::Stdout,
+            other => match other.strip_prefix("webhook:") {
+                Some(endpoint) => Kind::Webhook(Some(endpoint_name(endpoint)?)),
+                None => {
+                    return Err(ConfigError::new(
+                        "DISPATCHBOX_SINKS",
+                        format!(
+                        "unknown sink {other:?}; use a comma-separated list of kafka, webhook, \
+                         webhook:NAME (a named webhook endpoint), stdout"
+                    ),
+                    ))
+                }
+            },
+        };
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    if kinds.is_empty() {
+        return Err(ConfigError::new(
+            "DISPATCHBOX_SINKS",
+            "must name at least one sink (kafka, webhook, webhook:NAME, stdout)",
+        ));
+    }
+    Ok(kinds)
 }
 
 /// Why a sink cannot speak Debezium's format.
@@ -63,6 +150,19 @@ const DEBEZIUM: (FormatKind, &str) = (
     FormatKind::Debezium,
     "Debezium's outbox event router writes Kafka records; use native or cloudevents",
 );
+
+/// A sink's own format variable and its value, when set: `own("KAFKA", …)` is
+/// `DISPATCHBOX_KAFKA_FORMAT`; a full variable name is taken as is.
+fn own(sink: impl Into<String>, value: &Option<String>) -> Option<(String, String)> {
+    let value = value.as_deref().map(str::trim).filter(|v| !v.is_empty())?;
+    let sink = sink.into();
+    let variable = if sink.starts_with("DISPATCHBOX_") {
+        sink
+    } else {
+        format!("DISPATCHBOX_{sink}_FORMAT")
+    };
+    Some((variable, value.to_owned()))
+}
 
 /// `DISPATCHBOX_FORMAT` and the settings of each format, checked once; each sink then picks
 /// its format (its own `DISPATCHBOX_<SINK>_FORMAT`, else `DISPATCHBOX_FORMAT`).
@@ -99,22 +199,20 @@ impl Formats {
         })
     }
 
-    /// The format of sink `sink`: `own` (its `DISPATCHBOX_<SINK>_FORMAT`) or the default,
+    /// The format of sink `sink`: `own` (its format variable and value) or the default,
     /// refused when it is among the sink's `unsupported` formats.
     fn for_sink(
         &self,
         sink: &'static str,
-        own: &Option<String>,
+        own: Option<(String, String)>,
         unsupported: &[(FormatKind, &'static str)],
     ) -> Result<Format, ConfigError> {
-        let own_variable = format!("DISPATCHBOX_{}_FORMAT", sink.to_ascii_uppercase());
-        let (variable, kind): (Cow<'static, str>, FormatKind) = match own.as_deref().map(str::trim)
-        {
-            Some(text) if !text.is_empty() => {
-                let kind = parse_format(own_variable.clone(), text)?;
-                (own_variable.into(), kind)
+        let (variable, kind): (Cow<'static, str>, FormatKind) = match own {
+            Some((variable, text)) => {
+                let kind = parse_format(variable.clone(), &text)?;
+                (variable.into(), kind)
             }
-            _ => ("DISPATCHBOX_FORMAT".into(), self.default),
+            None => ("DISPATCHBOX_FORMAT".into(), self.default),
         };
         if let Some((_, reason)) = unsupported.iter().find(|(refused, _)| *refused == kind) {
             let error = FormatError::Unsupported {
@@ -138,35 +236,6 @@ fn parse_format(
 ) -> Result<FormatKind, ConfigError> {
     text.parse()
         .map_err(|e: FormatError| ConfigError::new(variable, e.to_string()))
-}
-
-fn kinds(list: &str) -> Result<Vec<Kind>, ConfigError> {
-    let mut kinds = Vec::new();
-    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let kind = match name {
-            "kafka" => Kind::Kafka,
-            "webhook" => Kind::Webhook,
-            "stdout" => Kind::Stdout,
-            other => {
-                return Err(ConfigError::new(
-                    "DISPATCHBOX_SINKS",
-                    format!(
-                    "unknown sink {other:?}; use a comma-separated list of kafka, webhook, stdout"
-                ),
-                ))
-            }
-        };
-        if !kinds.contains(&kind) {
-            kinds.push(kind);
-        }
-    }
-    if kinds.is_empty() {
-        return Err(ConfigError::new(
-            "DISPATCHBOX_SINKS",
-            "must name at least one sink (kafka, webhook, stdout)",
-        ));
-    }
-    Ok(kinds)
 }
 
 /// `DISPATCHBOX_KAFKA_*`.
@@ -242,68 +311,126 @@ fn property_variable(name: &str) -> String {
     format!("{PROPERTY_ENV_PREFIX}{name}")
 }
 
-/// `DISPATCHBOX_WEBHOOK_*`.
-fn webhook(raw: &RawConfig, format: Format) -> Result<WebhookSinkConfig, ConfigError> {
-    let url = raw
-        .webhook_url
-        .as_deref()
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
+/// One webhook endpoint's settings. `webhook` reads `DISPATCHBOX_WEBHOOK_*`;
+/// `webhook:<name>` reads `DISPATCHBOX_WEBHOOK_<NAME>_*`. A named endpoint's URL, secrets
+/// and static headers are its own (they belong to one receiver: a secret or API key must not
+/// reach another by accident); its timeout, concurrency, forward allow-list and
+/// allow-private switch fall back to the unnamed variables (with their defaults) when unset.
+fn webhook(
+    raw: &RawConfig,
+    vars: &HashMap<String, String>,
+    endpoint: Option<&str>,
+    format: Format,
+) -> Result<WebhookSinkConfig, ConfigError> {
+    let name = match endpoint {
+        Some(endpoint) => format!("{}:{endpoint}", webhook::SINK_NAME),
+        None => webhook::SINK_NAME.to_owned(),
+    };
+    let prefix = webhook::variable_prefix(&name);
+    let variable = |suffix: &str| format!("{prefix}{suffix}");
+    // The unnamed endpoint's values come from RawConfig (the declared variables, with
+    // their defaults); a named endpoint's are looked up by name.
+    let own = |suffix: &str, unnamed: Option<&String>| match endpoint {
+        None => unnamed.cloned(),
+        Some(_) => vars.get(&variable(suffix)).cloned(),
+    };
+    let inherited = |suffix: &str, unnamed: &String| match own(suffix, Some(unnamed)) {
+        Some(value) => (variable(suffix), value),
+        None => (format!("DISPATCHBOX_WEBHOOK_{suffix}"), unnamed.clone()),
+    };
+
+    let url_variable = variable("URL");
+    let url = own("URL", raw.webhook_url.as_ref())
+        .map(|url| url.trim().to_owned())
+        .filter(|url| !url.is_empty())
         .ok_or_else(|| {
             ConfigError::new(
-                "DISPATCHBOX_WEBHOOK_URL",
-                "is required when DISPATCHBOX_SINKS includes webhook (e.g. https://hooks.example.com/outbox)",
+                url_variable.clone(),
+                format!(
+                    "is required when DISPATCHBOX_SINKS includes {name} (e.g. \
+                     https://hooks.example.com/outbox)"
+                ),
             )
-        })?
-        .to_owned();
+        })?;
+    let (secret_variable, secret_file_variable) = (variable("SECRET"), variable("SECRET_FILE"));
     let (secret_variable, secrets) = match value_or_file(
-        "DISPATCHBOX_WEBHOOK_SECRET",
-        "DISPATCHBOX_WEBHOOK_SECRET_FILE",
-        &raw.webhook_secret,
-        &raw.webhook_secret_file,
+        &secret_variable,
+        &secret_file_variable,
+        &own("SECRET", raw.webhook_secret.as_ref()),
+        &own("SECRET_FILE", raw.webhook_secret_file.as_ref()),
     )? {
         Some((variable, text)) => (
-            variable,
-            webhook::parse_secrets(&text).map_err(|e| ConfigError::new(variable, e.to_string()))?,
+            variable.to_owned(),
+            webhook::parse_secrets(&text)
+                .map_err(|e| ConfigError::new(variable.to_owned(), e.to_string()))?,
         ),
-        None => ("DISPATCHBOX_WEBHOOK_SECRET", Vec::new()),
+        None => (secret_variable.clone(), Vec::new()),
     };
+    let (headers_variable, headers_file_variable) = (variable("HEADERS"), variable("HEADERS_FILE"));
+    let (headers_variable, static_headers) = match value_or_file(
+        &headers_variable,
+        &headers_file_variable,
+        &own("HEADERS", raw.webhook_headers.as_ref()),
+        &own("HEADERS_FILE", raw.webhook_headers_file.as_ref()),
+    )? {
+        Some((variable, text)) => (
+            variable.to_owned(),
+            headers::parse_headers(&text)
+                .map_err(|e| ConfigError::new(variable.to_owned(), e.to_string()))?,
+        ),
+        None => (headers_variable.clone(), Vec::new()),
+    };
+    let (timeout_variable, timeout) = inherited("TIMEOUT", &raw.webhook_timeout);
+    let (concurrency_variable, concurrency) = inherited("CONCURRENCY", &raw.webhook_concurrency);
+    let (forward_variable, forward) = inherited("FORWARD_HEADERS", &raw.webhook_forward_headers);
+    let (allow_variable, allow_private) = inherited("ALLOW_PRIVATE", &raw.webhook_allow_private);
     let config = WebhookSinkConfig {
+        name,
         url,
         secrets,
-        timeout: positive_duration("DISPATCHBOX_WEBHOOK_TIMEOUT", &raw.webhook_timeout)?,
-        max_concurrency: count(
-            "DISPATCHBOX_WEBHOOK_CONCURRENCY",
-            &raw.webhook_concurrency,
-            1,
-            10_000,
-        )?,
+        timeout: positive_duration(&timeout_variable, &timeout)?,
+        max_concurrency: count(&concurrency_variable, &concurrency, 1, 10_000)?,
+        headers: static_headers,
+        forward_headers: headers::parse_forward_headers(&forward),
+        allow_private: boolean(&allow_variable, &allow_private)?,
         format,
     };
-    config
-        .validate()
-        .map_err(|error| webhook_error(error, secret_variable))?;
+    config.validate().map_err(|error| {
+        let variable = match &error {
+            WebhookSinkError::InvalidUrl { .. }
+            | WebhookSinkError::UnsupportedScheme { .. }
+            | WebhookSinkError::MissingHost
+            | WebhookSinkError::RefusedAddress { .. } => &url_variable,
+            WebhookSinkError::SecretPrefix { .. }
+            | WebhookSinkError::SecretEncoding { .. }
+            | WebhookSinkError::SecretLength { .. }
+            | WebhookSinkError::NoSecrets => &secret_variable,
+            WebhookSinkError::HeadersJson { .. }
+            | WebhookSinkError::HeaderNotString { .. }
+            | WebhookSinkError::HeaderLine { .. }
+            | WebhookSinkError::HeaderName { .. }
+            | WebhookSinkError::HeaderValue { .. }
+            | WebhookSinkError::DuplicateHeader { .. } => &headers_variable,
+            // Static headers are checked first, so a reserved name they hold is theirs.
+            WebhookSinkError::ReservedHeader { name }
+                if config
+                    .headers
+                    .iter()
+                    .any(|(given, _)| given.eq_ignore_ascii_case(name)) =>
+            {
+                &headers_variable
+            }
+            WebhookSinkError::ReservedHeader { .. }
+            | WebhookSinkError::ForwardHeaderName { .. } => &forward_variable,
+            WebhookSinkError::ZeroTimeout => &timeout_variable,
+            WebhookSinkError::ZeroConcurrency => &concurrency_variable,
+            // `validate` builds no client, so these do not come from it; the URL is what the
+            // client is built for.
+            WebhookSinkError::Tls { .. } | WebhookSinkError::Client { .. } => &url_variable,
+        };
+        ConfigError::new(variable.clone(), error.to_string())
+    })?;
     Ok(config)
-}
-
-/// Names the variable behind what the webhook sink refused (the secrets came from
-/// `secret_variable`). The messages never echo the URL or a secret.
-fn webhook_error(error: WebhookSinkError, secret_variable: &'static str) -> ConfigError {
-    let variable = match &error {
-        WebhookSinkError::InvalidUrl { .. }
-        | WebhookSinkError::UnsupportedScheme { .. }
-        | WebhookSinkError::MissingHost => "DISPATCHBOX_WEBHOOK_URL",
-        WebhookSinkError::SecretPrefix { .. }
-        | WebhookSinkError::SecretEncoding { .. }
-        | WebhookSinkError::SecretLength { .. }
-        | WebhookSinkError::NoSecrets => secret_variable,
-        WebhookSinkError::ZeroTimeout => "DISPATCHBOX_WEBHOOK_TIMEOUT",
-        WebhookSinkError::ZeroConcurrency => "DISPATCHBOX_WEBHOOK_CONCURRENCY",
-        // `validate` builds no client, so these do not come from it; the URL is what the
-        // client is built for.
-        WebhookSinkError::Tls { .. } | WebhookSinkError::Client { .. } => "DISPATCHBOX_WEBHOOK_URL",
-    };
-    ConfigError::new(variable, error.to_string())
 }
 
 /// Collects librdkafka properties from environment variables named

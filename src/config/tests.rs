@@ -16,7 +16,7 @@ fn error_for(pairs: &[(&str, &str)]) -> ConfigError {
     Config::from_vars(vars(pairs)).expect_err("config should be rejected")
 }
 
-fn sink_names(config: &Config) -> Vec<&'static str> {
+fn sink_names(config: &Config) -> Vec<&str> {
     config.sinks.iter().map(SinkConfig::name).collect()
 }
 
@@ -401,4 +401,285 @@ fn trace_export_follows_opentelemetrys_variables() {
     ] {
         assert_eq!(error_for(pairs).variable, variable);
     }
+}
+fn webhooks(config: &Config) -> Vec<&WebhookSinkConfig> {
+    config
+        .sinks
+        .iter()
+        .filter_map(|sink| match sink {
+            SinkConfig::Webhook(webhook) => Some(webhook),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn named_webhook_endpoints_are_sinks_of_their_own() {
+    let other = "whsec_CCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC";
+    let config = Config::from_vars(vars(&[
+        (
+            "DISPATCHBOX_SINKS",
+            "webhook, webhook:billing ,webhook:audit_eu,webhook:billing",
+        ),
+        (
+            "DISPATCHBOX_WEBHOOK_URL",
+            "https://hooks.example.com/default",
+        ),
+        (
+            "DISPATCHBOX_WEBHOOK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ),
+        ("DISPATCHBOX_WEBHOOK_HEADERS", "X-Api-Key: default-key"),
+        ("DISPATCHBOX_WEBHOOK_TIMEOUT", "20s"),
+        ("DISPATCHBOX_WEBHOOK_CONCURRENCY", "8"),
+        ("DISPATCHBOX_WEBHOOK_FORWARD_HEADERS", "traceparent"),
+        (
+            "DISPATCHBOX_WEBHOOK_BILLING_URL",
+            "https://billing.example.com/in",
+        ),
+        ("DISPATCHBOX_WEBHOOK_BILLING_SECRET", other),
+        ("DISPATCHBOX_WEBHOOK_BILLING_TIMEOUT", "5s"),
+        (
+            "DISPATCHBOX_WEBHOOK_BILLING_FORWARD_HEADERS",
+            "traceparent, X-Tenant",
+        ),
+        (
+            "DISPATCHBOX_WEBHOOK_BILLING_HEADERS",
+            r#"{"Authorization": "Bearer a,b", "X-Region": "eu"}"#,
+        ),
+        ("DISPATCHBOX_WEBHOOK_AUDIT_EU_URL", "http://10.0.0.7/audit"),
+        ("DISPATCHBOX_WEBHOOK_AUDIT_EU_ALLOW_PRIVATE", "true"),
+        (
+            "DISPATCHBOX_ROUTES",
+            "invoice.*=webhook:billing,webhook:audit_eu; *=webhook",
+        ),
+    ]))
+    .expect("config");
+    assert_eq!(
+        sink_names(&config),
+        vec!["webhook", "webhook:billing", "webhook:audit_eu"]
+    );
+    assert_eq!(
+        config.dispatch.router.route("invoice.paid"),
+        Some(&[1, 2][..])
+    );
+    assert_eq!(config.dispatch.router.route("order.placed"), Some(&[0][..]));
+
+    let [default, billing, audit] = webhooks(&config)[..] else {
+        panic!("three webhooks");
+    };
+    assert_eq!(default.timeout, Duration::from_secs(20));
+    assert_eq!(
+        default.headers,
+        vec![("X-Api-Key".to_owned(), "default-key".to_owned())]
+    );
+    assert!(!default.allow_private);
+
+    // Own values where given.
+    assert_eq!(billing.url, "https://billing.example.com/in");
+    assert_eq!(billing.secrets, vec![other.to_owned()]);
+    assert_eq!(billing.timeout, Duration::from_secs(5));
+    assert_eq!(billing.forward_headers, vec!["traceparent", "x-tenant"]);
+    assert_eq!(
+        billing.headers,
+        vec![
+            ("Authorization".to_owned(), "Bearer a,b".to_owned()),
+            ("X-Region".to_owned(), "eu".to_owned()),
+        ]
+    );
+    // Fallbacks: timeout, concurrency, forward list, allow-private; never the secrets or
+    // static headers of another receiver.
+    assert_eq!(billing.max_concurrency, 8);
+    assert!(!billing.allow_private);
+    assert!(audit.secrets.is_empty());
+    assert!(audit.headers.is_empty());
+    assert_eq!(audit.timeout, Duration::from_secs(20));
+    assert_eq!(audit.forward_headers, vec!["traceparent"]);
+    assert!(audit.allow_private);
+
+    let printed = format!("{config:?}");
+    for hidden in ["default-key", "Bearer a,b", "CCCCCCCC", "MfKQ9r8"] {
+        assert!(!printed.contains(hidden), "{hidden} printed: {printed}");
+    }
+}
+
+#[test]
+fn named_webhook_errors_name_the_exact_variable() {
+    let named = |pairs: &[(&str, &str)]| {
+        let mut all = vec![
+            ("DISPATCHBOX_SINKS", "webhook:billing"),
+            (
+                "DISPATCHBOX_WEBHOOK_BILLING_URL",
+                "https://billing.example.com/in",
+            ),
+        ];
+        all.extend_from_slice(pairs);
+        error_for(&all)
+    };
+    let e = error_for(&[("DISPATCHBOX_SINKS", "webhook:billing")]);
+    assert_eq!(e.variable, "DISPATCHBOX_WEBHOOK_BILLING_URL");
+    assert!(e.to_string().contains("webhook:billing"), "{e}");
+    // The unnamed URL is not a fallback.
+    let e = error_for(&[
+        ("DISPATCHBOX_SINKS", "webhook:billing"),
+        ("DISPATCHBOX_WEBHOOK_URL", "https://hooks.example.com/"),
+    ]);
+    assert_eq!(e.variable, "DISPATCHBOX_WEBHOOK_BILLING_URL");
+
+    for (variable, value) in [
+        ("DISPATCHBOX_WEBHOOK_BILLING_SECRET", "nope-s3cret"),
+        ("DISPATCHBOX_WEBHOOK_BILLING_TIMEOUT", "0s"),
+        ("DISPATCHBOX_WEBHOOK_BILLING_CONCURRENCY", "0"),
+        (
+            "DISPATCHBOX_WEBHOOK_BILLING_HEADERS",
+            "Content-Type: text/plain",
+        ),
+        ("DISPATCHBOX_WEBHOOK_BILLING_HEADERS", "no colon s3cret"),
+        (
+            "DISPATCHBOX_WEBHOOK_BILLING_FORWARD_HEADERS",
+            "traceparent,webhook-id",
+        ),
+        ("DISPATCHBOX_WEBHOOK_BILLING_ALLOW_PRIVATE", "maybe"),
+    ] {
+        let e = named(&[(variable, value)]);
+        assert_eq!(e.variable, variable, "{value}: {e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
+    // An inherited value's mistake names the variable it came from.
+    let e = named(&[("DISPATCHBOX_WEBHOOK_TIMEOUT", "soon")]);
+    assert_eq!(e.variable, "DISPATCHBOX_WEBHOOK_TIMEOUT");
+    let e = named(&[
+        (
+            "DISPATCHBOX_WEBHOOK_BILLING_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ),
+        (
+            "DISPATCHBOX_WEBHOOK_BILLING_SECRET_FILE",
+            "/run/secrets/billing",
+        ),
+    ]);
+    assert_eq!(e.variable, "DISPATCHBOX_WEBHOOK_BILLING_SECRET");
+    assert!(e.to_string().contains("not both"), "{e}");
+    let e = named(&[("DISPATCHBOX_WEBHOOK_BILLING_URL", "http://192.168.1.10/in")]);
+    assert_eq!(e.variable, "DISPATCHBOX_WEBHOOK_BILLING_URL");
+    assert!(
+        e.to_string()
+            .contains("unless DISPATCHBOX_WEBHOOK_BILLING_ALLOW_PRIVATE=true"),
+        "{e}"
+    );
+    let e = named(&[
+        ("DISPATCHBOX_WEBHOOK_BILLING_TIMEOUT", "3m"),
+        ("DISPATCHBOX_SWEEP_LEASE", "2m"),
+    ]);
+    assert_eq!(e.variable, "DISPATCHBOX_SWEEP_LEASE");
+    assert!(e.to_string().contains("webhook:billing"), "{e}");
+
+    for bad in [
+        "webhook:",
+        "webhook:Billing",
+        "webhook:9lives",
+        "webhook:bill-ing",
+        "webhook:a.b",
+        "webhook:forward",
+        "webhook:eu_forward",
+    ] {
+        let e = error_for(&[("DISPATCHBOX_SINKS", bad)]);
+        assert_eq!(e.variable, "DISPATCHBOX_SINKS", "{bad}: {e}");
+    }
+    let e = error_for(&[
+        ("DISPATCHBOX_SINKS", "webhook:billing"),
+        (
+            "DISPATCHBOX_WEBHOOK_BILLING_URL",
+            "https://billing.example.com/in",
+        ),
+        ("DISPATCHBOX_ROUTES", "*=webhook"),
+    ]);
+    assert_eq!(e.variable, "DISPATCHBOX_ROUTES");
+}
+
+#[test]
+fn webhook_guard_headers_and_files() {
+    // The SSRF guard refuses IP literals at startup, unless allowed.
+    let e = error_for(&[
+        ("DISPATCHBOX_SINKS", "webhook"),
+        ("DISPATCHBOX_WEBHOOK_URL", "http://127.0.0.1:9000/hook"),
+    ]);
+    assert_eq!(e.variable, "DISPATCHBOX_WEBHOOK_URL");
+    assert!(
+        e.to_string().contains("loopback address (127.0.0.0/8)"),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE=true"),
+        "{e}"
+    );
+    let config = Config::from_vars(vars(&[
+        ("DISPATCHBOX_SINKS", "webhook"),
+        ("DISPATCHBOX_WEBHOOK_URL", "http://127.0.0.1:9000/hook"),
+        ("DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE", "true"),
+    ]))
+    .expect("allowed");
+    assert!(webhook(&config).expect("webhook").allow_private);
+    // Host names are checked when connecting, not here (no DNS in the configuration).
+    Config::from_vars(vars(&[
+        ("DISPATCHBOX_SINKS", "webhook"),
+        ("DISPATCHBOX_WEBHOOK_URL", "http://localhost:9000/hook"),
+    ]))
+    .expect("a host name");
+
+    // Defaults: trace context forwarded, no static headers.
+    let config = Config::from_vars(vars(&[
+        ("DISPATCHBOX_SINKS", "webhook"),
+        ("DISPATCHBOX_WEBHOOK_URL", "https://hooks.example.com/"),
+    ]))
+    .expect("config");
+    let hook = webhook(&config).expect("webhook");
+    assert_eq!(hook.forward_headers, vec!["traceparent", "tracestate"]);
+    assert!(hook.headers.is_empty());
+    assert!(!hook.allow_private);
+    // Set but empty: nothing is forwarded.
+    let config = Config::from_vars(vars(&[
+        ("DISPATCHBOX_SINKS", "webhook"),
+        ("DISPATCHBOX_WEBHOOK_URL", "https://hooks.example.com/"),
+        ("DISPATCHBOX_WEBHOOK_FORWARD_HEADERS", ""),
+    ]))
+    .expect("config");
+    assert!(webhook(&config)
+        .expect("webhook")
+        .forward_headers
+        .is_empty());
+
+    // Static headers from a file, lines with commas.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("headers");
+    std::fs::write(&path, "Authorization: Bearer s3cret,x\nX-Tenant: acme\n").expect("write");
+    let config = Config::from_vars(vars(&[
+        ("DISPATCHBOX_SINKS", "webhook"),
+        ("DISPATCHBOX_WEBHOOK_URL", "https://hooks.example.com/"),
+        (
+            "DISPATCHBOX_WEBHOOK_HEADERS_FILE",
+            path.to_str().expect("utf8"),
+        ),
+    ]))
+    .expect("headers file");
+    assert_eq!(
+        webhook(&config).expect("webhook").headers,
+        vec![
+            ("Authorization".to_owned(), "Bearer s3cret,x".to_owned()),
+            ("X-Tenant".to_owned(), "acme".to_owned()),
+        ]
+    );
+    assert!(!format!("{config:?}").contains("s3cret"));
+    std::fs::write(&path, "Host: s3cret.example\n").expect("write");
+    let e = error_for(&[
+        ("DISPATCHBOX_SINKS", "webhook"),
+        ("DISPATCHBOX_WEBHOOK_URL", "https://hooks.example.com/"),
+        (
+            "DISPATCHBOX_WEBHOOK_HEADERS_FILE",
+            path.to_str().expect("utf8"),
+        ),
+    ]);
+    assert_eq!(e.variable, "DISPATCHBOX_WEBHOOK_HEADERS_FILE");
+    assert!(!e.to_string().contains("s3cret"), "{e}");
 }

@@ -7,34 +7,30 @@ use std::time::Duration;
 
 use super::ConfigError;
 
-pub(super) fn duration(variable: &'static str, value: &str) -> Result<Duration, ConfigError> {
+pub(super) fn duration(variable: &str, value: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(value.trim()).map_err(|_| {
         ConfigError::new(
-            variable,
+            variable.to_owned(),
             format!("{value:?} is not a duration; use a number with a unit, e.g. 500ms, 30s, 5m"),
         )
     })
 }
 
-pub(super) fn positive_duration(
-    variable: &'static str,
-    value: &str,
-) -> Result<Duration, ConfigError> {
+pub(super) fn positive_duration(variable: &str, value: &str) -> Result<Duration, ConfigError> {
     let d = duration(variable, value)?;
     if d.is_zero() {
-        return Err(ConfigError::new(variable, "must be greater than zero"));
+        return Err(ConfigError::new(
+            variable.to_owned(),
+            "must be greater than zero",
+        ));
     }
     Ok(d)
 }
 
-pub(super) fn at_most(
-    variable: &'static str,
-    d: Duration,
-    max: Duration,
-) -> Result<Duration, ConfigError> {
+pub(super) fn at_most(variable: &str, d: Duration, max: Duration) -> Result<Duration, ConfigError> {
     if d > max {
         return Err(ConfigError::new(
-            variable,
+            variable.to_owned(),
             format!("must be at most {}", humantime::format_duration(max)),
         ));
     }
@@ -43,11 +39,11 @@ pub(super) fn at_most(
 
 /// A size in bytes: a whole number with an optional unit (`B`, `KiB`, `MiB`, `GiB`, or
 /// `KB`/`MB`/`GB` read as the binary ones), from 1 MiB to 4095 MiB.
-pub(super) fn byte_size(variable: &'static str, value: &str) -> Result<usize, ConfigError> {
+pub(super) fn byte_size(variable: &str, value: &str) -> Result<usize, ConfigError> {
     const MIB: u64 = 1024 * 1024;
     let invalid = || {
         ConfigError::new(
-            variable,
+            variable.to_owned(),
             format!(
                 "{value:?} is not a valid size; use a size from 1MiB to 4095MiB, e.g. 64MiB, \
                  512MiB or 1GiB"
@@ -76,7 +72,7 @@ pub(super) fn byte_size(variable: &'static str, value: &str) -> Result<usize, Co
 
 /// A whole number from `min` to `max`.
 pub(super) fn count<T: std::str::FromStr + PartialOrd + fmt::Display>(
-    variable: &'static str,
+    variable: &str,
     value: &str,
     min: T,
     max: T,
@@ -85,30 +81,47 @@ pub(super) fn count<T: std::str::FromStr + PartialOrd + fmt::Display>(
     let n: T = value
         .trim()
         .parse()
-        .map_err(|_| ConfigError::new(variable, rule()))?;
+        .map_err(|_| ConfigError::new(variable.to_owned(), rule()))?;
     if n < min || n > max {
-        return Err(ConfigError::new(variable, rule()));
+        return Err(ConfigError::new(variable.to_owned(), rule()));
     }
     Ok(n)
 }
 
-fn read_secret_file(variable: &'static str, path: &str) -> Result<String, ConfigError> {
+fn read_secret_file(variable: &str, path: &str) -> Result<String, ConfigError> {
     std::fs::read_to_string(path)
         .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
-        .map_err(|e| ConfigError::new(variable, format!("cannot read file {path:?}: {e}")))
+        .map_err(|e| {
+            ConfigError::new(
+                variable.to_owned(),
+                format!("cannot read file {path:?}: {e}"),
+            )
+        })
+}
+
+/// `true` or `false` (also `1`/`0`, `yes`/`no`, `on`/`off`, any case).
+pub(super) fn boolean(variable: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::new(
+            variable.to_owned(),
+            format!("{value:?} is not valid; use true or false"),
+        )),
+    }
 }
 
 /// A value given either directly in `variable` or as a file named by `file_variable`, not
 /// both. Returns it with the variable it came from (for errors about its content).
-pub(super) fn value_or_file(
-    variable: &'static str,
-    file_variable: &'static str,
+pub(super) fn value_or_file<'v>(
+    variable: &'v str,
+    file_variable: &'v str,
     value: &Option<String>,
     path: &Option<String>,
-) -> Result<Option<(&'static str, String)>, ConfigError> {
+) -> Result<Option<(&'v str, String)>, ConfigError> {
     match (value, path) {
         (Some(_), Some(_)) => Err(ConfigError::new(
-            variable,
+            variable.to_owned(),
             format!("set either {variable} or {file_variable}, not both"),
         )),
         (Some(value), None) => Ok(Some((variable, value.clone()))),

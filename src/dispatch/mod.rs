@@ -106,6 +106,8 @@ impl RetryPolicy {
 #[derive(Debug, Clone)]
 pub struct Deliverer {
     sinks: Arc<[Sink]>,
+    /// The sinks' names, shared by the delivery futures that log and count under them.
+    names: Arc<[Arc<str>]>,
     router: Arc<Router>,
     /// The retry policy applied to results.
     pub policy: RetryPolicy,
@@ -114,6 +116,7 @@ pub struct Deliverer {
 impl Deliverer {
     pub fn new(sinks: Arc<[Sink]>, router: Router, policy: RetryPolicy) -> Self {
         Self {
+            names: sinks.iter().map(|sink| Arc::from(sink.name())).collect(),
             sinks,
             router: Arc::new(router),
             policy,
@@ -144,10 +147,10 @@ impl Deliverer {
         let mut started: Vec<_> = routes
             .unwrap_or_default()
             .iter()
-            .filter_map(|&i| self.sinks.get(i))
-            .map(|sink| {
+            .filter_map(|&i| Some((self.names.get(i)?.clone(), self.sinks.get(i)?)))
+            .map(|(name, sink)| {
                 let sink_id = SinkId {
-                    name: sink.name(),
+                    name,
                     destination: traced.and_then(|_| sink.destination(&event)),
                 };
                 (sink_id, sink.deliver(event.clone()))
@@ -168,7 +171,8 @@ impl Deliverer {
                 if let Some(started) = traced {
                     traces::record_send(SendSpan {
                         event: &event,
-                        sink: sink.name,
+                        // The kind (`webhook`), not a named endpoint (`webhook:billing`).
+                        sink: sink.name.split(':').next().unwrap_or_default(),
                         destination: sink.destination.as_deref(),
                         attempt,
                         started,
@@ -183,7 +187,7 @@ impl Deliverer {
                 let attempted = |failed| DeliveryAttempted {
                     event_id: event.id,
                     event_type: &event.event_type,
-                    sink,
+                    sink: &sink,
                     attempt,
                     took,
                     failed,
@@ -243,7 +247,7 @@ impl Deliverer {
 
 /// A routed sink as one attempt's records name it.
 struct SinkId {
-    name: &'static str,
+    name: Arc<str>,
     /// For the trace span, when trace export is on.
     destination: Option<String>,
 }

@@ -41,11 +41,11 @@ pub enum SinkConfig {
 
 impl SinkConfig {
     /// The sink's name, as `DISPATCHBOX_SINKS` and `DISPATCHBOX_ROUTES` spell it and as
-    /// [`Sink::name`] reports it.
-    pub fn name(&self) -> &'static str {
+    /// [`Sink::name`] reports it (`webhook:<endpoint>` for a named webhook endpoint).
+    pub fn name(&self) -> &str {
         match self {
             SinkConfig::Kafka(_) => "kafka",
-            SinkConfig::Webhook(_) => "webhook",
+            SinkConfig::Webhook(webhook) => &webhook.name,
             SinkConfig::Stdout(_) => "stdout",
         }
     }
@@ -74,7 +74,8 @@ pub enum SinkSetupError {
 }
 
 impl SinkSetupError {
-    /// The name of the sink that could not be built.
+    /// The kind of sink that could not be built (`webhook` for every webhook endpoint: what
+    /// fails here fails for all of them alike).
     pub fn sink(&self) -> &'static str {
         match self {
             SinkSetupError::Kafka(_) => "kafka",
@@ -131,12 +132,13 @@ impl Sink {
         })
     }
 
-    /// Label for logs and metrics: `"kafka"`, `"stdout"` or `"webhook"`.
-    pub fn name(&self) -> &'static str {
+    /// Label for logs and metrics, as `DISPATCHBOX_SINKS` spells it: `"kafka"`, `"stdout"`,
+    /// `"webhook"` or `"webhook:<endpoint>"`.
+    pub fn name(&self) -> &str {
         match self {
             Sink::Kafka(_) => "kafka",
             Sink::Stdout(_) => "stdout",
-            Sink::Webhook(_) => "webhook",
+            Sink::Webhook(sink) => sink.name(),
             #[cfg(test)]
             Sink::Memory(_) => "memory",
         }

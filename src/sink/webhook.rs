@@ -18,14 +18,25 @@
 //! as the CloudEvents HTTP binding says. The Standard Webhooks headers and signature are the
 //! same in every format: the signature covers whatever body is sent.
 //!
-//! The event's own `headers` column is not forwarded: HTTP headers of arbitrary names could
-//! collide with the signing headers, and receivers verify the signed body, not headers.
+//! Extra headers (see [`headers`]): the operator's static headers
+//! (`DISPATCHBOX_WEBHOOK_HEADERS`, e.g. an API key), then the entries of the row's `headers`
+//! column whose names are on the forward allow-list (`DISPATCHBOX_WEBHOOK_FORWARD_HEADERS`,
+//! default `traceparent,tracestate`). Neither may set the signing headers, `content-type`,
+//! `host` or the framing headers; a row header never replaces a header already set (a
+//! CloudEvents `ce-` attribute included); a row header whose value is not a valid header
+//! value (a line break, non-ASCII) is left out with a WARN naming it (never its value), and
+//! the event is sent without it. Headers are not signed: receivers verify the body, id and
+//! timestamp.
+//!
+//! One sink per endpoint: `webhook` and any number of named ones (`webhook:billing`), each
+//! with its own URL, secrets, headers, client and concurrency limit; [`WebhookSink::name`]
+//! is the name routes, metrics and logs use.
 //!
 //! Owns: request building and signing, the HTTP client (one pooled `reqwest` client over
 //! rustls with the ring provider and the webpki root set), the concurrency limit, and the
 //! classification of every answer into retryable or permanent, in `classify`. Must not:
-//! log bodies, URLs beyond their origin (paths and queries may carry tokens) or secrets,
-//! follow redirects, or retry on its own (the dispatcher owns retries).
+//! log bodies, header values, URLs beyond their origin (paths and queries may carry
+//! tokens) or secrets, follow redirects, or retry on its own (the dispatcher owns retries).
 //!
 //! Ordering: unlike Kafka, nothing reaches the receiver until the returned future is polled,
 //! and up to `max_concurrency` requests run in parallel over separate connections, so two
@@ -33,8 +44,22 @@
 //! must keep at most one delivery per aggregate outstanding. Dropping a future cancels its
 //! request; the event then counts as "may or may not have arrived", like any error.
 //!
-//! Proxies: the standard `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY` variables are honoured (the
-//! URL is chosen by the operator, not by event producers, so there is no SSRF filter).
+//! SSRF guard (see [`guard`]), on unless `allow_private`: every connection goes only to an
+//! address outside the loopback, private, link-local (cloud metadata), CGNAT and other
+//! special ranges. Host names are resolved by [`guard::GuardedResolver`], so the check
+//! covers the address actually connected to, on every new connection; IP-literal URLs are
+//! refused by [`WebhookSinkConfig::validate`] (the client does not resolve them). A host
+//! that resolves only to refused addresses is a permanent failure (the event is `dead`,
+//! the reason names the host, the address, the range and the variable that allows it): the
+//! URL is the operator's, and no retry changes where it points until they act.
+//!
+//! Proxies: with the guard on, proxy variables (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`)
+//! are ignored, with a WARN at startup: through a proxy the relay would only ever see the
+//! proxy's address, never the receiver's. With `allow_private` they are honoured as before
+//! (then an egress proxy is the place to filter destinations).
+
+pub mod guard;
+pub mod headers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -45,7 +70,7 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
-use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use reqwest::{StatusCode, Url};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -55,6 +80,7 @@ use tokio::sync::Semaphore;
 use super::format::{cloudevents, CloudEventsMode, Format};
 use super::DeliveryError;
 use crate::event::OutboxEvent;
+use guard::{AddressRefused, GuardedResolver};
 
 /// Request timeout used when none is configured (the Standard Webhooks advice is 15–30 s).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -86,9 +112,35 @@ const SECRET_BASE64: GeneralPurpose = GeneralPurpose::new(
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Name of the unnamed webhook sink; named endpoints are `webhook:<name>`.
+pub const SINK_NAME: &str = "webhook";
+
+/// Proxy variables the HTTP client would read; ignored while the SSRF guard is on.
+const PROXY_VARIABLES: [&str; 6] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// The prefix of the variables that configure the webhook sink `name`:
+/// `DISPATCHBOX_WEBHOOK_` for `webhook`, `DISPATCHBOX_WEBHOOK_BILLING_` for
+/// `webhook:billing`. Messages that tell an operator what to set use it.
+pub fn variable_prefix(name: &str) -> String {
+    match name.strip_prefix("webhook:") {
+        Some(endpoint) => format!("DISPATCHBOX_WEBHOOK_{}_", endpoint.to_ascii_uppercase()),
+        None => "DISPATCHBOX_WEBHOOK_".to_owned(),
+    }
+}
+
 /// What the webhook sink needs to start.
 #[derive(Clone)]
 pub struct WebhookSinkConfig {
+    /// The sink's name: [`SINK_NAME`] or `webhook:<endpoint>`. Routes, metrics and logs use
+    /// it.
+    pub name: String,
     /// Where events are `POST`ed; `http` or `https`. May carry credentials or tokens, so only
     /// its origin is ever printed.
     pub url: String,
@@ -100,34 +152,53 @@ pub struct WebhookSinkConfig {
     pub timeout: Duration,
     /// Requests in flight at once (default [`DEFAULT_MAX_CONCURRENCY`]).
     pub max_concurrency: usize,
+    /// Static headers sent with every request, in order (values may be secrets: never
+    /// printed). See [`headers`] for what they may not set.
+    pub headers: Vec<(String, String)>,
+    /// Lower-case names of the row headers sent as HTTP headers (default
+    /// [`headers::DEFAULT_FORWARD_HEADERS`]).
+    pub forward_headers: Vec<String>,
+    /// Turns the SSRF guard off: loopback, private, link-local and the other special
+    /// addresses may be reached, and proxy variables are honoured. Default false.
+    pub allow_private: bool,
     /// The body's shape: native (the module doc) or CloudEvents.
     pub format: Format,
 }
 
 impl WebhookSinkConfig {
-    /// A config for `url` without secrets, with the default timeout and concurrency.
+    /// A config for the sink [`SINK_NAME`] delivering to `url`, without secrets or static
+    /// headers, forwarding the trace context, with the SSRF guard on and the default timeout
+    /// and concurrency.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
+            name: SINK_NAME.to_owned(),
             url: url.into(),
             secrets: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            headers: Vec::new(),
+            forward_headers: headers::DEFAULT_FORWARD_HEADERS
+                .iter()
+                .map(|name| (*name).to_owned())
+                .collect(),
+            allow_private: false,
             format: Format::Native,
         }
     }
 }
 
 impl WebhookSinkConfig {
-    /// Checks everything [`WebhookSink::new`] rejects about this config (the URL, each
-    /// secret, a zero timeout or concurrency) without building a client. The configuration
+    /// Checks everything [`WebhookSink::new`] rejects about this config (the URL, an IP
+    /// literal the SSRF guard refuses, each secret, the headers, a zero timeout or
+    /// concurrency) without building a client. The configuration
     /// calls it at startup, so a mistake is reported with the variable that holds it and the
     /// sink is only ever built from a config that passed.
     pub fn validate(&self) -> Result<(), WebhookSinkError> {
         self.parse().map(drop)
     }
 
-    /// The URL and one HMAC key per secret, with the limits checked.
-    fn parse(&self) -> Result<(Url, Vec<HmacSha256>), WebhookSinkError> {
+    /// The URL, one HMAC key per secret and the headers, with the limits checked.
+    fn parse(&self) -> Result<Parsed, WebhookSinkError> {
         let url =
             Url::parse(&self.url).map_err(|reason| WebhookSinkError::InvalidUrl { reason })?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -135,8 +206,22 @@ impl WebhookSinkConfig {
                 scheme: url.scheme().to_owned(),
             });
         }
-        if url.host().is_none() {
-            return Err(WebhookSinkError::MissingHost);
+        let ip = match url.host() {
+            None => return Err(WebhookSinkError::MissingHost),
+            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+            Some(url::Host::Domain(_)) => None,
+        };
+        // The client connects to an IP literal without asking the resolver, so the guard
+        // checks it here, once: the URL does not change while the relay runs.
+        if let Some(ip) = ip.filter(|_| !self.allow_private) {
+            if let Some(refusal) = guard::refusal(ip) {
+                return Err(WebhookSinkError::RefusedAddress {
+                    ip,
+                    refusal,
+                    variable: format!("{}ALLOW_PRIVATE", variable_prefix(&self.name)),
+                });
+            }
         }
         let keys = self
             .secrets
@@ -158,8 +243,21 @@ impl WebhookSinkConfig {
         if self.max_concurrency == 0 {
             return Err(WebhookSinkError::ZeroConcurrency);
         }
-        Ok((url, keys))
+        Ok(Parsed {
+            url,
+            keys,
+            headers: headers::header_map(&self.headers)?,
+            forward: headers::forward_names(&self.forward_headers)?,
+        })
     }
+}
+
+/// A config's parts in the form the sink uses them.
+struct Parsed {
+    url: Url,
+    keys: Vec<HmacSha256>,
+    headers: HeaderMap,
+    forward: Vec<HeaderName>,
 }
 
 /// The URL may hold tokens and the secrets are secrets: only the origin and a count print.
@@ -168,11 +266,16 @@ impl std::fmt::Debug for WebhookSinkConfig {
         let origin = Url::parse(&self.url)
             .map(|url| url.origin().ascii_serialization())
             .unwrap_or_else(|_| "<invalid url>".to_owned());
+        let header_names: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
         f.debug_struct("WebhookSinkConfig")
+            .field("name", &self.name)
             .field("url", &format_args!("{origin}/…"))
             .field("secrets", &self.secrets.len())
             .field("timeout", &self.timeout)
             .field("max_concurrency", &self.max_concurrency)
+            .field("headers", &header_names)
+            .field("forward_headers", &self.forward_headers)
+            .field("allow_private", &self.allow_private)
             .finish()
     }
 }
@@ -192,6 +295,16 @@ pub enum WebhookSinkError {
     #[error("webhook url has no host")]
     MissingHost,
     #[error(
+        "webhook url points at {ip}, a {refusal}; webhooks may not reach such addresses \
+         (SSRF guard) unless {variable}=true"
+    )]
+    RefusedAddress {
+        ip: std::net::IpAddr,
+        refusal: guard::Refusal,
+        /// The variable that turns the guard off for this sink.
+        variable: String,
+    },
+    #[error(
         "webhook secret #{position} does not start with \"whsec_\"; Standard Webhooks secrets \
          are \"whsec_\" followed by base64"
     )]
@@ -208,6 +321,29 @@ pub enum WebhookSinkError {
          leave the secret unset to send unsigned webhooks"
     )]
     NoSecrets,
+    #[error(
+        "webhook headers start with '{{' but are not a JSON object (line {line}, column \
+         {column}); use {{\"Name\": \"value\", …}} or one Name: value per line"
+    )]
+    HeadersJson { line: usize, column: usize },
+    #[error("webhook header #{position} of the JSON object is not a string")]
+    HeaderNotString { position: usize },
+    #[error("webhook headers line {line} is not \"Name: value\"")]
+    HeaderLine { line: usize },
+    #[error("webhook header #{position} has an invalid name; header names are letters, digits and !#$%&'*+-.^_`|~")]
+    HeaderName { position: usize },
+    #[error("webhook header {name} has an invalid value; use visible ASCII without line breaks")]
+    HeaderValue { name: String },
+    #[error("webhook header {name} is given twice; join the values with a comma")]
+    DuplicateHeader { name: String },
+    #[error(
+        "webhook header {name} is set by the relay and cannot be configured or forwarded \
+         (reserved: the webhook-* signing headers, content-type, content-length, host and \
+         connection headers)"
+    )]
+    ReservedHeader { name: String },
+    #[error("forwarded header name #{position} is not a valid header name")]
+    ForwardHeaderName { position: usize },
     #[error("webhook timeout must be greater than zero")]
     ZeroTimeout,
     #[error("webhook concurrency must be at least 1")]
@@ -268,11 +404,19 @@ pub struct WebhookSink {
 
 /// What every delivery future shares.
 struct Inner {
+    /// The sink's name (`webhook`, `webhook:billing`).
+    name: String,
     client: reqwest::Client,
     url: Url,
     /// `scheme://host[:port]`: what messages name (paths and queries may carry tokens).
     origin: String,
     signer: Signer,
+    /// Static headers (values sensitive), sent with every request.
+    headers: HeaderMap,
+    /// Row headers that may travel as HTTP headers.
+    forward: Vec<HeaderName>,
+    /// `None`: the SSRF guard is off. Else the variable that turns it off, for messages.
+    guard: Option<String>,
     permits: Semaphore,
     timeout: Duration,
     format: Format,
@@ -282,6 +426,7 @@ struct Inner {
 impl std::fmt::Debug for WebhookSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookSink")
+            .field("name", &self.inner.name)
             .field("origin", &self.inner.origin)
             .field("secrets", &self.inner.signer.keys.len())
             .field("timeout", &self.inner.timeout)
@@ -292,26 +437,61 @@ impl std::fmt::Debug for WebhookSink {
 impl WebhookSink {
     /// Validates the config and builds the client. Does not contact the receiver (use
     /// [`WebhookSink::check`] for a cheap probe).
+    ///
+    /// With the SSRF guard on, the client resolves through [`GuardedResolver`] and ignores
+    /// proxy variables (a WARN names any that is set).
     pub fn new(config: WebhookSinkConfig) -> Result<Self, WebhookSinkError> {
-        let (url, keys) = config.parse()?;
-        let client = reqwest::Client::builder()
+        let Parsed {
+            url,
+            keys,
+            headers,
+            forward,
+        } = config.parse()?;
+        let mut builder = reqwest::Client::builder()
             .tls_backend_preconfigured(tls_config()?)
             .redirect(reqwest::redirect::Policy::none())
             .timeout(config.timeout)
-            .pool_max_idle_per_host(config.max_concurrency)
+            .pool_max_idle_per_host(config.max_concurrency);
+        let guard = (!config.allow_private)
+            .then(|| format!("{}ALLOW_PRIVATE", variable_prefix(&config.name)));
+        if let Some(variable) = &guard {
+            builder = builder.dns_resolver(GuardedResolver).no_proxy();
+            for proxy in PROXY_VARIABLES {
+                if std::env::var_os(proxy).is_some_and(|value| !value.is_empty()) {
+                    tracing::warn!(
+                        sink = %config.name,
+                        variable = proxy,
+                        "proxy setting ignored by this webhook sink: the SSRF guard checks the \
+                         address of every connection, which through a proxy would be the proxy's; \
+                         set {variable}=true to send through the proxy and let it filter \
+                         destinations"
+                    );
+                }
+            }
+        }
+        let client = builder
             .build()
             .map_err(|source| WebhookSinkError::Client { source })?;
         Ok(Self {
             inner: Arc::new(Inner {
+                name: config.name,
                 client,
                 origin: url.origin().ascii_serialization(),
                 url,
                 signer: Signer { keys },
+                headers,
+                forward,
+                guard,
                 permits: Semaphore::new(config.max_concurrency),
                 timeout: config.timeout,
                 format: config.format,
             }),
         })
+    }
+
+    /// The sink's name: `webhook` or `webhook:<endpoint>`.
+    pub fn name(&self) -> &str {
+        &self.inner.name
     }
 
     /// Renders the body now and returns a future that waits for a concurrency permit, sends
@@ -339,19 +519,42 @@ impl WebhookSink {
             // Taken after the permit: a request that queued behind others must not carry an
             // old timestamp, which receivers reject after five minutes.
             let timestamp = chrono::Utc::now().timestamp().to_string();
-            let mut request = inner
-                .client
-                .post(inner.url.clone())
-                .header(CONTENT_TYPE, HeaderValue::from_static(content_type))
-                .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
-                .header("webhook-id", &id)
-                .header("webhook-timestamp", &timestamp);
+            let mut headers = inner.headers.clone();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            if !headers.contains_key(USER_AGENT) {
+                headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+            }
+            // Percent-encoded attribute values are visible ASCII: always valid.
             for (name, value) in attributes {
-                request = request.header(name, value);
+                if let (Ok(name), Ok(value)) = (
+                    reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
+                    headers.insert(name, value);
+                }
+            }
+            // Decimal digits are always a valid header value.
+            for (name, value) in [("webhook-id", &id), ("webhook-timestamp", &timestamp)] {
+                if let Ok(value) = HeaderValue::from_str(value) {
+                    headers.insert(name, value);
+                }
             }
             if let Some(signature) = inner.signer.sign(&id, &timestamp, &body) {
-                request = request.header("webhook-signature", signature);
+                // Base64 and spaces: always a valid header value.
+                if let Ok(value) = HeaderValue::from_str(&signature) {
+                    headers.insert("webhook-signature", value);
+                }
             }
+            headers::forward(&mut headers, &event.headers, &inner.forward, |header| {
+                tracing::warn!(
+                    event_id = event.id,
+                    sink = %inner.name,
+                    header,
+                    "row header not forwarded: its value is not a valid http header value \
+                     (visible ASCII without line breaks); the event is sent without it"
+                );
+            });
+            let request = inner.client.post(inner.url.clone()).headers(headers);
             let answer = match request.body(body).send().await {
                 Ok(mut response) => {
                     let retry_after = response
@@ -366,7 +569,13 @@ impl WebhookSink {
                         retry_after,
                     }
                 }
-                Err(error) => Answer::Transport(error),
+                Err(error) => match (&inner.guard, refused(&error)) {
+                    (Some(variable), Some(refused)) => Answer::Refused {
+                        refused,
+                        variable: variable.clone(),
+                    },
+                    _ => Answer::Transport(error),
+                },
             };
             classify(answer, &inner.origin, inner.timeout)
         }
@@ -375,13 +584,31 @@ impl WebhookSink {
     /// Nothing is buffered outside the delivery futures, so there is nothing to flush.
     pub fn close(&self) {}
 
-    /// Readiness: the URL's host resolves within `timeout` (an IP literal always does). No
-    /// request is sent: receivers should not see probe traffic.
+    /// Readiness: the URL's host resolves within `timeout` (an IP literal always does), and
+    /// with the SSRF guard on, to at least one allowed address. No request is sent:
+    /// receivers should not see probe traffic.
     pub async fn check(&self, timeout: Duration) -> Result<(), DeliveryError> {
         let Some(url::Host::Domain(domain)) = self.inner.url.host() else {
             return Ok(());
         };
         let port = self.inner.url.port_or_known_default().unwrap_or(443);
+        if let Some(variable) = &self.inner.guard {
+            return match tokio::time::timeout(timeout, GuardedResolver::lookup(domain, port)).await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(error)) => Err(match error.downcast::<AddressRefused>() {
+                    Ok(refused) => refused_error(&self.inner.origin, &refused, variable),
+                    Err(error) => DeliveryError::retryable(format!(
+                        "webhook host {domain:?} could not be resolved: {error}; check DNS and \
+                         the webhook url"
+                    )),
+                }),
+                Err(_elapsed) => Err(DeliveryError::retryable(format!(
+                    "webhook host {domain:?} did not resolve within {}",
+                    humantime::format_duration(timeout)
+                ))),
+            };
+        }
         let lookup = async {
             tokio::net::lookup_host((domain, port))
                 .await
@@ -557,6 +784,31 @@ enum Answer {
     },
     /// No answer: connect, timeout, or protocol failure.
     Transport(reqwest::Error),
+    /// The SSRF guard refused every address of the host; `variable` turns it off.
+    Refused {
+        refused: AddressRefused,
+        variable: String,
+    },
+}
+
+/// The guard's refusal behind a failed request, if that is why it failed.
+fn refused(error: &reqwest::Error) -> Option<AddressRefused> {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<AddressRefused>() {
+            return Some(refused.clone());
+        }
+        source = cause.source();
+    }
+    None
+}
+
+/// The permanent error for a host the guard refused.
+fn refused_error(origin: &str, refused: &AddressRefused, variable: &str) -> DeliveryError {
+    DeliveryError::permanent(format!(
+        "webhook {origin} refused by the SSRF guard: {refused}; fix the webhook url, or set \
+         {variable}=true if the receiver is meant to be internal, then retry the dead events"
+    ))
 }
 
 /// Sorts an answer into delivered, retryable or permanent. The one place that decides this
@@ -574,6 +826,8 @@ enum Answer {
 /// - 1xx and codes outside 100–599 (never final in HTTP/1.1): retryable, so a surprise costs
 ///   attempts, never an event.
 /// - No answer at all (timeout, refused, reset, TLS failure): retryable.
+/// - The SSRF guard refused the host's addresses: permanent. The URL is the operator's and
+///   no retry changes where it points; after a fix, `dead retry` sends the events.
 fn classify(answer: Answer, origin: &str, timeout: Duration) -> Result<(), DeliveryError> {
     match answer {
         Answer::Status {
@@ -616,6 +870,7 @@ fn classify(answer: Answer, origin: &str, timeout: Duration) -> Result<(), Deliv
             "webhook request to {origin} failed: {}",
             error_chain(error)
         ))),
+        Answer::Refused { refused, variable } => Err(refused_error(origin, &refused, &variable)),
     }
 }
 

@@ -23,7 +23,7 @@ pub trait Emit {
 pub struct DeliveryAttempted<'a, E> {
     pub event_id: i64,
     pub event_type: &'a str,
-    pub sink: &'static str,
+    pub sink: &'a str,
     pub attempt: u32,
     pub took: Duration,
     /// `None` when delivered; else the error and whether the event is given up (`dead`).

@@ -372,12 +372,7 @@ const OUTCOMES: [DeliveryOutcome; 3] = [
 pub fn init() {
     let m = &*METRICS;
     for sink in SINKS {
-        for outcome in OUTCOMES {
-            m.events_processed
-                .with_label_values(&[sink, outcome.as_str()]);
-        }
-        m.retries.with_label_values(&[sink]);
-        m.delivery_duration.with_label_values(&[sink]);
+        sink_enabled(sink);
     }
     for reason in ClaimReason::ALL {
         m.sweeper_reclaims.with_label_values(&[reason.as_str()]);
@@ -390,6 +385,19 @@ pub fn init() {
     }
 }
 
+/// Creates the delivery series of sink `sink` at zero, for sinks named in the configuration
+/// rather than in the closed set (named webhook endpoints, `webhook:billing`): their label
+/// values are bounded by `DISPATCHBOX_SINKS`, and like the others they show from the start.
+pub fn sink_enabled(sink: &str) {
+    let m = &*METRICS;
+    for outcome in OUTCOMES {
+        m.events_processed
+            .with_label_values(&[sink, outcome.as_str()]);
+    }
+    m.retries.with_label_values(&[sink]);
+    m.delivery_duration.with_label_values(&[sink]);
+}
+
 /// Labels of `dispatchbox_status_rows_rejected_total`.
 const REJECTED_WRITTEN: [&str; 2] = ["dead", "none"];
 
@@ -399,7 +407,7 @@ pub fn render() -> Result<String, prometheus::Error> {
 }
 
 /// One delivery attempt of one event to `sink` ended with `outcome` after `duration`.
-pub fn delivery(sink: &'static str, outcome: DeliveryOutcome, duration: Duration) {
+pub fn delivery(sink: &str, outcome: DeliveryOutcome, duration: Duration) {
     let m = &*METRICS;
     let Some(series) = m.sink_series.iter().find(|s| s.name == sink) else {
         m.events_processed

@@ -524,6 +524,8 @@ impl SinkUnderTest {
         let receiver = WebhookReceiver::start(fail_share, seed).await;
         set_env(env, "DISPATCHBOX_SINKS", "webhook");
         set_env(env, "DISPATCHBOX_WEBHOOK_URL", &receiver.url());
+        // The receiver is on loopback: turn the SSRF guard off.
+        set_env(env, "DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE", "true");
         set_env(env, "DISPATCHBOX_WEBHOOK_TIMEOUT", "2s");
         Self::Webhook(receiver)
     }

@@ -93,7 +93,7 @@ fn body_has_the_documented_shape_in_order() {
     );
     assert!(
         !text.contains("traceparent"),
-        "event headers are not sent: {text}"
+        "row headers are not part of the body: {text}"
     );
 }
 
@@ -259,7 +259,11 @@ fn config_is_validated_without_echoing_secrets_or_urls() {
         &[SPEC_SECRET]
     ))
     .is_ok());
-    assert!(WebhookSink::new(config("http://127.0.0.1:9/", &[])).is_ok());
+    assert!(WebhookSink::new(WebhookSinkConfig {
+        allow_private: true,
+        ..config("http://127.0.0.1:9/", &[])
+    })
+    .is_ok());
 
     let msg = build_error(config("hooks.example.com/x?token=s3cr3t", &[]));
     assert!(
@@ -360,11 +364,18 @@ fn secret_lists_split_on_spaces_and_commas() {
     assert!(!err.to_string().contains("short"), "{err}");
 }
 
+fn private(url: &str) -> WebhookSinkConfig {
+    WebhookSinkConfig {
+        allow_private: true,
+        ..config(url, &[])
+    }
+}
+
 #[tokio::test]
 async fn check_resolves_the_host_without_sending() {
-    let sink = WebhookSink::new(config("http://127.0.0.1:9/", &[])).unwrap();
+    let sink = WebhookSink::new(private("http://127.0.0.1:9/")).unwrap();
     sink.check(Duration::from_secs(1)).await.unwrap();
-    let sink = WebhookSink::new(config("http://localhost:9/", &[])).unwrap();
+    let sink = WebhookSink::new(private("http://localhost:9/")).unwrap();
     sink.check(Duration::from_secs(5)).await.unwrap();
     let sink = WebhookSink::new(config("http://no-such-host.invalid/", &[])).unwrap();
     let err = sink.check(Duration::from_secs(5)).await.unwrap_err();
@@ -374,4 +385,109 @@ async fn check_resolves_the_host_without_sending() {
         "{}",
         err.reason()
     );
+}
+
+#[test]
+fn ip_literal_urls_the_guard_refuses_are_config_errors() {
+    for (url, shown, rule) in [
+        (
+            "http://127.0.0.1:8080/x?token=s3cr3t",
+            "127.0.0.1",
+            "loopback address (127.0.0.0/8)",
+        ),
+        ("http://[::1]/x", "::1", "loopback address (::1/128)"),
+        (
+            "http://169.254.169.254/latest/meta-data/",
+            "169.254.169.254",
+            "link-local (cloud metadata) address (169.254.0.0/16)",
+        ),
+        (
+            "https://[::ffff:10.0.0.1]/",
+            "::ffff:10.0.0.1",
+            "IPv4-mapped private address (10.0.0.0/8)",
+        ),
+        // The url crate normalises other spellings of an IPv4 address.
+        ("http://2130706433/", "127.0.0.1", "loopback address"),
+        ("http://0x7f.1/", "127.0.0.1", "loopback address"),
+        (
+            "http://[fd00:ec2::254]/",
+            "fd00:ec2::254",
+            "private (unique local)",
+        ),
+    ] {
+        let msg = build_error(config(url, &[]));
+        assert!(
+            msg.starts_with(&format!("webhook url points at {shown}, a {rule}")),
+            "{url}: {msg}"
+        );
+        assert!(
+            msg.ends_with("unless DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE=true"),
+            "{msg}"
+        );
+        assert!(!msg.contains("s3cr3t"), "{msg}");
+        assert!(WebhookSink::new(private(url)).is_ok(), "{url}");
+    }
+    let named = WebhookSinkConfig {
+        name: "webhook:billing".into(),
+        ..config("http://10.1.2.3/", &[])
+    };
+    assert!(build_error(named).ends_with("DISPATCHBOX_WEBHOOK_BILLING_ALLOW_PRIVATE=true"));
+    assert!(WebhookSink::new(config("https://93.184.215.14/", &[])).is_ok());
+}
+
+#[tokio::test]
+async fn check_refuses_a_host_that_resolves_only_to_refused_addresses() {
+    let sink = WebhookSink::new(config("http://localhost:9/hook?token=s3cr3t", &[])).unwrap();
+    let err = sink.check(Duration::from_secs(5)).await.unwrap_err();
+    assert!(err.is_permanent(), "{err}");
+    assert!(
+        err.reason().starts_with(
+            "webhook http://localhost:9 refused by the SSRF guard: host \"localhost\" resolves to "
+        ),
+        "{}",
+        err.reason()
+    );
+    assert!(
+        err.reason().contains("loopback address"),
+        "{}",
+        err.reason()
+    );
+    assert!(
+        err.reason()
+            .contains("DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE=true"),
+        "{}",
+        err.reason()
+    );
+    assert!(!err.reason().contains("s3cr3t"));
+}
+
+#[test]
+fn header_settings_are_validated_by_the_sink() {
+    let with = |headers: &[(&str, &str)], forward: &[&str]| WebhookSinkConfig {
+        headers: headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+        forward_headers: forward.iter().map(|n| n.to_string()).collect(),
+        ..config("https://h.example/", &[])
+    };
+    assert!(WebhookSink::new(with(&[("X-Api-Key", "k")], &["traceparent"])).is_ok());
+    let msg = build_error(with(&[("webhook-signature", "v1,forged")], &[]));
+    assert!(
+        msg.starts_with("webhook header webhook-signature is set by the relay"),
+        "{msg}"
+    );
+    assert!(!msg.contains("forged"), "{msg}");
+    let msg = build_error(with(&[], &["traceparent", "Host"]));
+    assert!(
+        msg.starts_with("webhook header host is set by the relay"),
+        "{msg}"
+    );
+    let msg = build_error(with(&[("X-Api-Key", "s3cret\nX-Evil: 1")], &[]));
+    assert!(msg.contains("x-api-key has an invalid value"), "{msg}");
+    assert!(!msg.contains("s3cret"), "{msg}");
+
+    let printed = format!("{:?}", with(&[("X-Api-Key", "s3cret")], &["traceparent"]));
+    assert!(printed.contains("X-Api-Key"), "{printed}");
+    assert!(!printed.contains("s3cret"), "{printed}");
 }

@@ -69,6 +69,7 @@ through its …_FILE variable. The database URL is required.
 {{- $wanted := list
       (dict "name" "databaseUrl" "env" "DISPATCHBOX_DATABASE_URL_FILE" "key" "database-url")
       (dict "name" "webhookSecret" "env" "DISPATCHBOX_WEBHOOK_SECRET_FILE" "key" "webhook-secret")
+      (dict "name" "webhookHeaders" "env" "DISPATCHBOX_WEBHOOK_HEADERS_FILE" "key" "webhook-headers")
       (dict "name" "adminToken" "env" "DISPATCHBOX_ADMIN_TOKEN_FILE" "key" "admin-token") }}
 {{- range $wanted }}
 {{- $key := "" }}
