@@ -683,3 +683,40 @@ fn webhook_guard_headers_and_files() {
     assert_eq!(e.variable, "DISPATCHBOX_WEBHOOK_HEADERS_FILE");
     assert!(!e.to_string().contains("s3cret"), "{e}");
 }
+
+#[test]
+fn a_named_webhook_endpoint_has_its_own_format() {
+    use crate::sink::format::Format;
+    let config = Config::from_vars(vars(&[
+        ("DISPATCHBOX_SINKS", "webhook,webhook:billing,webhook:audit"),
+        ("DISPATCHBOX_WEBHOOK_URL", "https://a.example.com/x"),
+        ("DISPATCHBOX_WEBHOOK_BILLING_URL", "https://b.example.com/x"),
+        ("DISPATCHBOX_WEBHOOK_AUDIT_URL", "https://c.example.com/x"),
+        ("DISPATCHBOX_WEBHOOK_FORMAT", "cloudevents"),
+        ("DISPATCHBOX_WEBHOOK_BILLING_FORMAT", "native"),
+    ]))
+    .unwrap();
+    let formats: Vec<(&str, &str)> = config
+        .sinks
+        .iter()
+        .map(|sink| match sink {
+            SinkConfig::Webhook(webhook) => (webhook.name.as_str(), webhook.format.name()),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        formats,
+        [
+            ("webhook", "cloudevents"),
+            ("webhook:billing", "native"),
+            ("webhook:audit", "cloudevents")
+        ]
+    );
+    let error = error_for(&[
+        ("DISPATCHBOX_SINKS", "webhook:billing"),
+        ("DISPATCHBOX_WEBHOOK_BILLING_URL", "https://b.example.com/x"),
+        ("DISPATCHBOX_WEBHOOK_BILLING_FORMAT", "debezium"),
+    ]);
+    assert_eq!(error.variable, "DISPATCHBOX_WEBHOOK_BILLING_FORMAT");
+    assert!(matches!(Format::default(), Format::Native));
+}
