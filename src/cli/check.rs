@@ -163,6 +163,10 @@ fn sink_ready(config: &SinkConfig) -> String {
             format!("webhook host of {origin} resolves (no request was sent)")
         }
         SinkConfig::Stdout => "stdout needs nothing".to_owned(),
+        SinkConfig::RabbitMq(rabbitmq) => format!(
+            "rabbitmq broker {} accepted a connection and opened a channel",
+            rabbitmq.endpoint()
+        ),
     }
 }
 
@@ -173,6 +177,10 @@ fn sink_fix(sink: &str) -> &'static str {
              and the security settings (DISPATCHBOX_KAFKA_PROPERTY_SECURITY_PROTOCOL, SASL, SSL)"
         }
         "webhook" => "check the host in DISPATCHBOX_WEBHOOK_URL and this machine's DNS",
+        "rabbitmq" => {
+            "check DISPATCHBOX_RABBITMQ_URL (host, port, user, password, vhost) and that the \
+             broker runs and is reachable from here"
+        }
         _ => "check the DISPATCHBOX_SINKS setting",
     }
 }

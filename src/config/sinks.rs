@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use super::value::{count, positive_duration, value_or_file};
 use super::{ConfigError, RawConfig};
 use crate::sink::kafka::{KafkaSinkConfig, KafkaSinkError};
+use crate::sink::rabbitmq::{RabbitMqSinkConfig, RabbitMqSinkError, TemplateKind};
 use crate::sink::webhook::{self, WebhookSinkConfig, WebhookSinkError};
 use crate::sink::SinkConfig;
 
@@ -22,6 +23,7 @@ enum Kind {
     Kafka,
     Webhook,
     Stdout,
+    RabbitMq,
 }
 
 /// `DISPATCHBOX_SINKS`, in its order (a repeated name counts once), each sink with its
@@ -43,6 +45,7 @@ pub(super) fn from_raw(
                 }
                 Kind::Webhook => SinkConfig::Webhook(webhook(raw)?),
                 Kind::Stdout => SinkConfig::Stdout,
+                Kind::RabbitMq => SinkConfig::RabbitMq(rabbitmq(raw)?),
             })
         })
         .collect()
@@ -55,11 +58,12 @@ fn kinds(list: &str) -> Result<Vec<Kind>, ConfigError> {
             "kafka" => Kind::Kafka,
             "webhook" => Kind::Webhook,
             "stdout" => Kind::Stdout,
+            "rabbitmq" => Kind::RabbitMq,
             other => {
                 return Err(ConfigError::new(
                     "DISPATCHBOX_SINKS",
                     format!(
-                    "unknown sink {other:?}; use a comma-separated list of kafka, webhook, stdout"
+                    "unknown sink {other:?}; use a comma-separated list of kafka, webhook, stdout, rabbitmq"
                 ),
                 ))
             }
@@ -71,7 +75,7 @@ fn kinds(list: &str) -> Result<Vec<Kind>, ConfigError> {
     if kinds.is_empty() {
         return Err(ConfigError::new(
             "DISPATCHBOX_SINKS",
-            "must name at least one sink (kafka, webhook, stdout)",
+            "must name at least one sink (kafka, webhook, stdout, rabbitmq)",
         ));
     }
     Ok(kinds)
@@ -202,6 +206,51 @@ fn webhook_error(error: WebhookSinkError, secret_variable: &'static str) -> Conf
         WebhookSinkError::Tls { .. } | WebhookSinkError::Client { .. } => "DISPATCHBOX_WEBHOOK_URL",
     };
     ConfigError::new(variable, error.to_string())
+}
+
+/// `DISPATCHBOX_RABBITMQ_*`.
+fn rabbitmq(raw: &RawConfig) -> Result<RabbitMqSinkConfig, ConfigError> {
+    let (url_variable, url) = value_or_file(
+        "DISPATCHBOX_RABBITMQ_URL",
+        "DISPATCHBOX_RABBITMQ_URL_FILE",
+        &raw.rabbitmq_url,
+        &raw.rabbitmq_url_file,
+    )?
+    .map(|(variable, url)| (variable, url.trim().to_owned()))
+    .filter(|(_, url)| !url.is_empty())
+    .ok_or_else(|| {
+        ConfigError::new(
+            "DISPATCHBOX_RABBITMQ_URL",
+            "is required when DISPATCHBOX_SINKS includes rabbitmq (e.g. amqp://relay:secret@rabbitmq:5672/%2f)",
+        )
+    })?;
+    let config = RabbitMqSinkConfig {
+        url,
+        exchange_template: raw.rabbitmq_exchange.trim().to_owned(),
+        routing_key_template: raw.rabbitmq_routing_key.clone(),
+        delivery_timeout: positive_duration(
+            "DISPATCHBOX_RABBITMQ_DELIVERY_TIMEOUT",
+            &raw.rabbitmq_delivery_timeout,
+        )?,
+    };
+    config.validate().map_err(|error| {
+        let variable = match &error {
+            RabbitMqSinkError::InvalidUrl { .. }
+            | RabbitMqSinkError::UnsupportedScheme { .. }
+            | RabbitMqSinkError::MissingHost
+            | RabbitMqSinkError::InvalidUri { .. } => url_variable,
+            RabbitMqSinkError::IllegalExchangeCharacter { .. } => "DISPATCHBOX_RABBITMQ_EXCHANGE",
+            RabbitMqSinkError::UnknownPlaceholder { kind, .. }
+            | RabbitMqSinkError::UnclosedPlaceholder { kind, .. }
+            | RabbitMqSinkError::TemplateTooLong { kind, .. } => match kind {
+                TemplateKind::Exchange => "DISPATCHBOX_RABBITMQ_EXCHANGE",
+                TemplateKind::RoutingKey => "DISPATCHBOX_RABBITMQ_ROUTING_KEY",
+            },
+            RabbitMqSinkError::ZeroTimeout => "DISPATCHBOX_RABBITMQ_DELIVERY_TIMEOUT",
+        };
+        ConfigError::new(variable, error.to_string())
+    })?;
+    Ok(config)
 }
 
 /// Collects librdkafka properties from environment variables named

@@ -13,6 +13,7 @@
 pub mod kafka;
 #[cfg(test)]
 pub mod memory;
+pub mod rabbitmq;
 pub mod stdout;
 pub mod webhook;
 
@@ -25,6 +26,7 @@ use futures_util::future::Either;
 use crate::event::OutboxEvent;
 
 pub use kafka::{KafkaSink, KafkaSinkConfig, KafkaSinkError};
+pub use rabbitmq::{RabbitMqSink, RabbitMqSinkConfig, RabbitMqSinkError};
 pub use stdout::StdoutSink;
 pub use webhook::{WebhookSink, WebhookSinkConfig, WebhookSinkError};
 
@@ -35,6 +37,7 @@ pub enum SinkConfig {
     Kafka(KafkaSinkConfig),
     Webhook(WebhookSinkConfig),
     Stdout,
+    RabbitMq(RabbitMqSinkConfig),
 }
 
 impl SinkConfig {
@@ -45,6 +48,7 @@ impl SinkConfig {
             SinkConfig::Kafka(_) => "kafka",
             SinkConfig::Webhook(_) => "webhook",
             SinkConfig::Stdout => "stdout",
+            SinkConfig::RabbitMq(_) => "rabbitmq",
         }
     }
 
@@ -56,6 +60,7 @@ impl SinkConfig {
             SinkConfig::Kafka(kafka) => Some(kafka.delivery_timeout),
             SinkConfig::Webhook(webhook) => Some(webhook.timeout),
             SinkConfig::Stdout => None,
+            SinkConfig::RabbitMq(rabbitmq) => Some(rabbitmq.delivery_timeout),
         }
     }
 }
@@ -69,6 +74,8 @@ pub enum SinkSetupError {
     Kafka(#[from] KafkaSinkError),
     #[error(transparent)]
     Webhook(#[from] WebhookSinkError),
+    #[error(transparent)]
+    RabbitMq(#[from] RabbitMqSinkError),
 }
 
 impl SinkSetupError {
@@ -77,6 +84,7 @@ impl SinkSetupError {
         match self {
             SinkSetupError::Kafka(_) => "kafka",
             SinkSetupError::Webhook(_) => "webhook",
+            SinkSetupError::RabbitMq(_) => "rabbitmq",
         }
     }
 }
@@ -100,8 +108,11 @@ impl SinkSetupError {
 ///   requests run in parallel over several connections, so outstanding webhook deliveries
 ///   may arrive in any order; per-aggregate order needs at most one outstanding delivery
 ///   per aggregate.
+///   RabbitMQ keeps the contract through its publisher task: `deliver` queues the message
+///   synchronously, and the task publishes in queue order on one channel.
 /// - **Ok** means the transport durably accepted the event (Kafka: acknowledged by the
-///   broker with `acks=all`; stdout: written and flushed). The caller may settle the event
+///   broker with `acks=all`; RabbitMQ: a publisher confirm (ack) for a message that was
+///   routed to a queue; stdout: written and flushed). The caller may settle the event
 ///   as `done`.
 /// - **Err** means the event may or may not have reached the transport (a timed-out Kafka
 ///   produce can still land): re-delivering it is allowed and is how at-least-once holds.
@@ -114,6 +125,7 @@ pub enum Sink {
     Kafka(KafkaSink),
     Stdout(StdoutSink),
     Webhook(WebhookSink),
+    RabbitMq(RabbitMqSink),
     /// Unit tests only: records hand-offs and answers as scripted.
     #[cfg(test)]
     Memory(memory::MemorySink),
@@ -126,15 +138,17 @@ impl Sink {
             SinkConfig::Kafka(kafka) => Sink::Kafka(KafkaSink::new(kafka.clone())?),
             SinkConfig::Webhook(webhook) => Sink::Webhook(WebhookSink::new(webhook.clone())?),
             SinkConfig::Stdout => Sink::Stdout(StdoutSink::new()),
+            SinkConfig::RabbitMq(rabbitmq) => Sink::RabbitMq(RabbitMqSink::new(rabbitmq.clone())?),
         })
     }
 
-    /// Label for logs and metrics: `"kafka"`, `"stdout"` or `"webhook"`.
+    /// Label for logs and metrics: `"kafka"`, `"rabbitmq"`, `"stdout"` or `"webhook"`.
     pub fn name(&self) -> &'static str {
         match self {
             Sink::Kafka(_) => "kafka",
             Sink::Stdout(_) => "stdout",
             Sink::Webhook(_) => "webhook",
+            Sink::RabbitMq(_) => "rabbitmq",
             #[cfg(test)]
             Sink::Memory(_) => "memory",
         }
@@ -147,7 +161,8 @@ impl Sink {
         event: Arc<OutboxEvent>,
     ) -> impl Future<Output = Result<(), DeliveryError>> + Send + 'static {
         match self {
-            Sink::Kafka(sink) => Either::Left(Either::Left(sink.deliver(event))),
+            Sink::Kafka(sink) => Either::Left(Either::Left(Either::Left(sink.deliver(event)))),
+            Sink::RabbitMq(sink) => Either::Left(Either::Left(Either::Right(sink.deliver(event)))),
             Sink::Stdout(sink) => Either::Left(Either::Right(sink.deliver(&event))),
             #[cfg(not(test))]
             Sink::Webhook(sink) => Either::Right(sink.deliver(event)),
@@ -166,6 +181,7 @@ impl Sink {
             Sink::Kafka(sink) => sink.close(timeout).await,
             Sink::Stdout(sink) => sink.close(),
             Sink::Webhook(sink) => sink.close(),
+            Sink::RabbitMq(sink) => sink.close(timeout).await,
             #[cfg(test)]
             Sink::Memory(_) => {}
         }
@@ -173,12 +189,13 @@ impl Sink {
 
     /// Cheap readiness probe (for `/ready` and `dispatchbox check`), bounded by `timeout`.
     /// Kafka: a cluster metadata request; stdout: always ready; webhook: the URL's host
-    /// resolves (no request is sent).
+    /// resolves (no request is sent); RabbitMQ: a connection is open and a channel opens.
     pub async fn check(&self, timeout: Duration) -> Result<(), DeliveryError> {
         match self {
             Sink::Kafka(sink) => sink.check(timeout).await,
             Sink::Stdout(_) => Ok(()),
             Sink::Webhook(sink) => sink.check(timeout).await,
+            Sink::RabbitMq(sink) => sink.check(timeout).await,
             #[cfg(test)]
             Sink::Memory(_) => Ok(()),
         }
