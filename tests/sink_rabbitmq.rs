@@ -383,6 +383,47 @@ async fn a_silent_connection_times_out_as_retryable_and_is_replaced() {
     admin.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_verifies_the_broker_against_the_configured_ca() {
+    // Given the node's TLS listener, whose certificate a test CA signed.
+    let node = node();
+    let admin = node.admin().await;
+    admin.topic_exchange("t7.outbox").await;
+    admin.bound_queue("t7.all", "t7.outbox", "#").await;
+
+    // Without the CA, the broker's certificate is not trusted: retryable, and nothing sent.
+    let untrusted = sink(&node.tls_url(), "t7.outbox", Duration::from_secs(5));
+    let err = untrusted
+        .deliver(Arc::new(event(1, "order", "o-1", "{}")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DeliveryError::Retryable { .. }), "{err:?}");
+    assert!(
+        err.reason().contains("amqps://127.0.0.1"),
+        "{}",
+        err.reason()
+    );
+
+    // With it, delivery over TLS works.
+    let mut config = RabbitMqSinkConfig::new(node.tls_url());
+    config.exchange_template = "t7.outbox".to_owned();
+    config.ca_pem = Some(node.ca_pem().to_owned());
+    let trusted = Sink::RabbitMq(RabbitMqSink::new(config).unwrap());
+    trusted.check(Duration::from_secs(5)).await.unwrap();
+    trusted
+        .deliver(Arc::new(event(2, "order", "o-1", "{}")))
+        .await
+        .unwrap();
+    let ids: Vec<String> = admin
+        .read("t7.all", 2, Duration::from_secs(2))
+        .await
+        .iter()
+        .map(|m| m.message_id().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["2"]);
+    admin.close().await;
+}
+
 /// End to end: the relay streams rows from PostgreSQL to RabbitMQ. Rows whose routing key
 /// has a binding become `done` and arrive with their payload as PostgreSQL renders it; a row
 /// nothing is bound for becomes `dead` with the reason, without holding the others up.

@@ -75,6 +75,8 @@ pub struct RawConfig {
     pub rabbitmq_routing_key: String,
     #[envconfig(from = "DISPATCHBOX_RABBITMQ_DELIVERY_TIMEOUT", default = "30s")]
     pub rabbitmq_delivery_timeout: String,
+    #[envconfig(from = "DISPATCHBOX_RABBITMQ_CA_FILE")]
+    pub rabbitmq_ca_file: Option<String>,
     #[envconfig(from = "DISPATCHBOX_MAX_IN_FLIGHT", default = "1000")]
     pub max_in_flight: String,
     #[envconfig(from = "DISPATCHBOX_MAX_IN_FLIGHT_BYTES", default = "64MiB")]

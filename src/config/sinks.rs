@@ -232,6 +232,18 @@ fn rabbitmq(raw: &RawConfig) -> Result<RabbitMqSinkConfig, ConfigError> {
             "DISPATCHBOX_RABBITMQ_DELIVERY_TIMEOUT",
             &raw.rabbitmq_delivery_timeout,
         )?,
+        ca_pem: raw
+            .rabbitmq_ca_file
+            .as_deref()
+            .map(|path| {
+                std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new(
+                        "DISPATCHBOX_RABBITMQ_CA_FILE",
+                        format!("cannot read file {path:?}: {e}"),
+                    )
+                })
+            })
+            .transpose()?,
     };
     config.validate().map_err(|error| {
         let variable = match &error {
@@ -247,6 +259,9 @@ fn rabbitmq(raw: &RawConfig) -> Result<RabbitMqSinkConfig, ConfigError> {
                 TemplateKind::RoutingKey => "DISPATCHBOX_RABBITMQ_ROUTING_KEY",
             },
             RabbitMqSinkError::ZeroTimeout => "DISPATCHBOX_RABBITMQ_DELIVERY_TIMEOUT",
+            RabbitMqSinkError::CaWithoutTls | RabbitMqSinkError::CaCertificates => {
+                "DISPATCHBOX_RABBITMQ_CA_FILE"
+            }
         };
         ConfigError::new(variable, error.to_string())
     })?;

@@ -372,4 +372,23 @@ fn rabbitmq_settings_are_validated_naming_the_variable() {
     ]);
     assert_eq!(e.variable, "DISPATCHBOX_RABBITMQ_URL");
     assert!(e.to_string().contains("not both"), "{e}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "not a certificate").expect("write");
+    let not_pem = not_pem.to_str().expect("utf8");
+    let e = error_for(&[
+        ("DISPATCHBOX_SINKS", "rabbitmq"),
+        ("DISPATCHBOX_RABBITMQ_URL", "amqps://rabbit"),
+        ("DISPATCHBOX_RABBITMQ_CA_FILE", not_pem),
+    ]);
+    assert_eq!(e.variable, "DISPATCHBOX_RABBITMQ_CA_FILE");
+    assert!(e.to_string().contains("no PEM certificate"), "{e}");
+    let e = error_for(&[
+        ("DISPATCHBOX_SINKS", "rabbitmq"),
+        ("DISPATCHBOX_RABBITMQ_URL", "amqps://rabbit"),
+        ("DISPATCHBOX_RABBITMQ_CA_FILE", "/nonexistent/ca.pem"),
+    ]);
+    assert_eq!(e.variable, "DISPATCHBOX_RABBITMQ_CA_FILE");
+    assert!(e.to_string().contains("cannot read"), "{e}");
 }

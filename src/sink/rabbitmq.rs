@@ -31,6 +31,9 @@
 //! among those that succeed. Confirms are awaited concurrently, so many deliveries can be in
 //! flight.
 //!
+//! TLS (`amqps://`): rustls with ring, verifying the broker against the webpki root set plus
+//! the certificates of `ca_pem` (a private CA), for the host named in the URL.
+//!
 //! Connection loss: the channel and connection are replaced on the next publish after one
 //! breaks (broker closed the channel, socket error, missed heartbeat, or a confirm that did
 //! not come within the delivery timeout while the broker was not blocking publishers). A
@@ -50,6 +53,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
@@ -110,6 +114,8 @@ pub struct RabbitMqSinkConfig {
     /// Upper bound for one delivery, from `deliver` to the broker's confirm (default
     /// [`DEFAULT_DELIVERY_TIMEOUT`]).
     pub delivery_timeout: Duration,
+    /// PEM certificates trusted for `amqps` besides the webpki root set (a private CA).
+    pub ca_pem: Option<String>,
 }
 
 impl RabbitMqSinkConfig {
@@ -120,6 +126,7 @@ impl RabbitMqSinkConfig {
             exchange_template: DEFAULT_EXCHANGE_TEMPLATE.to_owned(),
             routing_key_template: DEFAULT_ROUTING_KEY_TEMPLATE.to_owned(),
             delivery_timeout: DEFAULT_DELIVERY_TIMEOUT,
+            ca_pem: None,
         }
     }
 
@@ -144,6 +151,17 @@ impl RabbitMqSinkConfig {
         if self.delivery_timeout.is_zero() {
             return Err(RabbitMqSinkError::ZeroTimeout);
         }
+        if let Some(pem) = &self.ca_pem {
+            if uri.scheme != AMQPScheme::AMQPS {
+                return Err(RabbitMqSinkError::CaWithoutTls);
+            }
+            let certificates = rustls_pemfile::certs(&mut pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| RabbitMqSinkError::CaCertificates)?;
+            if certificates.is_empty() {
+                return Err(RabbitMqSinkError::CaCertificates);
+            }
+        }
         Ok(Parsed {
             uri,
             endpoint,
@@ -161,6 +179,7 @@ impl std::fmt::Debug for RabbitMqSinkConfig {
             .field("exchange_template", &self.exchange_template)
             .field("routing_key_template", &self.routing_key_template)
             .field("delivery_timeout", &self.delivery_timeout)
+            .field("ca_pem", &self.ca_pem.is_some())
             .finish()
     }
 }
@@ -221,6 +240,10 @@ pub enum RabbitMqSinkError {
     },
     #[error("rabbitmq delivery timeout must be greater than zero")]
     ZeroTimeout,
+    #[error("rabbitmq ca certificates are only used with amqps://; the url uses amqp://")]
+    CaWithoutTls,
+    #[error("rabbitmq ca file holds no PEM certificate (-----BEGIN CERTIFICATE-----)")]
+    CaCertificates,
 }
 
 /// Which template an error is about.
@@ -295,6 +318,20 @@ struct Shared {
     exchange: Template,
     routing_key: Template,
     delivery_timeout: Duration,
+    /// Extra trusted roots for `amqps`.
+    tls: OwnedTLSConfig,
+}
+
+impl Shared {
+    /// What a delivery that reached its deadline reports (the delivery future and the
+    /// publisher task race to say it; both say the same).
+    fn timed_out(&self, exchange: &str) -> DeliveryError {
+        DeliveryError::retryable(format!(
+            "rabbitmq exchange {exchange:?}: no confirm from {} within {}",
+            self.endpoint,
+            humantime::format_duration(self.delivery_timeout)
+        ))
+    }
 }
 
 /// The URI holds a password: only the endpoint prints.
@@ -320,6 +357,10 @@ impl RabbitMqSink {
                 exchange: parsed.exchange,
                 routing_key: parsed.routing_key,
                 delivery_timeout: config.delivery_timeout,
+                tls: OwnedTLSConfig {
+                    identity: None,
+                    cert_chain: config.ca_pem,
+                },
             }),
             queue: Mutex::new(None),
         })
@@ -351,11 +392,7 @@ impl RabbitMqSink {
                     "rabbitmq sink for {} stopped before the broker confirmed event {}",
                     shared.endpoint, event.id
                 ))),
-                Err(_elapsed) => Err(DeliveryError::retryable(format!(
-                    "rabbitmq exchange {exchange:?}: no confirm from {} within {}",
-                    shared.endpoint,
-                    humantime::format_duration(shared.delivery_timeout)
-                ))),
+                Err(_elapsed) => Err(shared.timed_out(&exchange)),
             }
         }
     }
@@ -641,7 +678,8 @@ impl Publisher {
 
     async fn publish(&mut self, job: Job) {
         if Instant::now() >= job.deadline {
-            // The delivery future has already reported a timeout.
+            // Not published: the delivery future is reporting a timeout.
+            let _ = job.reply.send(Err(self.shared.timed_out(&job.exchange)));
             return;
         }
         let endpoint = self.shared.endpoint.clone();
@@ -682,6 +720,7 @@ impl Publisher {
                 return;
             }
             Err(_elapsed) => {
+                let _ = reply.send(Err(self.shared.timed_out(&exchange)));
                 // The socket did not take the frames in time: the connection is stuck.
                 if let Some(session) = self.session.take() {
                     tracing::warn!(
@@ -699,6 +738,7 @@ impl Publisher {
             .session
             .as_ref()
             .map(|session| (Arc::clone(&session.stale), Arc::clone(&session.connection)));
+        let shared = Arc::clone(&self.shared);
         self.confirms.spawn(async move {
             let result = match tokio::time::timeout_at(deadline, confirm).await {
                 Ok(Ok(confirmation)) => {
@@ -713,7 +753,7 @@ impl Publisher {
                             stale.store(true, Ordering::Relaxed);
                         }
                     }
-                    return;
+                    Err(shared.timed_out(&exchange))
                 }
             };
             let _ = reply.send(result);
@@ -756,9 +796,16 @@ impl Publisher {
         let connect = async {
             let properties =
                 ConnectionProperties::default().with_connection_name("dispatchbox".into());
-            let connection = Connection::connect_uri(self.shared.uri.clone(), properties)
-                .await
+            let runtime = lapin::runtime::default_runtime()
                 .map_err(|error| connection_error(&error, &endpoint))?;
+            let connection = Connection::connect_uri_with_config(
+                self.shared.uri.clone(),
+                properties,
+                self.shared.tls.clone(),
+                runtime,
+            )
+            .await
+            .map_err(|error| connection_error(&error, &endpoint))?;
             let channel = open_channel(&connection)
                 .await
                 .map_err(|error| connection_error(&error, &endpoint))?;

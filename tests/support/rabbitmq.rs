@@ -6,7 +6,8 @@
 //! (`RABBITMQ_NODE_PORT`, `RABBITMQ_DIST_PORT`, and its own epmd on `ERL_EPMD_PORT`, so it
 //! never meets another node's epmd), with its mnesia and log directories in a temporary
 //! directory owned by the `rabbitmq` user (as root, the Debian script switches to that user)
-//! and no plugins. The AMQP port opens after about 4–6 s; [`node`] polls it with a deadline
+//! and no plugins; besides the plain AMQP port it has a TLS listener with a certificate for
+//! `127.0.0.1` from a test CA ([`TestNode::tls_url`], [`TestNode::ca_pem`]). The AMQP port opens after about 4–6 s; [`node`] polls it with a deadline
 //! and an AMQP protocol header, never a fixed sleep.
 //!
 //! Stopping: a static is never dropped, so a watchdog process is started with the node. It
@@ -47,6 +48,9 @@ pub fn node() -> &'static TestNode {
 #[derive(Debug)]
 pub struct TestNode {
     port: u16,
+    /// The TLS listener (certificate for 127.0.0.1 and localhost, signed by `ca_pem`).
+    tls_port: u16,
+    ca_pem: String,
     dir: PathBuf,
     epmd_port: u16,
     started_in: Duration,
@@ -120,11 +124,31 @@ impl TestNode {
             .expect("create node dir")
             .keep();
         let (uid, gid) = rabbitmq_ids();
-        std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("write enabled_plugins");
-        for path in [dir.clone(), dir.join("enabled_plugins")] {
-            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown to rabbitmq");
+        let (port, dist_port, epmd_port, tls_port) =
+            (free_port(), free_port(), free_port(), free_port());
+        let (ca_pem, cert_pem, key_pem) =
+            super::postgres::tls_fixture(&["localhost"], &["127.0.0.1"]);
+        let conf = format!(
+            "listeners.ssl.1 = 127.0.0.1:{tls_port}\n\
+             ssl_options.cacertfile = {dir}/ca.pem\n\
+             ssl_options.certfile = {dir}/server.pem\n\
+             ssl_options.keyfile = {dir}/server.key\n\
+             ssl_options.verify = verify_none\n\
+             ssl_options.fail_if_no_peer_cert = false\n",
+            dir = dir.display()
+        );
+        for (name, content) in [
+            ("enabled_plugins", "[].\n"),
+            ("rabbitmq.conf", conf.as_str()),
+            ("ca.pem", ca_pem.as_str()),
+            ("server.pem", cert_pem.as_str()),
+            ("server.key", key_pem.as_str()),
+        ] {
+            std::fs::write(dir.join(name), content).unwrap_or_else(|e| panic!("write {name}: {e}"));
+            std::os::unix::fs::chown(dir.join(name), Some(uid), Some(gid))
+                .expect("chown to rabbitmq");
         }
-        let (port, dist_port, epmd_port) = (free_port(), free_port(), free_port());
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown to rabbitmq");
         let log = std::fs::File::create(dir.join("server.log")).expect("create server log");
         let node_name = format!("dispatchbox-test-{port}@localhost");
         let child = Command::new(&bin)
@@ -147,6 +171,8 @@ impl TestNode {
         let mut node = Self {
             watchdog,
             port,
+            tls_port,
+            ca_pem,
             dir,
             epmd_port,
             started_in: Duration::ZERO,
@@ -161,13 +187,14 @@ impl TestNode {
                     node.log()
                 );
             }
-            if amqp_answers(port) {
+            if amqp_answers(port) && TcpStream::connect(("127.0.0.1", tls_port)).is_ok() {
                 break;
             }
             if Instant::now() >= deadline {
                 kill_now(epmd_port);
                 panic!(
-                    "rabbitmq-server did not open AMQP port {port} within {STARTUP_TIMEOUT:?}; \
+                    "rabbitmq-server did not open AMQP port {port} and TLS port {tls_port} within \
+                     {STARTUP_TIMEOUT:?}; \
                      log:\n{}",
                     node.log()
                 );
@@ -225,6 +252,16 @@ impl TestNode {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `amqps://guest:guest@127.0.0.1:TLS_PORT/%2f`.
+    pub fn tls_url(&self) -> String {
+        format!("amqps://guest:guest@127.0.0.1:{}/%2f", self.tls_port)
+    }
+
+    /// PEM of the CA that signed the TLS listener's certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
     }
 
     /// How long the node took to accept AMQP connections.

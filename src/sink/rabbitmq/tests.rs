@@ -259,3 +259,19 @@ fn validation_rejects_a_zero_timeout() {
         RabbitMqSinkError::ZeroTimeout
     ));
 }
+
+#[test]
+fn ca_certificates_need_amqps_and_a_pem_certificate() {
+    let mut config = RabbitMqSinkConfig::new("amqp://h");
+    config.ca_pem = Some("-----BEGIN CERTIFICATE-----\n".to_owned());
+    assert!(matches!(
+        config.validate().unwrap_err(),
+        RabbitMqSinkError::CaWithoutTls
+    ));
+    config.url = "amqps://h".to_owned();
+    config.ca_pem = Some("not pem".to_owned());
+    assert!(matches!(
+        config.validate().unwrap_err(),
+        RabbitMqSinkError::CaCertificates
+    ));
+}
