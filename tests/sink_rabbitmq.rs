@@ -152,6 +152,15 @@ async fn delivers_properties_headers_and_exact_body_in_call_order() {
         );
         assert_eq!(message.header("tracestate").as_deref(), Some("vendor=x"));
     }
+
+    // And a 4 MiB payload (many AMQP body frames) arrives whole.
+    let big = format!(r#"{{"blob": "{}"}}"#, "x".repeat(4 * 1024 * 1024));
+    sink.deliver(Arc::new(event(201, "order", "o-1", &big)))
+        .await
+        .unwrap();
+    let received = admin.read("t1.all", 1, Duration::from_secs(10)).await;
+    assert_eq!(received.len(), 1);
+    assert!(received[0].body == big.as_bytes(), "the 4 MiB body changed");
     sink.close(Duration::from_secs(5)).await;
     admin.close().await;
 }
