@@ -170,6 +170,10 @@ fn sink_ready(config: &SinkConfig) -> String {
             }
         }
         SinkConfig::Stdout(_) => "stdout needs nothing".to_owned(),
+        SinkConfig::RabbitMq(rabbitmq) => format!(
+            "rabbitmq broker {} accepted a connection and opened a channel",
+            rabbitmq.endpoint()
+        ),
     }
 }
 
@@ -186,6 +190,10 @@ fn sink_fix(sink: &str) -> &'static str {
         name if name.starts_with("webhook:") => {
             "check the host in the endpoint's DISPATCHBOX_WEBHOOK_<NAME>_URL and this machine's \
              DNS; an internal receiver needs DISPATCHBOX_WEBHOOK_<NAME>_ALLOW_PRIVATE=true"
+        }
+        "rabbitmq" => {
+            "check DISPATCHBOX_RABBITMQ_URL (host, port, user, password, vhost) and that the \
+             broker runs and is reachable from here"
         }
         _ => "check the DISPATCHBOX_SINKS setting",
     }

@@ -90,6 +90,23 @@ pub struct RawConfig {
     pub webhook_forward_headers: String,
     #[envconfig(from = "DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE", default = "false")]
     pub webhook_allow_private: String,
+    #[envconfig(from = "DISPATCHBOX_RABBITMQ_FORMAT")]
+    pub rabbitmq_format: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_RABBITMQ_URL")]
+    pub rabbitmq_url: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_RABBITMQ_URL_FILE")]
+    pub rabbitmq_url_file: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_RABBITMQ_EXCHANGE", default = "outbox")]
+    pub rabbitmq_exchange: String,
+    #[envconfig(
+        from = "DISPATCHBOX_RABBITMQ_ROUTING_KEY",
+        default = "{aggregate_type}.{event_type}"
+    )]
+    pub rabbitmq_routing_key: String,
+    #[envconfig(from = "DISPATCHBOX_RABBITMQ_DELIVERY_TIMEOUT", default = "30s")]
+    pub rabbitmq_delivery_timeout: String,
+    #[envconfig(from = "DISPATCHBOX_RABBITMQ_CA_FILE")]
+    pub rabbitmq_ca_file: Option<String>,
     #[envconfig(from = "DISPATCHBOX_MAX_IN_FLIGHT", default = "1000")]
     pub max_in_flight: String,
     #[envconfig(from = "DISPATCHBOX_MAX_IN_FLIGHT_BYTES", default = "64MiB")]
@@ -189,8 +206,8 @@ impl ConfigError {
 /// ├── database          url, table and publication names, slot
 /// ├── source            replication stream: status interval, heartbeat, reconnect, limits
 /// ├── dispatch          in-flight bounds, ordering, routes, retry policy
-/// ├── sinks             [SinkConfig::Kafka | Webhook (one per endpoint) | Stdout], in
-/// │                     DISPATCHBOX_SINKS order
+/// ├── sinks             [SinkConfig::Kafka | Webhook (one per endpoint) | Stdout |
+/// │                     RabbitMq], in DISPATCHBOX_SINKS order
 /// ├── status            status writer: batch size, linger, stall timeout
 /// ├── sweeper           interval, grace, batch, lease
 /// ├── admin             HTTP address, API token
@@ -534,7 +551,16 @@ impl SweeperSettings {
                         ),
                     ));
                 }
-                SinkConfig::Kafka(_) | SinkConfig::Webhook(_) | SinkConfig::Stdout(_) => {}
+                SinkConfig::RabbitMq(rabbitmq) if lease <= rabbitmq.delivery_timeout => {
+                    return Err(ConfigError::new(
+                        "DISPATCHBOX_SWEEP_LEASE",
+                        "must be longer than DISPATCHBOX_RABBITMQ_DELIVERY_TIMEOUT, or a slow delivery could be claimed twice",
+                    ));
+                }
+                SinkConfig::Kafka(_)
+                | SinkConfig::Webhook(_)
+                | SinkConfig::Stdout(_)
+                | SinkConfig::RabbitMq(_) => {}
             }
         }
         Ok(Self {

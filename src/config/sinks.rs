@@ -16,11 +16,16 @@ use super::value::{boolean, count, positive_duration, value_or_file};
 use super::{ConfigError, DatabaseSettings, RawConfig};
 use crate::sink::format::{debezium, CloudEvents, Debezium, Format, FormatError, FormatKind};
 use crate::sink::kafka::{KafkaSinkConfig, KafkaSinkError, DEFAULT_TOPIC_TEMPLATE};
+use crate::sink::rabbitmq::{RabbitMqSinkConfig, RabbitMqSinkError, TemplateKind};
 use crate::sink::webhook::{self, headers, WebhookSinkConfig, WebhookSinkError};
 use crate::sink::SinkConfig;
 
 /// Prefix of the environment variables that carry librdkafka properties.
 pub const PROPERTY_ENV_PREFIX: &str = "DISPATCHBOX_KAFKA_PROPERTY_";
+
+/// The sink names `DISPATCHBOX_SINKS` accepts, for its error messages.
+const SINK_NAMES: &str =
+    "kafka, webhook, webhook:NAME (a named webhook endpoint), stdout, rabbitmq";
 
 /// Longest webhook endpoint name.
 const MAX_ENDPOINT_NAME: usize = 32;
@@ -32,6 +37,7 @@ enum Kind {
     /// `webhook` (`None`) or `webhook:<name>`.
     Webhook(Option<String>),
     Stdout,
+    RabbitMq,
 }
 
 /// `DISPATCHBOX_SINKS`, in its order (a repeated name counts once), each sink with its
@@ -74,6 +80,14 @@ pub(super) fn from_raw(
                     let own = own("STDOUT", &raw.stdout_format);
                     SinkConfig::Stdout(formats.for_sink("stdout", own, &[DEBEZIUM])?)
                 }
+                Kind::RabbitMq => {
+                    let format = formats.for_sink(
+                        "rabbitmq",
+                        own("RABBITMQ", &raw.rabbitmq_format),
+                        &[DEBEZIUM],
+                    )?;
+                    SinkConfig::RabbitMq(rabbitmq(raw, format)?)
+                }
             })
         })
         .collect()
@@ -115,23 +129,22 @@ fn endpoint_name(name: &str) -> Result<String, ConfigError> {
 fn kinds(list: &str) -> Result<Vec<Kind>, ConfigError> {
     let mut kinds = Vec::new();
     for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let kind = match name {
-            "kafka" => Kind::Kafka,
-            "webhook" => Kind::Webhook(None),
-            "stdout" => Kind::Stdout,
-            other => match other.strip_prefix("webhook:") {
-                Some(endpoint) => Kind::Webhook(Some(endpoint_name(endpoint)?)),
-                None => {
-                    return Err(ConfigError::new(
+        let kind =
+            match name {
+                "kafka" => Kind::Kafka,
+                "webhook" => Kind::Webhook(None),
+                "stdout" => Kind::Stdout,
+                "rabbitmq" => Kind::RabbitMq,
+                other => match other.strip_prefix("webhook:") {
+                    Some(endpoint) => Kind::Webhook(Some(endpoint_name(endpoint)?)),
+                    None => return Err(ConfigError::new(
                         "DISPATCHBOX_SINKS",
                         format!(
-                        "unknown sink {other:?}; use a comma-separated list of kafka, webhook, \
-                         webhook:NAME (a named webhook endpoint), stdout"
-                    ),
-                    ))
-                }
-            },
-        };
+                            "unknown sink {other:?}; use a comma-separated list of {SINK_NAMES}"
+                        ),
+                    )),
+                },
+            };
         if !kinds.contains(&kind) {
             kinds.push(kind);
         }
@@ -139,7 +152,7 @@ fn kinds(list: &str) -> Result<Vec<Kind>, ConfigError> {
     if kinds.is_empty() {
         return Err(ConfigError::new(
             "DISPATCHBOX_SINKS",
-            "must name at least one sink (kafka, webhook, webhook:NAME, stdout)",
+            format!("must name at least one sink ({SINK_NAMES})"),
         ));
     }
     Ok(kinds)
@@ -429,6 +442,67 @@ fn webhook(
             WebhookSinkError::Tls { .. } | WebhookSinkError::Client { .. } => &url_variable,
         };
         ConfigError::new(variable.clone(), error.to_string())
+    })?;
+    Ok(config)
+}
+
+/// `DISPATCHBOX_RABBITMQ_*`.
+fn rabbitmq(raw: &RawConfig, format: Format) -> Result<RabbitMqSinkConfig, ConfigError> {
+    let (url_variable, url) = value_or_file(
+        "DISPATCHBOX_RABBITMQ_URL",
+        "DISPATCHBOX_RABBITMQ_URL_FILE",
+        &raw.rabbitmq_url,
+        &raw.rabbitmq_url_file,
+    )?
+    .map(|(variable, url)| (variable, url.trim().to_owned()))
+    .filter(|(_, url)| !url.is_empty())
+    .ok_or_else(|| {
+        ConfigError::new(
+            "DISPATCHBOX_RABBITMQ_URL",
+            "is required when DISPATCHBOX_SINKS includes rabbitmq (e.g. amqp://relay:secret@rabbitmq:5672/%2f)",
+        )
+    })?;
+    let config = RabbitMqSinkConfig {
+        url,
+        format,
+        exchange_template: raw.rabbitmq_exchange.trim().to_owned(),
+        routing_key_template: raw.rabbitmq_routing_key.clone(),
+        delivery_timeout: positive_duration(
+            "DISPATCHBOX_RABBITMQ_DELIVERY_TIMEOUT",
+            &raw.rabbitmq_delivery_timeout,
+        )?,
+        ca_pem: raw
+            .rabbitmq_ca_file
+            .as_deref()
+            .map(|path| {
+                std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new(
+                        "DISPATCHBOX_RABBITMQ_CA_FILE",
+                        format!("cannot read file {path:?}: {e}"),
+                    )
+                })
+            })
+            .transpose()?,
+    };
+    config.validate().map_err(|error| {
+        let variable = match &error {
+            RabbitMqSinkError::InvalidUrl { .. }
+            | RabbitMqSinkError::UnsupportedScheme { .. }
+            | RabbitMqSinkError::MissingHost
+            | RabbitMqSinkError::InvalidUri { .. } => url_variable,
+            RabbitMqSinkError::IllegalExchangeCharacter { .. } => "DISPATCHBOX_RABBITMQ_EXCHANGE",
+            RabbitMqSinkError::UnknownPlaceholder { kind, .. }
+            | RabbitMqSinkError::UnclosedPlaceholder { kind, .. }
+            | RabbitMqSinkError::TemplateTooLong { kind, .. } => match kind {
+                TemplateKind::Exchange => "DISPATCHBOX_RABBITMQ_EXCHANGE",
+                TemplateKind::RoutingKey => "DISPATCHBOX_RABBITMQ_ROUTING_KEY",
+            },
+            RabbitMqSinkError::ZeroTimeout => "DISPATCHBOX_RABBITMQ_DELIVERY_TIMEOUT",
+            RabbitMqSinkError::CaWithoutTls | RabbitMqSinkError::CaCertificates => {
+                "DISPATCHBOX_RABBITMQ_CA_FILE"
+            }
+        };
+        ConfigError::new(variable, error.to_string())
     })?;
     Ok(config)
 }

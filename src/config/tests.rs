@@ -720,3 +720,149 @@ fn a_named_webhook_endpoint_has_its_own_format() {
     assert_eq!(error.variable, "DISPATCHBOX_WEBHOOK_BILLING_FORMAT");
     assert!(matches!(Format::default(), Format::Native));
 }
+
+fn rabbitmq(config: &Config) -> Option<&crate::sink::RabbitMqSinkConfig> {
+    config.sinks.iter().find_map(|sink| match sink {
+        SinkConfig::RabbitMq(rabbitmq) => Some(rabbitmq),
+        _ => None,
+    })
+}
+
+#[test]
+fn rabbitmq_settings_have_defaults_and_a_url_file() {
+    let config = Config::from_vars(vars(&[
+        ("DISPATCHBOX_SINKS", "rabbitmq,stdout"),
+        (
+            "DISPATCHBOX_RABBITMQ_URL",
+            "amqp://relay:s3cret@rabbit:5672/%2f",
+        ),
+    ]))
+    .expect("config");
+    assert_eq!(sink_names(&config), vec!["rabbitmq", "stdout"]);
+    let settings = rabbitmq(&config).expect("rabbitmq");
+    assert_eq!(settings.exchange_template, "outbox");
+    assert_eq!(
+        settings.routing_key_template,
+        "{aggregate_type}.{event_type}"
+    );
+    assert_eq!(settings.delivery_timeout, Duration::from_secs(30));
+    assert!(
+        !format!("{config:?}").contains("s3cret"),
+        "password printed"
+    );
+    Config::from_vars(vars(&[
+        ("DISPATCHBOX_SINKS", "rabbitmq"),
+        ("DISPATCHBOX_RABBITMQ_URL", "amqp://rabbit"),
+        ("DISPATCHBOX_ROUTES", "order.*=rabbitmq"),
+    ]))
+    .expect("rabbitmq is a route target");
+
+    // The default exchange, chosen by an empty setting.
+    let config = Config::from_vars(vars(&[
+        ("DISPATCHBOX_SINKS", "rabbitmq"),
+        ("DISPATCHBOX_RABBITMQ_URL", "amqp://rabbit"),
+        ("DISPATCHBOX_RABBITMQ_EXCHANGE", ""),
+        (
+            "DISPATCHBOX_RABBITMQ_ROUTING_KEY",
+            "outbox.{aggregate_type}",
+        ),
+    ]))
+    .expect("config");
+    assert_eq!(rabbitmq(&config).expect("rabbitmq").exchange_template, "");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("url");
+    std::fs::write(&path, "amqps://relay:s3cret@rabbit/prod\n").expect("write");
+    let config = Config::from_vars(vars(&[
+        ("DISPATCHBOX_SINKS", "rabbitmq"),
+        (
+            "DISPATCHBOX_RABBITMQ_URL_FILE",
+            path.to_str().expect("utf8"),
+        ),
+    ]))
+    .expect("url from a file");
+    assert_eq!(
+        rabbitmq(&config).expect("rabbitmq").url,
+        "amqps://relay:s3cret@rabbit/prod"
+    );
+}
+
+#[test]
+fn rabbitmq_settings_are_validated_naming_the_variable() {
+    let e = error_for(&[("DISPATCHBOX_SINKS", "rabbitmq")]);
+    assert_eq!(e.variable, "DISPATCHBOX_RABBITMQ_URL");
+    assert!(e.to_string().contains("is required"), "{e}");
+
+    let refused = |pairs: &[(&str, &str)]| {
+        let mut all = vec![
+            ("DISPATCHBOX_SINKS", "rabbitmq"),
+            (
+                "DISPATCHBOX_RABBITMQ_URL",
+                "amqp://relay:s3cret@rabbit:5672/%2f",
+            ),
+        ];
+        all.extend_from_slice(pairs);
+        error_for(&all)
+    };
+    for (url, rule) in [
+        ("http://relay:s3cret@rabbit/", "amqp or amqps"),
+        ("rabbit:5672", "amqp or amqps"),
+        (
+            "amqp://relay:s3cret@rabbit/%2f?heartbeat=x",
+            "not a valid AMQP URI",
+        ),
+    ] {
+        let e = refused(&[("DISPATCHBOX_RABBITMQ_URL", url)]);
+        assert_eq!(e.variable, "DISPATCHBOX_RABBITMQ_URL", "{url}: {e}");
+        assert!(e.to_string().contains(rule), "{url}: {e}");
+        assert!(!e.to_string().contains("s3cret"), "password echoed: {e}");
+    }
+    for template in ["out box", "outbox.{aggregate}", "x.{event_type"] {
+        let e = refused(&[("DISPATCHBOX_RABBITMQ_EXCHANGE", template)]);
+        assert_eq!(
+            e.variable, "DISPATCHBOX_RABBITMQ_EXCHANGE",
+            "{template}: {e}"
+        );
+    }
+    let long = "k".repeat(300);
+    for template in ["{aggregate}.x", "{event_type", long.as_str()] {
+        let e = refused(&[("DISPATCHBOX_RABBITMQ_ROUTING_KEY", template)]);
+        assert_eq!(
+            e.variable, "DISPATCHBOX_RABBITMQ_ROUTING_KEY",
+            "{template}: {e}"
+        );
+    }
+    let e = refused(&[("DISPATCHBOX_RABBITMQ_DELIVERY_TIMEOUT", "0s")]);
+    assert_eq!(e.variable, "DISPATCHBOX_RABBITMQ_DELIVERY_TIMEOUT");
+    let e = refused(&[
+        ("DISPATCHBOX_RABBITMQ_DELIVERY_TIMEOUT", "5m"),
+        ("DISPATCHBOX_SWEEP_LEASE", "1m"),
+    ]);
+    assert_eq!(e.variable, "DISPATCHBOX_SWEEP_LEASE");
+    let e = error_for(&[
+        ("DISPATCHBOX_SINKS", "rabbitmq"),
+        ("DISPATCHBOX_RABBITMQ_URL", "amqp://rabbit"),
+        ("DISPATCHBOX_RABBITMQ_URL_FILE", "/nonexistent"),
+    ]);
+    assert_eq!(e.variable, "DISPATCHBOX_RABBITMQ_URL");
+    assert!(e.to_string().contains("not both"), "{e}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "not a certificate").expect("write");
+    let not_pem = not_pem.to_str().expect("utf8");
+    let e = error_for(&[
+        ("DISPATCHBOX_SINKS", "rabbitmq"),
+        ("DISPATCHBOX_RABBITMQ_URL", "amqps://rabbit"),
+        ("DISPATCHBOX_RABBITMQ_CA_FILE", not_pem),
+    ]);
+    assert_eq!(e.variable, "DISPATCHBOX_RABBITMQ_CA_FILE");
+    assert!(e.to_string().contains("no PEM certificate"), "{e}");
+    let e = error_for(&[
+        ("DISPATCHBOX_SINKS", "rabbitmq"),
+        ("DISPATCHBOX_RABBITMQ_URL", "amqps://rabbit"),
+        ("DISPATCHBOX_RABBITMQ_CA_FILE", "/nonexistent/ca.pem"),
+    ]);
+    assert_eq!(e.variable, "DISPATCHBOX_RABBITMQ_CA_FILE");
+    assert!(e.to_string().contains("cannot read"), "{e}");
+}

@@ -14,18 +14,19 @@ pub mod format;
 pub mod kafka;
 #[cfg(test)]
 pub mod memory;
+pub mod rabbitmq;
 pub mod stdout;
 pub mod webhook;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::Either;
+use futures_util::future::{BoxFuture, FutureExt as _};
 
 use crate::event::OutboxEvent;
 
 pub use kafka::{KafkaSink, KafkaSinkConfig, KafkaSinkError};
+pub use rabbitmq::{RabbitMqSink, RabbitMqSinkConfig, RabbitMqSinkError};
 pub use stdout::StdoutSink;
 pub use webhook::{WebhookSink, WebhookSinkConfig, WebhookSinkError};
 
@@ -37,6 +38,7 @@ pub enum SinkConfig {
     Webhook(WebhookSinkConfig),
     /// Stdout with its format (`native` or `cloudevents`, always structured).
     Stdout(format::Format),
+    RabbitMq(RabbitMqSinkConfig),
 }
 
 impl SinkConfig {
@@ -47,6 +49,7 @@ impl SinkConfig {
             SinkConfig::Kafka(_) => "kafka",
             SinkConfig::Webhook(webhook) => &webhook.name,
             SinkConfig::Stdout(_) => "stdout",
+            SinkConfig::RabbitMq(_) => "rabbitmq",
         }
     }
 
@@ -58,6 +61,7 @@ impl SinkConfig {
             SinkConfig::Kafka(kafka) => Some(kafka.delivery_timeout),
             SinkConfig::Webhook(webhook) => Some(webhook.timeout),
             SinkConfig::Stdout(_) => None,
+            SinkConfig::RabbitMq(rabbitmq) => Some(rabbitmq.delivery_timeout),
         }
     }
 }
@@ -71,6 +75,8 @@ pub enum SinkSetupError {
     Kafka(#[from] KafkaSinkError),
     #[error(transparent)]
     Webhook(#[from] WebhookSinkError),
+    #[error(transparent)]
+    RabbitMq(#[from] RabbitMqSinkError),
 }
 
 impl SinkSetupError {
@@ -80,6 +86,7 @@ impl SinkSetupError {
         match self {
             SinkSetupError::Kafka(_) => "kafka",
             SinkSetupError::Webhook(_) => "webhook",
+            SinkSetupError::RabbitMq(_) => "rabbitmq",
         }
     }
 }
@@ -103,8 +110,11 @@ impl SinkSetupError {
 ///   requests run in parallel over several connections, so outstanding webhook deliveries
 ///   may arrive in any order; per-aggregate order needs at most one outstanding delivery
 ///   per aggregate.
+///   RabbitMQ keeps the contract through its publisher task: `deliver` queues the message
+///   synchronously, and the task publishes in queue order on one channel.
 /// - **Ok** means the transport durably accepted the event (Kafka: acknowledged by the
-///   broker with `acks=all`; stdout: written and flushed). The caller may settle the event
+///   broker with `acks=all`; RabbitMQ: a publisher confirm (ack) for a message that was
+///   routed to a queue; stdout: written and flushed). The caller may settle the event
 ///   as `done`.
 /// - **Err** means the event may or may not have reached the transport (a timed-out Kafka
 ///   produce can still land): re-delivering it is allowed and is how at-least-once holds.
@@ -117,6 +127,7 @@ pub enum Sink {
     Kafka(KafkaSink),
     Stdout(StdoutSink),
     Webhook(WebhookSink),
+    RabbitMq(RabbitMqSink),
     /// Unit tests only: records hand-offs and answers as scripted.
     #[cfg(test)]
     Memory(memory::MemorySink),
@@ -129,6 +140,7 @@ impl Sink {
             SinkConfig::Kafka(kafka) => Sink::Kafka(KafkaSink::new(kafka.clone())?),
             SinkConfig::Webhook(webhook) => Sink::Webhook(WebhookSink::new(webhook.clone())?),
             SinkConfig::Stdout(format) => Sink::Stdout(StdoutSink::new(format.clone())),
+            SinkConfig::RabbitMq(rabbitmq) => Sink::RabbitMq(RabbitMqSink::new(rabbitmq.clone())?),
         })
     }
 
@@ -139,6 +151,7 @@ impl Sink {
             Sink::Kafka(_) => "kafka",
             Sink::Stdout(_) => "stdout",
             Sink::Webhook(sink) => sink.name(),
+            Sink::RabbitMq(_) => "rabbitmq",
             #[cfg(test)]
             Sink::Memory(_) => "memory",
         }
@@ -149,6 +162,7 @@ impl Sink {
     pub fn destination(&self, event: &OutboxEvent) -> Option<String> {
         match self {
             Sink::Kafka(sink) => Some(sink.topic_for(event)),
+            Sink::RabbitMq(sink) => Some(sink.destination_for(event).0),
             Sink::Stdout(_) | Sink::Webhook(_) => None,
             #[cfg(test)]
             Sink::Memory(_) => None,
@@ -160,17 +174,16 @@ impl Sink {
     pub fn deliver(
         &self,
         event: Arc<OutboxEvent>,
-    ) -> impl Future<Output = Result<(), DeliveryError>> + Send + 'static {
+    ) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        // One allocation per delivery buys a flat match over every sink (next to a
+        // transport round trip it does not show).
         match self {
-            Sink::Kafka(sink) => Either::Left(Either::Left(sink.deliver(event))),
-            Sink::Stdout(sink) => Either::Left(Either::Right(sink.deliver(&event))),
-            #[cfg(not(test))]
-            Sink::Webhook(sink) => Either::Right(sink.deliver(event)),
-            // Under test the right branch is shared with the memory sink.
+            Sink::Kafka(sink) => sink.deliver(event).boxed(),
+            Sink::Stdout(sink) => sink.deliver(&event).boxed(),
+            Sink::Webhook(sink) => sink.deliver(event).boxed(),
+            Sink::RabbitMq(sink) => sink.deliver(event).boxed(),
             #[cfg(test)]
-            Sink::Webhook(sink) => Either::Right(Either::Left(sink.deliver(event))),
-            #[cfg(test)]
-            Sink::Memory(sink) => Either::Right(Either::Right(sink.deliver(&event))),
+            Sink::Memory(sink) => sink.deliver(&event).boxed(),
         }
     }
 
@@ -181,6 +194,7 @@ impl Sink {
             Sink::Kafka(sink) => sink.close(timeout).await,
             Sink::Stdout(sink) => sink.close(),
             Sink::Webhook(sink) => sink.close(),
+            Sink::RabbitMq(sink) => sink.close(timeout).await,
             #[cfg(test)]
             Sink::Memory(_) => {}
         }
@@ -194,6 +208,7 @@ impl Sink {
             Sink::Kafka(sink) => sink.check(timeout).await,
             Sink::Stdout(_) => Ok(()),
             Sink::Webhook(sink) => sink.check(timeout).await,
+            Sink::RabbitMq(sink) => sink.check(timeout).await,
             #[cfg(test)]
             Sink::Memory(_) => Ok(()),
         }

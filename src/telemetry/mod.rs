@@ -31,6 +31,13 @@ pub fn init_logging(format: Option<LogFormat>, level: &str) {
             filter = filter.add_directive(directive);
         }
     }
+    // lapin logs a returned (unroutable) message whole, payload included, and an expected
+    // channel close (a missing exchange) at ERROR; the rabbitmq sink reports both itself.
+    if !level.contains("lapin") {
+        if let Ok(directive) = "lapin=off".parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let format = format.unwrap_or(if std::io::stderr().is_terminal() {
         LogFormat::Text
     } else {

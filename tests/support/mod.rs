@@ -4,6 +4,7 @@
 
 pub mod kafka;
 pub mod postgres;
+pub mod rabbitmq;
 pub mod relay;
 pub mod store;
 pub mod webhook;
