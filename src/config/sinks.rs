@@ -9,7 +9,10 @@ use std::borrow::Cow;
 
 use super::value::{count, positive_duration, value_or_file};
 use super::{ConfigError, RawConfig};
+use crate::secret::Secret;
 use crate::sink::kafka::{KafkaSinkConfig, KafkaSinkError};
+use crate::sink::nats::{NatsAuth, NatsSinkConfig, NatsSinkError};
+use crate::sink::redis::{RedisSinkConfig, RedisSinkError};
 use crate::sink::webhook::{self, WebhookSinkConfig, WebhookSinkError};
 use crate::sink::SinkConfig;
 
@@ -20,6 +23,8 @@ pub const PROPERTY_ENV_PREFIX: &str = "DISPATCHBOX_KAFKA_PROPERTY_";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Kafka,
+    Nats,
+    Redis,
     Webhook,
     Stdout,
 }
@@ -41,6 +46,8 @@ pub(super) fn from_raw(
                 Kind::Kafka => {
                     SinkConfig::Kafka(kafka(raw, properties.take().unwrap_or_default())?)
                 }
+                Kind::Nats => SinkConfig::Nats(nats(raw)?),
+                Kind::Redis => SinkConfig::Redis(redis(raw)?),
                 Kind::Webhook => SinkConfig::Webhook(webhook(raw)?),
                 Kind::Stdout => SinkConfig::Stdout,
             })
@@ -53,13 +60,15 @@ fn kinds(list: &str) -> Result<Vec<Kind>, ConfigError> {
     for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let kind = match name {
             "kafka" => Kind::Kafka,
+            "nats" => Kind::Nats,
+            "redis" => Kind::Redis,
             "webhook" => Kind::Webhook,
             "stdout" => Kind::Stdout,
             other => {
                 return Err(ConfigError::new(
                     "DISPATCHBOX_SINKS",
                     format!(
-                    "unknown sink {other:?}; use a comma-separated list of kafka, webhook, stdout"
+                    "unknown sink {other:?}; use a comma-separated list of kafka, nats, redis, webhook, stdout"
                 ),
                 ))
             }
@@ -71,7 +80,7 @@ fn kinds(list: &str) -> Result<Vec<Kind>, ConfigError> {
     if kinds.is_empty() {
         return Err(ConfigError::new(
             "DISPATCHBOX_SINKS",
-            "must name at least one sink (kafka, webhook, stdout)",
+            "must name at least one sink (kafka, nats, redis, webhook, stdout)",
         ));
     }
     Ok(kinds)
@@ -139,6 +148,115 @@ fn property_variable(name: &str) -> String {
         .replace('.', "_")
         .to_ascii_uppercase();
     format!("{PROPERTY_ENV_PREFIX}{name}")
+}
+
+/// `DISPATCHBOX_NATS_*`.
+fn nats(raw: &RawConfig) -> Result<NatsSinkConfig, ConfigError> {
+    let url = required(
+        &raw.nats_url,
+        "DISPATCHBOX_NATS_URL",
+        "is required when DISPATCHBOX_SINKS includes nats (e.g. nats://nats-0:4222,nats://nats-1:4222)",
+    )?;
+    let token = value_or_file(
+        "DISPATCHBOX_NATS_TOKEN",
+        "DISPATCHBOX_NATS_TOKEN_FILE",
+        &raw.nats_token,
+        &raw.nats_token_file,
+    )?;
+    let creds = value_or_file(
+        "DISPATCHBOX_NATS_CREDS_FILE",
+        "DISPATCHBOX_NATS_CREDS_FILE",
+        &None,
+        &raw.nats_creds_file,
+    )?;
+    let auth = match (token, creds) {
+        (Some((variable, _)), Some(_)) => {
+            return Err(ConfigError::new(
+                variable,
+                "set either a token or DISPATCHBOX_NATS_CREDS_FILE, not both",
+            ))
+        }
+        (Some((_, token)), None) => NatsAuth::Token(Secret::new(token.trim().to_owned())),
+        (None, Some((_, creds))) => NatsAuth::Credentials(Secret::new(creds)),
+        (None, None) => NatsAuth::None,
+    };
+    let config = NatsSinkConfig {
+        url,
+        subject_template: raw.nats_subject.clone(),
+        auth,
+        timeout: positive_duration("DISPATCHBOX_NATS_TIMEOUT", &raw.nats_timeout)?,
+    };
+    config.validate().map_err(|error| {
+        let variable = match &error {
+            NatsSinkError::EmptyUrl
+            | NatsSinkError::InvalidUrl { .. }
+            | NatsSinkError::UnsupportedScheme { .. } => "DISPATCHBOX_NATS_URL",
+            NatsSinkError::Template(_)
+            | NatsSinkError::IllegalTemplateCharacter { .. }
+            | NatsSinkError::EmptyToken { .. }
+            | NatsSinkError::TemplateTooLong { .. } => "DISPATCHBOX_NATS_SUBJECT",
+            NatsSinkError::ZeroTimeout => "DISPATCHBOX_NATS_TIMEOUT",
+            NatsSinkError::Credentials { .. } => "DISPATCHBOX_NATS_CREDS_FILE",
+        };
+        ConfigError::new(variable, error.to_string())
+    })?;
+    Ok(config)
+}
+
+/// `DISPATCHBOX_REDIS_*`.
+fn redis(raw: &RawConfig) -> Result<RedisSinkConfig, ConfigError> {
+    let url = required(
+        &raw.redis_url,
+        "DISPATCHBOX_REDIS_URL",
+        "is required when DISPATCHBOX_SINKS includes redis (e.g. redis://redis:6379 or rediss://redis:6380)",
+    )?;
+    let password = value_or_file(
+        "DISPATCHBOX_REDIS_PASSWORD",
+        "DISPATCHBOX_REDIS_PASSWORD_FILE",
+        &raw.redis_password,
+        &raw.redis_password_file,
+    )?
+    .map(|(_, password)| Secret::new(password));
+    let maxlen = raw
+        .redis_maxlen
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| count("DISPATCHBOX_REDIS_MAXLEN", v, 1u64, i64::MAX as u64))
+        .transpose()?;
+    let config = RedisSinkConfig {
+        url,
+        password,
+        stream_template: raw.redis_stream.clone(),
+        maxlen,
+        timeout: positive_duration("DISPATCHBOX_REDIS_TIMEOUT", &raw.redis_timeout)?,
+    };
+    config.validate().map_err(|error| {
+        let variable = match &error {
+            RedisSinkError::InvalidUrl { .. } | RedisSinkError::UnsupportedScheme { .. } => {
+                "DISPATCHBOX_REDIS_URL"
+            }
+            RedisSinkError::Template(_) => "DISPATCHBOX_REDIS_STREAM",
+            RedisSinkError::ZeroMaxlen => "DISPATCHBOX_REDIS_MAXLEN",
+            RedisSinkError::ZeroTimeout => "DISPATCHBOX_REDIS_TIMEOUT",
+        };
+        ConfigError::new(variable, error.to_string())
+    })?;
+    Ok(config)
+}
+
+/// The trimmed value of a required variable, or `rule` as the error.
+fn required(
+    value: &Option<String>,
+    variable: &'static str,
+    rule: &'static str,
+) -> Result<String, ConfigError> {
+    value
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| ConfigError::new(variable, rule))
 }
 
 /// `DISPATCHBOX_WEBHOOK_*`.

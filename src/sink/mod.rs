@@ -13,7 +13,10 @@
 pub mod kafka;
 #[cfg(test)]
 pub mod memory;
+pub mod nats;
+pub mod redis;
 pub mod stdout;
+pub mod template;
 pub mod webhook;
 
 use std::future::Future;
@@ -24,7 +27,9 @@ use futures_util::future::Either;
 
 use crate::event::OutboxEvent;
 
+pub use self::redis::{RedisSink, RedisSinkConfig, RedisSinkError};
 pub use kafka::{KafkaSink, KafkaSinkConfig, KafkaSinkError};
+pub use nats::{NatsSink, NatsSinkConfig, NatsSinkError};
 pub use stdout::StdoutSink;
 pub use webhook::{WebhookSink, WebhookSinkConfig, WebhookSinkError};
 
@@ -33,6 +38,8 @@ pub use webhook::{WebhookSink, WebhookSinkConfig, WebhookSinkError};
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
     Kafka(KafkaSinkConfig),
+    Nats(NatsSinkConfig),
+    Redis(RedisSinkConfig),
     Webhook(WebhookSinkConfig),
     Stdout,
 }
@@ -43,17 +50,21 @@ impl SinkConfig {
     pub fn name(&self) -> &'static str {
         match self {
             SinkConfig::Kafka(_) => "kafka",
+            SinkConfig::Nats(_) => "nats",
+            SinkConfig::Redis(_) => "redis",
             SinkConfig::Webhook(_) => "webhook",
             SinkConfig::Stdout => "stdout",
         }
     }
 
     /// How long one delivery may take before it counts as failed, where the sink bounds it
-    /// (Kafka: the delivery timeout; webhook: the request timeout). Stdout has no bound of
-    /// its own: a write lasts as long as the reader takes.
+    /// (Kafka: the delivery timeout; NATS and Redis: their timeout; webhook: the request
+    /// timeout). Stdout has no bound of its own: a write lasts as long as the reader takes.
     pub fn delivery_timeout(&self) -> Option<Duration> {
         match self {
             SinkConfig::Kafka(kafka) => Some(kafka.delivery_timeout),
+            SinkConfig::Nats(nats) => Some(nats.timeout),
+            SinkConfig::Redis(redis) => Some(redis.timeout),
             SinkConfig::Webhook(webhook) => Some(webhook.timeout),
             SinkConfig::Stdout => None,
         }
@@ -68,6 +79,10 @@ pub enum SinkSetupError {
     #[error(transparent)]
     Kafka(#[from] KafkaSinkError),
     #[error(transparent)]
+    Nats(#[from] NatsSinkError),
+    #[error(transparent)]
+    Redis(#[from] RedisSinkError),
+    #[error(transparent)]
     Webhook(#[from] WebhookSinkError),
 }
 
@@ -76,6 +91,8 @@ impl SinkSetupError {
     pub fn sink(&self) -> &'static str {
         match self {
             SinkSetupError::Kafka(_) => "kafka",
+            SinkSetupError::Nats(_) => "nats",
+            SinkSetupError::Redis(_) => "redis",
             SinkSetupError::Webhook(_) => "webhook",
         }
     }
@@ -96,22 +113,28 @@ impl SinkSetupError {
 ///   that succeed: if an event fails, events handed off after it may already have been
 ///   delivered, so a caller that pipelines several events of one aggregate must hold back
 ///   or re-deliver the later ones itself.
-///   **Exception: webhook.** An HTTP request starts only when its future is polled, and
-///   requests run in parallel over several connections, so outstanding webhook deliveries
-///   may arrive in any order; per-aggregate order needs at most one outstanding delivery
-///   per aggregate.
+///   **Exception: webhook, nats, redis.** A request (HTTP request, JetStream publish, `XADD`)
+///   starts only when its future is polled (webhook requests also run in parallel over
+///   several connections), so outstanding deliveries of these sinks may arrive in any
+///   order; per-aggregate order needs at most one outstanding delivery per aggregate, which
+///   is what the dispatcher keeps.
 /// - **Ok** means the transport durably accepted the event (Kafka: acknowledged by the
-///   broker with `acks=all`; stdout: written and flushed). The caller may settle the event
+///   broker with `acks=all`; NATS: acknowledged by the JetStream stream; Redis: `XADD`
+///   answered with the entry id; stdout: written and flushed). The caller may settle the event
 ///   as `done`.
 /// - **Err** means the event may or may not have reached the transport (a timed-out Kafka
 ///   produce can still land): re-delivering it is allowed and is how at-least-once holds.
-///   Consumers dedupe by the `id` header (webhook: `webhook-id`).
+///   Consumers dedupe by the `id` header (webhook: `webhook-id`; Redis: the `id` field;
+///   NATS: JetStream itself drops a re-delivery within the stream's duplicate window, by
+///   `Nats-Msg-Id`).
 /// - Futures are `'static` and do not borrow the sink: dropping one does not cancel the
-///   hand-off; it only discards the outcome (webhook: dropping a future cancels its request,
-///   see the ordering exception).
+///   hand-off; it only discards the outcome (webhook, nats, redis: dropping a future before
+///   it was polled cancels its request, see the ordering exception).
 #[derive(Debug)]
 pub enum Sink {
     Kafka(KafkaSink),
+    Nats(NatsSink),
+    Redis(RedisSink),
     Stdout(StdoutSink),
     Webhook(WebhookSink),
     /// Unit tests only: records hand-offs and answers as scripted.
@@ -124,15 +147,20 @@ impl Sink {
     pub fn from_config(config: &SinkConfig) -> Result<Self, SinkSetupError> {
         Ok(match config {
             SinkConfig::Kafka(kafka) => Sink::Kafka(KafkaSink::new(kafka.clone())?),
+            SinkConfig::Nats(nats) => Sink::Nats(NatsSink::new(nats.clone())?),
+            SinkConfig::Redis(redis) => Sink::Redis(RedisSink::new(redis.clone())?),
             SinkConfig::Webhook(webhook) => Sink::Webhook(WebhookSink::new(webhook.clone())?),
             SinkConfig::Stdout => Sink::Stdout(StdoutSink::new()),
         })
     }
 
-    /// Label for logs and metrics: `"kafka"`, `"stdout"` or `"webhook"`.
+    /// Label for logs and metrics: `"kafka"`, `"nats"`, `"redis"`, `"stdout"` or
+    /// `"webhook"`.
     pub fn name(&self) -> &'static str {
         match self {
             Sink::Kafka(_) => "kafka",
+            Sink::Nats(_) => "nats",
+            Sink::Redis(_) => "redis",
             Sink::Stdout(_) => "stdout",
             Sink::Webhook(_) => "webhook",
             #[cfg(test)]
@@ -149,13 +177,15 @@ impl Sink {
         match self {
             Sink::Kafka(sink) => Either::Left(Either::Left(sink.deliver(event))),
             Sink::Stdout(sink) => Either::Left(Either::Right(sink.deliver(&event))),
+            Sink::Nats(sink) => Either::Right(Either::Left(Either::Left(sink.deliver(event)))),
+            Sink::Redis(sink) => Either::Right(Either::Left(Either::Right(sink.deliver(event)))),
             #[cfg(not(test))]
-            Sink::Webhook(sink) => Either::Right(sink.deliver(event)),
-            // Under test the right branch is shared with the memory sink.
+            Sink::Webhook(sink) => Either::Right(Either::Right(sink.deliver(event))),
+            // Under test the last branch is shared with the memory sink.
             #[cfg(test)]
-            Sink::Webhook(sink) => Either::Right(Either::Left(sink.deliver(event))),
+            Sink::Webhook(sink) => Either::Right(Either::Right(Either::Left(sink.deliver(event)))),
             #[cfg(test)]
-            Sink::Memory(sink) => Either::Right(Either::Right(sink.deliver(&event))),
+            Sink::Memory(sink) => Either::Right(Either::Right(Either::Right(sink.deliver(&event)))),
         }
     }
 
@@ -164,6 +194,8 @@ impl Sink {
     pub async fn close(&self, timeout: Duration) {
         match self {
             Sink::Kafka(sink) => sink.close(timeout).await,
+            Sink::Nats(sink) => sink.close(timeout).await,
+            Sink::Redis(sink) => sink.close(),
             Sink::Stdout(sink) => sink.close(),
             Sink::Webhook(sink) => sink.close(),
             #[cfg(test)]
@@ -172,11 +204,13 @@ impl Sink {
     }
 
     /// Cheap readiness probe (for `/ready` and `dispatchbox check`), bounded by `timeout`.
-    /// Kafka: a cluster metadata request; stdout: always ready; webhook: the URL's host
-    /// resolves (no request is sent).
+    /// Kafka: a cluster metadata request; NATS: a JetStream account-info request; Redis: a
+    /// `PING`; stdout: always ready; webhook: the URL's host resolves (no request is sent).
     pub async fn check(&self, timeout: Duration) -> Result<(), DeliveryError> {
         match self {
             Sink::Kafka(sink) => sink.check(timeout).await,
+            Sink::Nats(sink) => sink.check(timeout).await,
+            Sink::Redis(sink) => sink.check(timeout).await,
             Sink::Stdout(_) => Ok(()),
             Sink::Webhook(sink) => sink.check(timeout).await,
             #[cfg(test)]
@@ -198,7 +232,7 @@ pub enum DeliveryError {
         retry_after: Option<Duration>,
     },
     /// This event can never be delivered as it is (illegal topic, too large, not
-    /// authorised, …): mark it `dead` without further attempts.
+    /// authorised, no such stream, …): mark it `dead` without further attempts.
     #[error("{reason}")]
     Permanent {
         /// Lower-case, names the destination and how an operator can fix it.
