@@ -3,7 +3,9 @@
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 pub mod kafka;
+pub mod nats;
 pub mod postgres;
+pub mod redis;
 pub mod relay;
 pub mod store;
 pub mod webhook;
