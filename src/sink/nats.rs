@@ -549,6 +549,16 @@ impl Failure {
     }
 }
 
+/// JetStream error codes `classify` tells apart (the server's `err_code`).
+const MESSAGE_TOO_LARGE: u64 = jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM.0;
+const HEADERS_TOO_LARGE: u64 = jetstream::ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM.0;
+/// A stream at a limit with `discard: new` ("maximum messages exceeded" and the like).
+const STREAM_FULL: u64 = jetstream::ErrorCode::STREAM_STORE_FAILED.0;
+const STORAGE_EXCEEDED: u64 = jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED.0;
+const MEMORY_EXCEEDED: u64 = jetstream::ErrorCode::MEMORY_RESOURCES_EXCEEDED.0;
+const ACCOUNT_EXCEEDED: u64 = jetstream::ErrorCode::ACCOUNT_RESOURCES_EXCEEDED.0;
+const INSUFFICIENT_RESOURCES: u64 = jetstream::ErrorCode::INSUFFICIENT_RESOURCES.0;
+
 /// Sorts a failure into retryable or permanent. The one place that decides this for NATS.
 ///
 /// Permanent: the event (or its subject) can never be accepted as configured — larger than
@@ -579,22 +589,24 @@ pub(crate) fn classify(
             "message is larger than the server's max_payload ({max_payload} bytes); raise \
              max_payload on the server, then retry the dead event"
         )),
-        // 10054: over the stream's max_msg_size; 10097: headers over its limit.
-        Failure::JetStream { code, description } if matches!(code, 10054 | 10097) => {
-            permanent(format!(
-                "the stream refused the message as too large ({description}); raise the \
-                 stream's max_msg_size, then retry the dead event"
-            ))
-        }
-        // 10077: the stream is at a limit with `discard: new`; 10047/10028/10002/10023:
-        // storage, memory or account resources exhausted.
-        Failure::JetStream { code, description }
-            if matches!(code, 10077 | 10047 | 10028 | 10002 | 10023) =>
-        {
-            retryable(format!(
-                "the stream is full or out of resources ({description})"
-            ))
-        }
+        Failure::JetStream {
+            code: MESSAGE_TOO_LARGE | HEADERS_TOO_LARGE,
+            description,
+        } => permanent(format!(
+            "the stream refused the message as too large ({description}); raise the stream's \
+             max_msg_size, then retry the dead event"
+        )),
+        Failure::JetStream {
+            code:
+                STREAM_FULL
+                | STORAGE_EXCEEDED
+                | MEMORY_EXCEEDED
+                | ACCOUNT_EXCEEDED
+                | INSUFFICIENT_RESOURCES,
+            description,
+        } => retryable(format!(
+            "the stream is full or out of resources ({description})"
+        )),
         Failure::JetStream { description, .. } => {
             retryable(format!("jetstream refused the message: {description}"))
         }

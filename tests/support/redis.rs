@@ -28,11 +28,14 @@ pub struct TestRedis {
     starts: usize,
 }
 
+/// The fields of one entry, as `XRANGE` returns them.
+type Fields = Vec<(String, Vec<u8>)>;
+
 /// One stream entry read back: its id and its fields in order.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub id: String,
-    pub fields: Vec<(String, Vec<u8>)>,
+    pub fields: Fields,
 }
 
 impl Entry {
@@ -189,7 +192,7 @@ impl TestRedis {
     /// `XRANGE stream - +`.
     pub async fn xrange(&self, stream: &str) -> Vec<Entry> {
         let mut connection = self.connection().await;
-        let reply: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+        let reply: Vec<(String, Fields)> = redis::cmd("XRANGE")
             .arg(stream)
             .arg("-")
             .arg("+")
