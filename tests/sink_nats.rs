@@ -269,8 +269,10 @@ async fn a_stopped_server_is_retryable_and_delivery_resumes_after_restart() {
 }
 
 #[tokio::test]
-async fn a_token_authenticates_and_its_absence_is_reported_by_check() {
+async fn tokens_and_passwords_authenticate_and_their_absence_is_reported_by_check() {
     let nats = TestNats::start_with(&["--auth", "s3cret-token"]);
+    let port = nats.url().rsplit(':').next().unwrap().to_owned();
+    // The token from the configuration (DISPATCHBOX_NATS_TOKEN[_FILE]) …
     let with_token = Sink::Nats(
         NatsSink::new(NatsSinkConfig {
             auth: NatsAuth::Token(Secret::new("s3cret-token".into())),
@@ -279,7 +281,28 @@ async fn a_token_authenticates_and_its_absence_is_reported_by_check() {
         .unwrap(),
     );
     with_token.check(Duration::from_secs(5)).await.unwrap();
+    // … or in the URL, as `token@`.
+    let token_in_url = sink(
+        &format!("nats://s3cret-token@127.0.0.1:{port}"),
+        Duration::from_secs(5),
+    );
+    token_in_url.check(Duration::from_secs(5)).await.unwrap();
     let without = sink(&nats.url(), Duration::from_secs(2));
     let err = without.check(Duration::from_secs(2)).await.unwrap_err();
     assert!(!err.reason().contains("s3cret-token"), "{}", err.reason());
+
+    // A user and password in the URL.
+    let nats = TestNats::start_with(&["--user", "relay", "--pass", "pa%ss"]);
+    let port = nats.url().rsplit(':').next().unwrap().to_owned();
+    let with_password = sink(
+        &format!("nats://relay:pa%25ss@127.0.0.1:{port}"),
+        Duration::from_secs(5),
+    );
+    with_password.check(Duration::from_secs(5)).await.unwrap();
+    let wrong = sink(
+        &format!("nats://relay:wrong@127.0.0.1:{port}"),
+        Duration::from_secs(2),
+    );
+    let err = wrong.check(Duration::from_secs(2)).await.unwrap_err();
+    assert!(!err.reason().contains("wrong"), "{}", err.reason());
 }

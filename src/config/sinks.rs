@@ -190,7 +190,9 @@ fn nats(raw: &RawConfig) -> Result<NatsSinkConfig, ConfigError> {
         let variable = match &error {
             NatsSinkError::EmptyUrl
             | NatsSinkError::InvalidUrl { .. }
-            | NatsSinkError::UnsupportedScheme { .. } => "DISPATCHBOX_NATS_URL",
+            | NatsSinkError::UnsupportedScheme { .. }
+            | NatsSinkError::MixedUrlLogins
+            | NatsSinkError::TwoLogins => "DISPATCHBOX_NATS_URL",
             NatsSinkError::Template(_)
             | NatsSinkError::IllegalTemplateCharacter { .. }
             | NatsSinkError::EmptyToken { .. }

@@ -109,7 +109,7 @@ impl NatsSinkConfig {
         self.parse().map(drop)
     }
 
-    fn parse(&self) -> Result<(Vec<ServerAddr>, Template), NatsSinkError> {
+    fn parse(&self) -> Result<(Vec<ServerAddr>, Template, Login), NatsSinkError> {
         let servers = parse_servers(&self.url)?;
         let template = parse_subject_template(&self.subject_template)?;
         if self.timeout.is_zero() {
@@ -122,7 +122,16 @@ impl NatsSinkConfig {
                     reason: e.to_string(),
                 })?;
         }
-        Ok((servers, template))
+        let login = match (url_login(&servers)?, &self.auth) {
+            (Login::None, NatsAuth::None) => Login::None,
+            (Login::None, NatsAuth::Token(token)) => Login::Token(token.clone()),
+            (Login::None, NatsAuth::Credentials(creds)) => Login::Credentials(creds.clone()),
+            (from_url, NatsAuth::None) => from_url,
+            (_, NatsAuth::Token(_) | NatsAuth::Credentials(_)) => {
+                return Err(NatsSinkError::TwoLogins)
+            }
+        };
+        Ok((servers, template, login))
     }
 }
 
@@ -171,6 +180,16 @@ pub enum NatsSinkError {
         "nats credentials are not a valid .creds file (a user JWT and an NKey seed): {reason}"
     )]
     Credentials { reason: String },
+    #[error(
+        "nats servers in the url carry different credentials; give every server the same \
+         user:password@ (or token@), or none"
+    )]
+    MixedUrlLogins,
+    #[error(
+        "nats url carries credentials (user:password@ or token@) and a token or credentials \
+         file is set too; use one of them"
+    )]
+    TwoLogins,
 }
 
 /// Publishes events to NATS JetStream. See the module doc for the message shape and
@@ -185,7 +204,7 @@ struct Shared {
     /// The servers, for messages (passwords redacted).
     servers: String,
     addrs: Vec<ServerAddr>,
-    auth: NatsAuth,
+    login: Login,
     timeout: Duration,
     /// Connected (in the background) on first use.
     context: OnceCell<Context>,
@@ -204,12 +223,12 @@ impl NatsSink {
     /// Validates the config. Contacts nothing: the client connects on first use (use
     /// [`NatsSink::check`] to find out whether the servers answer).
     pub fn new(config: NatsSinkConfig) -> Result<Self, NatsSinkError> {
-        let (addrs, template) = config.parse()?;
+        let (addrs, template, login) = config.parse()?;
         Ok(Self {
             shared: Arc::new(Shared {
                 servers: redact_servers(&config.url),
                 addrs,
-                auth: config.auth,
+                login,
                 timeout: config.timeout,
                 context: OnceCell::new(),
             }),
@@ -423,12 +442,15 @@ impl Shared {
     }
 
     fn connect_options(&self) -> ConnectOptions {
-        let options = match &self.auth {
-            NatsAuth::None => ConnectOptions::new(),
-            NatsAuth::Token(token) => ConnectOptions::with_token(token.expose().clone()),
+        let options = match &self.login {
+            Login::None => ConnectOptions::new(),
+            Login::Token(token) => ConnectOptions::with_token(token.expose().clone()),
+            Login::UserPassword(user, password) => {
+                ConnectOptions::with_user_and_password(user.clone(), password.expose().clone())
+            }
             // Checked by `validate`; a failure here leaves the client unauthenticated, which
             // the server refuses (and `check` reports).
-            NatsAuth::Credentials(creds) => ConnectOptions::new()
+            Login::Credentials(creds) => ConnectOptions::new()
                 .credentials(creds.expose())
                 .unwrap_or_else(|_| ConnectOptions::new()),
         };
@@ -623,6 +645,41 @@ pub(crate) fn classify(
         )),
         Failure::Other(error) => retryable(format!("publish failed: {error}")),
     }
+}
+
+/// How the client logs in: [`NatsAuth`], or what the URLs carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Login {
+    None,
+    Token(Secret<String>),
+    UserPassword(String, Secret<String>),
+    Credentials(Secret<String>),
+}
+
+/// The credentials the server URLs carry, by the NATS URL convention: `user:password@` is a
+/// user and password, a lone `token@` is a token. The client library does not read them
+/// from the URL itself, so the sink does; every URL that carries some must carry the same.
+fn url_login(servers: &[ServerAddr]) -> Result<Login, NatsSinkError> {
+    let decode = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let mut login = Login::None;
+    for server in servers {
+        let found = match (server.username(), server.password()) {
+            (Some(user), Some(password)) => {
+                Login::UserPassword(decode(user), Secret::new(decode(password)))
+            }
+            (Some(token), None) => Login::Token(Secret::new(decode(token))),
+            (None, _) => continue,
+        };
+        if login != Login::None && login != found {
+            return Err(NatsSinkError::MixedUrlLogins);
+        }
+        login = found;
+    }
+    Ok(login)
 }
 
 /// Parses the comma-separated server list.

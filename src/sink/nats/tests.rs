@@ -205,19 +205,31 @@ fn urls_are_checked_and_never_echoed() {
     assert!(matches!(e, NatsSinkError::InvalidUrl { .. }), "{e}");
     assert!(!e.to_string().contains("s3cret"), "{e}");
 
-    let config = NatsSinkConfig {
-        auth: NatsAuth::Token(Secret::new("t0ken".into())),
-        ..NatsSinkConfig::new("nats://relay:s3cret@n1:4222,nats://t0ken@n2:4222")
-    };
-    let printed = format!("{config:?} {:?}", NatsSink::new(config.clone()).unwrap());
-    assert!(
-        !printed.contains("s3cret") && !printed.contains("t0ken"),
-        "{printed}"
-    );
-    assert!(
-        printed.contains("n1:4222") && printed.contains("n2:4222"),
-        "{printed}"
-    );
+    for (url, auth) in [
+        (
+            "nats://relay:s3cret@n1:4222,nats://relay:s3cret@n2:4222",
+            NatsAuth::None,
+        ),
+        ("nats://t0ken@n1:4222,nats://n2:4222", NatsAuth::None),
+        (
+            "nats://n1:4222,nats://n2:4222",
+            NatsAuth::Token(Secret::new("t0ken".into())),
+        ),
+    ] {
+        let config = NatsSinkConfig {
+            auth,
+            ..NatsSinkConfig::new(url)
+        };
+        let printed = format!("{config:?} {:?}", NatsSink::new(config.clone()).unwrap());
+        assert!(
+            !printed.contains("s3cret") && !printed.contains("t0ken"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("n1:4222") && printed.contains("n2:4222"),
+            "{printed}"
+        );
+    }
 }
 
 #[test]
@@ -236,5 +248,31 @@ fn credentials_and_timeout_are_checked() {
     assert!(matches!(
         config.validate().unwrap_err(),
         NatsSinkError::ZeroTimeout
+    ));
+}
+
+#[test]
+fn credentials_in_the_url_follow_the_nats_convention() {
+    let login = |url: &str| NatsSinkConfig::new(url).parse().map(|(_, _, login)| login);
+    assert_eq!(login("nats://n:4222").unwrap(), Login::None);
+    assert_eq!(
+        login("nats://relay:pa%25ss@n1:4222,nats://n2:4222").unwrap(),
+        Login::UserPassword("relay".into(), Secret::new("pa%ss".into()))
+    );
+    assert_eq!(
+        login("nats://t0ken@n:4222").unwrap(),
+        Login::Token(Secret::new("t0ken".into()))
+    );
+    assert!(matches!(
+        login("nats://a:b@n1:4222,nats://a:c@n2:4222").unwrap_err(),
+        NatsSinkError::MixedUrlLogins
+    ));
+    let both = NatsSinkConfig {
+        auth: NatsAuth::Token(Secret::new("t".into())),
+        ..NatsSinkConfig::new("nats://a:b@n:4222")
+    };
+    assert!(matches!(
+        both.validate().unwrap_err(),
+        NatsSinkError::TwoLogins
     ));
 }
