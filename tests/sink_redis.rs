@@ -225,3 +225,67 @@ async fn a_stopped_server_is_retryable_and_delivery_resumes_after_restart() {
         .collect();
     assert_eq!(ids, vec!["2"]);
 }
+
+#[tokio::test]
+async fn a_password_from_the_configuration_authenticates() {
+    let redis = TestRedis::start_with(&["--requirepass", "pw-from-file"]);
+    let with_password = Sink::Redis(
+        RedisSink::new(RedisSinkConfig {
+            password: Some(dispatchbox::secret::Secret::new("pw-from-file".into())),
+            ..RedisSinkConfig::new(redis.url())
+        })
+        .unwrap(),
+    );
+    with_password.check(Duration::from_secs(5)).await.unwrap();
+    with_password
+        .deliver(Arc::new(event(1, "order", "{}")))
+        .await
+        .unwrap();
+
+    // Without it (or with a wrong one) the attempt is retryable, and says where the
+    // password comes from: an operator fixes the secret without losing events.
+    let port = redis.url().rsplit(':').next().unwrap().to_owned();
+    let wrong_url = format!("redis://default:wrong@127.0.0.1:{port}");
+    for url in [redis.url(), wrong_url.clone()] {
+        let sink = sink(&url, None, Duration::from_secs(2));
+        let err = sink
+            .deliver(Arc::new(event(2, "order", "{}")))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, DeliveryError::Retryable { .. }),
+            "{url}: {err:?}"
+        );
+        assert!(
+            err.reason().contains("DISPATCHBOX_REDIS_PASSWORD_FILE"),
+            "{}",
+            err.reason()
+        );
+        assert!(!err.reason().contains("wrong"), "{}", err.reason());
+        assert!(sink.check(Duration::from_secs(2)).await.is_err());
+    }
+
+    // A refused login is not remembered: once the server accepts the password (here: the
+    // server's password is changed to it), the same sink delivers.
+    let wrong = sink(&wrong_url, None, Duration::from_secs(2));
+    assert!(wrong
+        .deliver(Arc::new(event(3, "order", "{}")))
+        .await
+        .is_err());
+    let mut admin = redis::Client::open(format!("redis://:pw-from-file@127.0.0.1:{port}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("wrong")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    wrong
+        .deliver(Arc::new(event(3, "order", "{}")))
+        .await
+        .unwrap();
+}

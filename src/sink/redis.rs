@@ -20,13 +20,12 @@
 //! at most one delivery per aggregate outstanding.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, ErrorKind, IntoConnectionInfo, RedisError};
 use bytes::Bytes;
-use tokio::sync::OnceCell;
 
 use super::template::{Template, TemplateError};
 use super::DeliveryError;
@@ -161,8 +160,9 @@ struct Shared {
     server: String,
     maxlen: Option<u64>,
     timeout: Duration,
-    /// Created on first use; connects lazily and reconnects after I/O errors.
-    connection: OnceCell<ConnectionManager>,
+    /// Created on first use; connects lazily and reconnects after I/O errors. Replaced
+    /// after a refused login (see `needs_new_connection`).
+    connection: Mutex<Option<ConnectionManager>>,
 }
 
 impl std::fmt::Debug for RedisSink {
@@ -186,7 +186,7 @@ impl RedisSink {
                 server: server_of(&config.url),
                 maxlen: config.maxlen,
                 timeout: config.timeout,
-                connection: OnceCell::new(),
+                connection: Mutex::new(None),
             }),
             template,
         })
@@ -208,11 +208,11 @@ impl RedisSink {
         async move {
             let timeout = shared.timeout;
             let appended = tokio::time::timeout(timeout, async {
-                let mut connection = shared.connection().await?.clone();
+                let mut connection = shared.connection()?;
                 command
                     .query_async::<String>(&mut connection)
                     .await
-                    .map_err(|error| classify(&error, &stream, &shared.server))
+                    .map_err(|error| shared.failed(&error, &stream))
             })
             .await;
             match appended {
@@ -234,11 +234,12 @@ impl RedisSink {
     pub async fn check(&self, timeout: Duration) -> Result<(), DeliveryError> {
         let server = &self.shared.server;
         let answered = tokio::time::timeout(timeout, async {
-            let mut connection = self.shared.connection().await?.clone();
+            let mut connection = self.shared.connection()?;
             ::redis::cmd("PING")
                 .query_async::<String>(&mut connection)
                 .await
                 .map_err(|error| {
+                    self.shared.failed(&error, "");
                     DeliveryError::retryable(format!("redis {server} did not answer PING: {error}"))
                 })
         })
@@ -255,24 +256,58 @@ impl RedisSink {
 
 impl Shared {
     /// The connection, created on first use (without connecting: the first command does).
-    async fn connection(&self) -> Result<&ConnectionManager, DeliveryError> {
-        self.connection
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.timeout))
-                    .set_response_timeout(Some(self.timeout))
-                    .set_max_delay(Duration::from_secs(2));
-                ConnectionManager::new_lazy_with_config(self.client.clone(), config).map_err(
-                    |error| {
-                        DeliveryError::retryable(format!(
-                            "redis connection to {} could not be set up: {error}",
-                            self.server
-                        ))
-                    },
-                )
-            })
-            .await
+    /// A handle is a cheap clone sharing one multiplexed connection.
+    fn connection(&self) -> Result<ConnectionManager, DeliveryError> {
+        let mut slot = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
+        }
+        // One connection attempt per command: the dispatcher owns retries, and a refused
+        // login surfaces at once instead of as a timeout.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(0);
+        let connection = ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+            .map_err(|error| {
+                DeliveryError::retryable(format!(
+                    "redis connection to {} could not be set up: {error}",
+                    self.server
+                ))
+            })?;
+        *slot = Some(connection.clone());
+        Ok(connection)
     }
+
+    /// Classifies `error` of a command on `stream`, and drops the connection when its login
+    /// was refused: the manager reconnects by itself only after I/O errors, and would
+    /// otherwise answer with the same refusal until the process restarts.
+    fn failed(&self, error: &RedisError, stream: &str) -> DeliveryError {
+        if needs_new_connection(error) {
+            *self
+                .connection
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
+        }
+        classify(error, stream, &self.server)
+    }
+}
+
+/// A refused login: the connection must be made afresh.
+fn needs_new_connection(error: &RedisError) -> bool {
+    error.kind() == ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("NOAUTH" | "WRONGPASS"))
+        || is_unauthenticated(error.code(), error.detail().unwrap_or(""))
+}
+
+/// Redis closes the connection of an unauthenticated client that sends a long command with
+/// `ERR Protocol error: unauthenticated multibulk length` (an `XADD` has more than ten
+/// arguments): a missing password.
+fn is_unauthenticated(code: Option<&str>, detail: &str) -> bool {
+    code == Some("ERR") && detail.contains("unauthenticated")
 }
 
 /// The fields of `event`'s stream entry, in order (see the module doc). Kept apart from the
@@ -358,6 +393,12 @@ pub(crate) fn classify_reply(
         reason: format!("redis stream {stream:?}: {why}"),
         retry_after: Some(BUSY_PAUSE),
     };
+    if is_unauthenticated(Some(code), detail) {
+        return retryable(format!(
+            "{server} refused the command of an unauthenticated client; set the password in \
+             DISPATCHBOX_REDIS_URL or DISPATCHBOX_REDIS_PASSWORD_FILE"
+        ));
+    }
     match code {
         "WRONGTYPE" => permanent(
             "the key exists and is not a stream; rename or delete it (or change \

@@ -25,6 +25,7 @@ pub struct TestRedis {
     bin: PathBuf,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    extra_args: Vec<String>,
     starts: usize,
 }
 
@@ -82,6 +83,12 @@ pub fn find_redis_server() -> PathBuf {
 
 impl TestRedis {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra arguments (e.g. `--requirepass PW`). The helpers below
+    /// connect without a password, so they only work on a server that needs none.
+    pub fn start_with(extra_args: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("dispatchbox-redis-")
             .tempdir()
@@ -91,6 +98,7 @@ impl TestRedis {
             bin: find_redis_server(),
             dir,
             child: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             starts: 0,
         };
         server.spawn();
@@ -136,6 +144,7 @@ impl TestRedis {
                 .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no", "--dir"])
                 .arg(self.dir.path())
+                .args(&self.extra_args)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("clone log handle"))
                 .stderr(log)
@@ -168,9 +177,10 @@ impl TestRedis {
             if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
                 let mut answer = [0u8; 7];
+                // A server that wants a password answers -NOAUTH: it is up all the same.
                 if stream.write_all(b"PING\r\n").is_ok()
                     && stream.read_exact(&mut answer).is_ok()
-                    && &answer == b"+PONG\r\n"
+                    && (&answer == b"+PONG\r\n" || answer.starts_with(b"-NOAUTH"))
                 {
                     return true;
                 }
