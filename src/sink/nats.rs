@@ -294,6 +294,11 @@ impl NatsSink {
         let Some(context) = self.shared.context.get() else {
             return;
         };
+        // Without a connection there is nothing to flush (and a flush would wait for one):
+        // deliveries still waiting fail as retryable.
+        if context.client().connection_state() != async_nats::connection::State::Connected {
+            return;
+        }
         match tokio::time::timeout(timeout, context.client().flush()).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(
@@ -334,7 +339,7 @@ impl NatsSink {
                          server with -js)"
                             .to_owned(),
                     ),
-                    _ => failed(error.to_string()),
+                    _ => failed(format!("{error}{}", self.connection_note())),
                 })?;
             match serde_json::from_slice::<AccountInfoReply>(&reply.payload) {
                 Ok(AccountInfoReply { error: None }) => Ok(()),
@@ -348,9 +353,30 @@ impl NatsSink {
         match answered {
             Ok(result) => result,
             Err(_elapsed) => Err(failed(format!(
-                "no answer within {}",
-                humantime::format_duration(timeout)
+                "no answer within {}{}",
+                humantime::format_duration(timeout),
+                self.connection_note()
             ))),
+        }
+    }
+
+    /// `" (not connected: …)"` while the client has no connection, for messages.
+    fn connection_note(&self) -> &'static str {
+        use async_nats::connection::State;
+        match self
+            .shared
+            .context
+            .get()
+            .map(|c| c.client().connection_state())
+        {
+            Some(State::Connected) => "",
+            Some(State::Pending) => {
+                " (not connected yet; the client's warnings in the log say why)"
+            }
+            Some(State::Disconnected) => {
+                " (disconnected; reconnecting, the client's warnings in the log say why)"
+            }
+            None => " (the client was not started)",
         }
     }
 }
