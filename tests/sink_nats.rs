@@ -306,3 +306,31 @@ async fn tokens_and_passwords_authenticate_and_their_absence_is_reported_by_chec
     let err = wrong.check(Duration::from_secs(2)).await.unwrap_err();
     assert!(!err.reason().contains("wrong"), "{}", err.reason());
 }
+
+#[tokio::test]
+async fn tls_servers_are_verified_against_the_configured_ca() {
+    let nats = TestNats::start_tls();
+    nats.create_stream("OUTBOX", &["outbox.>"]).await;
+    let port = nats.url().rsplit(':').next().unwrap().to_owned();
+    let tls = |ca: Option<&std::path::Path>| {
+        Sink::Nats(
+            NatsSink::new(NatsSinkConfig {
+                tls_ca_file: ca.map(std::path::Path::to_path_buf),
+                timeout: Duration::from_secs(3),
+                ..NatsSinkConfig::new(format!("tls://127.0.0.1:{port}"))
+            })
+            .unwrap(),
+        )
+    };
+    // With the test CA: connected over TLS, delivered.
+    let trusted = tls(nats.ca_file());
+    trusted.check(Duration::from_secs(5)).await.unwrap();
+    trusted
+        .deliver(Arc::new(event(1, "order", "{}")))
+        .await
+        .unwrap();
+    assert_eq!(nats.message_count("OUTBOX").await, 1);
+    // Without it the server's certificate is not trusted (system roots): nothing connects.
+    let untrusted = tls(None);
+    assert!(untrusted.check(Duration::from_secs(2)).await.is_err());
+}

@@ -289,3 +289,47 @@ async fn a_password_from_the_configuration_authenticates() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn rediss_is_verified_against_the_configured_ca() {
+    let redis = TestRedis::start_tls();
+    let tls = |ca: Option<&std::path::Path>| {
+        Sink::Redis(
+            RedisSink::new(RedisSinkConfig {
+                tls_ca_file: ca.map(std::path::Path::to_path_buf),
+                timeout: Duration::from_secs(3),
+                ..RedisSinkConfig::new(redis.tls_url())
+            })
+            .unwrap(),
+        )
+    };
+    let trusted = tls(redis.ca_file());
+    trusted.check(Duration::from_secs(5)).await.unwrap();
+    trusted
+        .deliver(Arc::new(event(1, "order", "{}")))
+        .await
+        .unwrap();
+    // Read back over TLS with a client of the test's own.
+    let client = redis::Client::build_with_tls(
+        redis.tls_url(),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(redis.ca_file().unwrap()).unwrap()),
+        },
+    )
+    .unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let length: u64 = redis::cmd("XLEN")
+        .arg("outbox.order")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(length, 1);
+    // Without the CA (system roots) the handshake fails: retryable, never delivered.
+    let untrusted = tls(None);
+    let err = untrusted
+        .deliver(Arc::new(event(2, "order", "{}")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DeliveryError::Retryable { .. }), "{err:?}");
+}

@@ -64,6 +64,8 @@ pub struct RawConfig {
     pub nats_token_file: Option<String>,
     #[envconfig(from = "DISPATCHBOX_NATS_CREDS_FILE")]
     pub nats_creds_file: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_NATS_TLS_CA_FILE")]
+    pub nats_tls_ca_file: Option<String>,
     #[envconfig(from = "DISPATCHBOX_REDIS_URL")]
     pub redis_url: Option<String>,
     #[envconfig(from = "DISPATCHBOX_REDIS_PASSWORD")]
@@ -76,6 +78,8 @@ pub struct RawConfig {
     pub redis_maxlen: Option<String>,
     #[envconfig(from = "DISPATCHBOX_REDIS_TIMEOUT", default = "10s")]
     pub redis_timeout: String,
+    #[envconfig(from = "DISPATCHBOX_REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<String>,
     #[envconfig(from = "DISPATCHBOX_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
     #[envconfig(from = "DISPATCHBOX_WEBHOOK_SECRET")]

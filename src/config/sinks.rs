@@ -185,6 +185,7 @@ fn nats(raw: &RawConfig) -> Result<NatsSinkConfig, ConfigError> {
         subject_template: raw.nats_subject.clone(),
         auth,
         timeout: positive_duration("DISPATCHBOX_NATS_TIMEOUT", &raw.nats_timeout)?,
+        tls_ca_file: path(&raw.nats_tls_ca_file),
     };
     config.validate().map_err(|error| {
         let variable = match &error {
@@ -199,6 +200,7 @@ fn nats(raw: &RawConfig) -> Result<NatsSinkConfig, ConfigError> {
             | NatsSinkError::TemplateTooLong { .. } => "DISPATCHBOX_NATS_SUBJECT",
             NatsSinkError::ZeroTimeout => "DISPATCHBOX_NATS_TIMEOUT",
             NatsSinkError::Credentials { .. } => "DISPATCHBOX_NATS_CREDS_FILE",
+            NatsSinkError::TlsCa { .. } => "DISPATCHBOX_NATS_TLS_CA_FILE",
         };
         ConfigError::new(variable, error.to_string())
     })?;
@@ -232,6 +234,7 @@ fn redis(raw: &RawConfig) -> Result<RedisSinkConfig, ConfigError> {
         stream_template: raw.redis_stream.clone(),
         maxlen,
         timeout: positive_duration("DISPATCHBOX_REDIS_TIMEOUT", &raw.redis_timeout)?,
+        tls_ca_file: path(&raw.redis_tls_ca_file),
     };
     config.validate().map_err(|error| {
         let variable = match &error {
@@ -241,10 +244,22 @@ fn redis(raw: &RawConfig) -> Result<RedisSinkConfig, ConfigError> {
             RedisSinkError::Template(_) => "DISPATCHBOX_REDIS_STREAM",
             RedisSinkError::ZeroMaxlen => "DISPATCHBOX_REDIS_MAXLEN",
             RedisSinkError::ZeroTimeout => "DISPATCHBOX_REDIS_TIMEOUT",
+            RedisSinkError::TlsCa { .. } | RedisSinkError::CaWithoutTls => {
+                "DISPATCHBOX_REDIS_TLS_CA_FILE"
+            }
         };
         ConfigError::new(variable, error.to_string())
     })?;
     Ok(config)
+}
+
+/// A path variable: unset or blank is none.
+fn path(value: &Option<String>) -> Option<std::path::PathBuf> {
+    value
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
 }
 
 /// The trimmed value of a required variable, or `rule` as the error.

@@ -322,6 +322,27 @@ fn nats_settings_are_validated_naming_the_variable() {
     );
     assert_eq!(nats.subject_template, "outbox.{aggregate_type}");
     assert_eq!(nats.timeout, Duration::from_secs(10));
+    assert_eq!(nats.tls_ca_file, None);
+    let e = Config::from_vars(vars(&[
+        ("DISPATCHBOX_SINKS", "nats"),
+        ("DISPATCHBOX_NATS_URL", "tls://n:4222"),
+        ("DISPATCHBOX_NATS_TLS_CA_FILE", "/nonexistent/ca.pem"),
+    ]))
+    .expect_err("missing ca file");
+    assert_eq!(e.variable, "DISPATCHBOX_NATS_TLS_CA_FILE");
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello").expect("write");
+    let e = Config::from_vars(vars(&[
+        ("DISPATCHBOX_SINKS", "nats"),
+        ("DISPATCHBOX_NATS_URL", "tls://n:4222"),
+        (
+            "DISPATCHBOX_NATS_TLS_CA_FILE",
+            not_pem.to_str().expect("utf8"),
+        ),
+    ]))
+    .expect_err("not a pem file");
+    assert_eq!(e.variable, "DISPATCHBOX_NATS_TLS_CA_FILE");
+    assert!(e.to_string().contains("no PEM certificate"), "{e}");
     assert!(!format!("{config:?}").contains("t0ken"));
 }
 
@@ -378,14 +399,33 @@ fn redis_settings_are_validated_naming_the_variable() {
     ])
     .expect("config");
     assert_eq!(sink_names(&config), vec!["stdout", "redis"]);
-    let SinkConfig::Redis(redis) = &config.sinks[1] else {
+    let SinkConfig::Redis(settings) = &config.sinks[1] else {
         panic!("not redis")
     };
-    assert_eq!(redis.maxlen, Some(100_000));
+    assert_eq!(settings.maxlen, Some(100_000));
     assert_eq!(
-        redis.password.as_ref().map(|p| p.expose().as_str()),
+        settings.password.as_ref().map(|p| p.expose().as_str()),
         Some("s3cret-from-file")
     );
     let printed = format!("{config:?}");
     assert!(!printed.contains("s3cret"), "{printed}");
+
+    let e = redis(&[
+        ("DISPATCHBOX_REDIS_URL", "redis://r:6379"),
+        (
+            "DISPATCHBOX_REDIS_TLS_CA_FILE",
+            password.to_str().expect("utf8"),
+        ),
+    ])
+    .expect_err("a ca without tls");
+    assert_eq!(e.variable, "DISPATCHBOX_REDIS_TLS_CA_FILE");
+    let e = redis(&[
+        ("DISPATCHBOX_REDIS_URL", "rediss://r:6380"),
+        (
+            "DISPATCHBOX_REDIS_TLS_CA_FILE",
+            password.to_str().expect("utf8"),
+        ),
+    ])
+    .expect_err("not a pem file");
+    assert_eq!(e.variable, "DISPATCHBOX_REDIS_TLS_CA_FILE");
 }

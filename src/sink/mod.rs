@@ -17,6 +17,7 @@ pub mod nats;
 pub mod redis;
 pub mod stdout;
 pub mod template;
+mod tls;
 pub mod webhook;
 
 use std::future::Future;

@@ -23,6 +23,7 @@
 //! at most one delivery per aggregate outstanding.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +91,9 @@ pub struct NatsSinkConfig {
     pub auth: NatsAuth,
     /// Upper bound for one delivery (default [`DEFAULT_TIMEOUT`]); also the connect timeout.
     pub timeout: Duration,
+    /// A PEM bundle of the CAs that sign the servers' certificates, instead of the
+    /// system's trust store.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl NatsSinkConfig {
@@ -100,6 +104,7 @@ impl NatsSinkConfig {
             subject_template: DEFAULT_SUBJECT_TEMPLATE.to_owned(),
             auth: NatsAuth::None,
             timeout: DEFAULT_TIMEOUT,
+            tls_ca_file: None,
         }
     }
 
@@ -122,6 +127,9 @@ impl NatsSinkConfig {
                     reason: e.to_string(),
                 })?;
         }
+        if let Some(path) = &self.tls_ca_file {
+            super::tls::read_ca_bundle(path).map_err(|reason| NatsSinkError::TlsCa { reason })?;
+        }
         let login = match (url_login(&servers)?, &self.auth) {
             (Login::None, NatsAuth::None) => Login::None,
             (Login::None, NatsAuth::Token(token)) => Login::Token(token.clone()),
@@ -143,6 +151,7 @@ impl std::fmt::Debug for NatsSinkConfig {
             .field("subject_template", &self.subject_template)
             .field("auth", &self.auth)
             .field("timeout", &self.timeout)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }
@@ -185,6 +194,8 @@ pub enum NatsSinkError {
          user:password@ (or token@), or none"
     )]
     MixedUrlLogins,
+    #[error("nats tls ca bundle: {reason}")]
+    TlsCa { reason: String },
     #[error(
         "nats url carries credentials (user:password@ or token@) and a token or credentials \
          file is set too; use one of them"
@@ -205,6 +216,7 @@ struct Shared {
     servers: String,
     addrs: Vec<ServerAddr>,
     login: Login,
+    tls_ca_file: Option<PathBuf>,
     timeout: Duration,
     /// Connected (in the background) on first use.
     context: OnceCell<Context>,
@@ -229,6 +241,7 @@ impl NatsSink {
                 servers: redact_servers(&config.url),
                 addrs,
                 login,
+                tls_ca_file: config.tls_ca_file,
                 timeout: config.timeout,
                 context: OnceCell::new(),
             }),
@@ -479,6 +492,10 @@ impl Shared {
             Login::Credentials(creds) => ConnectOptions::new()
                 .credentials(creds.expose())
                 .unwrap_or_else(|_| ConnectOptions::new()),
+        };
+        let options = match &self.tls_ca_file {
+            Some(path) => options.add_root_certificates(path.clone()),
+            None => options,
         };
         let servers = self.servers.clone();
         options

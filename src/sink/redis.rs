@@ -20,6 +20,7 @@
 //! at most one delivery per aggregate outstanding.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -57,6 +58,9 @@ pub struct RedisSinkConfig {
     /// Upper bound for one delivery (default [`DEFAULT_TIMEOUT`]); also the connect and
     /// response timeout.
     pub timeout: Duration,
+    /// A PEM bundle of the CAs that sign the server's certificate, instead of the system's
+    /// trust store (`rediss://` only).
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl RedisSinkConfig {
@@ -69,6 +73,7 @@ impl RedisSinkConfig {
             stream_template: DEFAULT_STREAM_TEMPLATE.to_owned(),
             maxlen: None,
             timeout: DEFAULT_TIMEOUT,
+            tls_ca_file: None,
         }
     }
 
@@ -102,7 +107,22 @@ impl RedisSinkConfig {
                 .set_password(password.expose());
             info = info.set_redis_settings(settings);
         }
-        let client = Client::open(info).map_err(|e| RedisSinkError::InvalidUrl {
+        let client = match &self.tls_ca_file {
+            None => Client::open(info),
+            Some(_) if url.scheme() != "rediss" => return Err(RedisSinkError::CaWithoutTls),
+            Some(path) => {
+                let root_cert = super::tls::read_ca_bundle(path)
+                    .map_err(|reason| RedisSinkError::TlsCa { reason })?;
+                Client::build_with_tls(
+                    info,
+                    ::redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root_cert),
+                    },
+                )
+            }
+        }
+        .map_err(|e| RedisSinkError::InvalidUrl {
             reason: e.category().to_owned(),
         })?;
         let template = Template::parse(&self.stream_template)?;
@@ -125,6 +145,7 @@ impl std::fmt::Debug for RedisSinkConfig {
             .field("stream_template", &self.stream_template)
             .field("maxlen", &self.maxlen)
             .field("timeout", &self.timeout)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }
@@ -145,6 +166,10 @@ pub enum RedisSinkError {
     ZeroMaxlen,
     #[error("redis timeout must be greater than zero")]
     ZeroTimeout,
+    #[error("redis tls ca bundle: {reason}")]
+    TlsCa { reason: String },
+    #[error("a redis tls ca bundle needs a rediss:// url")]
+    CaWithoutTls,
 }
 
 /// Appends events to Redis streams. See the module doc for the entry shape and

@@ -30,6 +30,10 @@ pub struct TestNats {
     dir: tempfile::TempDir,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// The test CA's PEM file when the server requires TLS.
+    ca_file: Option<PathBuf>,
+    /// Where the test PKI lives, removed on drop.
+    pki: Option<tempfile::TempDir>,
     starts: usize,
 }
 
@@ -107,10 +111,42 @@ impl TestNats {
             dir,
             child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            ca_file: None,
+            pki: None,
             starts: 0,
         };
         server.spawn();
         server
+    }
+
+    /// Starts a server that requires TLS, with a certificate for `127.0.0.1` and
+    /// `localhost` signed by a test CA ([`TestNats::ca_file`]).
+    pub fn start_tls() -> Self {
+        let (ca, cert, key) = super::postgres::tls_fixture(&["localhost"], &["127.0.0.1"]);
+        let pki = tempfile::Builder::new()
+            .prefix("dispatchbox-nats-pki-")
+            .tempdir()
+            .expect("create pki dir");
+        let write = |name: &str, pem: &str| {
+            let path = pki.path().join(name);
+            std::fs::write(&path, pem).expect("write pem");
+            path.to_str().expect("utf8 path").to_owned()
+        };
+        let (ca_file, cert_file, key_file) = (
+            write("ca.pem", &ca),
+            write("cert.pem", &cert),
+            write("key.pem", &key),
+        );
+        let mut server =
+            Self::start_with(&["--tls", "--tlscert", &cert_file, "--tlskey", &key_file]);
+        server.ca_file = Some(PathBuf::from(ca_file));
+        server.pki = Some(pki);
+        server
+    }
+
+    /// The test CA of a TLS server.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.ca_file.as_deref()
     }
 
     /// `nats://127.0.0.1:PORT`.
@@ -206,7 +242,13 @@ impl TestNats {
 
     /// A JetStream context on a client of its own.
     pub async fn jetstream(&self) -> jetstream::Context {
-        let client = async_nats::ConnectOptions::new()
+        let options = match &self.ca_file {
+            Some(ca) => async_nats::ConnectOptions::new()
+                .add_root_certificates(ca.clone())
+                .require_tls(true),
+            None => async_nats::ConnectOptions::new(),
+        };
+        let client = options
             .connect(self.url())
             .await
             .expect("connect a test client");

@@ -26,6 +26,8 @@ pub struct TestRedis {
     dir: tempfile::TempDir,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// The test CA's PEM file when the server speaks TLS only.
+    ca_file: Option<PathBuf>,
     starts: usize,
 }
 
@@ -99,10 +101,65 @@ impl TestRedis {
             dir,
             child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            ca_file: None,
             starts: 0,
         };
         server.spawn();
         server
+    }
+
+    /// Starts a server that speaks TLS only (`--port 0 --tls-port PORT`), with a
+    /// certificate for `127.0.0.1` and `localhost` signed by a test CA
+    /// ([`TestRedis::ca_file`]); clients need no certificate.
+    pub fn start_tls() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("dispatchbox-redis-")
+            .tempdir()
+            .expect("create redis dir");
+        let (ca, cert, key) = super::postgres::tls_fixture(&["localhost"], &["127.0.0.1"]);
+        let write = |name: &str, pem: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).expect("write pem");
+            path
+        };
+        let (ca_file, cert_file, key_file) = (
+            write("ca.pem", &ca),
+            write("cert.pem", &cert),
+            write("key.pem", &key),
+        );
+        let port = free_port();
+        let mut server = Self {
+            port,
+            bin: find_redis_server(),
+            dir,
+            child: None,
+            extra_args: vec![
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                cert_file.to_str().expect("utf8").into(),
+                "--tls-key-file".into(),
+                key_file.to_str().expect("utf8").into(),
+                "--tls-ca-cert-file".into(),
+                ca_file.to_str().expect("utf8").into(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+            ca_file: Some(ca_file),
+            starts: 0,
+        };
+        server.spawn();
+        server
+    }
+
+    /// The test CA of a TLS server.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.ca_file.as_deref()
+    }
+
+    /// `rediss://127.0.0.1:PORT` for a TLS server.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -140,8 +197,14 @@ impl TestRedis {
         loop {
             self.starts += 1;
             let log = std::fs::File::create(self.log_path(self.starts)).expect("create log");
+            // With TLS the plain port is off (`--port 0`) and the TLS port is in extra_args.
+            let plain_port = if self.ca_file.is_some() {
+                "0".to_owned()
+            } else {
+                self.port.to_string()
+            };
             let child = Command::new(&self.bin)
-                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--port", &plain_port, "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no", "--dir"])
                 .arg(self.dir.path())
                 .args(&self.extra_args)
@@ -174,7 +237,13 @@ impl TestRedis {
                     return false;
                 }
             }
-            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+            // A TLS-only server is up once it accepts connections (the handshake is the
+            // client's part); a plain one must answer PING.
+            if self.ca_file.is_some() {
+                if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    return true;
+                }
+            } else if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
                 let mut answer = [0u8; 7];
                 // A server that wants a password answers -NOAUTH: it is up all the same.
