@@ -9,7 +9,7 @@ use super::{NatsSinkError, MAX_SUBJECT_LEN};
 use crate::secret::Secret;
 use crate::sink::template::Template;
 
-/// How the client logs in: [`NatsAuth`], or what the URLs carry.
+/// How the client logs in: [`super::NatsAuth`], or what the URLs carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Login {
     None,
