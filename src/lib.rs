@@ -3,7 +3,7 @@
 //! The pipeline, in the order an event travels:
 //!
 //! ```text
-//! Postgres WAL ──slot/pgoutput──▶ source ──Work──▶ dispatch ──▶ sink::{kafka,webhook,rabbitmq,stdout}
+//! Postgres WAL ──slot/pgoutput──▶ source ──Work──▶ dispatch ──▶ sink::{kafka,nats,redis,rabbitmq,webhook,stdout}
 //!    ▲                              ▲ flush = settled prefix           │ outcomes
 //!    │                              │ (source::progress)               ▼
 //!    │                              └──── acks settled ◀──── status (batched UPDATE)

@@ -10,7 +10,8 @@ use dispatchbox::cli;
 use dispatchbox::config::Config;
 
 /// Transactional-outbox relay for PostgreSQL: streams outbox INSERTs from a logical
-/// replication slot to Kafka or stdout and writes each event's status back onto its row.
+/// replication slot to Kafka, NATS JetStream, Redis Streams, webhooks or stdout and writes
+/// each event's status back onto its row.
 ///
 /// Configuration comes from DISPATCHBOX_* environment variables (see README.md).
 #[derive(Debug, Parser)]

@@ -155,6 +155,8 @@ fn sink_ready(config: &SinkConfig) -> String {
             "kafka brokers {} answered a metadata request",
             kafka.brokers
         ),
+        SinkConfig::Nats(_) => "nats servers answered a jetstream account request".to_owned(),
+        SinkConfig::Redis(_) => "redis answered PING".to_owned(),
         SinkConfig::Webhook(webhook) => {
             // Only the origin: paths and queries may carry tokens.
             let origin = url::Url::parse(&webhook.url)
@@ -194,6 +196,15 @@ fn sink_fix(sink: &str) -> &'static str {
         "rabbitmq" => {
             "check DISPATCHBOX_RABBITMQ_URL (host, port, user, password, vhost) and that the \
              broker runs and is reachable from here"
+        }
+        "nats" => {
+            "check DISPATCHBOX_NATS_URL, that the servers run with jetstream enabled (-js) and \
+             are reachable from here, and the credentials (DISPATCHBOX_NATS_TOKEN, \
+             DISPATCHBOX_NATS_CREDS_FILE)"
+        }
+        "redis" => {
+            "check DISPATCHBOX_REDIS_URL, that the server runs and is reachable from here, and \
+             the password (DISPATCHBOX_REDIS_PASSWORD_FILE)"
         }
         _ => "check the DISPATCHBOX_SINKS setting",
     }

@@ -57,6 +57,38 @@ pub struct RawConfig {
     pub kafka_format: Option<String>,
     #[envconfig(from = "DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT", default = "30s")]
     pub kafka_delivery_timeout: String,
+    #[envconfig(from = "DISPATCHBOX_NATS_FORMAT")]
+    pub nats_format: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_REDIS_FORMAT")]
+    pub redis_format: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_NATS_URL")]
+    pub nats_url: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_NATS_SUBJECT", default = "outbox.{aggregate_type}")]
+    pub nats_subject: String,
+    #[envconfig(from = "DISPATCHBOX_NATS_TIMEOUT", default = "10s")]
+    pub nats_timeout: String,
+    #[envconfig(from = "DISPATCHBOX_NATS_TOKEN")]
+    pub nats_token: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_NATS_TOKEN_FILE")]
+    pub nats_token_file: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_NATS_CREDS_FILE")]
+    pub nats_creds_file: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_NATS_TLS_CA_FILE")]
+    pub nats_tls_ca_file: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_REDIS_URL")]
+    pub redis_url: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_REDIS_PASSWORD")]
+    pub redis_password: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_REDIS_STREAM", default = "outbox.{aggregate_type}")]
+    pub redis_stream: String,
+    #[envconfig(from = "DISPATCHBOX_REDIS_MAXLEN")]
+    pub redis_maxlen: Option<String>,
+    #[envconfig(from = "DISPATCHBOX_REDIS_TIMEOUT", default = "10s")]
+    pub redis_timeout: String,
+    #[envconfig(from = "DISPATCHBOX_REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<String>,
     #[envconfig(from = "DISPATCHBOX_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
     #[envconfig(from = "DISPATCHBOX_WEBHOOK_FORMAT")]
@@ -206,8 +238,8 @@ impl ConfigError {
 /// ├── database          url, table and publication names, slot
 /// ├── source            replication stream: status interval, heartbeat, reconnect, limits
 /// ├── dispatch          in-flight bounds, ordering, routes, retry policy
-/// ├── sinks             [SinkConfig::Kafka | Webhook (one per endpoint) | Stdout |
-/// │                     RabbitMq], in DISPATCHBOX_SINKS order
+/// ├── sinks             [SinkConfig::Kafka | Nats | Redis | Webhook (one per endpoint) |
+/// │                     Stdout | RabbitMq], in DISPATCHBOX_SINKS order
 /// ├── status            status writer: batch size, linger, stall timeout
 /// ├── sweeper           interval, grace, batch, lease
 /// ├── admin             HTTP address, API token
@@ -530,37 +562,35 @@ impl SweeperSettings {
     fn from_raw(raw: &RawConfig, sinks: &[SinkConfig]) -> Result<Self, ConfigError> {
         let lease = positive_duration("DISPATCHBOX_SWEEP_LEASE", &raw.sweep_lease)?;
         for sink in sinks {
-            match sink {
-                SinkConfig::Kafka(kafka) if lease <= kafka.delivery_timeout => {
-                    return Err(ConfigError::new(
-                        "DISPATCHBOX_SWEEP_LEASE",
-                        format!(
-                            "must be longer than DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT ({}), or a slow delivery could be claimed twice",
-                            humantime::format_duration(kafka.delivery_timeout)
-                        ),
-                    ));
-                }
-                SinkConfig::Webhook(webhook) if lease <= webhook.timeout => {
-                    return Err(ConfigError::new(
-                        "DISPATCHBOX_SWEEP_LEASE",
-                        format!(
-                            "must be longer than the timeout of sink {} ({}, {}TIMEOUT), or a slow delivery could be claimed twice",
-                            webhook.name,
-                            humantime::format_duration(webhook.timeout),
-                            crate::sink::webhook::variable_prefix(&webhook.name),
-                        ),
-                    ));
-                }
-                SinkConfig::RabbitMq(rabbitmq) if lease <= rabbitmq.delivery_timeout => {
-                    return Err(ConfigError::new(
-                        "DISPATCHBOX_SWEEP_LEASE",
-                        "must be longer than DISPATCHBOX_RABBITMQ_DELIVERY_TIMEOUT, or a slow delivery could be claimed twice",
-                    ));
-                }
-                SinkConfig::Kafka(_)
-                | SinkConfig::Webhook(_)
-                | SinkConfig::Stdout(_)
-                | SinkConfig::RabbitMq(_) => {}
+            let (variable, timeout): (Cow<'_, str>, Duration) = match sink {
+                SinkConfig::Kafka(kafka) => (
+                    "DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT".into(),
+                    kafka.delivery_timeout,
+                ),
+                SinkConfig::Nats(nats) => ("DISPATCHBOX_NATS_TIMEOUT".into(), nats.timeout),
+                SinkConfig::Redis(redis) => ("DISPATCHBOX_REDIS_TIMEOUT".into(), redis.timeout),
+                SinkConfig::RabbitMq(rabbitmq) => (
+                    "DISPATCHBOX_RABBITMQ_DELIVERY_TIMEOUT".into(),
+                    rabbitmq.delivery_timeout,
+                ),
+                SinkConfig::Webhook(webhook) => (
+                    format!(
+                        "{}TIMEOUT",
+                        crate::sink::webhook::variable_prefix(&webhook.name)
+                    )
+                    .into(),
+                    webhook.timeout,
+                ),
+                SinkConfig::Stdout(_) => continue,
+            };
+            if lease <= timeout {
+                return Err(ConfigError::new(
+                    "DISPATCHBOX_SWEEP_LEASE",
+                    format!(
+                        "must be longer than {variable} ({}), or a slow delivery could be claimed twice",
+                        humantime::format_duration(timeout)
+                    ),
+                ));
             }
         }
         Ok(Self {

@@ -14,9 +14,12 @@ use std::collections::HashMap;
 
 use super::value::{boolean, count, positive_duration, value_or_file};
 use super::{ConfigError, DatabaseSettings, RawConfig};
+use crate::secret::Secret;
 use crate::sink::format::{debezium, CloudEvents, Debezium, Format, FormatError, FormatKind};
 use crate::sink::kafka::{KafkaSinkConfig, KafkaSinkError, DEFAULT_TOPIC_TEMPLATE};
+use crate::sink::nats::{NatsAuth, NatsSinkConfig, NatsSinkError};
 use crate::sink::rabbitmq::{RabbitMqSinkConfig, RabbitMqSinkError, TemplateKind};
+use crate::sink::redis::{RedisSinkConfig, RedisSinkError};
 use crate::sink::webhook::{self, headers, WebhookSinkConfig, WebhookSinkError};
 use crate::sink::SinkConfig;
 
@@ -25,7 +28,7 @@ pub const PROPERTY_ENV_PREFIX: &str = "DISPATCHBOX_KAFKA_PROPERTY_";
 
 /// The sink names `DISPATCHBOX_SINKS` accepts, for its error messages.
 const SINK_NAMES: &str =
-    "kafka, webhook, webhook:NAME (a named webhook endpoint), stdout, rabbitmq";
+    "kafka, nats, redis, rabbitmq, webhook, webhook:NAME (a named webhook endpoint), stdout";
 
 /// Longest webhook endpoint name.
 const MAX_ENDPOINT_NAME: usize = 32;
@@ -35,6 +38,8 @@ const MAX_ENDPOINT_NAME: usize = 32;
 enum Kind {
     Kafka,
     /// `webhook` (`None`) or `webhook:<name>`.
+    Nats,
+    Redis,
     Webhook(Option<String>),
     Stdout,
     RabbitMq,
@@ -88,6 +93,16 @@ pub(super) fn from_raw(
                     )?;
                     SinkConfig::RabbitMq(rabbitmq(raw, format)?)
                 }
+                Kind::Nats => {
+                    let format =
+                        formats.for_sink("nats", own("NATS", &raw.nats_format), &[DEBEZIUM])?;
+                    SinkConfig::Nats(nats(raw, format)?)
+                }
+                Kind::Redis => {
+                    let format =
+                        formats.for_sink("redis", own("REDIS", &raw.redis_format), &[DEBEZIUM])?;
+                    SinkConfig::Redis(redis(raw, format)?)
+                }
             })
         })
         .collect()
@@ -129,22 +144,25 @@ fn endpoint_name(name: &str) -> Result<String, ConfigError> {
 fn kinds(list: &str) -> Result<Vec<Kind>, ConfigError> {
     let mut kinds = Vec::new();
     for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let kind =
-            match name {
-                "kafka" => Kind::Kafka,
-                "webhook" => Kind::Webhook(None),
-                "stdout" => Kind::Stdout,
-                "rabbitmq" => Kind::RabbitMq,
-                other => match other.strip_prefix("webhook:") {
-                    Some(endpoint) => Kind::Webhook(Some(endpoint_name(endpoint)?)),
-                    None => return Err(ConfigError::new(
+        let kind = match name {
+            "kafka" => Kind::Kafka,
+            "webhook" => Kind::Webhook(None),
+            "stdout" => Kind::Stdout,
+            "nats" => Kind::Nats,
+            "redis" => Kind::Redis,
+            "rabbitmq" => Kind::RabbitMq,
+            other => match other.strip_prefix("webhook:") {
+                Some(endpoint) => Kind::Webhook(Some(endpoint_name(endpoint)?)),
+                None => {
+                    return Err(ConfigError::new(
                         "DISPATCHBOX_SINKS",
                         format!(
                             "unknown sink {other:?}; use a comma-separated list of {SINK_NAMES}"
                         ),
-                    )),
-                },
-            };
+                    ))
+                }
+            },
+        };
         if !kinds.contains(&kind) {
             kinds.push(kind);
         }
@@ -322,6 +340,134 @@ fn property_variable(name: &str) -> String {
         .replace('.', "_")
         .to_ascii_uppercase();
     format!("{PROPERTY_ENV_PREFIX}{name}")
+}
+
+/// `DISPATCHBOX_NATS_*`.
+fn nats(raw: &RawConfig, format: Format) -> Result<NatsSinkConfig, ConfigError> {
+    let url = required(
+        &raw.nats_url,
+        "DISPATCHBOX_NATS_URL",
+        "is required when DISPATCHBOX_SINKS includes nats (e.g. nats://nats-0:4222,nats://nats-1:4222)",
+    )?;
+    let token = value_or_file(
+        "DISPATCHBOX_NATS_TOKEN",
+        "DISPATCHBOX_NATS_TOKEN_FILE",
+        &raw.nats_token,
+        &raw.nats_token_file,
+    )?;
+    let creds = value_or_file(
+        "DISPATCHBOX_NATS_CREDS_FILE",
+        "DISPATCHBOX_NATS_CREDS_FILE",
+        &None,
+        &raw.nats_creds_file,
+    )?;
+    let auth = match (token, creds) {
+        (Some((variable, _)), Some(_)) => {
+            return Err(ConfigError::new(
+                variable,
+                "set either a token or DISPATCHBOX_NATS_CREDS_FILE, not both",
+            ))
+        }
+        (Some((_, token)), None) => NatsAuth::Token(Secret::new(token.trim().to_owned())),
+        (None, Some((_, creds))) => NatsAuth::Credentials(Secret::new(creds)),
+        (None, None) => NatsAuth::None,
+    };
+    let config = NatsSinkConfig {
+        format,
+        url,
+        subject_template: raw.nats_subject.clone(),
+        auth,
+        timeout: positive_duration("DISPATCHBOX_NATS_TIMEOUT", &raw.nats_timeout)?,
+        tls_ca_file: path(&raw.nats_tls_ca_file),
+    };
+    config.validate().map_err(|error| {
+        let variable = match &error {
+            NatsSinkError::EmptyUrl
+            | NatsSinkError::InvalidUrl { .. }
+            | NatsSinkError::UnsupportedScheme { .. }
+            | NatsSinkError::MixedUrlLogins
+            | NatsSinkError::TwoLogins => "DISPATCHBOX_NATS_URL",
+            NatsSinkError::Template(_)
+            | NatsSinkError::IllegalTemplateCharacter { .. }
+            | NatsSinkError::EmptyToken { .. }
+            | NatsSinkError::TemplateTooLong { .. } => "DISPATCHBOX_NATS_SUBJECT",
+            NatsSinkError::ZeroTimeout => "DISPATCHBOX_NATS_TIMEOUT",
+            NatsSinkError::Credentials { .. } => "DISPATCHBOX_NATS_CREDS_FILE",
+            NatsSinkError::TlsCa { .. } => "DISPATCHBOX_NATS_TLS_CA_FILE",
+        };
+        ConfigError::new(variable, error.to_string())
+    })?;
+    Ok(config)
+}
+
+/// `DISPATCHBOX_REDIS_*`.
+fn redis(raw: &RawConfig, format: Format) -> Result<RedisSinkConfig, ConfigError> {
+    let url = required(
+        &raw.redis_url,
+        "DISPATCHBOX_REDIS_URL",
+        "is required when DISPATCHBOX_SINKS includes redis (e.g. redis://redis:6379 or rediss://redis:6380)",
+    )?;
+    let password = value_or_file(
+        "DISPATCHBOX_REDIS_PASSWORD",
+        "DISPATCHBOX_REDIS_PASSWORD_FILE",
+        &raw.redis_password,
+        &raw.redis_password_file,
+    )?
+    .map(|(_, password)| Secret::new(password));
+    let maxlen = raw
+        .redis_maxlen
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| count("DISPATCHBOX_REDIS_MAXLEN", v, 1u64, i64::MAX as u64))
+        .transpose()?;
+    let config = RedisSinkConfig {
+        format,
+        url,
+        password,
+        stream_template: raw.redis_stream.clone(),
+        maxlen,
+        timeout: positive_duration("DISPATCHBOX_REDIS_TIMEOUT", &raw.redis_timeout)?,
+        tls_ca_file: path(&raw.redis_tls_ca_file),
+    };
+    config.validate().map_err(|error| {
+        let variable = match &error {
+            RedisSinkError::InvalidUrl { .. } | RedisSinkError::UnsupportedScheme { .. } => {
+                "DISPATCHBOX_REDIS_URL"
+            }
+            RedisSinkError::Template(_) => "DISPATCHBOX_REDIS_STREAM",
+            RedisSinkError::ZeroMaxlen => "DISPATCHBOX_REDIS_MAXLEN",
+            RedisSinkError::ZeroTimeout => "DISPATCHBOX_REDIS_TIMEOUT",
+            RedisSinkError::TlsCa { .. } | RedisSinkError::CaWithoutTls => {
+                "DISPATCHBOX_REDIS_TLS_CA_FILE"
+            }
+        };
+        ConfigError::new(variable, error.to_string())
+    })?;
+    Ok(config)
+}
+
+/// A path variable: unset or blank is none.
+fn path(value: &Option<String>) -> Option<std::path::PathBuf> {
+    value
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+}
+
+/// The trimmed value of a required variable, or `rule` as the error.
+fn required(
+    value: &Option<String>,
+    variable: &'static str,
+    rule: &'static str,
+) -> Result<String, ConfigError> {
+    value
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| ConfigError::new(variable, rule))
 }
 
 /// One webhook endpoint's settings. `webhook` reads `DISPATCHBOX_WEBHOOK_*`;

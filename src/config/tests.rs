@@ -572,7 +572,7 @@ fn named_webhook_errors_name_the_exact_variable() {
         ("DISPATCHBOX_SWEEP_LEASE", "2m"),
     ]);
     assert_eq!(e.variable, "DISPATCHBOX_SWEEP_LEASE");
-    assert!(e.to_string().contains("webhook:billing"), "{e}");
+    assert!(e.to_string().contains("DISPATCHBOX_WEBHOOK_BILLING_TIMEOUT"), "{e}");
 
     for bad in [
         "webhook:",
@@ -865,4 +865,187 @@ fn rabbitmq_settings_are_validated_naming_the_variable() {
     ]);
     assert_eq!(e.variable, "DISPATCHBOX_RABBITMQ_CA_FILE");
     assert!(e.to_string().contains("cannot read"), "{e}");
+}
+
+#[test]
+fn nats_settings_are_validated_naming_the_variable() {
+    let nats = |pairs: &[(&str, &str)]| {
+        let mut all = vec![("DISPATCHBOX_SINKS", "nats")];
+        all.extend_from_slice(pairs);
+        Config::from_vars(vars(&all))
+    };
+    let e = nats(&[]).expect_err("url required");
+    assert_eq!(e.variable, "DISPATCHBOX_NATS_URL");
+    let e = nats(&[("DISPATCHBOX_NATS_URL", "http://relay:s3cret@n:4222")]).expect_err("scheme");
+    assert_eq!(e.variable, "DISPATCHBOX_NATS_URL");
+    assert!(!e.to_string().contains("s3cret"), "{e}");
+    for template in [
+        "outbox.*",
+        "outbox..{aggregate_type}",
+        "out box",
+        "outbox.{nope}",
+    ] {
+        let e = nats(&[
+            ("DISPATCHBOX_NATS_URL", "nats://n:4222"),
+            ("DISPATCHBOX_NATS_SUBJECT", template),
+        ])
+        .expect_err(template);
+        assert_eq!(e.variable, "DISPATCHBOX_NATS_SUBJECT", "{template}: {e}");
+    }
+    let e = nats(&[
+        ("DISPATCHBOX_NATS_URL", "nats://n:4222"),
+        ("DISPATCHBOX_NATS_TIMEOUT", "0s"),
+    ])
+    .expect_err("zero timeout");
+    assert_eq!(e.variable, "DISPATCHBOX_NATS_TIMEOUT");
+    let e = nats(&[
+        ("DISPATCHBOX_NATS_URL", "nats://n:4222"),
+        ("DISPATCHBOX_NATS_TIMEOUT", "5m"),
+    ])
+    .expect_err("timeout over the lease");
+    assert_eq!(e.variable, "DISPATCHBOX_SWEEP_LEASE");
+    assert!(e.to_string().contains("DISPATCHBOX_NATS_TIMEOUT"), "{e}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let creds = dir.path().join("bad.creds");
+    std::fs::write(&creds, "SUAsecretseed not a creds file").expect("write");
+    let e = nats(&[
+        ("DISPATCHBOX_NATS_URL", "nats://n:4222"),
+        ("DISPATCHBOX_NATS_CREDS_FILE", creds.to_str().expect("utf8")),
+    ])
+    .expect_err("bad creds");
+    assert_eq!(e.variable, "DISPATCHBOX_NATS_CREDS_FILE");
+    assert!(!e.to_string().contains("SUAsecretseed"), "{e}");
+    let e = nats(&[
+        ("DISPATCHBOX_NATS_URL", "nats://n:4222"),
+        ("DISPATCHBOX_NATS_TOKEN", "t0ken"),
+        ("DISPATCHBOX_NATS_CREDS_FILE", creds.to_str().expect("utf8")),
+    ])
+    .expect_err("token and creds");
+    assert_eq!(e.variable, "DISPATCHBOX_NATS_TOKEN");
+
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken-from-file\n").expect("write");
+    let config = nats(&[
+        ("DISPATCHBOX_NATS_URL", "nats://n:4222"),
+        ("DISPATCHBOX_NATS_TOKEN_FILE", token.to_str().expect("utf8")),
+        ("DISPATCHBOX_ROUTES", "order.*=nats"),
+    ])
+    .expect("config");
+    assert_eq!(sink_names(&config), vec!["nats"]);
+    let SinkConfig::Nats(nats) = &config.sinks[0] else {
+        panic!("not nats")
+    };
+    assert_eq!(
+        nats.auth,
+        crate::sink::nats::NatsAuth::Token(Secret::new("t0ken-from-file".into()))
+    );
+    assert_eq!(nats.subject_template, "outbox.{aggregate_type}");
+    assert_eq!(nats.timeout, Duration::from_secs(10));
+    assert_eq!(nats.tls_ca_file, None);
+    let e = Config::from_vars(vars(&[
+        ("DISPATCHBOX_SINKS", "nats"),
+        ("DISPATCHBOX_NATS_URL", "tls://n:4222"),
+        ("DISPATCHBOX_NATS_TLS_CA_FILE", "/nonexistent/ca.pem"),
+    ]))
+    .expect_err("missing ca file");
+    assert_eq!(e.variable, "DISPATCHBOX_NATS_TLS_CA_FILE");
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello").expect("write");
+    let e = Config::from_vars(vars(&[
+        ("DISPATCHBOX_SINKS", "nats"),
+        ("DISPATCHBOX_NATS_URL", "tls://n:4222"),
+        (
+            "DISPATCHBOX_NATS_TLS_CA_FILE",
+            not_pem.to_str().expect("utf8"),
+        ),
+    ]))
+    .expect_err("not a pem file");
+    assert_eq!(e.variable, "DISPATCHBOX_NATS_TLS_CA_FILE");
+    assert!(e.to_string().contains("no PEM certificate"), "{e}");
+    assert!(!format!("{config:?}").contains("t0ken"));
+}
+
+#[test]
+fn redis_settings_are_validated_naming_the_variable() {
+    let redis = |pairs: &[(&str, &str)]| {
+        let mut all = vec![("DISPATCHBOX_SINKS", "stdout,redis")];
+        all.extend_from_slice(pairs);
+        Config::from_vars(vars(&all))
+    };
+    let e = redis(&[]).expect_err("url required");
+    assert_eq!(e.variable, "DISPATCHBOX_REDIS_URL");
+    let e = redis(&[("DISPATCHBOX_REDIS_URL", "redis-host:6379")]).expect_err("scheme");
+    assert_eq!(e.variable, "DISPATCHBOX_REDIS_URL");
+    let e = redis(&[
+        ("DISPATCHBOX_REDIS_URL", "redis://r"),
+        ("DISPATCHBOX_REDIS_STREAM", "outbox.{aggregate"),
+    ])
+    .expect_err("template");
+    assert_eq!(e.variable, "DISPATCHBOX_REDIS_STREAM");
+    for maxlen in ["0", "-5", "lots"] {
+        let e = redis(&[
+            ("DISPATCHBOX_REDIS_URL", "redis://r"),
+            ("DISPATCHBOX_REDIS_MAXLEN", maxlen),
+        ])
+        .expect_err(maxlen);
+        assert_eq!(e.variable, "DISPATCHBOX_REDIS_MAXLEN", "{maxlen}: {e}");
+    }
+    let e = redis(&[
+        ("DISPATCHBOX_REDIS_URL", "redis://r"),
+        ("DISPATCHBOX_REDIS_TIMEOUT", "never"),
+    ])
+    .expect_err("timeout");
+    assert_eq!(e.variable, "DISPATCHBOX_REDIS_TIMEOUT");
+    let e = redis(&[
+        ("DISPATCHBOX_REDIS_URL", "redis://r"),
+        ("DISPATCHBOX_REDIS_PASSWORD", "pw"),
+        ("DISPATCHBOX_REDIS_PASSWORD_FILE", "/nonexistent"),
+    ])
+    .expect_err("both");
+    assert_eq!(e.variable, "DISPATCHBOX_REDIS_PASSWORD");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let password = dir.path().join("pw");
+    std::fs::write(&password, "s3cret-from-file\n").expect("write");
+    let config = redis(&[
+        ("DISPATCHBOX_REDIS_URL", "rediss://relay:s3cret@r:6380/1"),
+        (
+            "DISPATCHBOX_REDIS_PASSWORD_FILE",
+            password.to_str().expect("utf8"),
+        ),
+        ("DISPATCHBOX_REDIS_MAXLEN", "100000"),
+        ("DISPATCHBOX_ROUTES", "order.*=redis;*=stdout"),
+    ])
+    .expect("config");
+    assert_eq!(sink_names(&config), vec!["stdout", "redis"]);
+    let SinkConfig::Redis(settings) = &config.sinks[1] else {
+        panic!("not redis")
+    };
+    assert_eq!(settings.maxlen, Some(100_000));
+    assert_eq!(
+        settings.password.as_ref().map(|p| p.expose().as_str()),
+        Some("s3cret-from-file")
+    );
+    let printed = format!("{config:?}");
+    assert!(!printed.contains("s3cret"), "{printed}");
+
+    let e = redis(&[
+        ("DISPATCHBOX_REDIS_URL", "redis://r:6379"),
+        (
+            "DISPATCHBOX_REDIS_TLS_CA_FILE",
+            password.to_str().expect("utf8"),
+        ),
+    ])
+    .expect_err("a ca without tls");
+    assert_eq!(e.variable, "DISPATCHBOX_REDIS_TLS_CA_FILE");
+    let e = redis(&[
+        ("DISPATCHBOX_REDIS_URL", "rediss://r:6380"),
+        (
+            "DISPATCHBOX_REDIS_TLS_CA_FILE",
+            password.to_str().expect("utf8"),
+        ),
+    ])
+    .expect_err("not a pem file");
+    assert_eq!(e.variable, "DISPATCHBOX_REDIS_TLS_CA_FILE");
 }

@@ -109,14 +109,14 @@ impl Router {
 mod tests {
     use super::*;
 
-    const SINKS: [&str; 3] = ["kafka", "webhook", "stdout"];
+    const SINKS: [&str; 5] = ["kafka", "webhook", "stdout", "nats", "redis"];
 
     #[test]
     fn without_rules_every_sink_gets_every_event() {
         let router = Router::parse(None, &SINKS).unwrap();
-        assert_eq!(router.route("anything"), Some(&[0, 1, 2][..]));
+        assert_eq!(router.route("anything"), Some(&[0, 1, 2, 3, 4][..]));
         let router = Router::parse(Some("  "), &SINKS).unwrap();
-        assert_eq!(router.route("x"), Some(&[0, 1, 2][..]));
+        assert_eq!(router.route("x"), Some(&[0, 1, 2, 3, 4][..]));
     }
 
     #[test]
@@ -131,6 +131,9 @@ mod tests {
         assert_eq!(router.route("invoice.issued"), Some(&[1, 2][..]));
         assert_eq!(router.route("customer.created"), None);
         assert_eq!(router.route("order"), None, "'order.*' needs the dot");
+        let router = Router::parse(Some("order.*=nats,redis; *=redis"), &SINKS).unwrap();
+        assert_eq!(router.route("order.placed"), Some(&[3, 4][..]));
+        assert_eq!(router.route("invoice.issued"), Some(&[4][..]));
     }
 
     #[test]

@@ -14,8 +14,12 @@ pub mod format;
 pub mod kafka;
 #[cfg(test)]
 pub mod memory;
+pub mod nats;
 pub mod rabbitmq;
+pub mod redis;
 pub mod stdout;
+pub mod template;
+mod tls;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -25,7 +29,9 @@ use futures_util::future::{BoxFuture, FutureExt as _};
 
 use crate::event::OutboxEvent;
 
+pub use self::redis::{RedisSink, RedisSinkConfig, RedisSinkError};
 pub use kafka::{KafkaSink, KafkaSinkConfig, KafkaSinkError};
+pub use nats::{NatsSink, NatsSinkConfig, NatsSinkError};
 pub use rabbitmq::{RabbitMqSink, RabbitMqSinkConfig, RabbitMqSinkError};
 pub use stdout::StdoutSink;
 pub use webhook::{WebhookSink, WebhookSinkConfig, WebhookSinkError};
@@ -35,6 +41,8 @@ pub use webhook::{WebhookSink, WebhookSinkConfig, WebhookSinkError};
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
     Kafka(KafkaSinkConfig),
+    Nats(NatsSinkConfig),
+    Redis(RedisSinkConfig),
     Webhook(WebhookSinkConfig),
     /// Stdout with its format (`native` or `cloudevents`, always structured).
     Stdout(format::Format),
@@ -47,6 +55,8 @@ impl SinkConfig {
     pub fn name(&self) -> &str {
         match self {
             SinkConfig::Kafka(_) => "kafka",
+            SinkConfig::Nats(_) => "nats",
+            SinkConfig::Redis(_) => "redis",
             SinkConfig::Webhook(webhook) => &webhook.name,
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::RabbitMq(_) => "rabbitmq",
@@ -59,6 +69,8 @@ impl SinkConfig {
     pub fn delivery_timeout(&self) -> Option<Duration> {
         match self {
             SinkConfig::Kafka(kafka) => Some(kafka.delivery_timeout),
+            SinkConfig::Nats(nats) => Some(nats.timeout),
+            SinkConfig::Redis(redis) => Some(redis.timeout),
             SinkConfig::Webhook(webhook) => Some(webhook.timeout),
             SinkConfig::Stdout(_) => None,
             SinkConfig::RabbitMq(rabbitmq) => Some(rabbitmq.delivery_timeout),
@@ -74,6 +86,10 @@ pub enum SinkSetupError {
     #[error(transparent)]
     Kafka(#[from] KafkaSinkError),
     #[error(transparent)]
+    Nats(#[from] NatsSinkError),
+    #[error(transparent)]
+    Redis(#[from] RedisSinkError),
+    #[error(transparent)]
     Webhook(#[from] WebhookSinkError),
     #[error(transparent)]
     RabbitMq(#[from] RabbitMqSinkError),
@@ -85,6 +101,8 @@ impl SinkSetupError {
     pub fn sink(&self) -> &'static str {
         match self {
             SinkSetupError::Kafka(_) => "kafka",
+            SinkSetupError::Nats(_) => "nats",
+            SinkSetupError::Redis(_) => "redis",
             SinkSetupError::Webhook(_) => "webhook",
             SinkSetupError::RabbitMq(_) => "rabbitmq",
         }
@@ -106,25 +124,31 @@ impl SinkSetupError {
 ///   that succeed: if an event fails, events handed off after it may already have been
 ///   delivered, so a caller that pipelines several events of one aggregate must hold back
 ///   or re-deliver the later ones itself.
-///   **Exception: webhook.** An HTTP request starts only when its future is polled, and
-///   requests run in parallel over several connections, so outstanding webhook deliveries
-///   may arrive in any order; per-aggregate order needs at most one outstanding delivery
-///   per aggregate.
+///   **Exception: webhook, nats, redis.** A request (HTTP request, JetStream publish, `XADD`)
+///   starts only when its future is polled (webhook requests also run in parallel over
+///   several connections), so outstanding deliveries of these sinks may arrive in any
+///   order; per-aggregate order needs at most one outstanding delivery per aggregate, which
+///   is what the dispatcher keeps.
 ///   RabbitMQ keeps the contract through its publisher task: `deliver` queues the message
 ///   synchronously, and the task publishes in queue order on one channel.
 /// - **Ok** means the transport durably accepted the event (Kafka: acknowledged by the
 ///   broker with `acks=all`; RabbitMQ: a publisher confirm (ack) for a message that was
-///   routed to a queue; stdout: written and flushed). The caller may settle the event
+///   routed to a queue; NATS: acknowledged by the JetStream stream; Redis: `XADD` answered
+///   with the entry id; stdout: written and flushed). The caller may settle the event
 ///   as `done`.
 /// - **Err** means the event may or may not have reached the transport (a timed-out Kafka
 ///   produce can still land): re-delivering it is allowed and is how at-least-once holds.
-///   Consumers dedupe by the `id` header (webhook: `webhook-id`).
+///   Consumers dedupe by the `id` header (webhook: `webhook-id`; Redis: the `id` field;
+///   NATS: JetStream itself drops a re-delivery within the stream's duplicate window, by
+///   `Nats-Msg-Id`).
 /// - Futures are `'static` and do not borrow the sink: dropping one does not cancel the
-///   hand-off; it only discards the outcome (webhook: dropping a future cancels its request,
-///   see the ordering exception).
+///   hand-off; it only discards the outcome (webhook, nats, redis: dropping a future before
+///   it was polled cancels its request, see the ordering exception).
 #[derive(Debug)]
 pub enum Sink {
     Kafka(KafkaSink),
+    Nats(NatsSink),
+    Redis(RedisSink),
     Stdout(StdoutSink),
     Webhook(WebhookSink),
     RabbitMq(RabbitMqSink),
@@ -138,6 +162,8 @@ impl Sink {
     pub fn from_config(config: &SinkConfig) -> Result<Self, SinkSetupError> {
         Ok(match config {
             SinkConfig::Kafka(kafka) => Sink::Kafka(KafkaSink::new(kafka.clone())?),
+            SinkConfig::Nats(nats) => Sink::Nats(NatsSink::new(nats.clone())?),
+            SinkConfig::Redis(redis) => Sink::Redis(RedisSink::new(redis.clone())?),
             SinkConfig::Webhook(webhook) => Sink::Webhook(WebhookSink::new(webhook.clone())?),
             SinkConfig::Stdout(format) => Sink::Stdout(StdoutSink::new(format.clone())),
             SinkConfig::RabbitMq(rabbitmq) => Sink::RabbitMq(RabbitMqSink::new(rabbitmq.clone())?),
@@ -149,6 +175,8 @@ impl Sink {
     pub fn name(&self) -> &str {
         match self {
             Sink::Kafka(_) => "kafka",
+            Sink::Nats(_) => "nats",
+            Sink::Redis(_) => "redis",
             Sink::Stdout(_) => "stdout",
             Sink::Webhook(sink) => sink.name(),
             Sink::RabbitMq(_) => "rabbitmq",
@@ -162,6 +190,8 @@ impl Sink {
     pub fn destination(&self, event: &OutboxEvent) -> Option<String> {
         match self {
             Sink::Kafka(sink) => Some(sink.topic_for(event)),
+            Sink::Nats(sink) => Some(sink.subject_for(event)),
+            Sink::Redis(sink) => Some(sink.stream_for(event)),
             Sink::RabbitMq(sink) => Some(sink.destination_for(event).0),
             Sink::Stdout(_) | Sink::Webhook(_) => None,
             #[cfg(test)]
@@ -179,6 +209,8 @@ impl Sink {
         // transport round trip it does not show).
         match self {
             Sink::Kafka(sink) => sink.deliver(event).boxed(),
+            Sink::Nats(sink) => sink.deliver(event).boxed(),
+            Sink::Redis(sink) => sink.deliver(event).boxed(),
             Sink::Stdout(sink) => sink.deliver(&event).boxed(),
             Sink::Webhook(sink) => sink.deliver(event).boxed(),
             Sink::RabbitMq(sink) => sink.deliver(event).boxed(),
@@ -192,6 +224,8 @@ impl Sink {
     pub async fn close(&self, timeout: Duration) {
         match self {
             Sink::Kafka(sink) => sink.close(timeout).await,
+            Sink::Nats(sink) => sink.close(timeout).await,
+            Sink::Redis(sink) => sink.close(),
             Sink::Stdout(sink) => sink.close(),
             Sink::Webhook(sink) => sink.close(),
             Sink::RabbitMq(sink) => sink.close(timeout).await,
@@ -206,6 +240,8 @@ impl Sink {
     pub async fn check(&self, timeout: Duration) -> Result<(), DeliveryError> {
         match self {
             Sink::Kafka(sink) => sink.check(timeout).await,
+            Sink::Nats(sink) => sink.check(timeout).await,
+            Sink::Redis(sink) => sink.check(timeout).await,
             Sink::Stdout(_) => Ok(()),
             Sink::Webhook(sink) => sink.check(timeout).await,
             Sink::RabbitMq(sink) => sink.check(timeout).await,

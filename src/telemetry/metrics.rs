@@ -357,7 +357,7 @@ impl Metrics {
 }
 
 /// Sink labels (the closed set of sinks).
-const SINKS: [&str; 3] = ["kafka", "webhook", "stdout"];
+const SINKS: [&str; 5] = ["kafka", "nats", "redis", "webhook", "stdout"];
 
 /// Outcome labels, in the order of [`SinkSeries::processed`].
 const OUTCOMES: [DeliveryOutcome; 3] = [

@@ -3,8 +3,10 @@
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 pub mod kafka;
+pub mod nats;
 pub mod postgres;
 pub mod rabbitmq;
+pub mod redis;
 pub mod relay;
 pub mod store;
 pub mod webhook;

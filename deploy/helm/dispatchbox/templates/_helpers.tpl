@@ -70,7 +70,10 @@ through its …_FILE variable. The database URL is required.
       (dict "name" "databaseUrl" "env" "DISPATCHBOX_DATABASE_URL_FILE" "key" "database-url")
       (dict "name" "webhookSecret" "env" "DISPATCHBOX_WEBHOOK_SECRET_FILE" "key" "webhook-secret")
       (dict "name" "webhookHeaders" "env" "DISPATCHBOX_WEBHOOK_HEADERS_FILE" "key" "webhook-headers")
-      (dict "name" "adminToken" "env" "DISPATCHBOX_ADMIN_TOKEN_FILE" "key" "admin-token") }}
+      (dict "name" "adminToken" "env" "DISPATCHBOX_ADMIN_TOKEN_FILE" "key" "admin-token")
+      (dict "name" "natsToken" "env" "DISPATCHBOX_NATS_TOKEN_FILE" "key" "nats-token")
+      (dict "name" "natsCreds" "env" "DISPATCHBOX_NATS_CREDS_FILE" "key" "nats-creds")
+      (dict "name" "redisPassword" "env" "DISPATCHBOX_REDIS_PASSWORD_FILE" "key" "redis-password") }}
 {{- range $wanted }}
 {{- $key := "" }}
 {{- if $s.existingSecret }}

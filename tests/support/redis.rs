@@ -1,0 +1,305 @@
+//! A real Redis server per test: `redis-server --save ''` on a free loopback port with its
+//! own directory, killed on drop; `stop()` and `restart()` (same port; no persistence, so
+//! it comes back empty) for outage tests. Also `XRANGE` reads through a client of its own.
+//!
+//! Where the binary comes from: `DISPATCHBOX_TEST_REDIS_SERVER` (a path), then `PATH`, then
+//! `/usr/bin` (Debian's package, installed by `scripts/install-test-deps`). A missing
+//! binary panics with a hint; tests never skip.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::postgres::free_port;
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running `redis-server`. Dropping it kills the process.
+#[derive(Debug)]
+pub struct TestRedis {
+    port: u16,
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+    /// The test CA's PEM file when the server speaks TLS only.
+    ca_file: Option<PathBuf>,
+    starts: usize,
+}
+
+/// The fields of one entry, as `XRANGE` returns them.
+type Fields = Vec<(String, Vec<u8>)>;
+
+/// One stream entry read back: its id and its fields in order.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: String,
+    pub fields: Fields,
+}
+
+impl Entry {
+    /// The value of field `name` as UTF-8 (panics when missing).
+    pub fn field(&self, name: &str) -> &str {
+        let value = self
+            .fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .unwrap_or_else(|| panic!("no field {name} in {:?}", self.fields));
+        std::str::from_utf8(&value.1).expect("UTF-8 field")
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.fields.iter().map(|(k, _)| k.as_str()).collect()
+    }
+}
+
+pub fn find_redis_server() -> PathBuf {
+    if let Ok(path) = std::env::var("DISPATCHBOX_TEST_REDIS_SERVER") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "DISPATCHBOX_TEST_REDIS_SERVER={} is not a file; run scripts/install-test-deps",
+            path.display()
+        );
+        return path;
+    }
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Ok(path) = std::env::var("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("redis-server")));
+    }
+    candidates.push(PathBuf::from("/usr/bin/redis-server"));
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`redis-server` was not found (DISPATCHBOX_TEST_REDIS_SERVER, PATH, /usr/bin); \
+                 run scripts/install-test-deps (apt-get install redis-server)"
+            )
+        })
+}
+
+impl TestRedis {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra arguments (e.g. `--requirepass PW`). The helpers below
+    /// connect without a password, so they only work on a server that needs none.
+    pub fn start_with(extra_args: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("dispatchbox-redis-")
+            .tempdir()
+            .expect("create redis dir");
+        let mut server = Self {
+            port: free_port(),
+            bin: find_redis_server(),
+            dir,
+            child: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            ca_file: None,
+            starts: 0,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts a server that speaks TLS only (`--port 0 --tls-port PORT`), with a
+    /// certificate for `127.0.0.1` and `localhost` signed by a test CA
+    /// ([`TestRedis::ca_file`]); clients need no certificate.
+    pub fn start_tls() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("dispatchbox-redis-")
+            .tempdir()
+            .expect("create redis dir");
+        let (ca, cert, key) = super::postgres::tls_fixture(&["localhost"], &["127.0.0.1"]);
+        let write = |name: &str, pem: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).expect("write pem");
+            path
+        };
+        let (ca_file, cert_file, key_file) = (
+            write("ca.pem", &ca),
+            write("cert.pem", &cert),
+            write("key.pem", &key),
+        );
+        let port = free_port();
+        let mut server = Self {
+            port,
+            bin: find_redis_server(),
+            dir,
+            child: None,
+            extra_args: vec![
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                cert_file.to_str().expect("utf8").into(),
+                "--tls-key-file".into(),
+                key_file.to_str().expect("utf8").into(),
+                "--tls-ca-cert-file".into(),
+                ca_file.to_str().expect("utf8").into(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+            ca_file: Some(ca_file),
+            starts: 0,
+        };
+        server.spawn();
+        server
+    }
+
+    /// The test CA of a TLS server.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.ca_file.as_deref()
+    }
+
+    /// `rediss://127.0.0.1:PORT` for a TLS server.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port after `stop()` (empty: nothing is saved).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart() called on a running server");
+        self.spawn();
+    }
+
+    pub fn logs(&self) -> String {
+        (1..=self.starts)
+            .map(|n| std::fs::read_to_string(self.log_path(n)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n--- restart ---\n")
+    }
+
+    fn log_path(&self, start: usize) -> PathBuf {
+        self.dir.path().join(format!("redis-{start}.log"))
+    }
+
+    fn spawn(&mut self) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            self.starts += 1;
+            let log = std::fs::File::create(self.log_path(self.starts)).expect("create log");
+            // With TLS the plain port is off (`--port 0`) and the TLS port is in extra_args.
+            let plain_port = if self.ca_file.is_some() {
+                "0".to_owned()
+            } else {
+                self.port.to_string()
+            };
+            let child = Command::new(&self.bin)
+                .args(["--port", &plain_port, "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--dir"])
+                .arg(self.dir.path())
+                .args(&self.extra_args)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("clone log handle"))
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin.display()));
+            self.child = Some(child);
+            if self.wait_ready(deadline) {
+                return;
+            }
+            self.stop();
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING on port {} within {STARTUP_TIMEOUT:?}; \
+                 logs:\n{}",
+                self.port,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Polls `PING` until `+PONG`, the process dies, or the deadline passes.
+    fn wait_ready(&mut self, deadline: Instant) -> bool {
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(_status)) = child.try_wait() {
+                    return false;
+                }
+            }
+            // A TLS-only server is up once it accepts connections (the handshake is the
+            // client's part); a plain one must answer PING.
+            if self.ca_file.is_some() {
+                if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    return true;
+                }
+            } else if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut answer = [0u8; 7];
+                // A server that wants a password answers -NOAUTH: it is up all the same.
+                if stream.write_all(b"PING\r\n").is_ok()
+                    && stream.read_exact(&mut answer).is_ok()
+                    && (&answer == b"+PONG\r\n" || answer.starts_with(b"-NOAUTH"))
+                {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// A connection of its own.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("redis client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect a test client")
+    }
+
+    /// `XRANGE stream - +`.
+    pub async fn xrange(&self, stream: &str) -> Vec<Entry> {
+        let mut connection = self.connection().await;
+        let reply: Vec<(String, Fields)> = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut connection)
+            .await
+            .unwrap_or_else(|e| panic!("XRANGE {stream}: {e}"));
+        reply
+            .into_iter()
+            .map(|(id, fields)| Entry { id, fields })
+            .collect()
+    }
+
+    /// Runs one command and returns its reply as a `redis::Value`.
+    pub async fn command(&self, args: &[&str]) -> redis::Value {
+        let mut connection = self.connection().await;
+        let mut command = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            command.arg(*arg);
+        }
+        command
+            .query_async(&mut connection)
+            .await
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
