@@ -12,6 +12,7 @@
 
 mod sinks;
 mod value;
+pub mod variables;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -30,89 +31,7 @@ pub use crate::sink::SinkConfig;
 pub use crate::telemetry::LogFormat;
 pub use sinks::{kafka_properties_from_env, PROPERTY_ENV_PREFIX};
 use value::{at_most, byte_size, count, duration, positive_duration, value_or_file};
-
-/// Raw variables as `envconfig` reads them; validated by [`Config::from_raw`].
-#[derive(Debug, Envconfig)]
-pub struct RawConfig {
-    #[envconfig(from = "DISPATCHBOX_DATABASE_URL")]
-    pub database_url: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_DATABASE_URL_FILE")]
-    pub database_url_file: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_TABLE", default = "public.outbox_event")]
-    pub table: String,
-    #[envconfig(from = "DISPATCHBOX_PUBLICATION", default = "dispatchbox")]
-    pub publication: String,
-    #[envconfig(from = "DISPATCHBOX_SLOT", default = "dispatchbox")]
-    pub slot: String,
-    #[envconfig(from = "DISPATCHBOX_SINKS", default = "stdout")]
-    pub sinks: String,
-    #[envconfig(from = "DISPATCHBOX_KAFKA_BROKERS")]
-    pub kafka_brokers: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_KAFKA_TOPIC", default = "outbox.{aggregate_type}")]
-    pub kafka_topic: String,
-    #[envconfig(from = "DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT", default = "30s")]
-    pub kafka_delivery_timeout: String,
-    #[envconfig(from = "DISPATCHBOX_WEBHOOK_URL")]
-    pub webhook_url: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_WEBHOOK_SECRET")]
-    pub webhook_secret: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_WEBHOOK_SECRET_FILE")]
-    pub webhook_secret_file: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_WEBHOOK_TIMEOUT", default = "15s")]
-    pub webhook_timeout: String,
-    #[envconfig(from = "DISPATCHBOX_WEBHOOK_CONCURRENCY", default = "32")]
-    pub webhook_concurrency: String,
-    #[envconfig(from = "DISPATCHBOX_MAX_IN_FLIGHT", default = "1000")]
-    pub max_in_flight: String,
-    #[envconfig(from = "DISPATCHBOX_MAX_IN_FLIGHT_BYTES", default = "64MiB")]
-    pub max_in_flight_bytes: String,
-    #[envconfig(from = "DISPATCHBOX_STATUS_BATCH_SIZE", default = "1000")]
-    pub status_batch_size: String,
-    #[envconfig(from = "DISPATCHBOX_STATUS_LINGER", default = "100ms")]
-    pub status_linger: String,
-    #[envconfig(from = "DISPATCHBOX_STATUS_STALL_TIMEOUT", default = "60s")]
-    pub status_stall_timeout: String,
-    #[envconfig(from = "DISPATCHBOX_STATUS_INTERVAL", default = "2s")]
-    pub status_interval: String,
-    #[envconfig(from = "DISPATCHBOX_HEARTBEAT_INTERVAL", default = "30s")]
-    pub heartbeat_interval: String,
-    #[envconfig(from = "DISPATCHBOX_SHUTDOWN_TIMEOUT", default = "30s")]
-    pub shutdown_timeout: String,
-    #[envconfig(from = "DISPATCHBOX_RECONNECT_MAX", default = "30s")]
-    pub reconnect_max: String,
-    #[envconfig(from = "DISPATCHBOX_MAX_MESSAGE_SIZE_MB", default = "1024")]
-    pub max_message_size_mb: String,
-    #[envconfig(from = "DISPATCHBOX_MAX_ATTEMPTS", default = "5")]
-    pub max_attempts: String,
-    #[envconfig(from = "DISPATCHBOX_BACKOFF_BASE", default = "1s")]
-    pub backoff_base: String,
-    #[envconfig(from = "DISPATCHBOX_BACKOFF_MAX", default = "5m")]
-    pub backoff_max: String,
-    #[envconfig(from = "DISPATCHBOX_ORDERING", default = "aggregate")]
-    pub ordering: String,
-    #[envconfig(from = "DISPATCHBOX_ROUTES")]
-    pub routes: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_SWEEP_INTERVAL", default = "5s")]
-    pub sweep_interval: String,
-    #[envconfig(from = "DISPATCHBOX_SWEEP_GRACE", default = "5m")]
-    pub sweep_grace: String,
-    #[envconfig(from = "DISPATCHBOX_SWEEP_BATCH", default = "500")]
-    pub sweep_batch: String,
-    #[envconfig(from = "DISPATCHBOX_SWEEP_LEASE", default = "2m")]
-    pub sweep_lease: String,
-    #[envconfig(from = "DISPATCHBOX_SLOT_RECREATE_LIMIT", default = "3")]
-    pub slot_recreate_limit: String,
-    #[envconfig(from = "DISPATCHBOX_HTTP_ADDR", default = "0.0.0.0:8080")]
-    pub http_addr: String,
-    #[envconfig(from = "DISPATCHBOX_ADMIN_TOKEN")]
-    pub admin_token: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_ADMIN_TOKEN_FILE")]
-    pub admin_token_file: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_LOG_FORMAT")]
-    pub log_format: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_LOG_LEVEL", default = "info")]
-    pub log_level: String,
-}
+pub use variables::{RawConfig, Variable, VARIABLES};
 
 /// A configuration error: which variable, and the rule it broke.
 #[derive(Debug, thiserror::Error)]
@@ -532,20 +451,47 @@ impl LogSettings {
                 ))
             }
         };
-        if tracing_subscriber::EnvFilter::try_new(&raw.log_level).is_err() {
+        let level = raw.log_level.trim();
+        if let Err(problem) = check_log_filter(level) {
             return Err(ConfigError::new(
                 "DISPATCHBOX_LOG_LEVEL",
                 format!(
-                    "{:?} is not a log filter; use error, warn, info, debug, trace or a tracing directive like dispatchbox=debug",
-                    raw.log_level
+                    "{level:?} is not valid ({problem}); use error, warn, info, debug or trace, \
+                     or TARGET=LEVEL directives after an optional default level, e.g. \
+                     info,dispatchbox=debug"
                 ),
             ));
         }
         Ok(Self {
             format,
-            level: raw.log_level.clone(),
+            level: level.to_owned(),
         })
     }
+}
+
+/// Levels `DISPATCHBOX_LOG_LEVEL` accepts, alone or after `TARGET=`.
+const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// A `tracing` filter whose every directive is a level or `TARGET=LEVEL`. `EnvFilter`
+/// itself takes any word as a target name to log at every level, so a misspelt level
+/// (`inof`, `verbose`) would silently log nothing of the relay's; here it is an error.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    if filter.is_empty() {
+        return Err("empty".into());
+    }
+    for directive in filter.split(',').map(str::trim) {
+        let level = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.trim().is_empty() => level,
+            Some(_) => return Err(format!("{directive:?} names no target")),
+            None => directive,
+        };
+        if !LOG_LEVELS.contains(&level.trim().to_ascii_lowercase().as_str()) {
+            return Err(format!("{:?} is not a level", level.trim()));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

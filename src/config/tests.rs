@@ -246,3 +246,32 @@ fn sink_settings_are_validated_as_the_sink_would() {
     assert_eq!(e.variable, "DISPATCHBOX_KAFKA_PROPERTY_ACKS");
     assert!(!e.to_string().contains("s3cret"), "value echoed: {e}");
 }
+
+#[test]
+fn log_level_takes_levels_and_target_directives_only() {
+    for good in [
+        "info",
+        "DEBUG",
+        " warn ",
+        "off",
+        "dispatchbox=debug",
+        "info,dispatchbox=debug",
+        "warn,dispatchbox::sink=trace,tokio_postgres=info",
+    ] {
+        let config = Config::from_vars(vars(&[("DISPATCHBOX_LOG_LEVEL", good)]))
+            .unwrap_or_else(|e| panic!("{good:?}: {e}"));
+        assert_eq!(config.log.level, good.trim());
+    }
+    for bad in [
+        "verbose",
+        "inof",
+        "",
+        "dispatchbox=loud",
+        "info,=debug",
+        "info,dispatchbox",
+    ] {
+        let error = error_for(&[("DISPATCHBOX_LOG_LEVEL", bad)]);
+        assert_eq!(error.variable, "DISPATCHBOX_LOG_LEVEL", "{bad:?}");
+        assert!(error.rule.contains("use error, warn, info"), "{error}");
+    }
+}
