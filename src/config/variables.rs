@@ -1,5 +1,5 @@
 //! Every `DISPATCHBOX_*` variable, once: its name, its default and a line of help. The
-//! [`variables!`] table below generates both [`RawConfig`] (what `envconfig` reads) and
+//! `variables!` table below generates both [`RawConfig`] (what `envconfig` reads) and
 //! [`VARIABLES`] (what `dispatchbox run --help` lists), so a name or a default cannot
 //! differ between the two. `tests/help.rs` checks that the README's Configuration table
 //! documents the same variables with the same defaults.
@@ -13,7 +13,7 @@ use envconfig::Envconfig;
 
 /// How a variable's default shows in `--help` and in the README.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Default {
+pub enum VariableDefault {
     /// This value (`envconfig` applies it when the variable is unset).
     Value(&'static str),
     /// None; unset means what the text says (e.g. "required", "unsigned").
@@ -25,16 +25,16 @@ pub enum Default {
 pub struct Variable {
     /// `DISPATCHBOX_…`; a name ending in `<NAME>` stands for a family of variables.
     pub name: &'static str,
-    pub default: Default,
+    pub default: VariableDefault,
     /// One line: what it sets.
     pub help: &'static str,
 }
 
 macro_rules! variables {
     // A parenthesised text is one token tree too: it must be matched first.
-    (@default ($text:tt)) => { Default::Unset($text) };
-    (@default $default:tt) => { Default::Value($default) };
-    (@default) => { Default::Unset("") };
+    (@default ($text:tt)) => { VariableDefault::Unset($text) };
+    (@default $default:tt) => { VariableDefault::Value($default) };
+    (@default) => { VariableDefault::Unset("") };
     // RawConfig's fields, one entry at a time (envconfig tells optional fields by the
     // spelling `Option<…>`, so the type must be written out, not produced by a macro).
     (@raw [$($fields:tt)*]) => {
@@ -74,7 +74,7 @@ macro_rules! variables {
             )*
             Variable {
                 name: "DISPATCHBOX_KAFKA_PROPERTY_<NAME>",
-                default: Default::Unset(""),
+                default: VariableDefault::Unset(""),
                 help: "any librdkafka property: NAME upper-cased, '.' as '_', '_' as '__' \
                        (DISPATCHBOX_KAFKA_PROPERTY_SASL_MECHANISMS=PLAIN)",
             },
@@ -171,10 +171,10 @@ pub fn help() -> String {
     );
     for variable in VARIABLES {
         let default = match variable.default {
-            Default::Value(value) => format!(" [default: {value}]"),
-            Default::Unset("") => String::new(),
-            Default::Unset(text) if text.starts_with("required") => format!(" [{text}]"),
-            Default::Unset(text) => format!(" [unset: {text}]"),
+            VariableDefault::Value(value) => format!(" [default: {value}]"),
+            VariableDefault::Unset("") => String::new(),
+            VariableDefault::Unset(text) if text.starts_with("required") => format!(" [{text}]"),
+            VariableDefault::Unset(text) => format!(" [unset: {text}]"),
         };
         text.push_str(&format!(
             "  {}{default}\n          {}\n",
@@ -212,15 +212,15 @@ mod tests {
         let default_of = |name| VARIABLES.iter().find(|v| v.name == name).map(|v| v.default);
         assert_eq!(
             default_of("DISPATCHBOX_TABLE"),
-            Some(Default::Value("public.outbox_event"))
+            Some(VariableDefault::Value("public.outbox_event"))
         );
         assert_eq!(
             default_of("DISPATCHBOX_DATABASE_URL"),
-            Some(Default::Unset("required"))
+            Some(VariableDefault::Unset("required"))
         );
         assert_eq!(
             default_of("DISPATCHBOX_DATABASE_URL_FILE"),
-            Some(Default::Unset(""))
+            Some(VariableDefault::Unset(""))
         );
     }
 
