@@ -101,9 +101,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         }
     });
 
-    let sink_checks = tokio::spawn(watch_sinks(sinks.clone(), health.clone(), shutdown.clone()));
+    // A token of its own: it must also stop when the pipeline fails, which cancels nothing.
+    let stop_sink_checks = shutdown.child_token();
+    let sink_checks = tokio::spawn(watch_sinks(
+        sinks.clone(),
+        health.clone(),
+        stop_sink_checks.clone(),
+    ));
 
     let result = pipeline(&config, store, sinks, health, &shutdown).await;
+    stop_sink_checks.cancel();
     let _ = sink_checks.await;
     admin.stop(Duration::from_secs(1)).await;
     result
