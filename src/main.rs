@@ -13,9 +13,16 @@ use dispatchbox::config::Config;
 /// replication slot to Kafka, NATS JetStream, Redis Streams, webhooks or stdout and writes
 /// each event's status back onto its row.
 ///
-/// Configuration comes from DISPATCHBOX_* environment variables (see README.md).
+/// Configuration comes from DISPATCHBOX_* environment variables: `dispatchbox run --help`
+/// lists them with their defaults, README.md explains them.
 #[derive(Debug, Parser)]
-#[command(name = "dispatchbox", version, about, long_about = None)]
+#[command(
+    name = "dispatchbox",
+    version,
+    about,
+    long_about = None,
+    after_help = "Settings are DISPATCHBOX_* environment variables: `dispatchbox run --help` lists them with their defaults."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,6 +31,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the relay until SIGTERM or SIGINT.
+    #[command(after_help = dispatchbox::config::variables::help())]
     Run,
     /// Create or upgrade the outbox table and the publication (idempotent).
     Migrate,

@@ -38,14 +38,19 @@ use crate::source::stream::{self as source, SourceConfig, SourceError};
 use crate::status::{StatusWriter, StatusWriterConfig};
 use crate::store::Store;
 use crate::sweeper::{self, SweepConfig};
-use crate::telemetry::health::Health;
+use crate::telemetry::events::{Emit, SinkChecked};
+use crate::telemetry::health::{Health, SinkHealth};
 use crate::telemetry::metrics;
 
 /// How often the replication lag and slot state are read for the metrics.
 const SLOT_METRICS_INTERVAL: Duration = Duration::from_secs(5);
-/// The dead-row count (a count over the partial dead-letter index) is refreshed every this
-/// many slot readings (every 15 s).
+/// The dead-row count (a count over the partial dead-letter index) and the backlog (range
+/// scans of the partial due index) are refreshed every this many slot readings (every 15 s).
 const DEAD_COUNT_EVERY: u32 = 3;
+/// The backlog query may take at most this share of the time: when it took longer than
+/// 15 s / `BACKLOG_COST_SHARE` (a backlog of millions of rows), it waits that many times its
+/// duration before running again, so a large backlog never becomes database load of its own.
+const BACKLOG_COST_SHARE: u32 = 100;
 
 /// Why the relay stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +104,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         }
     });
 
+    // A token of its own: it must also stop when the pipeline fails, which cancels nothing.
+    let stop_sink_checks = shutdown.child_token();
+    let sink_checks = tokio::spawn(watch_sinks(
+        sinks.clone(),
+        health.clone(),
+        stop_sink_checks.clone(),
+    ));
+
     let result = pipeline(&config, store, sinks, health, &shutdown).await;
+    stop_sink_checks.cancel();
+    let _ = sink_checks.await;
     admin.stop(Duration::from_secs(1)).await;
     result
 }
@@ -282,11 +297,13 @@ fn replay_grace(config: &Config) -> Duration {
 const REPLAY_MARGIN: Duration = Duration::from_secs(15);
 
 /// Refreshes the gauges read from the database: replication lag and slot state every
-/// [`SLOT_METRICS_INTERVAL`], the dead-row count every [`DEAD_COUNT_EVERY`] of those.
+/// [`SLOT_METRICS_INTERVAL`], the dead-row count and the backlog every [`DEAD_COUNT_EVERY`]
+/// of those (the backlog less often while it is large: [`BACKLOG_COST_SHARE`]).
 /// Failures are logged at DEBUG only: an unreachable database is reported elsewhere.
 async fn database_metrics(store: Store, slot: Identifier, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(SLOT_METRICS_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_backlog = tokio::time::Instant::now();
     for tick in 0u32.. {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -307,6 +324,16 @@ async fn database_metrics(store: Store, slot: Identifier, shutdown: Cancellation
                 Ok(rows) => metrics::dead_rows(rows),
                 Err(error) => tracing::debug!(error = %error, "cannot count dead rows for metrics"),
             }
+        }
+        if tick % DEAD_COUNT_EVERY == 0 && tokio::time::Instant::now() >= next_backlog {
+            let started = tokio::time::Instant::now();
+            match store.backlog().await {
+                Ok(backlog) => metrics::outbox_backlog(&backlog.by_status, backlog.oldest_age),
+                Err(error) => {
+                    tracing::debug!(error = %error, "cannot count the backlog for metrics")
+                }
+            }
+            next_backlog = started + started.elapsed() * BACKLOG_COST_SHARE;
         }
     }
 }
@@ -353,6 +380,43 @@ async fn watch_stream_coverage(
         }
     }
 }
+
+/// Checks every sink at start and then every [`SINK_CHECK_INTERVAL`] (a Kafka check is a
+/// metadata request: often enough for a gauge, rare enough not to load the brokers), and
+/// records the results for `/ready` and `dispatchbox_sink_up`. A sink that fails its check
+/// makes nothing stop or wait: deliveries to it fail and are retried from the rows.
+async fn watch_sinks(sinks: Arc<[Sink]>, health: Health, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(SINK_CHECK_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let checks = sinks
+            .iter()
+            .map(|sink| async move { (sink.name(), sink.check(SINK_CHECK_TIMEOUT).await) });
+        for (sink, result) in futures_util::future::join_all(checks).await {
+            let failed = result.err().map(|error| error.to_string());
+            let was = health.set_sink(sink, failed.clone().map_or(Ok(()), Err));
+            SinkChecked {
+                sink,
+                failed: failed.as_deref(),
+                was_up: match was {
+                    SinkHealth::Unknown => None,
+                    SinkHealth::Up => Some(true),
+                    SinkHealth::Down(_) => Some(false),
+                },
+            }
+            .emit();
+        }
+    }
+}
+
+/// How often [`watch_sinks`] checks the sinks.
+const SINK_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// Longest one sink check may take before it counts as failed.
+const SINK_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Emits a `pg_logical_emit_message` heartbeat every `interval`: it keeps decodable WAL
 /// flowing on quiet databases, so the keepalive position (and the slot) keeps advancing.

@@ -1,6 +1,7 @@
 //! The admin HTTP server of a real relay process: liveness, readiness (database down and
-//! back, shutdown), Prometheus metrics after real deliveries to a Kafka-protocol broker,
-//! and the `dispatchbox healthcheck` command.
+//! back, shutdown, a sink down), Prometheus metrics after real deliveries to a
+//! Kafka-protocol broker, during a broker outage and across a broken replication
+//! connection, and the `dispatchbox healthcheck` command.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -227,7 +228,16 @@ async fn probes_and_stream_metrics_while_streaming() {
         scrape.value("dispatchbox_slot_wal_status", &[("status", "missing")]),
         0.0
     );
-    assert_eq!(scrape.value("dispatchbox_dead_events", &[]), 0.0);
+    assert_eq!(scrape.value("dispatchbox_outbox_dead_events", &[]), 0.0);
+    assert_eq!(
+        scrape.value("dispatchbox_stream_reconnects_total", &[]),
+        0.0
+    );
+    assert_eq!(
+        scrape.value("dispatchbox_sink_up", &[("sink", "stdout")]),
+        1.0
+    );
+    assert_eq!(ready["sinks"], serde_json::json!({"stdout": {"up": true}}));
     assert!(scrape.value("process_resident_memory_bytes", &[]) > 0.0);
 
     // dispatchbox healthcheck: 0 against the running relay, 1 when nothing listens.
@@ -402,12 +412,12 @@ async fn metrics_count_kafka_deliveries_and_dead_events() {
     // The dead-row gauge is refreshed from the database every 15 s.
     let scrape = eventually(Duration::from_secs(40), "the dead-row gauge", || async {
         let scrape = Scrape::from(&url).await;
-        (scrape.get("dispatchbox_dead_events", &[]) == Some(1.0)).then_some(scrape)
+        (scrape.get("dispatchbox_outbox_dead_events", &[]) == Some(1.0)).then_some(scrape)
     })
     .await;
     let processed = |outcome| {
         scrape.value(
-            "dispatchbox_events_processed_total",
+            "dispatchbox_delivery_attempts_total",
             &[("sink", "kafka"), ("outcome", outcome)],
         )
     };
@@ -416,7 +426,7 @@ async fn metrics_count_kafka_deliveries_and_dead_events() {
     // A broker hiccup may make some attempts fail; each such attempt is counted as a retry.
     let retried = scrape
         .get(
-            "dispatchbox_events_processed_total",
+            "dispatchbox_delivery_attempts_total",
             &[("sink", "kafka"), ("outcome", "retry")],
         )
         .unwrap_or(0.0);
@@ -484,7 +494,7 @@ async fn sweeper_reclaims_are_counted_by_reason() {
     );
     assert_eq!(
         scrape.value(
-            "dispatchbox_events_processed_total",
+            "dispatchbox_delivery_attempts_total",
             &[("sink", "stdout"), ("outcome", "done")]
         ),
         3.0
@@ -523,7 +533,7 @@ async fn retries_are_counted_per_sink() {
     );
     let processed = |outcome| {
         scrape.value(
-            "dispatchbox_events_processed_total",
+            "dispatchbox_delivery_attempts_total",
             &[("sink", "webhook"), ("outcome", outcome)],
         )
     };
@@ -535,6 +545,178 @@ async fn retries_are_counted_per_sink() {
         ),
         1.0
     );
+}
+
+/// The rows of the outbox waiting for delivery, over every status.
+fn backlog(scrape: &Scrape) -> f64 {
+    ["pending", "retry", "processing"]
+        .iter()
+        .map(|s| scrape.value("dispatchbox_outbox_backlog_events", &[("status", s)]))
+        .sum()
+}
+
+/// A sink outage takes no replica out of service: `/ready` stays 200 and reports the sink in
+/// its body, `dispatchbox_sink_up` says 0, and the rows inserted meanwhile show as the
+/// outbox backlog, with the age of the oldest. When the broker answers again, all of it
+/// recovers.
+#[tokio::test]
+async fn a_kafka_outage_keeps_ready_and_shows_in_sink_up_and_the_backlog() {
+    let cluster = TestCluster::start();
+    let broker = TestBroker::start();
+    broker.create_topic("outbox.order", 1).await;
+    let db = cluster.create_database("adminsinkdown").await;
+    let mut env = base_env(&cluster, &db);
+    set_env(&mut env, "DISPATCHBOX_SINKS", "kafka");
+    set_env(&mut env, "DISPATCHBOX_KAFKA_BROKERS", &broker.bootstrap());
+    set_env(&mut env, "DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT", "2s");
+    // Attempts fail every 2 s while the broker is away: none may run out.
+    set_env(&mut env, "DISPATCHBOX_MAX_ATTEMPTS", "1000");
+    set_env(&mut env, "DISPATCHBOX_BACKOFF_BASE", "200ms");
+    set_env(&mut env, "DISPATCHBOX_BACKOFF_MAX", "1s");
+    set_env(&mut env, "DISPATCHBOX_SWEEP_INTERVAL", "1s");
+    // A message waiting for a silent broker times out between reconnect attempts.
+    set_env(
+        &mut env,
+        "DISPATCHBOX_KAFKA_PROPERTY_RECONNECT_BACKOFF_MAX_MS",
+        "500",
+    );
+    // After timed-out messages librdkafka bumps the idempotent producer's epoch, which
+    // tansu answers with ProducerFenced for good (a real broker does not): this test is
+    // about the relay's metrics, not idempotence.
+    set_env(
+        &mut env,
+        "DISPATCHBOX_KAFKA_PROPERTY_ENABLE_IDEMPOTENCE",
+        "false",
+    );
+    migrate(&env);
+    let client = cluster.connect(&db).await;
+    let relay = start_streaming(&client, &env).await;
+    let url = relay.admin_url();
+    let ready = eventually(Duration::from_secs(30), "kafka checked", || async {
+        let (status, body) = ready_status(&url).await?;
+        (status == 200 && body["sinks"]["kafka"]["up"] == true).then_some(body)
+    })
+    .await;
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(
+        Scrape::from(&url)
+            .await
+            .value("dispatchbox_sink_up", &[("sink", "kafka")]),
+        1.0
+    );
+
+    // The broker stops answering (SIGSTOP; a restarted tansu forgets the idempotent
+    // producer's id, which a real broker does not).
+    broker.pause();
+    insert(&client, "order", "order.placed", 5).await;
+    // Sinks are checked every 10 s, the backlog counted every 15 s.
+    let scrape = eventually(
+        Duration::from_secs(60),
+        "the sink down and the backlog counted",
+        || async {
+            let scrape = Scrape::from(&url).await;
+            (scrape.get("dispatchbox_sink_up", &[("sink", "kafka")]) == Some(0.0)
+                && backlog(&scrape) == 5.0
+                && scrape.value("dispatchbox_outbox_oldest_undelivered_age_seconds", &[]) > 0.0)
+                .then_some(scrape)
+        },
+    )
+    .await;
+    assert!(
+        scrape.value(
+            "dispatchbox_delivery_attempts_total",
+            &[("sink", "kafka"), ("outcome", "retry")]
+        ) >= 1.0,
+        "{scrape:?}"
+    );
+    let (status, body) = ready_status(&url).await.unwrap();
+    assert_eq!(status, 200, "a sink outage made the relay unready: {body}");
+    assert_eq!(body["status"], "ready", "{body}");
+    assert_eq!(body["sinks"]["kafka"]["up"], false, "{body}");
+    assert!(
+        body["sinks"]["kafka"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&broker.bootstrap())),
+        "{body}"
+    );
+    assert!(count_status(&client, "done").await < 5);
+
+    broker.resume();
+    eventually(
+        Duration::from_secs(120),
+        "the sink back and the backlog drained",
+        || async {
+            let scrape = Scrape::from(&url).await;
+            (scrape.get("dispatchbox_sink_up", &[("sink", "kafka")]) == Some(1.0)
+                && backlog(&scrape) == 0.0
+                && scrape.value("dispatchbox_outbox_oldest_undelivered_age_seconds", &[]) == 0.0)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(count_status(&client, "done").await, 5);
+    let (status, body) = ready_status(&url).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sinks"]["kafka"]["up"], true, "{body}");
+}
+
+/// A broken replication connection is counted as a reconnect, and the lag in seconds reads
+/// zero again once the relay is back and caught up (it does not grow while idle).
+#[tokio::test]
+async fn a_broken_stream_counts_a_reconnect_and_the_lag_returns_to_zero() {
+    let cluster = TestCluster::start();
+    let db = cluster.create_database("adminreconnect").await;
+    let env = base_env(&cluster, &db);
+    migrate(&env);
+    let client = cluster.connect(&db).await;
+    let relay = start_streaming(&client, &env).await;
+    let url = relay.admin_url();
+    insert(&client, "order", "order.placed", 3).await;
+    eventually(Duration::from_secs(30), "3 done", || async {
+        (count_status(&client, "done").await == 3).then_some(())
+    })
+    .await;
+    let scrape = Scrape::from(&url).await;
+    assert_eq!(
+        scrape.value("dispatchbox_stream_reconnects_total", &[]),
+        0.0
+    );
+    assert!(scrape.value("dispatchbox_replication_lag_seconds", &[]) < 3.0);
+
+    let terminated: bool = client
+        .query_one(
+            &format!(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+                  WHERE slot_name = 'slot_{db}' AND active"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(terminated);
+    eventually(Duration::from_secs(30), "a reconnect counted", || async {
+        let scrape = Scrape::from(&url).await;
+        (scrape.value("dispatchbox_stream_reconnects_total", &[]) == 1.0
+            && scrape.value("dispatchbox_stream_connected", &[]) == 1.0)
+            .then_some(())
+    })
+    .await;
+    insert(&client, "order", "order.placed", 2).await;
+    eventually(Duration::from_secs(30), "5 done", || async {
+        (count_status(&client, "done").await == 5).then_some(())
+    })
+    .await;
+    // Idle and caught up: the lag stays near zero for longer than a status interval and a
+    // heartbeat (500 ms and 1 s in these tests).
+    let idle_since = Instant::now();
+    while idle_since.elapsed() < Duration::from_secs(4) {
+        let lag = Scrape::from(&url)
+            .await
+            .value("dispatchbox_replication_lag_seconds", &[]);
+        assert!(lag < 3.0, "lag {lag} s while idle and caught up");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 #[test]

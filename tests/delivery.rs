@@ -422,10 +422,10 @@ async fn named_endpoints_get_their_own_events_secrets_and_headers() {
     let admin = relay.admin_url();
     for (sink, delivered) in [("webhook:billing", 1.0), ("webhook", 1.0)] {
         let series =
-            format!("dispatchbox_events_processed_total{{outcome=\"done\",sink=\"{sink}\"}}");
+            format!("dispatchbox_delivery_attempts_total{{outcome=\"done\",sink=\"{sink}\"}}");
         assert_eq!(metric(&admin, &series).await, Some(delivered), "{series}");
     }
-    let series = "dispatchbox_events_processed_total{outcome=\"dead\",sink=\"webhook:billing\"}";
+    let series = "dispatchbox_delivery_attempts_total{outcome=\"dead\",sink=\"webhook:billing\"}";
     assert_eq!(metric(&admin, series).await, Some(0.0), "created at zero");
 }
 

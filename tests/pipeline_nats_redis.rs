@@ -192,14 +192,14 @@ async fn rows_reach_nats_jetstream_and_end_done() {
     // And the delivery metrics carry the sink's name.
     let done = metric_value(
         &relay,
-        "dispatchbox_events_processed_total",
+        "dispatchbox_delivery_attempts_total",
         &[("sink", "nats"), ("outcome", "done")],
     )
     .await;
     assert_eq!(done, Some(300.0));
     let dead = metric_value(
         &relay,
-        "dispatchbox_events_processed_total",
+        "dispatchbox_delivery_attempts_total",
         &[("sink", "nats"), ("outcome", "dead")],
     )
     .await;
@@ -279,14 +279,14 @@ async fn routed_rows_reach_redis_streams_and_end_done() {
 
     let done = metric_value(
         &relay,
-        "dispatchbox_events_processed_total",
+        "dispatchbox_delivery_attempts_total",
         &[("sink", "redis"), ("outcome", "done")],
     )
     .await;
     assert_eq!(done, Some(150.0));
     let dead = metric_value(
         &relay,
-        "dispatchbox_events_processed_total",
+        "dispatchbox_delivery_attempts_total",
         &[("sink", "redis"), ("outcome", "dead")],
     )
     .await;

@@ -212,3 +212,31 @@ fn a_sink_setting_the_sink_refuses_exits_2_naming_the_variable() {
         }
     }
 }
+
+/// A misspelt log level is a configuration error (a `tracing` filter would take it for a
+/// target name and silently log nothing of the relay's): exit 2, naming the variable.
+#[test]
+fn a_misspelt_log_level_exits_2_naming_the_variable() {
+    for level in ["verbose", "inof", "dispatchbox=loud"] {
+        let env = [
+            (
+                "DISPATCHBOX_DATABASE_URL".to_owned(),
+                "postgres://relay:pw@127.0.0.1:9/app".to_owned(),
+            ),
+            ("DISPATCHBOX_LOG_LEVEL".to_owned(), level.to_owned()),
+        ];
+        for command in ["run", "check", "migrate"] {
+            let (status, stdout, stderr) = run_to_end(&[command], &env);
+            assert_eq!(
+                status.code(),
+                Some(2),
+                "{command} {level}: {stdout}{stderr}"
+            );
+            assert!(
+                stderr.contains("DISPATCHBOX_LOG_LEVEL"),
+                "variable not named: {stderr}"
+            );
+            assert!(stderr.contains(level), "value not quoted: {stderr}");
+        }
+    }
+}

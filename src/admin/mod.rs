@@ -4,15 +4,18 @@
 //! - `GET /health`: liveness. 200 `{"status":"ok"}` while the process serves HTTP at all.
 //! - `GET /ready`: readiness. 200 only when the database answers (`SELECT 1`, cached for
 //!   [`DATABASE_CHECK_TTL`]), the replication stream runs or the relay stands by as a
-//!   replica, every sink passes its cheap check (cached for [`SINK_CHECK_TTL`]), and no
-//!   part of the pipeline reported a problem ([`Health::set_problem`], e.g. a status writer
-//!   that has written nothing for `DISPATCHBOX_STATUS_STALL_TIMEOUT`); otherwise 503 with
-//!   the reasons. 503 `{"status":"shutting down"}` from the moment
-//!   shutdown begins, for as long as the relay still drains.
+//!   replica, and no part of the pipeline reported a problem ([`Health::set_problem`], e.g.
+//!   a status writer that has written nothing for `DISPATCHBOX_STATUS_STALL_TIMEOUT`);
+//!   otherwise 503 with the reasons. 503 `{"status":"shutting down"}` from the moment
+//!   shutdown begins, for as long as the relay still drains. The body reports each sink's
+//!   last check (run by the relay, also exported as `dispatchbox_sink_up`), but a sink that
+//!   is down does not make the relay unready: every replica shares the sinks, so taking
+//!   them all out of service would stall rollouts and fix nothing, while the relay keeps
+//!   its events in the rows and retries them once the sink is back.
 //! - `GET /metrics`: Prometheus text format (see [`crate::telemetry::metrics`]).
 //!
-//! The server only reads: the [`Health`] handle, the store (a ping) and the sinks (their
-//! checks). It never changes relay state, and a slow probe never delays the pipeline.
+//! The server only reads: the [`Health`] handle and the store (a ping). It never changes
+//! relay state, and a slow probe never delays the pipeline.
 
 pub mod api;
 
@@ -34,14 +37,11 @@ use tokio_util::sync::CancellationToken;
 use crate::secret::Secret;
 use crate::sink::Sink;
 use crate::store::Store;
-use crate::telemetry::health::{Health, StreamState};
+use crate::telemetry::health::{Health, SinkHealth, StreamState};
 use crate::telemetry::metrics;
 
 /// How long a database check result is reused by `/ready`.
 pub const DATABASE_CHECK_TTL: Duration = Duration::from_secs(2);
-/// How long sink check results are reused by `/ready` (a Kafka check is a metadata
-/// request; probes every few seconds should not turn into broker load).
-pub const SINK_CHECK_TTL: Duration = Duration::from_secs(10);
 /// Longest a single readiness check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -98,21 +98,20 @@ impl AdminState {
         .await
     }
 
-    async fn sink_problems(&self) -> Vec<String> {
-        cached(&self.cache.sinks, SINK_CHECK_TTL, || async {
-            let checks = self.sinks.iter().map(|sink| async move {
-                sink.check(CHECK_TIMEOUT)
-                    .await
-                    .err()
-                    .map(|error| format!("sink {} unusable: {error}", sink.name()))
-            });
-            futures_util::future::join_all(checks)
-                .await
-                .into_iter()
-                .flatten()
-                .collect()
-        })
-        .await
+    /// Each sink's last check, as `/ready` reports it: `{"kafka": {"up": false, "error":
+    /// "…"}, "stdout": {"up": true}}` (`"up": null` before the first check).
+    fn sink_health(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.sinks
+            .iter()
+            .map(|sink| {
+                let health = match self.health.sink(sink.name()) {
+                    SinkHealth::Unknown => json!({ "up": null }),
+                    SinkHealth::Up => json!({ "up": true }),
+                    SinkHealth::Down(error) => json!({ "up": false, "error": error }),
+                };
+                (sink.name().to_owned(), health)
+            })
+            .collect()
     }
 }
 
@@ -120,7 +119,6 @@ impl AdminState {
 #[derive(Debug, Default)]
 struct ReadinessCache {
     database: Mutex<Option<Checked>>,
-    sinks: Mutex<Option<Checked>>,
 }
 
 #[derive(Debug, Clone)]
@@ -176,7 +174,7 @@ async fn ready(State(state): State<AdminState>) -> Response {
     if state.health.is_shutting_down() {
         return shutting_down();
     }
-    let (mut reasons, sinks) = tokio::join!(state.database_problems(), state.sink_problems());
+    let mut reasons = state.database_problems().await;
     let stream = state.health.stream();
     match stream {
         StreamState::Streaming | StreamState::StandingBy => {}
@@ -186,8 +184,8 @@ async fn ready(State(state): State<AdminState>) -> Response {
         }
         StreamState::Stopped => reasons.push("replication stream stopped".into()),
     }
-    reasons.extend(sinks);
     reasons.extend(state.health.problems());
+    let sinks = state.sink_health();
     // Shutdown may have begun while the checks ran.
     if state.health.is_shutting_down() {
         return shutting_down();
@@ -195,7 +193,7 @@ async fn ready(State(state): State<AdminState>) -> Response {
     if reasons.is_empty() {
         (
             StatusCode::OK,
-            Json(json!({ "status": "ready", "stream": stream.as_str() })),
+            Json(json!({ "status": "ready", "stream": stream.as_str(), "sinks": sinks })),
         )
             .into_response()
     } else {
@@ -205,6 +203,7 @@ async fn ready(State(state): State<AdminState>) -> Response {
                 "status": "not ready",
                 "stream": stream.as_str(),
                 "reasons": reasons,
+                "sinks": sinks,
             })),
         )
             .into_response()

@@ -12,6 +12,7 @@
 
 mod sinks;
 mod value;
+pub mod variables;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -31,185 +32,7 @@ pub use crate::telemetry::traces::TraceSettings;
 pub use crate::telemetry::LogFormat;
 pub use sinks::{kafka_properties_from_env, PROPERTY_ENV_PREFIX};
 use value::{at_most, byte_size, count, duration, positive_duration, value_or_file};
-
-/// Raw variables as `envconfig` reads them; validated by [`Config::from_raw`].
-#[derive(Debug, Envconfig)]
-pub struct RawConfig {
-    #[envconfig(from = "DISPATCHBOX_DATABASE_URL")]
-    pub database_url: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_DATABASE_URL_FILE")]
-    pub database_url_file: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_TABLE", default = "public.outbox_event")]
-    pub table: String,
-    #[envconfig(from = "DISPATCHBOX_PUBLICATION", default = "dispatchbox")]
-    pub publication: String,
-    #[envconfig(from = "DISPATCHBOX_SLOT", default = "dispatchbox")]
-    pub slot: String,
-    #[envconfig(from = "DISPATCHBOX_SINKS", default = "stdout")]
-    pub sinks: String,
-    #[envconfig(from = "DISPATCHBOX_KAFKA_BROKERS")]
-    pub kafka_brokers: Option<String>,
-    /// Unset: `outbox.{aggregate_type}`, or `outbox.event.{aggregate_type}` with the
-    /// debezium format.
-    #[envconfig(from = "DISPATCHBOX_KAFKA_TOPIC")]
-    pub kafka_topic: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_KAFKA_FORMAT")]
-    pub kafka_format: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_KAFKA_DELIVERY_TIMEOUT", default = "30s")]
-    pub kafka_delivery_timeout: String,
-    #[envconfig(from = "DISPATCHBOX_NATS_FORMAT")]
-    pub nats_format: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_REDIS_FORMAT")]
-    pub redis_format: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_NATS_URL")]
-    pub nats_url: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_NATS_SUBJECT", default = "outbox.{aggregate_type}")]
-    pub nats_subject: String,
-    #[envconfig(from = "DISPATCHBOX_NATS_TIMEOUT", default = "10s")]
-    pub nats_timeout: String,
-    #[envconfig(from = "DISPATCHBOX_NATS_TOKEN")]
-    pub nats_token: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_NATS_TOKEN_FILE")]
-    pub nats_token_file: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_NATS_CREDS_FILE")]
-    pub nats_creds_file: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_NATS_TLS_CA_FILE")]
-    pub nats_tls_ca_file: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_REDIS_URL")]
-    pub redis_url: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_REDIS_PASSWORD")]
-    pub redis_password: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_REDIS_PASSWORD_FILE")]
-    pub redis_password_file: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_REDIS_STREAM", default = "outbox.{aggregate_type}")]
-    pub redis_stream: String,
-    #[envconfig(from = "DISPATCHBOX_REDIS_MAXLEN")]
-    pub redis_maxlen: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_REDIS_TIMEOUT", default = "10s")]
-    pub redis_timeout: String,
-    #[envconfig(from = "DISPATCHBOX_REDIS_TLS_CA_FILE")]
-    pub redis_tls_ca_file: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_WEBHOOK_URL")]
-    pub webhook_url: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_WEBHOOK_FORMAT")]
-    pub webhook_format: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_STDOUT_FORMAT")]
-    pub stdout_format: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_FORMAT", default = "native")]
-    pub format: String,
-    #[envconfig(from = "DISPATCHBOX_CLOUDEVENTS_SOURCE")]
-    pub cloudevents_source: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_CLOUDEVENTS_MODE", default = "structured")]
-    pub cloudevents_mode: String,
-    #[envconfig(from = "DISPATCHBOX_DEBEZIUM_ADDITIONAL_PLACEMENT")]
-    pub debezium_additional_placement: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_WEBHOOK_SECRET")]
-    pub webhook_secret: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_WEBHOOK_SECRET_FILE")]
-    pub webhook_secret_file: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_WEBHOOK_TIMEOUT", default = "15s")]
-    pub webhook_timeout: String,
-    #[envconfig(from = "DISPATCHBOX_WEBHOOK_CONCURRENCY", default = "32")]
-    pub webhook_concurrency: String,
-    #[envconfig(from = "DISPATCHBOX_WEBHOOK_HEADERS")]
-    pub webhook_headers: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_WEBHOOK_HEADERS_FILE")]
-    pub webhook_headers_file: Option<String>,
-    #[envconfig(
-        from = "DISPATCHBOX_WEBHOOK_FORWARD_HEADERS",
-        default = "traceparent,tracestate"
-    )]
-    pub webhook_forward_headers: String,
-    #[envconfig(from = "DISPATCHBOX_WEBHOOK_ALLOW_PRIVATE", default = "false")]
-    pub webhook_allow_private: String,
-    #[envconfig(from = "DISPATCHBOX_RABBITMQ_FORMAT")]
-    pub rabbitmq_format: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_RABBITMQ_URL")]
-    pub rabbitmq_url: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_RABBITMQ_URL_FILE")]
-    pub rabbitmq_url_file: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_RABBITMQ_EXCHANGE", default = "outbox")]
-    pub rabbitmq_exchange: String,
-    #[envconfig(
-        from = "DISPATCHBOX_RABBITMQ_ROUTING_KEY",
-        default = "{aggregate_type}.{event_type}"
-    )]
-    pub rabbitmq_routing_key: String,
-    #[envconfig(from = "DISPATCHBOX_RABBITMQ_DELIVERY_TIMEOUT", default = "30s")]
-    pub rabbitmq_delivery_timeout: String,
-    #[envconfig(from = "DISPATCHBOX_RABBITMQ_CA_FILE")]
-    pub rabbitmq_ca_file: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_MAX_IN_FLIGHT", default = "1000")]
-    pub max_in_flight: String,
-    #[envconfig(from = "DISPATCHBOX_MAX_IN_FLIGHT_BYTES", default = "64MiB")]
-    pub max_in_flight_bytes: String,
-    #[envconfig(from = "DISPATCHBOX_STATUS_BATCH_SIZE", default = "1000")]
-    pub status_batch_size: String,
-    #[envconfig(from = "DISPATCHBOX_STATUS_LINGER", default = "100ms")]
-    pub status_linger: String,
-    #[envconfig(from = "DISPATCHBOX_STATUS_STALL_TIMEOUT", default = "60s")]
-    pub status_stall_timeout: String,
-    #[envconfig(from = "DISPATCHBOX_STATUS_INTERVAL", default = "2s")]
-    pub status_interval: String,
-    #[envconfig(from = "DISPATCHBOX_HEARTBEAT_INTERVAL", default = "30s")]
-    pub heartbeat_interval: String,
-    #[envconfig(from = "DISPATCHBOX_SHUTDOWN_TIMEOUT", default = "30s")]
-    pub shutdown_timeout: String,
-    #[envconfig(from = "DISPATCHBOX_RECONNECT_MAX", default = "30s")]
-    pub reconnect_max: String,
-    #[envconfig(from = "DISPATCHBOX_MAX_MESSAGE_SIZE_MB", default = "1024")]
-    pub max_message_size_mb: String,
-    #[envconfig(from = "DISPATCHBOX_MAX_ATTEMPTS", default = "5")]
-    pub max_attempts: String,
-    #[envconfig(from = "DISPATCHBOX_BACKOFF_BASE", default = "1s")]
-    pub backoff_base: String,
-    #[envconfig(from = "DISPATCHBOX_BACKOFF_MAX", default = "5m")]
-    pub backoff_max: String,
-    #[envconfig(from = "DISPATCHBOX_ORDERING", default = "aggregate")]
-    pub ordering: String,
-    #[envconfig(from = "DISPATCHBOX_ROUTES")]
-    pub routes: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_SWEEP_INTERVAL", default = "5s")]
-    pub sweep_interval: String,
-    #[envconfig(from = "DISPATCHBOX_SWEEP_GRACE", default = "5m")]
-    pub sweep_grace: String,
-    #[envconfig(from = "DISPATCHBOX_SWEEP_BATCH", default = "500")]
-    pub sweep_batch: String,
-    #[envconfig(from = "DISPATCHBOX_SWEEP_LEASE", default = "2m")]
-    pub sweep_lease: String,
-    #[envconfig(from = "DISPATCHBOX_SLOT_RECREATE_LIMIT", default = "3")]
-    pub slot_recreate_limit: String,
-    #[envconfig(from = "DISPATCHBOX_HTTP_ADDR", default = "0.0.0.0:8080")]
-    pub http_addr: String,
-    #[envconfig(from = "DISPATCHBOX_ADMIN_TOKEN")]
-    pub admin_token: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_ADMIN_TOKEN_FILE")]
-    pub admin_token_file: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_LOG_FORMAT")]
-    pub log_format: Option<String>,
-    #[envconfig(from = "DISPATCHBOX_LOG_LEVEL", default = "info")]
-    pub log_level: String,
-    #[envconfig(from = "DISPATCHBOX_OTEL_EXPORTER_OTLP_ENDPOINT")]
-    pub dispatchbox_otel_endpoint: Option<String>,
-    #[envconfig(from = "OTEL_EXPORTER_OTLP_ENDPOINT")]
-    pub otel_endpoint: Option<String>,
-    #[envconfig(from = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
-    pub otel_traces_endpoint: Option<String>,
-    #[envconfig(from = "OTEL_EXPORTER_OTLP_PROTOCOL")]
-    pub otel_protocol: Option<String>,
-    #[envconfig(from = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")]
-    pub otel_traces_protocol: Option<String>,
-    #[envconfig(from = "OTEL_EXPORTER_OTLP_TIMEOUT")]
-    pub otel_timeout: Option<String>,
-    #[envconfig(from = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")]
-    pub otel_traces_timeout: Option<String>,
-    #[envconfig(from = "OTEL_SDK_DISABLED")]
-    pub otel_sdk_disabled: Option<String>,
-    #[envconfig(from = "OTEL_SERVICE_NAME")]
-    pub otel_service_name: Option<String>,
-    #[envconfig(from = "OTEL_RESOURCE_ATTRIBUTES")]
-    pub otel_resource_attributes: Option<String>,
-}
+pub use variables::{RawConfig, Variable, VARIABLES};
 
 /// A configuration error: which variable, and the rule it broke.
 #[derive(Debug, thiserror::Error)]
@@ -394,13 +217,16 @@ impl Config {
         Self::from_raw(raw, vars.into_iter())
     }
 
-    /// Validates raw values; `vars` supplies the dynamic `DISPATCHBOX_KAFKA_PROPERTY_*` set.
+    /// Validates raw values; `vars` supplies the dynamic sets (`DISPATCHBOX_KAFKA_PROPERTY_*`,
+    /// named webhook endpoints) and OpenTelemetry's own `OTEL_*` variables.
     pub fn from_raw(
         raw: RawConfig,
         vars: impl Iterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        let vars: HashMap<String, String> = vars.collect();
         let database = DatabaseSettings::from_raw(&raw)?;
-        let sinks = sinks::from_raw(&raw, &database, vars)?;
+        let traces = traces(&raw, &vars)?;
+        let sinks = sinks::from_raw(&raw, &database, vars.into_iter())?;
         let dispatch = DispatchSettings::from_raw(&raw, &sinks)?;
         let sweeper = SweeperSettings::from_raw(&raw, &sinks)?;
         Ok(Config {
@@ -408,7 +234,7 @@ impl Config {
             status: StatusSettings::from_raw(&raw)?,
             admin: AdminSettings::from_raw(&raw)?,
             log: LogSettings::from_raw(&raw)?,
-            traces: traces(&raw)?,
+            traces,
             shutdown_timeout: duration("DISPATCHBOX_SHUTDOWN_TIMEOUT", &raw.shutdown_timeout)?,
             database,
             dispatch,
@@ -646,20 +472,47 @@ impl LogSettings {
                 ))
             }
         };
-        if tracing_subscriber::EnvFilter::try_new(&raw.log_level).is_err() {
+        let level = raw.log_level.trim();
+        if let Err(problem) = check_log_filter(level) {
             return Err(ConfigError::new(
                 "DISPATCHBOX_LOG_LEVEL",
                 format!(
-                    "{:?} is not a log filter; use error, warn, info, debug, trace or a tracing directive like dispatchbox=debug",
-                    raw.log_level
+                    "{level:?} is not valid ({problem}); use error, warn, info, debug or trace, \
+                     or TARGET=LEVEL directives after an optional default level, e.g. \
+                     info,dispatchbox=debug"
                 ),
             ));
         }
         Ok(Self {
             format,
-            level: raw.log_level.clone(),
+            level: level.to_owned(),
         })
     }
+}
+
+/// Levels `DISPATCHBOX_LOG_LEVEL` accepts, alone or after `TARGET=`.
+const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// A `tracing` filter whose every directive is a level or `TARGET=LEVEL`. `EnvFilter`
+/// itself takes any word as a target name to log at every level, so a misspelt level
+/// (`inof`, `verbose`) would silently log nothing of the relay's; here it is an error.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    if filter.is_empty() {
+        return Err("empty".into());
+    }
+    for directive in filter.split(',').map(str::trim) {
+        let level = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.trim().is_empty() => level,
+            Some(_) => return Err(format!("{directive:?} names no target")),
+            None => directive,
+        };
+        if !LOG_LEVELS.contains(&level.trim().to_ascii_lowercase().as_str()) {
+            return Err(format!("{:?} is not a level", level.trim()));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -669,7 +522,10 @@ mod tests;
 /// (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as is, or `OTEL_EXPORTER_OTLP_ENDPOINT` /
 /// `DISPATCHBOX_OTEL_EXPORTER_OTLP_ENDPOINT` plus `/v1/traces`) and `OTEL_SDK_DISABLED` is
 /// not `true`. Only OTLP/HTTP with protobuf is spoken.
-fn traces(raw: &RawConfig) -> Result<Option<TraceSettings>, ConfigError> {
+fn traces(
+    raw: &RawConfig,
+    vars: &HashMap<String, String>,
+) -> Result<Option<TraceSettings>, ConfigError> {
     let set = |value: &Option<String>| {
         value
             .as_deref()
@@ -677,15 +533,31 @@ fn traces(raw: &RawConfig) -> Result<Option<TraceSettings>, ConfigError> {
             .filter(|v| !v.is_empty())
             .map(str::to_owned)
     };
-    if set(&raw.otel_sdk_disabled).is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+    let otel = |name: &str| vars.get(name).cloned();
+    let (otel_sdk_disabled, otel_traces_endpoint, otel_endpoint) = (
+        otel("OTEL_SDK_DISABLED"),
+        otel("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        otel("OTEL_EXPORTER_OTLP_ENDPOINT"),
+    );
+    let (otel_traces_protocol, otel_protocol) = (
+        otel("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
+        otel("OTEL_EXPORTER_OTLP_PROTOCOL"),
+    );
+    let (otel_traces_timeout, otel_timeout) = (
+        otel("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
+        otel("OTEL_EXPORTER_OTLP_TIMEOUT"),
+    );
+    let (otel_service_name, otel_resource_attributes) =
+        (otel("OTEL_SERVICE_NAME"), otel("OTEL_RESOURCE_ATTRIBUTES"));
+    if set(&otel_sdk_disabled).is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return Ok(None);
     }
-    let endpoint = if let Some(url) = set(&raw.otel_traces_endpoint) {
+    let endpoint = if let Some(url) = set(&otel_traces_endpoint) {
         Some(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url))
     } else if let Some(base) = set(&raw.dispatchbox_otel_endpoint) {
         Some(("DISPATCHBOX_OTEL_EXPORTER_OTLP_ENDPOINT", traces_url(&base)))
     } else {
-        set(&raw.otel_endpoint).map(|base| ("OTEL_EXPORTER_OTLP_ENDPOINT", traces_url(&base)))
+        set(&otel_endpoint).map(|base| ("OTEL_EXPORTER_OTLP_ENDPOINT", traces_url(&base)))
     };
     let Some((variable, endpoint)) = endpoint else {
         return Ok(None);
@@ -701,11 +573,8 @@ fn traces(raw: &RawConfig) -> Result<Option<TraceSettings>, ConfigError> {
         }
     }
     for (name, value) in [
-        (
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            &raw.otel_traces_protocol,
-        ),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", &raw.otel_protocol),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", &otel_traces_protocol),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", &otel_protocol),
     ] {
         if let Some(protocol) = set(value) {
             if protocol != "http/protobuf" {
@@ -717,11 +586,8 @@ fn traces(raw: &RawConfig) -> Result<Option<TraceSettings>, ConfigError> {
         }
     }
     let timeout = match [
-        (
-            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-            &raw.otel_traces_timeout,
-        ),
-        ("OTEL_EXPORTER_OTLP_TIMEOUT", &raw.otel_timeout),
+        ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", &otel_traces_timeout),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", &otel_timeout),
     ]
     .into_iter()
     .find_map(|(name, value)| set(value).map(|v| (name, v)))
@@ -737,8 +603,8 @@ fn traces(raw: &RawConfig) -> Result<Option<TraceSettings>, ConfigError> {
         },
         None => Duration::from_secs(10),
     };
-    let names_service = set(&raw.otel_service_name).is_some()
-        || set(&raw.otel_resource_attributes).is_some_and(|attrs| {
+    let names_service = set(&otel_service_name).is_some()
+        || set(&otel_resource_attributes).is_some_and(|attrs| {
             attrs
                 .split(',')
                 .any(|pair| pair.trim_start().starts_with("service.name="))

@@ -572,7 +572,11 @@ fn named_webhook_errors_name_the_exact_variable() {
         ("DISPATCHBOX_SWEEP_LEASE", "2m"),
     ]);
     assert_eq!(e.variable, "DISPATCHBOX_SWEEP_LEASE");
-    assert!(e.to_string().contains("DISPATCHBOX_WEBHOOK_BILLING_TIMEOUT"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("DISPATCHBOX_WEBHOOK_BILLING_TIMEOUT"),
+        "{e}"
+    );
 
     for bad in [
         "webhook:",
@@ -1048,4 +1052,33 @@ fn redis_settings_are_validated_naming_the_variable() {
     ])
     .expect_err("not a pem file");
     assert_eq!(e.variable, "DISPATCHBOX_REDIS_TLS_CA_FILE");
+}
+
+#[test]
+fn log_level_takes_levels_and_target_directives_only() {
+    for good in [
+        "info",
+        "DEBUG",
+        " warn ",
+        "off",
+        "dispatchbox=debug",
+        "info,dispatchbox=debug",
+        "warn,dispatchbox::sink=trace,tokio_postgres=info",
+    ] {
+        let config = Config::from_vars(vars(&[("DISPATCHBOX_LOG_LEVEL", good)]))
+            .unwrap_or_else(|e| panic!("{good:?}: {e}"));
+        assert_eq!(config.log.level, good.trim());
+    }
+    for bad in [
+        "verbose",
+        "inof",
+        "",
+        "dispatchbox=loud",
+        "info,=debug",
+        "info,dispatchbox",
+    ] {
+        let error = error_for(&[("DISPATCHBOX_LOG_LEVEL", bad)]);
+        assert_eq!(error.variable, "DISPATCHBOX_LOG_LEVEL", "{bad:?}");
+        assert!(error.rule.contains("use error, warn, info"), "{error}");
+    }
 }

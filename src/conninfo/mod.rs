@@ -292,6 +292,16 @@ pub enum ConnInfoError {
         #[source]
         source: std::io::Error,
     },
+    /// The `sslrootcert` file is not well-formed PEM.
+    // The cause is in the message (not a `#[source]`): configuration errors print only
+    // the top-level message.
+    #[error("sslrootcert file {} is not valid PEM: {reason}", path.display())]
+    BadRootCert {
+        /// The file.
+        path: PathBuf,
+        /// Why, in words.
+        reason: String,
+    },
     /// The `sslrootcert` file holds no usable certificate.
     #[error("sslrootcert file {} contains no usable PEM certificate", path.display())]
     NoRootCert {

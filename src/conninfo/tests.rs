@@ -270,6 +270,22 @@ fn rejects_a_root_cert_file_without_certificates() {
 }
 
 #[test]
+fn rejects_a_malformed_root_cert_file_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.pem");
+    std::fs::write(&path, "-----BEGIN CERTIFICATE-----\nMIIB\n").unwrap();
+    let err = ConnInfo::parse(&format!(
+        "postgres://u@h/d?sslmode=verify-full&sslrootcert={}",
+        path.display()
+    ))
+    .unwrap_err();
+    assert!(matches!(err, ConnInfoError::BadRootCert { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("cut.pem"), "{message}");
+    assert!(message.contains("END CERTIFICATE"), "{message}");
+}
+
+#[test]
 fn loads_a_root_cert_bundle() {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();

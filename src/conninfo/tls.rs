@@ -7,6 +7,7 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
@@ -25,14 +26,17 @@ pub(super) fn load_roots(path: Option<&Path>) -> Result<RootCertStore, ConnInfoE
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         });
     };
-    let read_err = |source| ConnInfoError::ReadRootCert {
+    let pem = std::fs::read(path).map_err(|source| ConnInfoError::ReadRootCert {
         path: path.to_owned(),
         source,
-    };
-    let pem = std::fs::read(path).map_err(read_err)?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+    })?;
+    // Sections of other kinds (a key, a CRL) are skipped; a malformed section is an error.
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(read_err)?;
+        .map_err(|error| ConnInfoError::BadRootCert {
+            path: path.to_owned(),
+            reason: pem_error(&error),
+        })?;
     let mut roots = RootCertStore::empty();
     let (added, _ignored) = roots.add_parsable_certificates(certs);
     if added == 0 {
@@ -41,6 +45,20 @@ pub(super) fn load_roots(path: Option<&Path>) -> Result<RootCertStore, ConnInfoE
         });
     }
     Ok(roots)
+}
+
+/// `error` in words: the PEM parser prints the lines it means as byte lists.
+fn pem_error(error: &pem::Error) -> String {
+    match error {
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "a section has no \"-----END {}-----\" line",
+            String::from_utf8_lossy(end_marker)
+        ),
+        pem::Error::IllegalSectionStart { line } => {
+            format!("malformed BEGIN line {:?}", String::from_utf8_lossy(line))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// The one place `sslmode` becomes certificate checks (see the module table).

@@ -61,6 +61,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::format::{cloudevents, CloudEventsMode, Format};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::CertificateDer;
+
 use super::DeliveryError;
 use crate::event::OutboxEvent;
 
@@ -159,7 +162,7 @@ impl RabbitMqSinkConfig {
             if uri.scheme != AMQPScheme::AMQPS {
                 return Err(RabbitMqSinkError::CaWithoutTls);
             }
-            let certificates = rustls_pemfile::certs(&mut pem.as_bytes())
+            let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|_| RabbitMqSinkError::CaCertificates)?;
             if certificates.is_empty() {

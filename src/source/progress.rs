@@ -24,6 +24,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 use crate::lsn::Lsn;
@@ -40,6 +41,8 @@ struct Txn {
     end_lsn: Option<Lsn>,
     /// Events handed out and not yet settled.
     unsettled: usize,
+    /// The commit time Begin announced (for the lag metric only).
+    committed_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Default)]
@@ -140,6 +143,12 @@ impl Progress {
     /// or still pending from before a reconnect): its events must be skipped, they are
     /// already being handled.
     pub fn begin(&self, commit_lsn: Lsn) -> Option<TxnSeq> {
+        self.begin_at(commit_lsn, None)
+    }
+
+    /// [`Progress::begin`] of a transaction that committed at `committed_at` (what
+    /// [`Progress::oldest_unsettled_commit`] reports).
+    pub fn begin_at(&self, commit_lsn: Lsn, committed_at: Option<DateTime<Utc>>) -> Option<TxnSeq> {
         let mut state = self.lock();
         if commit_lsn < state.durable
             || state
@@ -156,6 +165,7 @@ impl Progress {
             commit_lsn,
             end_lsn: None,
             unsettled: 0,
+            committed_at,
         });
         Some(seq)
     }
@@ -312,6 +322,15 @@ impl Progress {
         state.durable.max(state.reported)
     }
 
+    /// The commit time of the oldest transaction received and not yet settled (the one
+    /// holding the flush position back), if it announced one; `None` when everything
+    /// received is settled. This is how far behind the stream is, in time.
+    pub fn oldest_unsettled_commit(&self) -> Option<DateTime<Utc>> {
+        let state = self.lock();
+        // In commit order, so the first known time is the oldest.
+        state.txns.iter().find_map(|t| t.committed_at)
+    }
+
     /// True when no transaction is open or unsettled.
     pub fn is_idle(&self) -> bool {
         self.lock().txns.is_empty()
@@ -396,6 +415,28 @@ mod tests {
         a1.settle();
         assert_eq!(p.feedback().flush, lsn(50));
         assert!(p.is_idle());
+    }
+
+    #[test]
+    fn the_lag_is_the_oldest_unsettled_commit() {
+        let p = Progress::new(lsn(10));
+        let at = |s| DateTime::from_timestamp(s, 0).unwrap();
+        assert_eq!(p.oldest_unsettled_commit(), None, "nothing received");
+        let t1 = p.begin_at(lsn(20), Some(at(100))).unwrap();
+        let a1 = p.event(t1);
+        p.commit(t1, lsn(30));
+        let t2 = p.begin_at(lsn(40), Some(at(200))).unwrap();
+        let a2 = p.event(t2);
+        p.commit(t2, lsn(50));
+        a2.settle();
+        assert_eq!(p.oldest_unsettled_commit(), Some(at(100)));
+        a1.settle();
+        assert_eq!(p.oldest_unsettled_commit(), None, "caught up");
+        let t3 = p.begin_at(lsn(60), Some(at(300))).unwrap();
+        assert_eq!(p.oldest_unsettled_commit(), Some(at(300)), "still open");
+        p.forget_unsettled();
+        assert_eq!(p.oldest_unsettled_commit(), None);
+        let _ = t3;
     }
 
     #[test]

@@ -9,6 +9,8 @@
 use std::fmt::Display;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use super::metrics::{self, DeliveryOutcome};
 use crate::event::ClaimReason;
 
@@ -131,6 +133,50 @@ impl Emit for SweeperReclaimed {
             "sweeper delivering"
         );
         metrics::sweeper_reclaim(self.reason.as_str());
+    }
+}
+
+/// The replication stream broke, or could not be started; the relay tries again after
+/// `retry_in`.
+#[derive(Debug)]
+pub struct StreamInterrupted<'a, E> {
+    pub error: &'a E,
+    pub retry_in: Duration,
+    /// `Some` when a running stream broke (counted as a reconnect): the commit time the
+    /// stream is behind since, at the latest. `None` for a failed (re)connect attempt or a
+    /// slot another relay holds.
+    pub broke: Option<DateTime<Utc>>,
+}
+
+impl<E: Display> Emit for StreamInterrupted<'_, E> {
+    fn emit(self) {
+        tracing::warn!(error = %self.error, retry_in = ?self.retry_in, "replication stream interrupted; reconnecting");
+        if let Some(behind_since) = self.broke {
+            metrics::stream_broke(behind_since);
+        }
+    }
+}
+
+/// A sink's periodic check: logged when the sink goes down or comes back, counted in
+/// `dispatchbox_sink_up` (by [`super::health::Health::set_sink`]) every time.
+#[derive(Debug)]
+pub struct SinkChecked<'a> {
+    pub sink: &'a str,
+    /// `None` when the check passed, else why it failed.
+    pub failed: Option<&'a str>,
+    /// Whether the previous check passed (`None`: the first check).
+    pub was_up: Option<bool>,
+}
+
+impl Emit for SinkChecked<'_> {
+    fn emit(self) {
+        match (self.failed, self.was_up) {
+            (Some(error), Some(true) | None) => {
+                tracing::warn!(sink = %self.sink, error = %error, "sink unavailable; deliveries to it are retried, and /ready stays ready (see dispatchbox_sink_up)")
+            }
+            (None, Some(false)) => tracing::info!(sink = %self.sink, "sink available again"),
+            _ => {}
+        }
     }
 }
 

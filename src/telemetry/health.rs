@@ -1,11 +1,12 @@
-//! The relay's health as the probes see it: what the replication stream is doing and
-//! whether shutdown has begun. The source reports its state, the relay reports shutdown,
-//! and the admin server reads both for `/ready`. Plain atomics: setting a state never
-//! blocks or fails.
+//! The relay's health as the probes see it: what the replication stream is doing, what
+//! each sink's last check found, and whether shutdown has begun. The source reports its
+//! state, the relay reports sink checks and shutdown, and the admin server reads them for
+//! `/ready`. Plain atomics and short locks: setting a state never blocks or fails.
 //!
 //! Setting the stream state also updates the `dispatchbox_stream_connected` and
-//! `dispatchbox_leader` gauges, so the metrics and the probe can never disagree. This
-//! module decides nothing; it only records what it is told.
+//! `dispatchbox_leader` gauges, and a sink's check `dispatchbox_sink_up`, so the metrics
+//! and the probe can never disagree. This module decides nothing; it only records what it
+//! is told.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -78,6 +79,19 @@ struct Inner {
     shutting_down: AtomicBool,
     /// Why a part of the pipeline cannot do its work, by part.
     problems: Mutex<BTreeMap<&'static str, String>>,
+    /// Each checked sink's last result: `None` when it passed, else why it failed.
+    sinks: Mutex<BTreeMap<String, Option<String>>>,
+}
+
+/// What the last check of a sink found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkHealth {
+    /// Not checked yet.
+    Unknown,
+    /// The check passed.
+    Up,
+    /// The check failed, for this reason.
+    Down(String),
 }
 
 impl Health {
@@ -142,6 +156,28 @@ impl Health {
             .collect()
     }
 
+    /// Records the result of `sink`'s check (`Err`: why it failed) and sets
+    /// `dispatchbox_sink_up`. Returns what the previous check found.
+    pub fn set_sink(&self, sink: &str, result: Result<(), String>) -> SinkHealth {
+        metrics::sink_up(sink, result.is_ok());
+        let mut sinks = self.inner.sinks.lock().unwrap_or_else(|e| e.into_inner());
+        match sinks.insert(sink.to_owned(), result.err()) {
+            None => SinkHealth::Unknown,
+            Some(None) => SinkHealth::Up,
+            Some(Some(reason)) => SinkHealth::Down(reason),
+        }
+    }
+
+    /// What the last check of `sink` found.
+    pub fn sink(&self, sink: &str) -> SinkHealth {
+        let sinks = self.inner.sinks.lock().unwrap_or_else(|e| e.into_inner());
+        match sinks.get(sink) {
+            None => SinkHealth::Unknown,
+            Some(None) => SinkHealth::Up,
+            Some(Some(reason)) => SinkHealth::Down(reason.clone()),
+        }
+    }
+
     /// Marks the start of shutdown: from now on the relay is never ready again.
     pub fn begin_shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::Release);
@@ -175,6 +211,20 @@ mod tests {
         assert_eq!(seen_by_probe.problems(), ["status writer: stuck"]);
         health.set_problem("status writer", None);
         assert!(seen_by_probe.problems().is_empty());
+        assert_eq!(seen_by_probe.sink("kafka"), SinkHealth::Unknown);
+        assert_eq!(
+            health.set_sink("kafka", Err("broker down".into())),
+            SinkHealth::Unknown
+        );
+        assert_eq!(
+            seen_by_probe.sink("kafka"),
+            SinkHealth::Down("broker down".into())
+        );
+        assert_eq!(
+            health.set_sink("kafka", Ok(())),
+            SinkHealth::Down("broker down".into())
+        );
+        assert_eq!(seen_by_probe.sink("kafka"), SinkHealth::Up);
         assert!(!seen_by_probe.is_shutting_down());
         health.begin_shutdown();
         assert!(seen_by_probe.is_shutting_down());

@@ -10,13 +10,14 @@
 //! This module never logs and never blocks; it holds no relay state besides the metrics.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::event::ClaimReason;
@@ -49,6 +50,10 @@ pub const WAL_STATUSES: [&str; 6] = [
 /// Every `reason` label value of `dispatchbox_slot_recreations_total`: `missing` (no slot
 /// of that name: created) and `lost` (invalidated: dropped and created again).
 pub const SLOT_RECREATION_REASONS: [&str; 2] = ["missing", "lost"];
+
+/// Every `status` label value of `dispatchbox_outbox_backlog_events`: the statuses of a row
+/// not settled yet.
+pub const BACKLOG_STATUSES: [&str; 3] = ["pending", "retry", "processing"];
 
 /// What one delivery attempt to one sink came to (label `outcome`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,8 +98,8 @@ const ATTEMPT_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1
 /// them and takes a lock, which adds up at tens of thousands of events per second.
 struct SinkSeries {
     name: &'static str,
-    /// `events_processed_total{outcome=done|retry|dead}`, in [`DeliveryOutcome`] order.
-    processed: [IntCounter; 3],
+    /// `delivery_attempts_total{outcome=done|retry|dead}`, in [`DeliveryOutcome`] order.
+    attempts: [IntCounter; 3],
     duration: Histogram,
     retries: IntCounter,
 }
@@ -102,7 +107,7 @@ struct SinkSeries {
 struct Metrics {
     registry: Registry,
     sink_series: Vec<SinkSeries>,
-    events_processed: IntCounterVec,
+    delivery_attempts: IntCounterVec,
     in_flight: IntGauge,
     delivery_duration: HistogramVec,
     commit_to_ack: Histogram,
@@ -115,9 +120,17 @@ struct Metrics {
     retries: IntCounterVec,
     dead_events_total: IntCounterVec,
     dead_event_types: Mutex<HashSet<String>>,
-    dead_events: IntGauge,
+    outbox_dead_events: IntGauge,
+    outbox_backlog: IntGaugeVec,
+    outbox_oldest_age: Gauge,
     attempts_before_dead: Histogram,
     replication_lag: IntGauge,
+    replication_lag_seconds: Gauge,
+    /// Micros since the Unix epoch of the commit the stream is behind since
+    /// ([`replication_behind_since`]); [`CAUGHT_UP`] when it is not behind.
+    behind_since_micros: AtomicI64,
+    stream_reconnects: IntCounter,
+    sink_up: IntGaugeVec,
     slot_wal_status: IntGaugeVec,
     sweeper_reclaims: IntCounterVec,
     slot_recreations: IntCounterVec,
@@ -221,9 +234,9 @@ impl Metrics {
             slot_wal_status.with_label_values(&[status]).set(0);
         }
 
-        let events_processed = counter_vec(
+        let delivery_attempts = counter_vec(
             &registry,
-            "dispatchbox_events_processed_total",
+            "dispatchbox_delivery_attempts_total",
             "Delivery attempts per sink by result: done, retry or dead.",
             &["sink", "outcome"],
         );
@@ -237,8 +250,8 @@ impl Metrics {
             .iter()
             .map(|&name| SinkSeries {
                 name,
-                processed: OUTCOMES
-                    .map(|o| events_processed.with_label_values(&[name, o.as_str()])),
+                attempts: OUTCOMES
+                    .map(|o| delivery_attempts.with_label_values(&[name, o.as_str()])),
                 duration: delivery_duration.with_label_values(&[name]),
                 retries: retries.with_label_values(&[name]),
             })
@@ -246,7 +259,7 @@ impl Metrics {
 
         Self {
             sink_series,
-            events_processed,
+            delivery_attempts,
             in_flight: gauge(
                 &registry,
                 "dispatchbox_events_in_flight",
@@ -299,10 +312,29 @@ impl Metrics {
                 &["event_type"],
             ),
             dead_event_types: Mutex::new(HashSet::new()),
-            dead_events: gauge(
+            outbox_dead_events: gauge(
                 &registry,
-                "dispatchbox_dead_events",
+                "dispatchbox_outbox_dead_events",
                 "Rows with status dead in the outbox table (refreshed periodically).",
+            ),
+            outbox_backlog: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "dispatchbox_outbox_backlog_events",
+                        "Rows of the outbox table waiting for delivery, by status: pending (due), retry, processing (refreshed periodically).",
+                    ),
+                    &["status"],
+                )
+                .expect("valid gauge"),
+            ),
+            outbox_oldest_age: register(
+                &registry,
+                Gauge::new(
+                    "dispatchbox_outbox_oldest_undelivered_age_seconds",
+                    "Age of the oldest row waiting for delivery (pending rows count from when they fell due); 0 when none waits (refreshed periodically).",
+                )
+                .expect("valid gauge"),
             ),
             attempts_before_dead: histogram(
                 &registry,
@@ -314,6 +346,31 @@ impl Metrics {
                 &registry,
                 "dispatchbox_replication_lag_bytes",
                 "WAL bytes between the server's current position and the slot's confirmed_flush_lsn (refreshed periodically).",
+            ),
+            replication_lag_seconds: register(
+                &registry,
+                Gauge::new(
+                    "dispatchbox_replication_lag_seconds",
+                    "Seconds since the commit of the oldest transaction the stream received and has not settled (or since the stream broke); 0 when caught up.",
+                )
+                .expect("valid gauge"),
+            ),
+            behind_since_micros: AtomicI64::new(CAUGHT_UP),
+            stream_reconnects: counter(
+                &registry,
+                "dispatchbox_stream_reconnects_total",
+                "Times the running replication stream broke and the relay reconnected (attempts that fail while reconnecting are not counted again).",
+            ),
+            sink_up: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "dispatchbox_sink_up",
+                        "1 while the sink passes its check (Kafka: metadata request; webhook: the host resolves), 0 while it fails; checked every 10 s.",
+                    ),
+                    &["sink"],
+                )
+                .expect("valid gauge"),
             ),
             slot_wal_status,
             sweeper_reclaims: counter_vec(
@@ -383,6 +440,9 @@ pub fn init() {
     for reason in SLOT_RECREATION_REASONS {
         m.slot_recreations.with_label_values(&[reason]);
     }
+    for status in BACKLOG_STATUSES {
+        m.outbox_backlog.with_label_values(&[status]);
+    }
 }
 
 /// Creates the delivery series of sink `sink` at zero, for sinks named in the configuration
@@ -391,26 +451,46 @@ pub fn init() {
 pub fn sink_enabled(sink: &str) {
     let m = &*METRICS;
     for outcome in OUTCOMES {
-        m.events_processed
+        m.delivery_attempts
             .with_label_values(&[sink, outcome.as_str()]);
     }
     m.retries.with_label_values(&[sink]);
     m.delivery_duration.with_label_values(&[sink]);
 }
 
+/// [`Metrics::behind_since_micros`] when the stream is not behind.
+const CAUGHT_UP: i64 = i64::MIN;
+
 /// Labels of `dispatchbox_status_rows_rejected_total`.
 const REJECTED_WRITTEN: [&str; 2] = ["dead", "none"];
 
 /// All metrics in the Prometheus text exposition format ([`CONTENT_TYPE`]).
 pub fn render() -> Result<String, prometheus::Error> {
-    TextEncoder::new().encode_to_string(&METRICS.registry.gather())
+    let m = &*METRICS;
+    // Computed at the scrape, so the lag grows while the stream stays behind without a
+    // timer to update it.
+    m.replication_lag_seconds.set(lag_seconds(
+        m.behind_since_micros.load(Ordering::Acquire),
+        Utc::now(),
+    ));
+    TextEncoder::new().encode_to_string(&m.registry.gather())
+}
+
+/// Seconds from `since_micros` to `now`; 0 when caught up or when `now` is earlier (the
+/// commit time is the database's clock, `now` the relay's).
+fn lag_seconds(since_micros: i64, now: DateTime<Utc>) -> f64 {
+    if since_micros == CAUGHT_UP {
+        return 0.0;
+    }
+    let micros = now.timestamp_micros().saturating_sub(since_micros).max(0);
+    micros as f64 / 1e6
 }
 
 /// One delivery attempt of one event to `sink` ended with `outcome` after `duration`.
 pub fn delivery(sink: &str, outcome: DeliveryOutcome, duration: Duration) {
     let m = &*METRICS;
     let Some(series) = m.sink_series.iter().find(|s| s.name == sink) else {
-        m.events_processed
+        m.delivery_attempts
             .with_label_values(&[sink, outcome.as_str()])
             .inc();
         m.delivery_duration
@@ -422,7 +502,7 @@ pub fn delivery(sink: &str, outcome: DeliveryOutcome, duration: Duration) {
         return;
     };
     let index = OUTCOMES.iter().position(|&o| o == outcome).unwrap_or(0);
-    if let Some(counter) = series.processed.get(index) {
+    if let Some(counter) = series.attempts.get(index) {
         counter.inc();
     }
     series.duration.observe(duration.as_secs_f64());
@@ -530,7 +610,51 @@ fn bounded_event_type(seen: &Mutex<HashSet<String>>, event_type: &str) -> String
 
 /// The outbox table holds `rows` dead rows.
 pub fn dead_rows(rows: i64) {
-    METRICS.dead_events.set(rows);
+    METRICS.outbox_dead_events.set(rows);
+}
+
+/// The outbox table's rows waiting for delivery: `(status, rows)` for statuses of
+/// [`BACKLOG_STATUSES`] (one missing from `by_status` has none), and the age of the oldest.
+pub fn outbox_backlog(by_status: &[(String, i64)], oldest_age: Duration) {
+    let m = &*METRICS;
+    for status in BACKLOG_STATUSES {
+        let rows = by_status
+            .iter()
+            .find(|(s, _)| s == status)
+            .map_or(0, |(_, rows)| *rows);
+        m.outbox_backlog.with_label_values(&[status]).set(rows);
+    }
+    m.outbox_oldest_age.set(oldest_age.as_secs_f64());
+}
+
+/// The stream is behind since `commit` (the commit time of the oldest transaction it
+/// received and has not settled), or caught up (`None`). The lag is computed at each scrape.
+pub fn replication_behind_since(commit: Option<DateTime<Utc>>) {
+    METRICS.behind_since_micros.store(
+        commit.map_or(CAUGHT_UP, |t| t.timestamp_micros()),
+        Ordering::Release,
+    );
+}
+
+/// The running stream broke at `at` (the relay reconnects): it is behind since `at` at the
+/// latest, or since an earlier moment it was already behind since.
+pub fn stream_broke(at: DateTime<Utc>) {
+    let m = &*METRICS;
+    m.stream_reconnects.inc();
+    let at = at.timestamp_micros();
+    let _ = m
+        .behind_since_micros
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |since| {
+            (since == CAUGHT_UP || since > at).then_some(at)
+        });
+}
+
+/// `sink` passed (`true`) or failed (`false`) its check.
+pub fn sink_up(sink: &str, up: bool) {
+    METRICS
+        .sink_up
+        .with_label_values(&[sink])
+        .set(i64::from(up));
 }
 
 /// The replication slot's state: `wal_status` one of [`WAL_STATUSES`], `lag_bytes` when
@@ -591,7 +715,7 @@ mod tests {
         dead_event(Some("order.placed"), 5);
         let text = render().expect("render");
         for name in [
-            "dispatchbox_events_processed_total",
+            "dispatchbox_delivery_attempts_total",
             "dispatchbox_events_in_flight",
             "dispatchbox_delivery_duration_seconds_bucket",
             "dispatchbox_commit_to_ack_seconds_count",
@@ -602,7 +726,11 @@ mod tests {
             "dispatchbox_replay_skipped_total",
             "dispatchbox_status_writer_stalled",
             "dispatchbox_dead_events_total",
-            "dispatchbox_dead_events ",
+            "dispatchbox_outbox_dead_events ",
+            "dispatchbox_outbox_backlog_events{status=\"retry\"} 0",
+            "dispatchbox_outbox_oldest_undelivered_age_seconds ",
+            "dispatchbox_replication_lag_seconds ",
+            "dispatchbox_stream_reconnects_total ",
             "dispatchbox_attempts_before_dead_bucket",
             "dispatchbox_replication_lag_bytes",
             "dispatchbox_slot_wal_status{status=\"missing\"}",
@@ -617,6 +745,34 @@ mod tests {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
         assert!(text.contains("event_type=\"order.placed\""), "{text}");
+    }
+
+    #[test]
+    fn no_two_metric_families_share_a_base_name() {
+        // OpenMetrics: a counter `x_total` and a gauge `x` (or a histogram's `x_count`…)
+        // cannot both be exposed.
+        init();
+        let families = METRICS.registry.gather();
+        let mut bases = HashSet::new();
+        for family in &families {
+            let name = family.name();
+            let base = name
+                .strip_suffix("_total")
+                .filter(|_| family.get_field_type() == prometheus::proto::MetricType::COUNTER)
+                .unwrap_or(name);
+            assert!(bases.insert(base.to_owned()), "{base} is used twice");
+        }
+    }
+
+    #[test]
+    fn replication_lag_is_zero_when_caught_up_and_grows_while_behind() {
+        let now = Utc::now();
+        assert_eq!(lag_seconds(CAUGHT_UP, now), 0.0);
+        let since = now - chrono::Duration::seconds(90);
+        assert_eq!(lag_seconds(since.timestamp_micros(), now), 90.0);
+        // A database clock ahead of the relay's reads as no lag, not a negative one.
+        let ahead = now + chrono::Duration::seconds(3);
+        assert_eq!(lag_seconds(ahead.timestamp_micros(), now), 0.0);
     }
 
     #[test]

@@ -44,7 +44,7 @@ use crate::lsn::Lsn;
 use crate::names::{Identifier, TableName};
 use crate::retry::Backoff;
 use crate::store::Store;
-use crate::telemetry::events::{Emit, FailoverSeen};
+use crate::telemetry::events::{Emit, FailoverSeen, StreamInterrupted};
 use crate::telemetry::health::{Health, StreamState};
 use crate::telemetry::metrics;
 
@@ -193,16 +193,31 @@ pub async fn run(
                 break;
             }
             Err(error) if error.is_transient() => {
-                config.health.set_stream(match error {
-                    SourceError::SlotBusy { .. } => StreamState::StandingBy,
-                    _ => StreamState::Reconnecting,
+                let standing_by = matches!(error, SourceError::SlotBusy { .. });
+                config.health.set_stream(if standing_by {
+                    StreamState::StandingBy
+                } else {
+                    StreamState::Reconnecting
                 });
+                if standing_by {
+                    // The leader streams; how far behind it is, is its to report.
+                    metrics::replication_behind_since(None);
+                }
+                // Behind since the oldest commit not settled, or since now at the latest:
+                // nothing committed from here on is streamed until the reconnect.
+                let broke = (session.started && !standing_by)
+                    .then(|| progress.oldest_unsettled_commit().unwrap_or_else(Utc::now));
                 // Whatever was not settled is sent again after the reconnect, to this
                 // process or to the relay that takes the slot meanwhile.
                 progress.forget_unsettled();
                 failures = failures.saturating_add(1);
                 let delay = reconnect.delay(failures, &mut rand::thread_rng());
-                tracing::warn!(error = %error, retry_in = ?delay, "replication stream interrupted; reconnecting");
+                StreamInterrupted {
+                    error: &error,
+                    retry_in: delay,
+                    broke,
+                }
+                .emit();
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => {}
@@ -220,6 +235,7 @@ pub async fn run(
         }
     }
     config.health.set_stream(StreamState::Stopped);
+    metrics::replication_behind_since(None);
     // Stop intake: the dispatcher drains once its input closes.
     work.take();
     if tokio::time::timeout(config.shutdown_timeout + Duration::from_secs(5), settled)
@@ -260,6 +276,9 @@ struct Session<'a> {
     committed_at: Option<DateTime<Utc>>,
     /// True once the stream delivered something (resets the reconnect backoff).
     streamed: bool,
+    /// True once streaming started (START_REPLICATION answered): a break after it counts as
+    /// a reconnect.
+    started: bool,
     /// The server's WAL position when this connection was made: transactions committed
     /// up to it may have been delivered already by an earlier run (the slot resends
     /// everything after its confirmed position), so their events are marked `replayed`
@@ -290,6 +309,7 @@ impl<'a> Session<'a> {
             current: None,
             committed_at: None,
             streamed: false,
+            started: false,
             replay_until: Lsn::ZERO,
             replaying: false,
             recreations,
@@ -360,6 +380,7 @@ impl<'a> Session<'a> {
             );
         }
         config.health.set_stream(StreamState::Streaming);
+        self.started = true;
         let reply_now = Arc::new(Notify::new());
         let stop_feedback = CancellationToken::new();
         let feedback = tokio::spawn(feedback_loop(
@@ -490,8 +511,8 @@ impl<'a> Session<'a> {
                         "Begin inside an open transaction".into(),
                     ));
                 }
-                self.current = Some(self.progress.begin(begin.final_lsn));
                 self.committed_at = pg_timestamp_to_datetime(begin.commit_ts);
+                self.current = Some(self.progress.begin_at(begin.final_lsn, self.committed_at));
                 self.replaying = begin.final_lsn <= self.replay_until;
             }
             PgOutputMessage::Commit(commit) => {
@@ -692,6 +713,7 @@ async fn feedback_loop(
             _ = reply_now.notified() => true,
             _ = progress.advanced() => false,
         };
+        metrics::replication_behind_since(progress.oldest_unsettled_commit());
         let feedback = progress.feedback();
         if !urgent && feedback.flush == last_flush && last_sent.elapsed() < interval {
             continue;
