@@ -73,7 +73,8 @@ through its …_FILE variable. The database URL is required.
       (dict "name" "adminToken" "env" "DISPATCHBOX_ADMIN_TOKEN_FILE" "key" "admin-token")
       (dict "name" "natsToken" "env" "DISPATCHBOX_NATS_TOKEN_FILE" "key" "nats-token")
       (dict "name" "natsCreds" "env" "DISPATCHBOX_NATS_CREDS_FILE" "key" "nats-creds")
-      (dict "name" "redisPassword" "env" "DISPATCHBOX_REDIS_PASSWORD_FILE" "key" "redis-password") }}
+      (dict "name" "redisPassword" "env" "DISPATCHBOX_REDIS_PASSWORD_FILE" "key" "redis-password")
+      (dict "name" "rabbitmqUrl" "env" "DISPATCHBOX_RABBITMQ_URL_FILE" "key" "rabbitmq-url") }}
 {{- range $wanted }}
 {{- $key := "" }}
 {{- if $s.existingSecret }}
@@ -114,7 +115,7 @@ numbers (YAML turns 1000 into a float). Refuses secrets and the variables the ch
 {{- define "dispatchbox.config" -}}
 {{- $out := dict }}
 {{- range $name, $value := .Values.config }}
-{{- if regexMatch "(PASSWORD|SECRET|TOKEN|DATABASE_URL|JAAS|_KEY_PEM|_KEY$)" $name }}
+{{- if and (regexMatch "(PASSWORD|SECRET|TOKEN|DATABASE_URL|RABBITMQ_URL|JAAS|_KEY_PEM|_KEY$)" $name) (ne $name "DISPATCHBOX_RABBITMQ_ROUTING_KEY") }}
 {{- fail (printf "config.%s looks like a secret: put it in secrets (see values.yaml), never in the ConfigMap" $name) }}
 {{- end }}
 {{- if eq $name "DISPATCHBOX_HTTP_ADDR" }}
