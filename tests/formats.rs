@@ -59,6 +59,17 @@ fn sdk_decode(
     body: &[u8],
     key: Option<&str>,
 ) -> Value {
+    sdk_decode_with(binding, headers, body, key, None)
+}
+
+/// [`sdk_decode`] with a RabbitMQ `content_type` property.
+fn sdk_decode_with(
+    binding: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    key: Option<&str>,
+    content_type: Option<&str>,
+) -> Value {
     let input = json!({
         "binding": binding,
         "headers": headers
@@ -67,6 +78,7 @@ fn sdk_decode(
             .collect::<serde_json::Map<String, Value>>(),
         "body": base64::engine::general_purpose::STANDARD.encode(body),
         "key": key,
+        "content_type": content_type,
     });
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -327,4 +339,119 @@ async fn each_format_end_to_end_through_the_relay() {
         );
         assert_eq!(decoded["attributes"]["traceparent"], TRACEPARENT);
     }
+}
+
+#[tokio::test]
+async fn nats_cloudevents_in_both_modes_decode_with_the_sdk() {
+    use dispatchbox::sink::{NatsSink, NatsSinkConfig};
+    let nats = support::nats::TestNats::start();
+    nats.create_stream("OUTBOX", &["outbox.>"]).await;
+    for (n, mode) in [CloudEventsMode::Structured, CloudEventsMode::Binary]
+        .into_iter()
+        .enumerate()
+    {
+        let mut config = NatsSinkConfig::new(nats.url());
+        config.format = cloudevents(mode);
+        let sink = Sink::Nats(NatsSink::new(config).unwrap());
+        sink.deliver(event(42 + n as i64)).await.unwrap();
+    }
+    let stored = nats.read_stream("OUTBOX", 2, WAIT).await;
+    assert_eq!(stored.len(), 2);
+    for (message, mode) in stored
+        .iter()
+        .zip([CloudEventsMode::Structured, CloudEventsMode::Binary])
+    {
+        // JetStream's dedup key stays the row id, and the trace context travels.
+        let id = if mode == CloudEventsMode::Binary {
+            "43"
+        } else {
+            "42"
+        };
+        assert_eq!(message.header("Nats-Msg-Id"), id);
+        assert_eq!(message.header("traceparent"), TRACEPARENT);
+        // NATS headers follow HTTP's: the SDK's HTTP binding reads them.
+        let mut decoded = sdk_decode("http", &message.headers, &message.payload, None);
+        decoded["attributes"]["id"] = Value::from("42");
+        assert_is_event_42(&decoded);
+        let binary = message.headers.iter().any(|(n, _)| n.starts_with("ce-"));
+        assert_eq!(binary, mode == CloudEventsMode::Binary);
+    }
+}
+
+#[tokio::test]
+async fn redis_cloudevents_entries_hold_the_structured_document() {
+    use dispatchbox::sink::{RedisSink, RedisSinkConfig};
+    let redis = support::redis::TestRedis::start();
+    let mut config = RedisSinkConfig::new(redis.url());
+    config.format = cloudevents(CloudEventsMode::Binary);
+    let sink = Sink::Redis(RedisSink::new(config).unwrap());
+    sink.deliver(event(42)).await.unwrap();
+    let entries = redis.xrange("outbox.order").await;
+    assert_eq!(entries.len(), 1);
+    let entry = &entries[0];
+    assert_eq!(entry.field("id"), "42");
+    assert_eq!(entry.field("header.traceparent"), TRACEPARENT);
+    let headers = [(
+        "content-type".to_owned(),
+        entry.field("content-type").to_owned(),
+    )];
+    let decoded = sdk_decode("http", &headers, entry.field("cloudevent").as_bytes(), None);
+    assert_is_event_42(&decoded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_cloudevents_in_both_modes_decode_with_the_sdk() {
+    use dispatchbox::sink::{RabbitMqSink, RabbitMqSinkConfig};
+    let node = support::rabbitmq::node();
+    let admin = node.admin().await;
+    admin.topic_exchange("ce.outbox").await;
+    admin.bound_queue("ce.all", "ce.outbox", "#").await;
+    for mode in [CloudEventsMode::Structured, CloudEventsMode::Binary] {
+        let mut config = RabbitMqSinkConfig::new(node.url());
+        config.exchange_template = "ce.outbox".to_owned();
+        config.format = cloudevents(mode);
+        let sink = Sink::RabbitMq(RabbitMqSink::new(config).unwrap());
+        sink.deliver(event(42)).await.unwrap();
+    }
+    let received = admin.read("ce.all", 2, WAIT).await;
+    assert_eq!(received.len(), 2);
+    for (message, mode) in received
+        .iter()
+        .zip([CloudEventsMode::Structured, CloudEventsMode::Binary])
+    {
+        assert_eq!(message.message_id(), Some("42"));
+        assert_eq!(message.header("traceparent").as_deref(), Some(TRACEPARENT));
+        let headers: Vec<(String, String)> = message
+            .properties
+            .headers()
+            .as_ref()
+            .map(|table| {
+                table
+                    .inner()
+                    .keys()
+                    .map(|name| {
+                        let name = name.as_str().to_owned();
+                        let value = message.header(&name).unwrap_or_default();
+                        (name, value)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let content_type = message
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|c| c.as_str().to_owned());
+        let binary = headers.iter().any(|(n, _)| n.starts_with("ce-"));
+        assert_eq!(binary, mode == CloudEventsMode::Binary, "{headers:?}");
+        let decoded = sdk_decode_with(
+            "rabbitmq",
+            &headers,
+            &message.body,
+            None,
+            content_type.as_deref(),
+        );
+        assert_is_event_42(&decoded);
+    }
+    admin.close().await;
 }
