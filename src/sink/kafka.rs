@@ -37,6 +37,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use super::format::{cloudevents, CloudEventsMode, Format};
+use super::template::{Template, TemplateError};
 use super::DeliveryError;
 use crate::event::OutboxEvent;
 
@@ -621,79 +622,50 @@ fn with_row_headers(
     )
 }
 
-/// A parsed topic template.
+/// A parsed topic template: the shared placeholder syntax ([`Template`]) with Kafka's
+/// character rule checked on its fixed text.
 #[derive(Debug, Clone)]
 struct TopicTemplate {
     source: String,
-    segments: Vec<Segment>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    Literal(String),
-    AggregateType,
-    EventType,
+    template: Template,
 }
 
 impl TopicTemplate {
-    fn parse(template: &str) -> Result<Self, KafkaSinkError> {
-        if template.is_empty() {
-            return Err(KafkaSinkError::EmptyTemplate);
-        }
-        let mut segments = Vec::new();
-        let mut rest = template;
-        while !rest.is_empty() {
-            let Some(open) = rest.find('{') else {
-                segments.push(Segment::Literal(rest.to_owned()));
-                break;
-            };
-            if open > 0 {
-                segments.push(Segment::Literal(rest[..open].to_owned()));
+    fn parse(source: &str) -> Result<Self, KafkaSinkError> {
+        let template = Template::parse(source).map_err(|error| match error {
+            TemplateError::Empty => KafkaSinkError::EmptyTemplate,
+            TemplateError::UnknownPlaceholder {
+                template,
+                placeholder,
+            } => KafkaSinkError::UnknownPlaceholder {
+                template,
+                placeholder,
+            },
+            TemplateError::Unclosed { template } => {
+                KafkaSinkError::UnclosedPlaceholder { template }
             }
-            let after = &rest[open + 1..];
-            let close = after
-                .find('}')
-                .ok_or_else(|| KafkaSinkError::UnclosedPlaceholder {
-                    template: template.to_owned(),
-                })?;
-            segments.push(match &after[..close] {
-                "aggregate_type" => Segment::AggregateType,
-                "event_type" => Segment::EventType,
-                other => {
-                    return Err(KafkaSinkError::UnknownPlaceholder {
-                        template: template.to_owned(),
-                        placeholder: other.to_owned(),
-                    })
-                }
+            TemplateError::Unopened { template } => KafkaSinkError::IllegalTemplateCharacter {
+                template,
+                found: '}',
+            },
+        })?;
+        let illegal = template
+            .literals()
+            .find_map(|text| text.chars().find(|&c| !is_topic_char(c)));
+        if let Some(found) = illegal {
+            return Err(KafkaSinkError::IllegalTemplateCharacter {
+                template: source.to_owned(),
+                found,
             });
-            rest = &after[close + 1..];
-        }
-        for segment in &segments {
-            if let Segment::Literal(text) = segment {
-                if let Some(found) = text.chars().find(|&c| !is_topic_char(c)) {
-                    return Err(KafkaSinkError::IllegalTemplateCharacter {
-                        template: template.to_owned(),
-                        found,
-                    });
-                }
-            }
         }
         Ok(Self {
-            source: template.to_owned(),
-            segments,
+            source: source.to_owned(),
+            template,
         })
     }
 
     fn render(&self, event: &OutboxEvent) -> String {
-        let mut topic = String::with_capacity(self.source.len() + 32);
-        for segment in &self.segments {
-            topic.push_str(match segment {
-                Segment::Literal(text) => text,
-                Segment::AggregateType => &event.aggregate_type,
-                Segment::EventType => &event.event_type,
-            });
-        }
-        topic
+        self.template.render(event)
     }
 }
 

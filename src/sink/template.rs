@@ -1,6 +1,6 @@
-//! Destination templates of the NATS and Redis sinks: a text with `{aggregate_type}` and
-//! `{event_type}` placeholders (`outbox.{aggregate_type}`), parsed once at startup and
-//! rendered per event.
+//! Destination templates of the sinks (Kafka topics, NATS subjects, Redis streams): a text
+//! with `{aggregate_type}` and `{event_type}` placeholders (`outbox.{aggregate_type}`),
+//! parsed once at startup and rendered per event.
 //!
 //! Owns the placeholder syntax only. What characters a rendered name may hold is the
 //! transport's rule and stays in its sink module (`Template::literals` lets it check the
