@@ -200,6 +200,70 @@ async fn unroutable_message_is_permanent_and_the_sink_stays_usable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_unroutable_messages_fail_exactly_and_every_routed_one_arrives() {
+    // Given an exchange whose only binding takes orders.
+    let node = node();
+    let admin = node.admin().await;
+    admin.topic_exchange("t9.outbox").await;
+    admin.bound_queue("t9.orders", "t9.outbox", "order.#").await;
+    let sink = sink(&node.url(), "t9.outbox", Duration::from_secs(30));
+
+    // When 600 events are handed off at once, every third one an invoice that no queue
+    // takes, and all confirms awaited together (the broker returns and acks them in
+    // batches, which is where lapin hands a returned message to the wrong confirm); three
+    // rounds of that.
+    let unbound = |id: i64| id % 3 == 0;
+    for round in 0..3 {
+        let ids: Vec<i64> = (1..=600).map(|n| round * 1000 + n).collect();
+        let deliveries: Vec<_> = ids
+            .iter()
+            .map(|&id| {
+                let aggregate_type = if unbound(id) { "invoice" } else { "order" };
+                sink.deliver(Arc::new(event(id, aggregate_type, "a-1", &payload(id))))
+            })
+            .collect();
+        let results = join_all(deliveries).await;
+
+        // Then exactly the invoices failed, permanently as unroutable, and every order was
+        // confirmed.
+        let mut wrong = Vec::new();
+        for (id, result) in ids.iter().zip(&results) {
+            match result {
+                Err(err)
+                    if unbound(*id)
+                        && err.is_permanent()
+                        && err.reason().contains("to no queue") => {}
+                Ok(()) if !unbound(*id) => {}
+                other => wrong.push(format!("event {id}: {other:?}")),
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "round {round}: {} misjudged: {wrong:#?}",
+            wrong.len()
+        );
+
+        // And the queue holds exactly the orders, each once.
+        let expected: Vec<String> = ids
+            .iter()
+            .filter(|&&id| !unbound(id))
+            .map(ToString::to_string)
+            .collect();
+        let received = admin
+            .read("t9.orders", expected.len() + 1, Duration::from_secs(3))
+            .await;
+        let mut got: Vec<String> = received
+            .iter()
+            .map(|message| message.message_id().unwrap().to_owned())
+            .collect();
+        got.sort_by_key(|id| id.parse::<i64>().unwrap());
+        assert_eq!(got, expected, "round {round}");
+    }
+    sink.close(Duration::from_secs(5)).await;
+    admin.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_exchange_is_permanent_and_the_sink_recovers() {
     // Given exchanges named after the aggregate type, and only "t3-order" declared.
     let node = node();

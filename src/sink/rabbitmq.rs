@@ -31,6 +31,18 @@
 //! among those that succeed. Confirms are awaited concurrently, so many deliveries can be in
 //! flight.
 //!
+//! Returned messages are matched to their events by `message_id` (the row id), never by the
+//! confirm lapin attaches them to. lapin (4.12) hands the oldest returned message of a
+//! channel to whichever confirm it completes next, and a `multiple` ack completes its
+//! confirms in hash-map order, so `Confirmation::Ack(Some(returned))` can sit on a routed
+//! message's confirm while the unroutable one gets a bare `Ack(None)`: trusting it would
+//! mark the routed event `dead` and the dropped one `done`. The broker sends a message's
+//! `basic.return` before its `basic.ack`, so once a message's confirm has resolved, its
+//! return sits on a confirm that has resolved too (its own, one of the same ack frame, or an
+//! earlier one). The publisher task's confirm pump (`Confirms`, bookkeeping in `Ledger`)
+//! therefore takes the returns out of every resolved confirm, files them by message id and
+//! judges a delivery only when every confirm resolved before its own has been seen.
+//!
 //! TLS (`amqps://`): rustls with ring, verifying the broker against the webpki root set plus
 //! the certificates of `ca_pem` (a private CA), for the host named in the URL.
 //!
@@ -45,18 +57,26 @@
 //! broker answer. Must not: declare or delete anything on the broker, log payloads, header
 //! values or the URL's password, touch the database, or retry on its own.
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
+use lapin::message::BasicReturnMessage;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::{AMQPScheme, AMQPUri};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind,
+    PublisherConfirm,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -461,7 +481,7 @@ impl RabbitMqSink {
                     shared: Arc::clone(&self.shared),
                     session: None,
                     down: None,
-                    confirms: tokio::task::JoinSet::new(),
+                    generations: 0,
                 };
                 runtime.spawn(publisher.run(receiver));
                 *queue = Some(sender.clone());
@@ -683,73 +703,96 @@ struct Job {
 struct Session {
     connection: Arc<Connection>,
     channel: Channel,
+    /// Numbers the channels the publisher opened: returned messages are matched to
+    /// publications of the same channel only.
+    generation: u64,
     /// Set when a confirm did not arrive in time while the broker was not blocking
     /// publishers: the connection is presumed dead and replaced before the next publish.
     stale: Arc<AtomicBool>,
 }
 
-/// The task that owns the connection and publishes in queue order.
+/// The task that owns the connection and publishes in queue order; its confirm pump
+/// ([`Confirms`]) answers the published messages.
 struct Publisher {
     shared: Arc<Shared>,
     session: Option<Session>,
     /// The last failed connect: until when events fail at once, and why.
     down: Option<(Instant, DeliveryError)>,
-    /// Tasks awaiting confirms.
-    confirms: tokio::task::JoinSet<()>,
+    /// Channels opened so far (the last one's generation).
+    generations: u64,
 }
 
 impl Publisher {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        while let Some(command) = commands.recv().await {
-            // Finished confirm tasks are reaped as we go.
-            while self.confirms.try_join_next().is_some() {}
+        let mut confirms = Confirms::new(Arc::clone(&self.shared));
+        while let Some(command) = alongside(&mut confirms, commands.recv(), |_, _| {}).await {
             match command {
-                Command::Publish(job) => self.publish(*job).await,
+                Command::Publish(job) => {
+                    alongside(&mut confirms, self.publish(*job), |confirms, published| {
+                        if let Some(published) = published.take() {
+                            confirms.admit(published);
+                        }
+                    })
+                    .await;
+                }
                 Command::Probe { deadline, reply } => {
-                    let connection = self
-                        .session(deadline)
+                    let connection = alongside(&mut confirms, self.session(deadline), |_, _| {})
                         .await
                         .map(|session| Arc::clone(&session.connection));
                     let _ = reply.send(connection);
                 }
                 Command::Close { deadline, reply } => {
-                    let _ = tokio::time::timeout_at(deadline, async {
-                        while self.confirms.join_next().await.is_some() {}
-                    })
-                    .await;
+                    let all_answered = std::future::poll_fn(|cx| {
+                        confirms.observe(cx);
+                        confirms.settle(cx);
+                        if confirms.unanswered == 0 {
+                            Poll::Ready(())
+                        } else {
+                            Poll::Pending
+                        }
+                    });
+                    let _ = tokio::time::timeout_at(deadline, all_answered).await;
                     if let Some(session) = self.session.take() {
-                        let _ = tokio::time::timeout_at(
+                        let close = tokio::time::timeout_at(
                             deadline,
                             session
                                 .connection
                                 .close(200, "dispatchbox shutting down".into()),
-                        )
-                        .await;
+                        );
+                        let _ = alongside(&mut confirms, close, |_, _| {}).await;
                     }
                     let _ = reply.send(());
                 }
             }
         }
-        // The sink was dropped: nothing more will be published.
+        // The sink was dropped: nothing more will be published (deliveries still waiting
+        // for a confirm report that the sink stopped).
         if let Some(session) = self.session.take() {
             drop_session(session);
         }
     }
 
-    async fn publish(&mut self, job: Job) {
+    /// Publishes `job`; what the pump is to wait for, unless `job` was answered already.
+    async fn publish(&mut self, job: Job) -> Option<Published> {
         if Instant::now() >= job.deadline {
             // Not published: the delivery future is reporting a timeout.
             let _ = job.reply.send(Err(self.shared.timed_out(&job.exchange)));
-            return;
+            return None;
         }
         let endpoint = self.shared.endpoint.clone();
-        let channel = match self.session(job.deadline).await {
-            Ok(session) => session.channel.clone(),
+        let (channel, generation) = match self.session(job.deadline).await {
+            Ok(session) => (session.channel.clone(), session.generation),
             Err(error) => {
                 let _ = job.reply.send(Err(error));
-                return;
+                return None;
             }
         };
+        let id = job
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_default();
         let Job {
             exchange,
             routing_key,
@@ -777,7 +820,7 @@ impl Publisher {
                     body.len(),
                     &endpoint,
                 )));
-                return;
+                return None;
             }
             Err(_elapsed) => {
                 let _ = reply.send(Err(self.shared.timed_out(&exchange)));
@@ -791,33 +834,25 @@ impl Publisher {
                     );
                     drop_session(session);
                 }
-                return;
+                return None;
             }
         };
-        let stale = self
+        let link = self
             .session
             .as_ref()
             .map(|session| (Arc::clone(&session.stale), Arc::clone(&session.connection)));
-        let shared = Arc::clone(&self.shared);
-        self.confirms.spawn(async move {
-            let result = match tokio::time::timeout_at(deadline, confirm).await {
-                Ok(Ok(confirmation)) => {
-                    classify_confirmation(confirmation, &exchange, &routing_key, &endpoint)
-                }
-                Ok(Err(error)) => Err(classify_error(&error, &exchange, body.len(), &endpoint)),
-                Err(_elapsed) => {
-                    if let Some((stale, connection)) = stale {
-                        // A blocked broker (memory or disk alarm) holds publishes on purpose;
-                        // a new connection would be blocked too.
-                        if !connection.status().blocked() {
-                            stale.store(true, Ordering::Relaxed);
-                        }
-                    }
-                    Err(shared.timed_out(&exchange))
-                }
-            };
-            let _ = reply.send(result);
-        });
+        Some(Published {
+            channel,
+            generation,
+            id,
+            exchange,
+            routing_key,
+            body_len: body.len(),
+            deadline,
+            reply,
+            confirm,
+            link,
+        })
     }
 
     /// The open session, replacing a broken one first; connects if there is none (unless a
@@ -835,7 +870,12 @@ impl Publisher {
                 // is fine, so only the channel is replaced.
                 match tokio::time::timeout_at(deadline, open_channel(&session.connection)).await {
                     Ok(Ok(channel)) => {
-                        return Ok(self.session.insert(Session { channel, ..session }));
+                        self.generations += 1;
+                        return Ok(self.session.insert(Session {
+                            channel,
+                            generation: self.generations,
+                            ..session
+                        }));
                     }
                     Ok(Err(_)) | Err(_) => drop_session(session),
                 }
@@ -853,6 +893,7 @@ impl Publisher {
                 return Err(error.clone());
             }
         }
+        let generation = self.generations + 1;
         let connect = async {
             let properties =
                 ConnectionProperties::default().with_connection_name("dispatchbox".into());
@@ -872,6 +913,7 @@ impl Publisher {
             Ok::<_, DeliveryError>(Session {
                 connection: Arc::new(connection),
                 channel,
+                generation,
                 stale: Arc::new(AtomicBool::new(false)),
             })
         };
@@ -886,6 +928,7 @@ impl Publisher {
         match connected {
             Ok(session) => {
                 tracing::info!(sink = "rabbitmq", endpoint = %endpoint, "rabbitmq connected");
+                self.generations = generation;
                 self.down = None;
                 Ok(self.session.insert(session))
             }
@@ -941,39 +984,39 @@ fn connection_error(error: &lapin::Error, endpoint: &str) -> DeliveryError {
     ))
 }
 
-/// Sorts a confirmation into delivered, retryable or permanent. Ok only for an ack of a
-/// message that was routed.
-fn classify_confirmation(
-    confirmation: Confirmation,
+/// Sorts a publication's verdict into delivered, retryable or permanent. Ok only for an ack
+/// of a message that was not returned.
+fn classify_verdict(
+    verdict: Verdict,
     exchange: &str,
     routing_key: &str,
+    body_len: usize,
     endpoint: &str,
 ) -> Result<(), DeliveryError> {
-    match confirmation {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))
-            if returned.reply_code == AMQPSoftError::NOROUTE.get_id() =>
-        {
+    match verdict {
+        Verdict::Delivered => Ok(()),
+        Verdict::Returned { reply_code, .. } if reply_code == AMQPSoftError::NOROUTE.get_id() => {
             Err(DeliveryError::permanent(format!(
                 "rabbitmq exchange {exchange:?} on {endpoint} routed routing key \
                  {routing_key:?} to no queue (unroutable, returned as mandatory); bind a queue \
                  for it (the relay declares nothing), then retry the dead event"
             )))
         }
-        Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-            Err(DeliveryError::permanent(format!(
-                "rabbitmq exchange {exchange:?} on {endpoint} returned the message with \
-                 routing key {routing_key:?}: {} {}",
-                returned.reply_code, returned.reply_text
-            )))
-        }
-        Confirmation::Nack(None) => Err(DeliveryError::retryable(format!(
+        Verdict::Returned {
+            reply_code,
+            reply_text,
+        } => Err(DeliveryError::permanent(format!(
+            "rabbitmq exchange {exchange:?} on {endpoint} returned the message with routing key \
+             {routing_key:?}: {reply_code} {reply_text}"
+        ))),
+        Verdict::Nacked => Err(DeliveryError::retryable(format!(
             "rabbitmq broker {endpoint} refused (nacked) the message for exchange {exchange:?}; \
              a queue may be full (overflow reject-publish) or unavailable"
         ))),
-        Confirmation::NotRequested => Err(DeliveryError::retryable(format!(
+        Verdict::NotRequested => Err(DeliveryError::retryable(format!(
             "rabbitmq channel to {endpoint} is not in confirm mode; this is a bug"
         ))),
+        Verdict::Failed(error) => Err(classify_error(&error, exchange, body_len, endpoint)),
     }
 }
 
@@ -1032,6 +1075,587 @@ fn max_size_in(text: &str) -> Option<usize> {
     let (_, rest) = text.split_once("max size ")?;
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
+}
+
+/// How one publication ended, its returned message (if any) matched to it by message id.
+#[derive(Debug)]
+enum Verdict {
+    /// Acked, and no returned message carries its id.
+    Delivered,
+    /// A returned message carries its id (whatever the confirm said).
+    Returned { reply_code: u16, reply_text: String },
+    /// Nacked, and not returned.
+    Nacked,
+    /// The channel was not in confirm mode.
+    NotRequested,
+    /// The channel or connection failed before the confirm.
+    Failed(lapin::Error),
+}
+
+/// A resolved confirm with its returned message taken out.
+#[derive(Debug)]
+enum Resolution {
+    Ack,
+    Nack,
+    NotRequested,
+    Failed(lapin::Error),
+}
+
+/// Which publications carry which returned messages.
+///
+/// lapin hands each returned message to whichever confirm it completes next (the front of
+/// the channel's queue of returns goes to the next confirm resolved, and a `multiple` ack
+/// resolves its confirms in hash-map order), so `Confirmation::Ack(Some(returned))` may sit
+/// on another message's confirm while the message it belongs to gets `Ack(None)`. The
+/// broker sends a message's `basic.return` before its `basic.ack`, so by the time a
+/// message's own confirm has resolved, its return sits on a confirm that has resolved too
+/// (possibly an earlier message's, resolved before this one's publish even came back to the
+/// publisher task). The ledger therefore takes every return out of every resolved confirm
+/// and files it by its `message_id` (the row id, unique per event) and channel generation;
+/// a publication is judged only once every confirm resolved before it has been seen.
+///
+/// Pure bookkeeping (no I/O): the confirm pump feeds it and acts on its verdicts.
+#[derive(Default)]
+struct Ledger {
+    /// Publications not yet removed: key → its channel generation, message id and state.
+    open: HashMap<u64, Open>,
+    /// Resolved, unanswered publications waiting to be judged, in the order seen.
+    resolved: Vec<(u64, Resolution)>,
+    /// How many of `resolved` (from the front) may be judged now.
+    ready: usize,
+    /// Returned messages not yet claimed, by (channel generation, message id).
+    returns: HashMap<(u64, String), VecDeque<(u16, String)>>,
+    /// How many open publications carry each (channel generation, message id).
+    owners: HashMap<(u64, String), usize>,
+    /// Returned messages that matched no open publication (should stay 0).
+    strays: u64,
+}
+
+struct Open {
+    generation: u64,
+    id: String,
+    /// Already answered (timed out); kept until its confirm resolves, for the returns
+    /// that confirm may carry.
+    answered: bool,
+}
+
+/// What [`Ledger::resolve`] did with a publication.
+#[derive(Debug, PartialEq, Eq)]
+enum Filed {
+    /// Waits to be judged.
+    Pending,
+    /// It had already been answered; it is gone now.
+    Closed,
+    /// Not an open publication, or already resolved.
+    Unknown,
+}
+
+impl Ledger {
+    /// A publication on channel `generation` whose message carries `id`.
+    fn open(&mut self, key: u64, generation: u64, id: String) {
+        *self.owners.entry((generation, id.clone())).or_default() += 1;
+        self.open.insert(
+            key,
+            Open {
+                generation,
+                id,
+                answered: false,
+            },
+        );
+    }
+
+    /// `key`'s confirm resolved as `confirmation`: files the returned message it carries
+    /// (whoever it belongs to) and, unless the publication was answered already, queues it
+    /// to be judged.
+    fn resolve(&mut self, key: u64, confirmation: Result<Confirmation, lapin::Error>) -> Filed {
+        let Some(open) = self.open.get(&key) else {
+            return Filed::Unknown;
+        };
+        let generation = open.generation;
+        let (resolution, returned) = match confirmation {
+            Ok(Confirmation::Ack(returned)) => (Resolution::Ack, returned),
+            Ok(Confirmation::Nack(returned)) => (Resolution::Nack, returned),
+            Ok(Confirmation::NotRequested) => (Resolution::NotRequested, None),
+            Err(error) => (Resolution::Failed(error), None),
+        };
+        if let Some(returned) = returned {
+            self.file_return(generation, &returned);
+        }
+        if self.open.get(&key).is_some_and(|open| open.answered) {
+            let id = self
+                .open
+                .get(&key)
+                .map(|open| open.id.clone())
+                .unwrap_or_default();
+            let claimed = self.claim(generation, &id);
+            self.close(key);
+            if let Some((reply_code, _)) = claimed {
+                tracing::debug!(
+                    sink = "rabbitmq",
+                    reply_code,
+                    "rabbitmq returned a message whose delivery had timed out already; it \
+                     will be retried"
+                );
+            }
+            return Filed::Closed;
+        }
+        self.resolved.push((key, resolution));
+        Filed::Pending
+    }
+
+    /// Files a returned message under its message id on channel `generation`. Its
+    /// publication may not be open yet: a return can ride on an earlier message's confirm
+    /// before the publish it belongs to has even finished on the publisher's side. What
+    /// still has no publication when the publisher is between publishes is swept away
+    /// ([`Ledger::sweep`]).
+    fn file_return(&mut self, generation: u64, returned: &BasicReturnMessage) {
+        let id = returned
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_default();
+        self.returns
+            .entry((generation, id))
+            .or_default()
+            .push_back((returned.reply_code, returned.reply_text.as_str().to_owned()));
+    }
+
+    /// Drops (and logs) returned messages that no open publication carries: called when
+    /// every completed publish has been opened, so these can only be strays.
+    fn sweep(&mut self) {
+        let strays: Vec<(u64, String)> = self
+            .returns
+            .keys()
+            .filter(|owner| !self.owners.contains_key(*owner))
+            .cloned()
+            .collect();
+        for owner in strays {
+            let count = self.returns.remove(&owner).map_or(0, |queue| queue.len());
+            self.strays += count as u64;
+            let (_, id) = owner;
+            tracing::warn!(
+                sink = "rabbitmq",
+                message_id = if id.is_empty() { "<none>" } else { id.as_str() },
+                count,
+                "rabbitmq returned a message that matches no unconfirmed event; ignored"
+            );
+        }
+    }
+
+    /// Marks the unresolved publication `key` answered (its delivery timed out). False when
+    /// it is not open, already answered or already resolved (then it will be judged).
+    fn expire(&mut self, key: u64) -> bool {
+        if self.resolved.iter().any(|(resolved, _)| *resolved == key) {
+            return false;
+        }
+        match self.open.get_mut(&key) {
+            Some(open) if !open.answered => {
+                open.answered = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Removes `key`, and the returns filed for its message id once no open publication
+    /// carries that id.
+    fn close(&mut self, key: u64) -> Option<Open> {
+        let open = self.open.remove(&key)?;
+        let owner = (open.generation, open.id.clone());
+        if let Some(count) = self.owners.get_mut(&owner) {
+            *count -= 1;
+            if *count == 0 {
+                self.owners.remove(&owner);
+                self.returns.remove(&owner);
+            }
+        }
+        Some(open)
+    }
+
+    /// Takes one returned message filed for `id` on channel `generation`, if any.
+    fn claim(&mut self, generation: u64, id: &str) -> Option<(u16, String)> {
+        let owner = (generation, id.to_owned());
+        let queue = self.returns.get_mut(&owner)?;
+        let claimed = queue.pop_front();
+        if queue.is_empty() {
+            self.returns.remove(&owner);
+        }
+        claimed
+    }
+
+    /// Everything resolved so far may be judged (every confirm resolved before them has been
+    /// filed).
+    fn all_ready(&mut self) {
+        self.ready = self.resolved.len();
+    }
+
+    /// The first `count` resolved publications may be judged.
+    fn ready_up_to(&mut self, count: usize) {
+        self.ready = self.ready.max(count.min(self.resolved.len()));
+    }
+
+    /// How many resolved publications have been seen (a mark for [`Ledger::ready_up_to`]).
+    fn resolved_count(&self) -> usize {
+        self.resolved.len()
+    }
+
+    /// Judges the publications that may be judged, removing them.
+    fn judge(&mut self) -> Vec<(u64, Verdict)> {
+        let ready = std::mem::take(&mut self.ready);
+        let judged: Vec<(u64, Resolution)> = self.resolved.drain(..ready).collect();
+        judged
+            .into_iter()
+            .filter_map(|(key, resolution)| {
+                let open = self.open.get(&key)?;
+                let (generation, id) = (open.generation, open.id.clone());
+                let returned = self.claim(generation, &id);
+                self.close(key);
+                let verdict = match (returned, resolution) {
+                    (Some((reply_code, reply_text)), Resolution::Ack | Resolution::Nack) => {
+                        Verdict::Returned {
+                            reply_code,
+                            reply_text,
+                        }
+                    }
+                    (_, Resolution::Ack) => Verdict::Delivered,
+                    (_, Resolution::Nack) => Verdict::Nacked,
+                    (_, Resolution::NotRequested) => Verdict::NotRequested,
+                    (_, Resolution::Failed(error)) => Verdict::Failed(error),
+                };
+                Some((key, verdict))
+            })
+            .collect()
+    }
+}
+
+/// How many times one pass of the pump goes through lapin's confirm lock before it leaves
+/// the confirms seen last for the next pass.
+const MAX_BARRIERS: usize = 4;
+
+/// A message published and not yet judged, as the pump keeps it.
+struct Published {
+    /// The channel it went out on, and that channel's generation.
+    channel: Channel,
+    generation: u64,
+    /// `message_id`: the row id.
+    id: String,
+    exchange: String,
+    routing_key: String,
+    body_len: usize,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<(), DeliveryError>>,
+    confirm: PublisherConfirm,
+    /// The session's stale flag and connection, marked on a missed confirm.
+    link: Option<(Arc<AtomicBool>, Arc<Connection>)>,
+}
+
+/// A publication the pump is waiting on.
+struct Outstanding {
+    generation: u64,
+    exchange: String,
+    routing_key: String,
+    body_len: usize,
+    /// None once answered (timed out): it is kept until its confirm resolves, for the
+    /// returned messages that confirm may carry.
+    reply: Option<oneshot::Sender<Result<(), DeliveryError>>>,
+    confirm: PublisherConfirm,
+    /// Wakes the pump with this publication's key when its confirm resolves.
+    waker: Waker,
+    resolved: bool,
+    link: Option<(Arc<AtomicBool>, Arc<Connection>)>,
+}
+
+/// Keys of publications whose confirms may have resolved, and the task to wake for them.
+#[derive(Default)]
+struct Woken(Mutex<(Vec<u64>, Option<Waker>)>);
+
+impl Woken {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<u64>, Option<Waker>)> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, key: u64) {
+        let task = {
+            let mut woken = self.lock();
+            woken.0.push(key);
+            woken.1.take()
+        };
+        if let Some(task) = task {
+            task.wake();
+        }
+    }
+
+    /// Registers the pump's task, then takes the keys pushed so far (in this order, so a key
+    /// pushed after the take wakes the task).
+    fn take(&self, task: &Waker) -> Vec<u64> {
+        let mut woken = self.lock();
+        if !woken.1.as_ref().is_some_and(|old| old.will_wake(task)) {
+            woken.1 = Some(task.clone());
+        }
+        std::mem::take(&mut woken.0)
+    }
+}
+
+/// The waker of one publication's confirm.
+struct KeyWaker {
+    key: u64,
+    woken: Arc<Woken>,
+}
+
+impl std::task::Wake for KeyWaker {
+    fn wake(self: Arc<Self>) {
+        self.woken.push(self.key);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.push(self.key);
+    }
+}
+
+/// The confirm pump: every unconfirmed publication of the publisher task, on whichever
+/// channel, answered once its confirm resolves (or its deadline passes), with returned
+/// messages matched by message id (see [`Ledger`]).
+///
+/// It runs inside the publisher task, polled around whatever that task awaits
+/// ([`alongside`]), so a message whose publish has completed is always known to the pump
+/// before the pump judges anything: its confirm may already carry another message's return,
+/// and its own return may already sit on an earlier confirm. Confirms are polled only when
+/// lapin wakes them, so many in flight cost nothing extra; decisions are made as confirms
+/// resolve, in no particular order (a slow confirm holds up no other answer).
+struct Confirms {
+    shared: Arc<Shared>,
+    ledger: Ledger,
+    outstanding: HashMap<u64, Outstanding>,
+    next_key: u64,
+    woken: Arc<Woken>,
+    /// Channels with outstanding publications, by generation, and how many each has.
+    channels: HashMap<u64, (Channel, usize)>,
+    /// Generations with confirms seen resolved since the pump last went through their
+    /// channel's confirm lock.
+    unbarriered: Vec<u64>,
+    /// Unanswered publications by deadline (in publication order, so nearly sorted).
+    deadlines: VecDeque<(Instant, u64)>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Publications not answered yet.
+    unanswered: usize,
+}
+
+impl Confirms {
+    fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            ledger: Ledger::default(),
+            outstanding: HashMap::new(),
+            next_key: 0,
+            woken: Arc::new(Woken::default()),
+            channels: HashMap::new(),
+            unbarriered: Vec::new(),
+            deadlines: VecDeque::new(),
+            timer: None,
+            unanswered: 0,
+        }
+    }
+
+    /// Takes over a publication; it is polled on the next pass.
+    fn admit(&mut self, published: Published) {
+        let key = self.next_key;
+        self.next_key += 1;
+        let waker = Waker::from(Arc::new(KeyWaker {
+            key,
+            woken: Arc::clone(&self.woken),
+        }));
+        self.ledger.open(key, published.generation, published.id);
+        self.channels
+            .entry(published.generation)
+            .or_insert_with(|| (published.channel, 0))
+            .1 += 1;
+        self.deadlines.push_back((published.deadline, key));
+        self.outstanding.insert(
+            key,
+            Outstanding {
+                generation: published.generation,
+                exchange: published.exchange,
+                routing_key: published.routing_key,
+                body_len: published.body_len,
+                reply: Some(published.reply),
+                confirm: published.confirm,
+                waker,
+                resolved: false,
+                link: published.link,
+            },
+        );
+        self.unanswered += 1;
+        self.woken.push(key);
+    }
+
+    /// Polls the confirms lapin has woken (and new ones), filing what resolved, until every
+    /// confirm resolved so far has been seen; then lets the ledger judge those it safely can.
+    ///
+    /// A `multiple` ack completes its confirms one after another while holding lapin's
+    /// confirm lock, handing out returned messages as it goes; a confirm seen resolved may
+    /// be followed by one of the same ack that carries its return. Going through that lock
+    /// (`wait_for_confirms` takes it before anything else) waits for the ack to finish; the
+    /// confirms it resolved meanwhile have pushed their keys by then.
+    fn observe(&mut self, cx: &mut Context<'_>) {
+        let mut mark = None;
+        let mut barriers = 0;
+        loop {
+            for key in self.woken.take(cx.waker()) {
+                self.poll_one(key);
+            }
+            if let Some(mark) = mark {
+                self.ledger.ready_up_to(mark);
+            }
+            if self.unbarriered.is_empty() {
+                self.ledger.all_ready();
+                return;
+            }
+            if barriers == MAX_BARRIERS {
+                // Confirms keep arriving: judge the rest on the next pass.
+                cx.waker().wake_by_ref();
+                return;
+            }
+            barriers += 1;
+            mark = Some(self.ledger.resolved_count());
+            for generation in std::mem::take(&mut self.unbarriered) {
+                let Some((channel, _)) = self.channels.get(&generation) else {
+                    continue;
+                };
+                if let Some(Ok(returned)) = channel.wait_for_confirms().now_or_never() {
+                    // Returns lapin kept for confirms dropped unawaited (none of ours).
+                    for message in &returned {
+                        self.ledger.file_return(generation, message);
+                    }
+                }
+            }
+        }
+    }
+
+    fn poll_one(&mut self, key: u64) {
+        let Some(outstanding) = self.outstanding.get_mut(&key) else {
+            return;
+        };
+        if outstanding.resolved {
+            return;
+        }
+        let waker = outstanding.waker.clone();
+        let mut context = Context::from_waker(&waker);
+        let Poll::Ready(result) = Pin::new(&mut outstanding.confirm).poll(&mut context) else {
+            return;
+        };
+        outstanding.resolved = true;
+        let generation = outstanding.generation;
+        if !self.unbarriered.contains(&generation) {
+            self.unbarriered.push(generation);
+        }
+        if self.ledger.resolve(key, result) == Filed::Closed {
+            self.remove(key);
+        }
+    }
+
+    fn remove(&mut self, key: u64) -> Option<Outstanding> {
+        let outstanding = self.outstanding.remove(&key)?;
+        if let Some((_, count)) = self.channels.get_mut(&outstanding.generation) {
+            *count -= 1;
+            if *count == 0 {
+                self.channels.remove(&outstanding.generation);
+            }
+        }
+        Some(outstanding)
+    }
+
+    /// Answers what the ledger judged, then every unanswered publication past its deadline;
+    /// arms the timer for the next deadline. Only called when every completed publish has
+    /// been admitted (returns that match no publication then are strays).
+    fn settle(&mut self, cx: &mut Context<'_>) {
+        self.ledger.sweep();
+        let endpoint = self.shared.endpoint.clone();
+        for (key, verdict) in self.ledger.judge() {
+            let Some(outstanding) = self.remove(key) else {
+                continue;
+            };
+            let Some(reply) = outstanding.reply else {
+                continue;
+            };
+            self.unanswered -= 1;
+            let _ = reply.send(classify_verdict(
+                verdict,
+                &outstanding.exchange,
+                &outstanding.routing_key,
+                outstanding.body_len,
+                &endpoint,
+            ));
+        }
+        while let Some(&(deadline, key)) = self.deadlines.front() {
+            let waiting = self
+                .outstanding
+                .get(&key)
+                .is_some_and(|outstanding| outstanding.reply.is_some() && !outstanding.resolved);
+            if !waiting {
+                self.deadlines.pop_front();
+                continue;
+            }
+            if Instant::now() < deadline {
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                if timer.as_mut().poll(cx).is_pending() {
+                    return;
+                }
+            }
+            self.deadlines.pop_front();
+            if !self.ledger.expire(key) {
+                continue;
+            }
+            let Some(outstanding) = self.outstanding.get_mut(&key) else {
+                continue;
+            };
+            if let Some((stale, connection)) = &outstanding.link {
+                // A blocked broker (memory or disk alarm) holds publishes on purpose; a new
+                // connection would be blocked too.
+                if !connection.status().blocked() {
+                    stale.store(true, Ordering::Relaxed);
+                }
+            }
+            if let Some(reply) = outstanding.reply.take() {
+                self.unanswered -= 1;
+                let _ = reply.send(Err(self.shared.timed_out(&outstanding.exchange)));
+            }
+        }
+    }
+}
+
+/// Runs `op` in the publisher task while the pump answers confirms. `admit` hands what `op`
+/// produced to the pump (a published message) before anything is judged.
+async fn alongside<T>(
+    confirms: &mut Confirms,
+    op: impl Future<Output = T>,
+    mut admit: impl FnMut(&mut Confirms, &mut T),
+) -> T {
+    let mut op = std::pin::pin!(op);
+    std::future::poll_fn(move |cx| {
+        confirms.observe(cx);
+        // Polled after the confirms: a publish that completed before any confirm seen
+        // resolved is admitted (and its confirm seen) before the judging.
+        match op.as_mut().poll(cx) {
+            Poll::Ready(mut value) => {
+                admit(confirms, &mut value);
+                confirms.observe(cx);
+                confirms.settle(cx);
+                Poll::Ready(value)
+            }
+            Poll::Pending => {
+                confirms.settle(cx);
+                Poll::Pending
+            }
+        }
+    })
+    .await
 }
 
 /// A parsed exchange or routing-key template.

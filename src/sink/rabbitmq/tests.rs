@@ -223,19 +223,220 @@ fn channel_errors_are_permanent_only_for_the_message_they_name() {
 }
 
 #[test]
-fn confirmations_are_classified() {
+fn verdicts_are_classified() {
     let endpoint = "amqp://h:5672/%2F";
-    assert!(classify_confirmation(Confirmation::Ack(None), "outbox", "k", endpoint).is_ok());
-    let nack = classify_confirmation(Confirmation::Nack(None), "outbox", "k", endpoint);
+    let classify = |verdict| classify_verdict(verdict, "outbox", "k", 10, endpoint);
+    assert!(classify(Verdict::Delivered).is_ok());
+    let unroutable = classify(Verdict::Returned {
+        reply_code: 312,
+        reply_text: "NO_ROUTE".to_owned(),
+    })
+    .unwrap_err();
+    assert!(unroutable.is_permanent(), "{unroutable:?}");
+    assert!(
+        unroutable.reason().contains("\"k\" to no queue"),
+        "{unroutable:?}"
+    );
+    let other = classify(Verdict::Returned {
+        reply_code: 313,
+        reply_text: "NO_CONSUMERS".to_owned(),
+    })
+    .unwrap_err();
+    assert!(
+        other.is_permanent() && other.reason().contains("313 NO_CONSUMERS"),
+        "{other:?}"
+    );
+    let nack = classify(Verdict::Nacked);
     assert!(
         matches!(nack, Err(DeliveryError::Retryable { .. })),
         "{nack:?}"
     );
-    let not_requested = classify_confirmation(Confirmation::NotRequested, "outbox", "k", endpoint);
     assert!(matches!(
-        not_requested,
+        classify(Verdict::NotRequested),
         Err(DeliveryError::Retryable { .. })
     ));
+    let failed = classify(Verdict::Failed(protocol_error(
+        AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND),
+        "NOT_FOUND - no exchange 'outbox' in vhost '/'",
+    )));
+    assert!(failed.unwrap_err().is_permanent());
+}
+
+/// A message the broker returned as unroutable, as lapin hands it out.
+fn returned(id: Option<&str>) -> BasicReturnMessage {
+    let mut delivery = lapin::message::Delivery::mock(
+        0,
+        "outbox".into(),
+        "k".into(),
+        false,
+        b"secret payload".to_vec(),
+    );
+    if let Some(id) = id {
+        delivery.properties = BasicProperties::default().with_message_id(id.into());
+    }
+    BasicReturnMessage {
+        delivery,
+        reply_code: 312,
+        reply_text: "NO_ROUTE".into(),
+    }
+}
+
+fn ack(id: Option<&str>) -> Result<Confirmation, lapin::Error> {
+    Ok(Confirmation::Ack(id.map(|id| returned(Some(id)))))
+}
+
+/// Judges everything the ledger may judge, as `(key, delivered?)` sorted by key; panics
+/// on a verdict other than delivered or returned.
+fn judged(ledger: &mut Ledger) -> Vec<(u64, bool)> {
+    ledger.all_ready();
+    let mut judged: Vec<(u64, bool)> = ledger
+        .judge()
+        .into_iter()
+        .map(|(key, verdict)| match verdict {
+            Verdict::Delivered => (key, true),
+            Verdict::Returned {
+                reply_code: 312, ..
+            } => (key, false),
+            other => panic!("{key}: {other:?}"),
+        })
+        .collect();
+    judged.sort_unstable();
+    judged
+}
+
+#[test]
+fn a_return_on_another_messages_confirm_is_matched_by_message_id() {
+    // Given four publications on one channel, 11 and 13 unroutable.
+    let mut ledger = Ledger::default();
+    for (key, id) in [(0, "10"), (1, "11"), (2, "12"), (3, "13")] {
+        ledger.open(key, 1, id.to_owned());
+    }
+    // When lapin hands 11's return to 10's confirm and 13's to 12's (a multiple ack
+    // completing its confirms in hash-map order), and 11 and 13 get bare acks.
+    assert_eq!(ledger.resolve(0, ack(Some("11"))), Filed::Pending);
+    assert_eq!(ledger.resolve(1, ack(None)), Filed::Pending);
+    assert_eq!(ledger.resolve(3, ack(None)), Filed::Pending);
+    assert_eq!(ledger.resolve(2, ack(Some("13"))), Filed::Pending);
+    // Then the returns go to their own messages.
+    assert_eq!(
+        judged(&mut ledger),
+        [(0, true), (1, false), (2, true), (3, false)]
+    );
+    assert_eq!(ledger.strays, 0);
+    assert!(ledger.open.is_empty() && ledger.returns.is_empty() && ledger.owners.is_empty());
+}
+
+#[test]
+fn a_return_waits_for_its_owner_and_is_judged_with_it() {
+    // Given a routed message (key 0) whose confirm carries the return of an unroutable one
+    // (key 1) whose confirm has not been seen yet.
+    let mut ledger = Ledger::default();
+    ledger.open(0, 1, "20".to_owned());
+    ledger.open(1, 1, "21".to_owned());
+    ledger.resolve(0, ack(Some("21")));
+    // When the first is judged alone, it is delivered; the return stays filed.
+    assert_eq!(judged(&mut ledger), [(0, true)]);
+    assert_eq!(ledger.returns.len(), 1);
+    // Then the second, acked bare, is judged returned.
+    ledger.resolve(1, ack(None));
+    assert_eq!(judged(&mut ledger), [(1, false)]);
+    assert!(ledger.returns.is_empty());
+}
+
+#[test]
+fn a_return_can_arrive_before_its_publication_is_opened() {
+    // Given a routed message whose confirm (an earlier multiple ack) carries the return of a
+    // message whose publish has not come back to the publisher yet.
+    let mut ledger = Ledger::default();
+    ledger.open(0, 1, "60".to_owned());
+    ledger.resolve(0, ack(Some("61")));
+    assert_eq!(judged(&mut ledger), [(0, true)]);
+    // When that publish comes back and its bare ack resolves, the return is still filed
+    // for it: a sweep happens only once every completed publish is opened.
+    ledger.open(1, 1, "61".to_owned());
+    ledger.sweep();
+    ledger.resolve(1, ack(None));
+    assert_eq!(judged(&mut ledger), [(1, false)]);
+    assert_eq!(ledger.strays, 0);
+}
+
+#[test]
+fn only_judged_ready_publications_are_answered() {
+    let mut ledger = Ledger::default();
+    ledger.open(0, 1, "30".to_owned());
+    ledger.open(1, 1, "31".to_owned());
+    ledger.resolve(0, ack(None));
+    let mark = ledger.resolved_count();
+    ledger.resolve(1, ack(None));
+    ledger.ready_up_to(mark);
+    let first: Vec<u64> = ledger.judge().into_iter().map(|(key, _)| key).collect();
+    assert_eq!(first, [0]);
+    assert_eq!(judged(&mut ledger), [(1, true)]);
+}
+
+#[test]
+fn returns_are_matched_within_their_channel_and_strays_are_counted() {
+    // Given the same event published on channel 1 (timed out, still unresolved) and again
+    // on channel 2.
+    let mut ledger = Ledger::default();
+    ledger.open(0, 1, "40".to_owned());
+    assert!(ledger.expire(0));
+    assert!(!ledger.expire(0), "answered once");
+    ledger.open(1, 2, "40".to_owned());
+    // When channel 1's confirm resolves carrying its own return, that return is consumed
+    // there and the publication is gone.
+    assert_eq!(ledger.resolve(0, ack(Some("40"))), Filed::Closed);
+    // And a return that names no open publication (or none at all) is a stray.
+    ledger.open(2, 2, "41".to_owned());
+    ledger.resolve(2, ack(Some("99")));
+    let mut nameless = ack(None);
+    if let Ok(Confirmation::Ack(slot)) = &mut nameless {
+        *slot = Some(returned(None));
+    }
+    ledger.resolve(1, nameless);
+    assert_eq!(ledger.strays, 0, "strays are only counted by a sweep");
+    ledger.sweep();
+    assert_eq!(ledger.strays, 2);
+    // Then the channel 2 publications are both delivered.
+    assert_eq!(judged(&mut ledger), [(1, true), (2, true)]);
+    assert_eq!(ledger.resolve(7, ack(None)), Filed::Unknown);
+}
+
+#[test]
+fn nacks_and_failures_keep_their_meaning_unless_returned() {
+    let mut ledger = Ledger::default();
+    for key in 0..4 {
+        ledger.open(key, 1, format!("5{key}"));
+    }
+    ledger.resolve(0, Ok(Confirmation::Nack(Some(returned(Some("51"))))));
+    ledger.resolve(1, Ok(Confirmation::Nack(None)));
+    ledger.resolve(
+        2,
+        Err(protocol_error(
+            AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND),
+            "NOT_FOUND - no exchange 'x' in vhost '/'",
+        )),
+    );
+    ledger.resolve(3, Ok(Confirmation::NotRequested));
+    ledger.all_ready();
+    let mut verdicts = ledger.judge();
+    verdicts.sort_by_key(|(key, _)| *key);
+    assert!(matches!(verdicts[0].1, Verdict::Nacked), "{verdicts:?}");
+    assert!(
+        matches!(
+            verdicts[1].1,
+            Verdict::Returned {
+                reply_code: 312,
+                ..
+            }
+        ),
+        "{verdicts:?}"
+    );
+    assert!(matches!(verdicts[2].1, Verdict::Failed(_)), "{verdicts:?}");
+    assert!(
+        matches!(verdicts[3].1, Verdict::NotRequested),
+        "{verdicts:?}"
+    );
 }
 
 #[test]
