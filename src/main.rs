@@ -41,6 +41,8 @@ enum Command {
     Status(cli::status::StatusArgs),
     /// List, inspect, export and retry dead events.
     Dead(cli::dead::DeadArgs),
+    /// Return delivered events to pending so the running relay delivers them again.
+    Replay(cli::replay::ReplayArgs),
     /// Move old delivered (and optionally dead) rows to the archive table.
     Archive(cli::archive::ArchiveArgs),
     /// Exit 0 when the running relay's /health answers (for container health checks).
@@ -110,6 +112,7 @@ fn main() -> ExitCode {
             Command::Status(args) => cli::status::run(&config, &args).await,
             Command::Dead(args) => cli::dead::run(&config, &args).await,
             Command::Archive(args) => cli::archive::run(&config, &args).await,
+            Command::Replay(args) => cli::replay::run(&config, &args).await,
             Command::Healthcheck => Ok(cli::healthcheck::run_blocking()),
         }
     });

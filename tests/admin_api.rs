@@ -545,6 +545,7 @@ async fn list_stats_show_retry_and_openapi() {
         "/dead-events/{id}/retry",
         "/dead-events/retry",
         "/openapi.json",
+        "/replay",
     ]
     .into();
     assert_eq!(paths, expected);

@@ -12,6 +12,7 @@
 //! | POST | `/dead-events/{id}/retry` | `{"retried": [id], "dry_run": false}` (404 when not dead) |
 //! | POST | `/dead-events/retry` | batch retry by `ids`, `filter` or `all`, optional `dry_run` |
 //! | GET | `/openapi.json` | the OpenAPI document (no token needed) |
+//! | POST | `/replay` | return `done` events to `pending` by filter, with a cap and `dry_run` |
 //!
 //! **Auth.** Every route but `/openapi.json` needs `Authorization: Bearer <token>` with
 //! `DISPATCHBOX_ADMIN_TOKEN`; a missing or wrong token gets 401. Without a configured token
@@ -41,18 +42,20 @@ use subtle::ConstantTimeEq;
 
 use crate::ops::dead::{parse_time, DeadFilter, Detail, Page, RetryError, RetrySelection};
 use crate::ops::dead::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
+use crate::ops::replay::{ReplayError, ReplayFilter, DEFAULT_REPLAY_CAP};
 use crate::secret::Secret;
 use crate::store::{Store, StoreError};
 
 /// Every route path of the API (relative to its mount point), as the OpenAPI document
 /// lists them.
-pub const ROUTES: [&str; 6] = [
+pub const ROUTES: [&str; 7] = [
     "/dead-events",
     "/dead-events/stats",
     "/dead-events/{id}",
     "/dead-events/{id}/retry",
     "/dead-events/retry",
     "/openapi.json",
+    "/replay",
 ];
 
 /// Reason given with 403 while no token is configured.
@@ -88,6 +91,7 @@ pub fn router(store: Store, token: Option<Secret<String>>) -> Router {
         .route("/dead-events/retry", post(retry_batch))
         .route("/dead-events/{id}", get(show))
         .route("/dead-events/{id}/retry", post(retry_one))
+        .route("/replay", post(replay))
         // Applies to the routes above only: the OpenAPI document and 404s need no token.
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route("/openapi.json", get(openapi))
@@ -374,6 +378,78 @@ async fn retry_batch(
     Ok(retried(&ids, body.dry_run))
 }
 
+/// The body of `POST /replay`: the filter fields of [`ReplayFilter`] (times as for the
+/// dead-event filters: RFC 3339, a date or an age), `max` (the cap) and `dry_run`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    from_id: Option<i64>,
+    to_id: Option<i64>,
+    since: Option<String>,
+    until: Option<String>,
+    aggregate_type: Option<String>,
+    aggregate_id: Option<String>,
+    event_type: Option<String>,
+    #[serde(default)]
+    all: bool,
+    max: Option<i64>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn replay(
+    State(state): State<ApiState>,
+    body: Result<Json<ReplayBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let now = Utc::now();
+    let time = |name: &str, text: Option<String>| {
+        text.map(|t| parse_time(&t, now))
+            .transpose()
+            .map_err(|e| ApiError::bad_request(format!("{name}: {e}")))
+    };
+    let filter = ReplayFilter {
+        from_id: body.from_id,
+        to_id: body.to_id,
+        since: time("since", body.since)?,
+        until: time("until", body.until)?,
+        aggregate_type: body.aggregate_type,
+        aggregate_id: body.aggregate_id,
+        event_type: body.event_type,
+        all: body.all,
+    };
+    let cap = body.max.unwrap_or(DEFAULT_REPLAY_CAP);
+    let outcome = match state
+        .store
+        .replay_done(&filter, cap, body.dry_run, "api")
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(ReplayError::Store(e)) => return Err(e.into()),
+        Err(e) => return Err(ApiError::bad_request(e.to_string())),
+    };
+    if outcome.over_cap {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "more than {cap} delivered events match; nothing was replayed: narrow the \
+                 filter or raise \"max\""
+            ),
+        ));
+    }
+    if !outcome.dry_run {
+        crate::telemetry::metrics::events_replayed(outcome.replayed.len());
+        tracing::info!(
+            replayed_by = "api",
+            events = outcome.replayed.len(),
+            first_id = outcome.replayed.first(),
+            last_id = outcome.replayed.last(),
+            "events replayed"
+        );
+    }
+    Ok(Json(outcome).into_response())
+}
+
 fn retried(ids: &[i64], dry_run: bool) -> Response {
     Json(json!({ "retried": ids, "dry_run": dry_run })).into_response()
 }
@@ -479,6 +555,15 @@ pub fn openapi_document() -> Value {
             "responses": denied(json!({"200": ok("RetryResult"),
                                        "400": error("Invalid body or nothing selected.")}))
         }},
+        ROUTES[6]: {"post": {
+            "summary": "Return delivered (done) events to pending so the sweeper delivers them again (or, with dry_run, count them).",
+            "operationId": "replayEvents",
+            "requestBody": {"required": true, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/ReplayRequest"}}}},
+            "responses": denied(json!({"200": ok("ReplayResult"),
+                                       "400": error("Invalid body or nothing selected."),
+                                       "409": error("More events match than max: nothing was replayed.")}))
+        }},
         ROUTES[5]: {"get": {
             "summary": "This document.",
             "operationId": "openapi",
@@ -566,6 +651,28 @@ fn schemas() -> Value {
                 "dry_run": {"type": "boolean", "default": false}
             }
         },
+        "ReplayRequest": {
+            "type": "object", "additionalProperties": false,
+            "description": "At least one filter field, or all: true.",
+            "properties": {
+                "from_id": {"type": "integer", "format": "int64"},
+                "to_id": {"type": "integer", "format": "int64"},
+                "since": {"type": "string", "description": "created at or after: RFC 3339, a date or an age (24h)"},
+                "until": {"type": "string", "description": "created before (same forms)"},
+                "aggregate_type": {"type": "string"},
+                "aggregate_id": {"type": "string"},
+                "event_type": {"type": "string"},
+                "all": {"type": "boolean"},
+                "max": {"type": "integer", "format": "int64", "default": DEFAULT_REPLAY_CAP},
+                "dry_run": {"type": "boolean", "default": false}
+            }
+        },
+        "ReplayResult": {"type": "object", "required": ["matched", "over_cap", "replayed", "dry_run"], "properties": {
+            "matched": {"type": "integer", "format": "int64"},
+            "over_cap": {"type": "boolean"},
+            "replayed": {"type": "array", "items": {"type": "integer", "format": "int64"}},
+            "dry_run": {"type": "boolean"}
+        }},
         "RetryResult": {"type": "object", "required": ["retried", "dry_run"], "properties": {
             "retried": {"type": "array", "items": {"type": "integer", "format": "int64"}},
             "dry_run": {"type": "boolean"}

@@ -7,6 +7,7 @@ pub mod check;
 pub mod dead;
 pub mod healthcheck;
 pub mod migrate;
+pub mod replay;
 pub mod status;
 
 use anyhow::Context;

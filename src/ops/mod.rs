@@ -6,4 +6,5 @@
 pub mod archive;
 pub mod checks;
 pub mod dead;
+pub mod replay;
 pub mod report;

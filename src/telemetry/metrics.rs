@@ -130,6 +130,7 @@ struct Metrics {
     /// ([`replication_behind_since`]); [`CAUGHT_UP`] when it is not behind.
     behind_since_micros: AtomicI64,
     stream_reconnects: IntCounter,
+    events_replayed: IntCounter,
     sink_up: IntGaugeVec,
     slot_wal_status: IntGaugeVec,
     sweeper_reclaims: IntCounterVec,
@@ -356,6 +357,11 @@ impl Metrics {
                 .expect("valid gauge"),
             ),
             behind_since_micros: AtomicI64::new(CAUGHT_UP),
+            events_replayed: counter(
+                &registry,
+                "dispatchbox_events_replayed_total",
+                "Delivered events returned to pending by POST /api/replay on this process (dispatchbox replay runs in its own process and only logs).",
+            ),
             stream_reconnects: counter(
                 &registry,
                 "dispatchbox_stream_reconnects_total",
@@ -578,6 +584,13 @@ pub fn blocked_aggregates(count: usize) {
 
 /// An event of `event_type` (`None`: the row could not be read as an event) was marked
 /// dead after `attempts` delivery attempts.
+/// Counts `events` delivered events returned to `pending` by a replay.
+pub fn events_replayed(events: usize) {
+    METRICS
+        .events_replayed
+        .inc_by(u64::try_from(events).unwrap_or(u64::MAX));
+}
+
 pub fn dead_event(event_type: Option<&str>, attempts: u32) {
     let m = &*METRICS;
     let label = match event_type {
@@ -731,6 +744,7 @@ mod tests {
             "dispatchbox_outbox_oldest_undelivered_age_seconds ",
             "dispatchbox_replication_lag_seconds ",
             "dispatchbox_stream_reconnects_total ",
+            "dispatchbox_events_replayed_total ",
             "dispatchbox_attempts_before_dead_bucket",
             "dispatchbox_replication_lag_bytes",
             "dispatchbox_slot_wal_status{status=\"missing\"}",
