@@ -84,6 +84,7 @@ use super::format::{cloudevents, CloudEventsMode, Format};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateDer;
 
+use super::template as shared;
 use super::DeliveryError;
 use crate::event::OutboxEvent;
 
@@ -1658,59 +1659,48 @@ async fn alongside<T>(
     .await
 }
 
-/// A parsed exchange or routing-key template.
+/// A parsed exchange or routing-key template: the sinks' shared placeholder syntax
+/// ([`shared::Template`]) with AMQP's rules on top: empty is allowed (the default exchange),
+/// the fixed text fits a short string, and an exchange's holds only exchange-name characters.
 #[derive(Debug, Clone)]
 struct Template {
     source: String,
-    segments: Vec<Segment>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    Literal(String),
-    AggregateType,
-    EventType,
+    /// `None` for the empty template.
+    parsed: Option<shared::Template>,
 }
 
 impl Template {
     fn parse(template: &str, kind: TemplateKind) -> Result<Self, RabbitMqSinkError> {
-        let mut segments = Vec::new();
-        let mut rest = template;
-        while !rest.is_empty() {
-            let Some(open) = rest.find('{') else {
-                segments.push(Segment::Literal(rest.to_owned()));
-                break;
-            };
-            if open > 0 {
-                segments.push(Segment::Literal(rest[..open].to_owned()));
-            }
-            let after = &rest[open + 1..];
-            let close = after
-                .find('}')
-                .ok_or_else(|| RabbitMqSinkError::UnclosedPlaceholder {
+        if template.is_empty() {
+            return Ok(Self {
+                source: String::new(),
+                parsed: None,
+            });
+        }
+        let parsed = shared::Template::parse(template).map_err(|error| match error {
+            shared::TemplateError::UnknownPlaceholder { placeholder, .. } => {
+                RabbitMqSinkError::UnknownPlaceholder {
                     kind,
                     template: template.to_owned(),
-                })?;
-            segments.push(match &after[..close] {
-                "aggregate_type" => Segment::AggregateType,
-                "event_type" => Segment::EventType,
-                other => {
-                    return Err(RabbitMqSinkError::UnknownPlaceholder {
-                        kind,
-                        template: template.to_owned(),
-                        placeholder: other.to_owned(),
-                    })
+                    placeholder,
                 }
-            });
-            rest = &after[close + 1..];
-        }
-        let literal_len: usize = segments
-            .iter()
-            .map(|segment| match segment {
-                Segment::Literal(text) => text.len(),
-                Segment::AggregateType | Segment::EventType => 0,
-            })
-            .sum();
+            }
+            // A stray '}' is not an exchange-name character; in a routing key it is refused
+            // as a broken placeholder.
+            shared::TemplateError::Unopened { .. } if kind == TemplateKind::Exchange => {
+                RabbitMqSinkError::IllegalExchangeCharacter {
+                    template: template.to_owned(),
+                    found: '}',
+                }
+            }
+            shared::TemplateError::Empty
+            | shared::TemplateError::Unclosed { .. }
+            | shared::TemplateError::Unopened { .. } => RabbitMqSinkError::UnclosedPlaceholder {
+                kind,
+                template: template.to_owned(),
+            },
+        })?;
+        let literal_len: usize = parsed.literals().map(str::len).sum();
         if literal_len > MAX_SHORT_STRING {
             return Err(RabbitMqSinkError::TemplateTooLong {
                 kind,
@@ -1718,33 +1708,27 @@ impl Template {
             });
         }
         if kind == TemplateKind::Exchange {
-            for segment in &segments {
-                if let Segment::Literal(text) = segment {
-                    if let Some(found) = text.chars().find(|&c| !is_exchange_char(c)) {
-                        return Err(RabbitMqSinkError::IllegalExchangeCharacter {
-                            template: template.to_owned(),
-                            found,
-                        });
-                    }
-                }
+            let illegal = parsed
+                .literals()
+                .find_map(|text| text.chars().find(|&c| !is_exchange_char(c)));
+            if let Some(found) = illegal {
+                return Err(RabbitMqSinkError::IllegalExchangeCharacter {
+                    template: template.to_owned(),
+                    found,
+                });
             }
         }
         Ok(Self {
             source: template.to_owned(),
-            segments,
+            parsed: Some(parsed),
         })
     }
 
     fn render(&self, event: &OutboxEvent) -> String {
-        let mut out = String::with_capacity(self.source.len() + 32);
-        for segment in &self.segments {
-            out.push_str(match segment {
-                Segment::Literal(text) => text,
-                Segment::AggregateType => &event.aggregate_type,
-                Segment::EventType => &event.event_type,
-            });
-        }
-        out
+        self.parsed
+            .as_ref()
+            .map(|parsed| parsed.render(event))
+            .unwrap_or_default()
     }
 }
 

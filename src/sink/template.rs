@@ -1,4 +1,5 @@
-//! Destination templates of the sinks (Kafka topics, NATS subjects, Redis streams): a text
+//! Destination templates of the sinks (Kafka topics, NATS subjects, Redis streams, RabbitMQ
+//! exchanges and routing keys): a text
 //! with `{aggregate_type}` and `{event_type}` placeholders (`outbox.{aggregate_type}`),
 //! parsed once at startup and rendered per event.
 //!
