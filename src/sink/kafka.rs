@@ -299,33 +299,27 @@ impl KafkaSink {
                             event.id
                         ))
                     })?;
-                    let fixed = [(
-                        CONTENT_TYPE_HEADER.to_owned(),
-                        cloudevents::STRUCTURED_CONTENT_TYPE.to_owned(),
-                    )];
+                    let fixed = [(CONTENT_TYPE_HEADER, cloudevents::STRUCTURED_CONTENT_TYPE)];
                     (
                         Cow::Owned(document),
                         with_row_headers(fixed, event, is_ce_header),
                     )
                 }
                 CloudEventsMode::Binary => {
-                    let fixed = std::iter::once((
-                        CONTENT_TYPE_HEADER.to_owned(),
-                        cloudevents::DATA_CONTENT_TYPE.to_owned(),
-                    ))
-                    .chain(
-                        ce.attributes(event)
-                            .into_iter()
-                            .map(|(name, value)| (format!("ce_{name}"), value)),
-                    );
+                    let attributes: Vec<(String, String)> = ce
+                        .attributes(event)
+                        .into_iter()
+                        .map(|(name, value)| (format!("ce_{name}"), value))
+                        .collect();
+                    let fixed =
+                        std::iter::once((CONTENT_TYPE_HEADER, cloudevents::DATA_CONTENT_TYPE))
+                            .chain(attributes.iter().map(|(n, v)| (n.as_str(), v.as_str())));
                     (payload, with_row_headers(fixed, event, is_ce_header))
                 }
             },
             Format::Debezium(debezium) => {
-                let fixed = debezium
-                    .headers(event)
-                    .into_iter()
-                    .map(|(name, value)| (name.to_owned(), value));
+                let headers = debezium.headers(event);
+                let fixed = headers.iter().map(|(name, value)| (*name, value.as_str()));
                 (
                     payload,
                     with_row_headers(fixed, event, |name| debezium.reserves(name)),
@@ -579,14 +573,15 @@ fn is_topic_char(c: char) -> bool {
 
 /// The native record headers (see the module doc for the list and the collision rule).
 fn native_headers(event: &OutboxEvent) -> OwnedHeaders {
+    let id = event.id.to_string();
+    let created_at = event.created_at_rfc3339();
     let fixed = [
-        ("id", event.id.to_string()),
-        ("event_type", event.event_type.clone()),
-        ("aggregate_type", event.aggregate_type.clone()),
-        ("aggregate_id", event.aggregate_id.clone()),
-        ("created_at", event.created_at_rfc3339()),
-    ]
-    .map(|(name, value)| (name.to_owned(), value));
+        ("id", id.as_str()),
+        ("event_type", event.event_type.as_str()),
+        ("aggregate_type", event.aggregate_type.as_str()),
+        ("aggregate_id", event.aggregate_id.as_str()),
+        ("created_at", created_at.as_str()),
+    ];
     with_row_headers(fixed, event, |name| RESERVED_HEADERS.contains(&name))
 }
 
@@ -601,22 +596,23 @@ fn is_ce_header(name: &str) -> bool {
 /// The format's own headers, then the row's headers, except those whose names the format
 /// `reserves`: consumers that read the last header of a name must never see a forged
 /// idempotency key or attribute.
-fn with_row_headers(
-    fixed: impl IntoIterator<Item = (String, String)>,
-    event: &OutboxEvent,
+/// Borrows every name and value: librdkafka copies them once, into the record.
+fn with_row_headers<'a>(
+    fixed: impl IntoIterator<Item = (&'a str, &'a str)>,
+    event: &'a OutboxEvent,
     reserves: impl Fn(&str) -> bool,
 ) -> OwnedHeaders {
     let row = event
         .headers
         .iter()
         .filter(|(name, _)| !reserves(name))
-        .map(|(name, value)| (name.clone(), value.clone()));
+        .map(|(name, value)| (name.as_str(), value.as_str()));
     fixed.into_iter().chain(row).fold(
         OwnedHeaders::new_with_capacity(8 + event.headers.len()),
         |headers, (key, value)| {
             headers.insert(Header {
-                key: &key,
-                value: Some(&value),
+                key,
+                value: Some(value),
             })
         },
     )
