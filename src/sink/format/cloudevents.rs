@@ -148,17 +148,13 @@ struct Structured<'a> {
 /// and everything outside printable ASCII percent-encoded (CloudEvents HTTP binding
 /// 3.1.3.2). NATS headers follow the same rule.
 pub fn http_header_value(value: &str) -> String {
-    use std::fmt::Write as _;
-    let mut encoded = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if (0x21..=0x7e).contains(&byte) && byte != b'"' && byte != b'%' {
-            encoded.push(char::from(byte));
-        } else {
-            let _ = write!(encoded, "%{byte:02X}");
-        }
-    }
-    encoded
+    percent_encoding::utf8_percent_encode(value, HEADER_VALUE_ESCAPES).to_string()
 }
+
+/// What the HTTP binding escapes besides non-ASCII (which `utf8_percent_encode` always
+/// escapes): controls (and DEL), space, `"` and `%`.
+const HEADER_VALUE_ESCAPES: &percent_encoding::AsciiSet =
+    &percent_encoding::CONTROLS.add(b' ').add(b'"').add(b'%');
 
 #[cfg(test)]
 mod tests {
@@ -250,5 +246,6 @@ mod tests {
         assert_eq!(http_header_value("order.created"), "order.created");
         assert_eq!(http_header_value("a b\"c%d"), "a%20b%22c%25d");
         assert_eq!(http_header_value("Ü"), "%C3%9C");
+        assert_eq!(http_header_value("a\tb\u{7f}"), "a%09b%7F");
     }
 }
