@@ -526,38 +526,24 @@ fn traces(
     raw: &RawConfig,
     vars: &HashMap<String, String>,
 ) -> Result<Option<TraceSettings>, ConfigError> {
-    let set = |value: &Option<String>| {
+    let set = |value: Option<&str>| {
         value
-            .as_deref()
             .map(str::trim)
             .filter(|v| !v.is_empty())
             .map(str::to_owned)
     };
-    let otel = |name: &str| vars.get(name).cloned();
-    let (otel_sdk_disabled, otel_traces_endpoint, otel_endpoint) = (
-        otel("OTEL_SDK_DISABLED"),
-        otel("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
-        otel("OTEL_EXPORTER_OTLP_ENDPOINT"),
-    );
-    let (otel_traces_protocol, otel_protocol) = (
-        otel("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
-        otel("OTEL_EXPORTER_OTLP_PROTOCOL"),
-    );
-    let (otel_traces_timeout, otel_timeout) = (
-        otel("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
-        otel("OTEL_EXPORTER_OTLP_TIMEOUT"),
-    );
-    let (otel_service_name, otel_resource_attributes) =
-        (otel("OTEL_SERVICE_NAME"), otel("OTEL_RESOURCE_ATTRIBUTES"));
-    if set(&otel_sdk_disabled).is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+    // OpenTelemetry's own variables are not DISPATCHBOX_* ones: read from the environment.
+    let otel = |name: &str| set(vars.get(name).map(String::as_str));
+    if otel("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return Ok(None);
     }
-    let endpoint = if let Some(url) = set(&otel_traces_endpoint) {
+    let endpoint = if let Some(url) = otel("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
         Some(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url))
-    } else if let Some(base) = set(&raw.dispatchbox_otel_endpoint) {
+    } else if let Some(base) = set(raw.dispatchbox_otel_endpoint.as_deref()) {
         Some(("DISPATCHBOX_OTEL_EXPORTER_OTLP_ENDPOINT", traces_url(&base)))
     } else {
-        set(&otel_endpoint).map(|base| ("OTEL_EXPORTER_OTLP_ENDPOINT", traces_url(&base)))
+        otel("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .map(|base| ("OTEL_EXPORTER_OTLP_ENDPOINT", traces_url(&base)))
     };
     let Some((variable, endpoint)) = endpoint else {
         return Ok(None);
@@ -572,11 +558,11 @@ fn traces(
             ))
         }
     }
-    for (name, value) in [
-        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", &otel_traces_protocol),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", &otel_protocol),
+    for name in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
     ] {
-        if let Some(protocol) = set(value) {
+        if let Some(protocol) = otel(name) {
             if protocol != "http/protobuf" {
                 return Err(ConfigError::new(
                     name,
@@ -586,11 +572,11 @@ fn traces(
         }
     }
     let timeout = match [
-        ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", &otel_traces_timeout),
-        ("OTEL_EXPORTER_OTLP_TIMEOUT", &otel_timeout),
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
     ]
     .into_iter()
-    .find_map(|(name, value)| set(value).map(|v| (name, v)))
+    .find_map(|name| otel(name).map(|v| (name, v)))
     {
         Some((name, millis)) => match millis.parse::<u64>() {
             Ok(ms) if ms > 0 => Duration::from_millis(ms),
@@ -603,8 +589,8 @@ fn traces(
         },
         None => Duration::from_secs(10),
     };
-    let names_service = set(&otel_service_name).is_some()
-        || set(&otel_resource_attributes).is_some_and(|attrs| {
+    let names_service = otel("OTEL_SERVICE_NAME").is_some()
+        || otel("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|attrs| {
             attrs
                 .split(',')
                 .any(|pair| pair.trim_start().starts_with("service.name="))

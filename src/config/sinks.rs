@@ -66,7 +66,8 @@ pub(super) fn from_raw(
         .map(|kind| {
             Ok(match kind {
                 Kind::Kafka => {
-                    let format = formats.for_sink("kafka", own("KAFKA", &raw.kafka_format), &[])?;
+                    let own = set_format("DISPATCHBOX_KAFKA_FORMAT", raw.kafka_format.as_deref());
+                    let format = formats.for_sink("kafka", own, &[])?;
                     SinkConfig::Kafka(kafka(raw, format, properties.take().unwrap_or_default())?)
                 }
                 Kind::Webhook(endpoint) => {
@@ -74,33 +75,35 @@ pub(super) fn from_raw(
                     let named = endpoint.as_deref().and_then(|name| {
                         let variable =
                             format!("DISPATCHBOX_WEBHOOK_{}_FORMAT", name.to_ascii_uppercase());
-                        let value = vars.get(&variable).cloned();
-                        own(variable, &value)
+                        let value = vars.get(&variable).map(String::as_str);
+                        set_format(&variable, value)
                     });
-                    let own = named.or_else(|| own("WEBHOOK", &raw.webhook_format));
+                    let own = named.or_else(|| {
+                        set_format("DISPATCHBOX_WEBHOOK_FORMAT", raw.webhook_format.as_deref())
+                    });
                     let format = formats.for_sink("webhook", own, &[DEBEZIUM])?;
                     SinkConfig::Webhook(webhook(raw, &vars, endpoint.as_deref(), format)?)
                 }
                 Kind::Stdout => {
-                    let own = own("STDOUT", &raw.stdout_format);
+                    let own = set_format("DISPATCHBOX_STDOUT_FORMAT", raw.stdout_format.as_deref());
                     SinkConfig::Stdout(formats.for_sink("stdout", own, &[DEBEZIUM])?)
                 }
                 Kind::RabbitMq => {
-                    let format = formats.for_sink(
-                        "rabbitmq",
-                        own("RABBITMQ", &raw.rabbitmq_format),
-                        &[DEBEZIUM],
-                    )?;
+                    let own = set_format(
+                        "DISPATCHBOX_RABBITMQ_FORMAT",
+                        raw.rabbitmq_format.as_deref(),
+                    );
+                    let format = formats.for_sink("rabbitmq", own, &[DEBEZIUM])?;
                     SinkConfig::RabbitMq(rabbitmq(raw, format)?)
                 }
                 Kind::Nats => {
-                    let format =
-                        formats.for_sink("nats", own("NATS", &raw.nats_format), &[DEBEZIUM])?;
+                    let own = set_format("DISPATCHBOX_NATS_FORMAT", raw.nats_format.as_deref());
+                    let format = formats.for_sink("nats", own, &[DEBEZIUM])?;
                     SinkConfig::Nats(nats(raw, format)?)
                 }
                 Kind::Redis => {
-                    let format =
-                        formats.for_sink("redis", own("REDIS", &raw.redis_format), &[DEBEZIUM])?;
+                    let own = set_format("DISPATCHBOX_REDIS_FORMAT", raw.redis_format.as_deref());
+                    let format = formats.for_sink("redis", own, &[DEBEZIUM])?;
                     SinkConfig::Redis(redis(raw, format)?)
                 }
             })
@@ -182,17 +185,10 @@ const DEBEZIUM: (FormatKind, &str) = (
     "Debezium's outbox event router writes Kafka records; use native or cloudevents",
 );
 
-/// A sink's own format variable and its value, when set: `own("KAFKA", …)` is
-/// `DISPATCHBOX_KAFKA_FORMAT`; a full variable name is taken as is.
-fn own(sink: impl Into<String>, value: &Option<String>) -> Option<(String, String)> {
-    let value = value.as_deref().map(str::trim).filter(|v| !v.is_empty())?;
-    let sink = sink.into();
-    let variable = if sink.starts_with("DISPATCHBOX_") {
-        sink
-    } else {
-        format!("DISPATCHBOX_{sink}_FORMAT")
-    };
-    Some((variable, value.to_owned()))
+/// A sink's own format variable and its value, when the variable is set and not empty.
+fn set_format(variable: &str, value: Option<&str>) -> Option<(String, String)> {
+    let value = value.map(str::trim).filter(|v| !v.is_empty())?;
+    Some((variable.to_owned(), value.to_owned()))
 }
 
 /// `DISPATCHBOX_FORMAT` and the settings of each format, checked once; each sink then picks
