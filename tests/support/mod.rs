@@ -10,3 +10,34 @@ pub mod redis;
 pub mod relay;
 pub mod store;
 pub mod webhook;
+
+/// The Debian server binary `name` for the tests: `$variable` when set (it must be a file),
+/// else the first `name` on `PATH` or in `/usr/sbin`, `/usr/bin`. Panics with the install
+/// hint when there is none: tests never skip for a missing server.
+pub fn find_server(variable: &str, name: &str) -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Ok(path) = std::env::var(variable) {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "{variable}={} is not a file; run scripts/install-test-deps",
+            path.display()
+        );
+        return path;
+    }
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Ok(path) = std::env::var("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
+    }
+    candidates.push(PathBuf::from("/usr/sbin").join(name));
+    candidates.push(PathBuf::from("/usr/bin").join(name));
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`{name}` was not found ({variable}, PATH, /usr/sbin, /usr/bin); run \
+                 scripts/install-test-deps (apt-get install {name})"
+            )
+        })
+}

@@ -67,30 +67,7 @@ impl StoredMessage {
 }
 
 pub fn find_nats_server() -> PathBuf {
-    if let Ok(path) = std::env::var("DISPATCHBOX_TEST_NATS_SERVER") {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "DISPATCHBOX_TEST_NATS_SERVER={} is not a file; run scripts/install-test-deps",
-            path.display()
-        );
-        return path;
-    }
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Ok(path) = std::env::var("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join("nats-server")));
-    }
-    candidates.push(PathBuf::from("/usr/sbin/nats-server"));
-    candidates.push(PathBuf::from("/usr/bin/nats-server"));
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`nats-server` was not found (DISPATCHBOX_TEST_NATS_SERVER, PATH, /usr/sbin); run \
-                 scripts/install-test-deps (apt-get install nats-server)"
-            )
-        })
+    super::find_server("DISPATCHBOX_TEST_NATS_SERVER", "nats-server")
 }
 
 impl TestNats {

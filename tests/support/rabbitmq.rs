@@ -62,29 +62,7 @@ pub struct TestNode {
 
 /// Locates `rabbitmq-server` or panics with the install hint.
 pub fn find_rabbitmq_server() -> PathBuf {
-    if let Ok(path) = std::env::var("DISPATCHBOX_TEST_RABBITMQ_SERVER") {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "DISPATCHBOX_TEST_RABBITMQ_SERVER={} is not a file; run scripts/install-test-deps",
-            path.display()
-        );
-        return path;
-    }
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Ok(path) = std::env::var("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join("rabbitmq-server")));
-    }
-    candidates.push(PathBuf::from("/usr/sbin/rabbitmq-server"));
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "rabbitmq-server was not found (DISPATCHBOX_TEST_RABBITMQ_SERVER, PATH, \
-                 /usr/sbin); run scripts/install-test-deps (apt-get install rabbitmq-server)"
-            )
-        })
+    super::find_server("DISPATCHBOX_TEST_RABBITMQ_SERVER", "rabbitmq-server")
 }
 
 fn free_port() -> u16 {

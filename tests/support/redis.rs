@@ -58,29 +58,7 @@ impl Entry {
 }
 
 pub fn find_redis_server() -> PathBuf {
-    if let Ok(path) = std::env::var("DISPATCHBOX_TEST_REDIS_SERVER") {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "DISPATCHBOX_TEST_REDIS_SERVER={} is not a file; run scripts/install-test-deps",
-            path.display()
-        );
-        return path;
-    }
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Ok(path) = std::env::var("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join("redis-server")));
-    }
-    candidates.push(PathBuf::from("/usr/bin/redis-server"));
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`redis-server` was not found (DISPATCHBOX_TEST_REDIS_SERVER, PATH, /usr/bin); \
-                 run scripts/install-test-deps (apt-get install redis-server)"
-            )
-        })
+    super::find_server("DISPATCHBOX_TEST_REDIS_SERVER", "redis-server")
 }
 
 impl TestRedis {
