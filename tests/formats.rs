@@ -371,6 +371,8 @@ async fn nats_cloudevents_in_both_modes_decode_with_the_sdk() {
         assert_eq!(message.header("traceparent"), TRACEPARENT);
         // NATS headers follow HTTP's: the SDK's HTTP binding reads them.
         let mut decoded = sdk_decode("http", &message.headers, &message.payload, None);
+        // The second event is id 43; every other attribute is event 42's.
+        assert_eq!(decoded["attributes"]["id"], id);
         decoded["attributes"]["id"] = Value::from("42");
         assert_is_event_42(&decoded);
         let binary = message.headers.iter().any(|(n, _)| n.starts_with("ce-"));
