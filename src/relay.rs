@@ -91,7 +91,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     let admin = AdminServer::start(
         config.admin.http_addr,
         admin::router(
-            AdminState::new(health.clone(), store.clone(), sinks.clone()),
+            AdminState::new(
+                health.clone(),
+                store.clone(),
+                sinks.clone(),
+                config.database.slot.clone(),
+            ),
             config.admin.token.clone(),
         ),
     )

@@ -47,7 +47,7 @@ impl Api {
         store.migrate(&names).await.unwrap();
         let app = axum::Router::new().nest(
             "/api",
-            api::router(store, token.map(|t| Secret::new(t.to_owned()))),
+            api::router(store, None, token.map(|t| Secret::new(t.to_owned()))),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -410,9 +410,39 @@ async fn list_stats_show_retry_and_openapi() {
     let (_, stats) = api.get("/dead-events/stats?aggregate_type=nothing").await;
     assert_eq!(
         stats,
-        json!({"total": 0, "by_event_type": [], "by_aggregate_type": [],
+        json!({"total": 0, "by_event_type": [], "by_aggregate_type": [], "by_last_error": [],
                "oldest_failed_at": null, "newest_failed_at": null})
     );
+
+    // The last-error filter (the text as written, `%` and `_` included, ignoring case) and
+    // the causes, largest first.
+    api.client
+        .execute(
+            &format!(
+                "UPDATE {TABLE} SET last_error = 'Kafka: 50% of_partitions down' WHERE id = $1"
+            ),
+            &[&dead[3]],
+        )
+        .await
+        .unwrap();
+    let (_, p) = api.get("/dead-events?error=KAFKA:%2050%25").await;
+    assert_eq!(ids(&p), dead[3..]);
+    let (_, p) = api.get("/dead-events?error=50_").await;
+    assert_eq!(ids(&p), Vec::<i64>::new(), "_ is not a wildcard");
+    let (_, p) = api
+        .get("/dead-events?error=400%20bad&event_type=order.placed")
+        .await;
+    assert_eq!(ids(&p), dead[..2]);
+    let (_, stats) = api.get("/dead-events/stats").await;
+    assert_eq!(
+        stats["by_last_error"],
+        json!([
+            {"name": "webhook answered 400 Bad Request", "count": 3},
+            {"name": "Kafka: 50% of_partitions down", "count": 1},
+        ])
+    );
+    let (_, stats) = api.get("/dead-events/stats?error=kafka").await;
+    assert_eq!(stats["total"], 1);
 
     // Show.
     let (status, event) = api.get(&format!("/dead-events/{}", dead[1])).await;
@@ -517,6 +547,13 @@ async fn list_stats_show_retry_and_openapi() {
     let (_, body) = api
         .post(
             "/dead-events/retry",
+            Some(json!({"filter": {"error": "kafka"}, "dry_run": true})),
+        )
+        .await;
+    assert_eq!(body["retried"], json!([dead[3]]));
+    let (_, body) = api
+        .post(
+            "/dead-events/retry",
             Some(json!({"filter": {"event_type": "order.cancelled"}})),
         )
         .await;
@@ -527,6 +564,45 @@ async fn list_stats_show_retry_and_openapi() {
     assert_eq!(body["retried"], json!([dead[3]]));
     let (_, page) = api.get("/dead-events").await;
     assert_eq!(ids(&page), Vec::<i64>::new());
+
+    // Any event by id (the console's detail view), the statuses of a set of events (how the
+    // console follows a retry), and the counts per status.
+    let (status, event) = api.get(&format!("/events/{done}")).await;
+    assert_eq!(status, StatusCode::OK, "{event}");
+    assert_eq!(event["status"], "done");
+    assert_eq!(event["id"], done);
+    assert_eq!(event["payload"]["n"], "o4");
+    assert_eq!(event["headers"], json!({"traceparent": "00-abc-01"}));
+    let (status, event) = api.get(&format!("/events/{}", dead[0])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(event["status"], "pending");
+    assert!(event["next_run_at"].is_string(), "{event}");
+    let (status, body) = api.get("/events/999999").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(error_text(&body).contains("999999"), "{body}");
+    let (status, body) = api
+        .post(
+            "/events/statuses",
+            Some(json!({"ids": [done, retry, dead[0], dead[1], 999_999]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"by_status": {"done": 1, "pending": 2, "retry": 1}})
+    );
+    let (status, body) = api
+        .post("/events/statuses", Some(json!({"ids": vec![1; 10_001]})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_text(&body).contains("10000"), "{body}");
+    let (status, overview) = api.get("/overview").await;
+    assert_eq!(status, StatusCode::OK, "{overview}");
+    assert_eq!(
+        overview["counts"],
+        json!({"pending": 4, "retry": 1, "processing": 0, "dead": 0, "done": 1,
+               "done_more": false, "done_estimate": 1})
+    );
 
     // The OpenAPI document parses and lists every route.
     let (status, doc) = api.get("/openapi.json").await;
@@ -546,6 +622,9 @@ async fn list_stats_show_retry_and_openapi() {
         "/dead-events/retry",
         "/openapi.json",
         "/replay",
+        "/overview",
+        "/events/{id}",
+        "/events/statuses",
     ]
     .into();
     assert_eq!(paths, expected);

@@ -13,6 +13,9 @@
 //! | POST | `/dead-events/retry` | batch retry by `ids`, `filter` or `all`, optional `dry_run` |
 //! | GET | `/openapi.json` | the OpenAPI document (no token needed) |
 //! | POST | `/replay` | return `done` events to `pending` by filter, with a cap and `dry_run` |
+//! | GET | `/overview` | rows per status, stream state and role, lag, slot, sinks (the console's header) |
+//! | GET | `/events/{id}` | one event of any status, with payload, headers and status (404 when none) |
+//! | POST | `/events/statuses` | how many of `ids` have each status (follows a retry or replay) |
 //!
 //! **Auth.** Every route but `/openapi.json` needs `Authorization: Bearer <token>` with
 //! `DISPATCHBOX_ADMIN_TOKEN`; a missing or wrong token gets 401. Without a configured token
@@ -40,15 +43,17 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::AdminState;
 use crate::ops::dead::{parse_time, DeadFilter, Detail, Page, RetryError, RetrySelection};
 use crate::ops::dead::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
 use crate::ops::replay::{ReplayError, ReplayFilter, DEFAULT_REPLAY_CAP};
 use crate::secret::Secret;
+use crate::store::stats::DONE_COUNT_LIMIT;
 use crate::store::{Store, StoreError};
 
 /// Every route path of the API (relative to its mount point), as the OpenAPI document
 /// lists them.
-pub const ROUTES: [&str; 7] = [
+pub const ROUTES: [&str; 10] = [
     "/dead-events",
     "/dead-events/stats",
     "/dead-events/{id}",
@@ -56,7 +61,13 @@ pub const ROUTES: [&str; 7] = [
     "/dead-events/retry",
     "/openapi.json",
     "/replay",
+    "/overview",
+    "/events/{id}",
+    "/events/statuses",
 ];
+
+/// Most ids one `POST /events/statuses` may ask about.
+pub const MAX_STATUS_IDS: usize = 10_000;
 
 /// Reason given with 403 while no token is configured.
 const DISABLED: &str = "the admin API is disabled: set DISPATCHBOX_ADMIN_TOKEN (or \
@@ -65,6 +76,8 @@ const DISABLED: &str = "the admin API is disabled: set DISPATCHBOX_ADMIN_TOKEN (
 #[derive(Clone)]
 struct ApiState {
     store: Store,
+    /// The running relay's state, for `/overview` (`None` in tests of the API alone).
+    relay: Option<AdminState>,
     /// SHA-256 of the configured token; `None` turns the API off.
     token_digest: Option<Arc<[u8]>>,
 }
@@ -79,10 +92,12 @@ impl std::fmt::Debug for ApiState {
 }
 
 /// The API's router, to be mounted at `/api`. With `token` `None` every call except the
-/// OpenAPI document is refused with 403.
-pub fn router(store: Store, token: Option<Secret<String>>) -> Router {
+/// OpenAPI document is refused with 403. Without `relay`, `/overview` reports the counts
+/// only.
+pub fn router(store: Store, relay: Option<AdminState>, token: Option<Secret<String>>) -> Router {
     let state = ApiState {
         store,
+        relay,
         token_digest: token.map(|t| Arc::from(Sha256::digest(t.expose().as_bytes()).as_slice())),
     };
     Router::new()
@@ -92,6 +107,9 @@ pub fn router(store: Store, token: Option<Secret<String>>) -> Router {
         .route("/dead-events/{id}", get(show))
         .route("/dead-events/{id}/retry", post(retry_one))
         .route("/replay", post(replay))
+        .route("/overview", get(overview))
+        .route("/events/statuses", post(statuses))
+        .route("/events/{id}", get(show_event))
         // Applies to the routes above only: the OpenAPI document and 404s need no token.
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route("/openapi.json", get(openapi))
@@ -218,6 +236,7 @@ fn parse_query(query: RawQuery, paged: bool) -> Result<(DeadFilter, Page), ApiEr
         match name.as_str() {
             "aggregate_type" => filter.aggregate_type = Some(value.clone()),
             "event_type" => filter.event_type = Some(value.clone()),
+            "error" => filter.error = Some(value.clone()),
             "since" => {
                 filter.since = Some(
                     parse_time(&restore_plus(value), now).map_err(|e| invalid(e.to_string()))?,
@@ -242,9 +261,9 @@ fn parse_query(query: RawQuery, paged: bool) -> Result<(DeadFilter, Page), ApiEr
             }
             _ => {
                 let known = if paged {
-                    "aggregate_type, event_type, since, until, limit, after_id"
+                    "aggregate_type, event_type, error, since, until, limit, after_id"
                 } else {
-                    "aggregate_type, event_type, since, until"
+                    "aggregate_type, event_type, error, since, until"
                 };
                 return Err(ApiError::bad_request(format!(
                     "unknown query parameter {name:?}; known parameters: {known}"
@@ -338,6 +357,7 @@ struct FilterBody {
     since: Option<String>,
     until: Option<String>,
     ids: Option<Vec<i64>>,
+    error: Option<String>,
 }
 
 impl FilterBody {
@@ -354,6 +374,7 @@ impl FilterBody {
             aggregate_type: self.aggregate_type,
             event_type: self.event_type,
             ids: self.ids,
+            error: self.error,
         })
     }
 }
@@ -450,6 +471,54 @@ async fn replay(
     Ok(Json(outcome).into_response())
 }
 
+async fn overview(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let overview = match &state.relay {
+        Some(relay) => relay.overview().await?,
+        None => json!({ "counts": state.store.status_counts().await? }),
+    };
+    Ok(Json(overview).into_response())
+}
+
+async fn show_event(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    match state.store.show_event(id).await? {
+        Some(event) => Ok(Json(event).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no event with id {id}"),
+        )),
+    }
+}
+
+/// Body of `POST /events/statuses`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusesBody {
+    ids: Vec<i64>,
+}
+
+async fn statuses(
+    State(state): State<ApiState>,
+    body: Result<Json<StatusesBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    if body.ids.len() > MAX_STATUS_IDS {
+        return Err(ApiError::bad_request(format!(
+            "\"ids\" holds {} ids; ask about at most {MAX_STATUS_IDS} at a time",
+            body.ids.len()
+        )));
+    }
+    let counts = state.store.statuses_of(&body.ids).await?;
+    let by_status: serde_json::Map<String, Value> = counts
+        .into_iter()
+        .map(|(status, rows)| (status, json!(rows)))
+        .collect();
+    Ok(Json(json!({ "by_status": by_status })).into_response())
+}
+
 fn retried(ids: &[i64], dry_run: bool) -> Response {
     Json(json!({ "retried": ids, "dry_run": dry_run })).into_response()
 }
@@ -487,6 +556,11 @@ pub fn openapi_document() -> Value {
         query(
             "event_type",
             "Only this event type (exact match).",
+            json!({"type": "string"}),
+        ),
+        query(
+            "error",
+            "Only events whose last error contains this text (ignoring case).",
             json!({"type": "string"}),
         ),
         query(
@@ -528,7 +602,7 @@ pub fn openapi_document() -> Value {
             "responses": denied(json!({"200": ok("DeadPage"), "400": error("Invalid query parameter.")}))
         }},
         ROUTES[1]: {"get": {
-            "summary": "Count dead events per event type and aggregate type.",
+            "summary": "Count dead events per event type, aggregate type and (the most frequent) last error.",
             "operationId": "deadEventStats",
             "parameters": filters,
             "responses": denied(json!({"200": ok("DeadStats"), "400": error("Invalid query parameter.")}))
@@ -543,7 +617,7 @@ pub fn openapi_document() -> Value {
         ROUTES[3]: {"post": {
             "summary": "Make one dead event due for delivery now.",
             "operationId": "retryDeadEvent",
-            "parameters": id_param,
+            "parameters": id_param.clone(),
             "responses": denied(json!({"200": ok("RetryResult"), "400": error("Invalid id."),
                                        "404": error("No dead event has this id.")}))
         }},
@@ -563,6 +637,27 @@ pub fn openapi_document() -> Value {
             "responses": denied(json!({"200": ok("ReplayResult"),
                                        "400": error("Invalid body or nothing selected."),
                                        "409": error("More events match than max: nothing was replayed.")}))
+        }},
+        ROUTES[7]: {"get": {
+            "summary": "Rows per status (done counted up to 1000, estimated beyond), the stream's state and role, replication lag, slot and sinks. Cached for 2 s.",
+            "operationId": "overview",
+            "responses": denied(json!({"200": ok("Overview")}))
+        }},
+        ROUTES[8]: {"get": {
+            "summary": "One event of any status, with payload, headers, status and next run time.",
+            "operationId": "showEvent",
+            "parameters": id_param.clone(),
+            "responses": denied(json!({"200": ok("Event"), "400": error("Invalid id."),
+                                       "404": error("No event has this id.")}))
+        }},
+        ROUTES[9]: {"post": {
+            "summary": "How many of the given events have each status (to follow a retry or replay).",
+            "operationId": "eventStatuses",
+            "requestBody": {"required": true, "content": {"application/json": {
+                "schema": {"type": "object", "additionalProperties": false, "required": ["ids"],
+                           "properties": {"ids": {"type": "array", "maxItems": MAX_STATUS_IDS,
+                                                  "items": {"type": "integer", "format": "int64"}}}}}}},
+            "responses": denied(json!({"200": ok("Statuses"), "400": error("Invalid body or too many ids.")}))
         }},
         ROUTES[5]: {"get": {
             "summary": "This document.",
@@ -622,9 +717,18 @@ fn schemas() -> Value {
             "event_type": {"type": "string"},
             "since": {"type": "string", "description": "RFC 3339, a date or an age such as 24h"},
             "until": {"type": "string", "description": "RFC 3339, a date or an age such as 24h"},
-            "ids": {"type": "array", "items": {"type": "integer", "format": "int64"}}
+            "ids": {"type": "array", "items": {"type": "integer", "format": "int64"}},
+            "error": {"type": "string", "description": "last error contains this text (ignoring case)"}
         }
     });
+    let mut detail = event.clone();
+    if let Some(required) = detail["required"].as_array_mut() {
+        required.extend([json!("status"), json!("next_run_at")]);
+    }
+    detail["properties"]["status"] =
+        json!({"enum": ["pending", "processing", "retry", "done", "dead"]});
+    detail["properties"]["next_run_at"] = time.clone();
+    let count = json!({"type": "integer", "format": "int64"});
     json!({
         "Error": {"type": "object", "required": ["error"],
                   "properties": {"error": {"type": "string"}}},
@@ -637,7 +741,8 @@ fn schemas() -> Value {
                       "oldest_failed_at", "newest_failed_at"], "properties": {
             "total": {"type": "integer"},
             "by_event_type": group.clone(),
-            "by_aggregate_type": group,
+            "by_aggregate_type": group.clone(),
+            "by_last_error": group,
             "oldest_failed_at": time.clone(),
             "newest_failed_at": time
         }},
@@ -672,6 +777,36 @@ fn schemas() -> Value {
             "over_cap": {"type": "boolean"},
             "replayed": {"type": "array", "items": {"type": "integer", "format": "int64"}},
             "dry_run": {"type": "boolean"}
+        }},
+        "Event": detail,
+        "Statuses": {"type": "object", "required": ["by_status"], "properties": {
+            "by_status": {"type": "object", "additionalProperties": count.clone(),
+                          "description": "rows per status among the ids asked about"}
+        }},
+        "Overview": {"type": "object", "required": ["counts"], "properties": {
+            "counts": {"type": "object", "properties": {
+                "pending": count.clone(), "retry": count.clone(), "processing": count.clone(),
+                "dead": count.clone(),
+                "done": {"type": "integer", "format": "int64", "description": format!("done rows, counted up to {DONE_COUNT_LIMIT}")},
+                "done_more": {"type": "boolean", "description": format!("more than {DONE_COUNT_LIMIT} rows are done")},
+                "done_estimate": {"type": ["integer", "null"], "description": "done itself when exact, else the planner's row estimate of the table minus the other statuses"}
+            }},
+            "relay": {"type": "object", "properties": {
+                "stream": {"enum": ["starting", "streaming", "standing by", "reconnecting", "stopped"]},
+                "stream_connected": {"type": "boolean"},
+                "role": {"enum": ["leader", "standby", "unknown"]},
+                "lag_seconds": {"type": "number"},
+                "shutting_down": {"type": "boolean"},
+                "problems": {"type": "array", "items": {"type": "string"}},
+                "sinks": {"type": "object", "description": "as in /ready"}
+            }},
+            "slot": {"type": "object", "properties": {
+                "name": {"type": "string"}, "exists": {"type": "boolean"},
+                "active": {"type": "boolean"},
+                "wal_status": {"type": ["string", "null"]},
+                "lag_bytes": {"type": ["integer", "null"]},
+                "error": {"type": "string"}
+            }}
         }},
         "RetryResult": {"type": "object", "required": ["retried", "dry_run"], "properties": {
             "retried": {"type": "array", "items": {"type": "integer", "format": "int64"}},

@@ -13,11 +13,16 @@
 //!   them all out of service would stall rollouts and fix nothing, while the relay keeps
 //!   its events in the rows and retries them once the sink is back.
 //! - `GET /metrics`: Prometheus text format (see [`crate::telemetry::metrics`]).
+//! - `GET /console`: the dead-letter console ([`console`]), a page over `/api`.
 //!
-//! The server only reads: the [`Health`] handle and the store (a ping). It never changes
-//! relay state, and a slow probe never delays the pipeline.
+//! Every response carries a strict Content-Security-Policy ([`console::SECURITY_HEADERS`]).
+//!
+//! The probes only read: the [`Health`] handle and the store (a ping). They never change
+//! relay state, and a slow probe never delays the pipeline. Only the token-guarded `/api`
+//! changes rows (retries and replays of the operator's choosing).
 
 pub mod api;
+pub mod console;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,14 +39,19 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::names::Identifier;
 use crate::secret::Secret;
 use crate::sink::Sink;
-use crate::store::Store;
+use crate::source::slot::{self, SlotWalStatus};
+use crate::store::{Store, StoreError};
 use crate::telemetry::health::{Health, SinkHealth, StreamState};
 use crate::telemetry::metrics;
 
 /// How long a database check result is reused by `/ready`.
 pub const DATABASE_CHECK_TTL: Duration = Duration::from_secs(2);
+/// How long `/api/overview`'s answer is reused: however many consoles refresh, the
+/// database answers its two queries at most once per this interval.
+pub const OVERVIEW_TTL: Duration = Duration::from_secs(2);
 /// Longest a single readiness check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -65,18 +75,64 @@ pub struct AdminState {
     health: Health,
     store: Store,
     sinks: Arc<[Sink]>,
+    slot: Identifier,
     cache: Arc<ReadinessCache>,
 }
 
 impl AdminState {
-    /// State over the relay's health handle, store and sinks.
-    pub fn new(health: Health, store: Store, sinks: Arc<[Sink]>) -> Self {
+    /// State over the relay's health handle, store, sinks and replication slot name.
+    pub fn new(health: Health, store: Store, sinks: Arc<[Sink]>, slot: Identifier) -> Self {
         Self {
             health,
             store,
             sinks,
+            slot,
             cache: Arc::default(),
         }
+    }
+
+    /// What the console's overview shows (`GET /api/overview`): rows per status, the
+    /// stream's state and role, the replication lag, the slot and the sinks' last checks.
+    /// Reused for [`OVERVIEW_TTL`]; concurrent callers wait for one refresh.
+    pub async fn overview(&self) -> Result<serde_json::Value, StoreError> {
+        let mut cached = self.cache.overview.lock().await;
+        if let Some((at, overview)) = cached.as_ref() {
+            if at.elapsed() < OVERVIEW_TTL {
+                return Ok(overview.clone());
+            }
+        }
+        let counts = self.store.status_counts().await?;
+        let slot = match slot::inspect_with(&self.store, &self.slot).await {
+            Ok(status) => json!({
+                "name": status.name,
+                "exists": status.exists,
+                "active": status.active,
+                "wal_status": status.wal_status.map(SlotWalStatus::as_str),
+                "lag_bytes": status.lag_bytes,
+            }),
+            Err(error) => json!({ "name": self.slot.as_str(), "error": error.to_string() }),
+        };
+        let stream = self.health.stream();
+        let role = match stream {
+            StreamState::Streaming => "leader",
+            StreamState::StandingBy => "standby",
+            _ => "unknown",
+        };
+        let overview = json!({
+            "counts": counts,
+            "relay": {
+                "stream": stream.as_str(),
+                "stream_connected": stream == StreamState::Streaming,
+                "role": role,
+                "lag_seconds": metrics::replication_lag_now(),
+                "shutting_down": self.health.is_shutting_down(),
+                "problems": self.health.problems(),
+                "sinks": self.sink_health(),
+            },
+            "slot": slot,
+        });
+        *cached = Some((Instant::now(), overview.clone()));
+        Ok(overview)
     }
 
     /// The store (for routers mounted next to the probes).
@@ -119,6 +175,7 @@ impl AdminState {
 #[derive(Debug, Default)]
 struct ReadinessCache {
     database: Mutex<Option<Checked>>,
+    overview: Mutex<Option<(Instant, serde_json::Value)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -148,7 +205,7 @@ where
 
 /// The admin routes over `state`.
 pub fn router(state: AdminState, admin_token: Option<Secret<String>>) -> Router {
-    let api = api::router(state.store().clone(), admin_token);
+    let api = api::router(state.store().clone(), Some(state.clone()), admin_token);
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -156,6 +213,9 @@ pub fn router(state: AdminState, admin_token: Option<Secret<String>>) -> Router 
         .with_state(state)
         // The dead-letter API, guarded by DISPATCHBOX_ADMIN_TOKEN.
         .nest("/api", api)
+        // The console's page and assets (public; its data comes from /api with the token).
+        .merge(console::router())
+        .layer(axum::middleware::from_fn(console::security_headers))
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -78,6 +78,9 @@ struct FilterArgs {
     /// Only this event id (repeatable).
     #[arg(long = "id", value_name = "ID")]
     ids: Vec<i64>,
+    /// Only events whose last error contains TEXT (ignoring case).
+    #[arg(long, value_name = "TEXT")]
+    error: Option<String>,
 }
 
 fn time_arg(text: &str) -> Result<DateTime<Utc>, InvalidTime> {
@@ -92,6 +95,7 @@ impl FilterArgs {
             since: self.since,
             until: self.until,
             ids: (!self.ids.is_empty()).then(|| self.ids.clone()),
+            error: self.error.clone(),
         }
     }
 }
@@ -168,7 +172,8 @@ struct RetryArgs {
     all_matching: bool,
     /// Retry every dead event.
     #[arg(long, conflicts_with_all = [
-        "event_ids", "ids", "all_matching", "aggregate_type", "event_type", "since", "until"
+        "event_ids", "ids", "all_matching", "aggregate_type", "event_type", "since", "until",
+        "error"
     ])]
     all: bool,
     /// Show what would be retried; change nothing.
@@ -495,6 +500,7 @@ fn print_stats(stats: &DeadStats) -> anyhow::Result<()> {
     for (title, groups) in [
         ("EVENT TYPE", &stats.by_event_type),
         ("AGGREGATE TYPE", &stats.by_aggregate_type),
+        ("LAST ERROR (most frequent)", &stats.by_last_error),
     ] {
         if groups.is_empty() {
             continue;
@@ -502,7 +508,7 @@ fn print_stats(stats: &DeadStats) -> anyhow::Result<()> {
         writeln!(out)?;
         let rows: Vec<[String; 2]> = groups
             .iter()
-            .map(|g| [g.name.clone(), g.count.to_string()])
+            .map(|g| [one_line(&g.name, TABLE_ERROR_CHARS), g.count.to_string()])
             .collect();
         write_table(&mut out, [title, "COUNT"], &rows)?;
     }

@@ -20,7 +20,8 @@
 //! the later events of its aggregate delivered meanwhile, and events streamed between the
 //! retry and the sweep may overtake it as well.
 //!
-//! This module decides nothing about delivery and never touches rows that are not `dead`.
+//! This module decides nothing about delivery and never changes rows that are not `dead`
+//! ([`Store::show_event`] reads a row of any status, for the console's detail view).
 
 use std::fmt::Write as _;
 
@@ -36,6 +37,8 @@ use crate::store::{Store, StoreError};
 pub const DEFAULT_PAGE_LIMIT: i64 = 50;
 /// Most rows one page may hold.
 pub const MAX_PAGE_LIMIT: i64 = 1000;
+/// Most distinct last errors [`DeadStats::by_last_error`] lists.
+pub const TOP_ERRORS: usize = 10;
 
 /// Which dead events an operation applies to. Every set field narrows the selection; an
 /// empty filter ([`DeadFilter::is_empty`]) matches every dead event.
@@ -52,6 +55,9 @@ pub struct DeadFilter {
     pub until: Option<DateTime<Utc>>,
     /// Only these ids.
     pub ids: Option<Vec<i64>>,
+    /// Only events whose `last_error` contains this text (ignoring case).
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 impl DeadFilter {
@@ -62,6 +68,7 @@ impl DeadFilter {
             && self.since.is_none()
             && self.until.is_none()
             && self.ids.is_none()
+            && self.error.is_none()
     }
 }
 
@@ -146,6 +153,18 @@ pub struct DeadEvent {
     pub unreadable: Option<String>,
 }
 
+/// One event of any status ([`Store::show_event`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct EventDetail {
+    /// `pending`, `processing`, `retry`, `done` or `dead`.
+    pub status: String,
+    /// When the relay may attempt it next (pending and retry rows).
+    pub next_run_at: Option<DateTime<Utc>>,
+    /// Its columns, as a dead event's.
+    #[serde(flatten)]
+    pub event: DeadEvent,
+}
+
 /// One page of a listing.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeadPage {
@@ -158,7 +177,8 @@ pub struct DeadPage {
 /// How many dead events one value of a column has.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupCount {
-    /// The column's value (an event type or an aggregate type).
+    /// The column's value (an event type, an aggregate type or a last error; a row without
+    /// a last error counts under the empty text).
     pub name: String,
     /// Dead events with that value.
     pub count: i64,
@@ -173,6 +193,10 @@ pub struct DeadStats {
     pub by_event_type: Vec<GroupCount>,
     /// Per `aggregate_type`, largest first.
     pub by_aggregate_type: Vec<GroupCount>,
+    /// Per `last_error`, largest first: the [`TOP_ERRORS`] most frequent causes only (the
+    /// rest add up to `total` minus their sum).
+    #[serde(default)]
+    pub by_last_error: Vec<GroupCount>,
     /// Earliest failure (`last_error_at`, or `created_at` without it); `None` when none.
     pub oldest_failed_at: Option<DateTime<Utc>>,
     /// Latest failure (same column).
@@ -237,6 +261,10 @@ impl<'a> Predicates<'a> {
         }
         if let Some(v) = &filter.ids {
             p.push("id = ANY(", v, ")");
+        }
+        if let Some(v) = &filter.error {
+            // strpos, not LIKE: the text is matched as written, `%` and `_` included.
+            p.push("strpos(lower(last_error), lower(", v, ")) > 0");
         }
         p
     }
@@ -398,14 +426,16 @@ impl Store {
     pub async fn dead_stats(&self, filter: &DeadFilter) -> Result<DeadStats, StoreError> {
         const CONTEXT: &str = "dead event statistics";
         let p = Predicates::dead(filter);
-        // grouping(): 3 for the grand total, 1 for per-event-type rows (aggregate_type is
-        // not grouped), 2 for per-aggregate-type rows.
+        // grouping() sets a bit per column left out of the row's grouping set: 7 for the
+        // grand total, 3 for per-event-type rows, 5 per aggregate type, 6 per last error.
         let sql = format!(
-            "SELECT grouping(event_type, aggregate_type), event_type, aggregate_type,
+            "SELECT grouping(event_type, aggregate_type, coalesce(last_error, '')),
+                    event_type, aggregate_type, coalesce(last_error, ''),
                     count(*), min({FAILED_AT}), max({FAILED_AT})
                FROM {} WHERE {}
-              GROUP BY GROUPING SETS ((), (event_type), (aggregate_type))
-              ORDER BY 1, 4 DESC, 2, 3",
+              GROUP BY GROUPING SETS ((), (event_type), (aggregate_type),
+                                      (coalesce(last_error, '')))
+              ORDER BY 1, 5 DESC, 2, 3, 4",
             self.table().quoted(),
             p.sql
         );
@@ -414,27 +444,30 @@ impl Store {
             total: 0,
             by_event_type: Vec::new(),
             by_aggregate_type: Vec::new(),
+            by_last_error: Vec::new(),
             oldest_failed_at: None,
             newest_failed_at: None,
         };
         let db = |e| StoreError::db(CONTEXT, e);
         for row in &rows {
             let set: i32 = row.try_get(0).map_err(db)?;
-            let count: i64 = row.try_get(3).map_err(db)?;
+            let count: i64 = row.try_get(4).map_err(db)?;
+            let group = |column: usize| -> Result<GroupCount, StoreError> {
+                Ok(GroupCount {
+                    name: row.try_get(column).map_err(db)?,
+                    count,
+                })
+            };
             match set {
-                3 => {
+                7 => {
                     stats.total = count;
-                    stats.oldest_failed_at = row.try_get(4).map_err(db)?;
-                    stats.newest_failed_at = row.try_get(5).map_err(db)?;
+                    stats.oldest_failed_at = row.try_get(5).map_err(db)?;
+                    stats.newest_failed_at = row.try_get(6).map_err(db)?;
                 }
-                1 => stats.by_event_type.push(GroupCount {
-                    name: row.try_get(1).map_err(db)?,
-                    count,
-                }),
-                2 => stats.by_aggregate_type.push(GroupCount {
-                    name: row.try_get(2).map_err(db)?,
-                    count,
-                }),
+                3 => stats.by_event_type.push(group(1)?),
+                5 => stats.by_aggregate_type.push(group(2)?),
+                6 if stats.by_last_error.len() < TOP_ERRORS => stats.by_last_error.push(group(3)?),
+                6 => {}
                 other => {
                     return Err(StoreError::Unexpected {
                         context: CONTEXT.into(),
@@ -459,6 +492,29 @@ impl Store {
         rows.first()
             .map(|row| dead_event(CONTEXT, row, Detail::Full))
             .transpose()
+    }
+
+    /// The event `id` in whatever status it is, with its payload, headers, status and
+    /// next run time (the console's detail view, which also shows `done` events to replay
+    /// and follows retried ones); `None` when no row has that id.
+    pub async fn show_event(&self, id: i64) -> Result<Option<EventDetail>, StoreError> {
+        const CONTEXT: &str = "event lookup";
+        let sql = format!(
+            "SELECT {}, status::text, next_run_at FROM {} WHERE id = $1",
+            columns(Detail::Full),
+            self.table().quoted()
+        );
+        let rows = self.query(CONTEXT, &sql, &[&id]).await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let event = dead_event(CONTEXT, row, Detail::Full)?;
+        Ok(Some(EventDetail {
+            status: row.try_get(10).map_err(|e| StoreError::db(CONTEXT, e))?,
+            // A next run time of infinity is shown as none rather than failing the lookup.
+            next_run_at: row.try_get(11).ok().flatten(),
+            event,
+        }))
     }
 
     /// Makes the selected dead events due for delivery now and returns their ids (in id

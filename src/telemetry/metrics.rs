@@ -482,6 +482,14 @@ pub fn render() -> Result<String, prometheus::Error> {
     TextEncoder::new().encode_to_string(&m.registry.gather())
 }
 
+/// The replication lag in seconds as `dispatchbox_replication_lag_seconds` reports it now.
+pub fn replication_lag_now() -> f64 {
+    lag_seconds(
+        METRICS.behind_since_micros.load(Ordering::Acquire),
+        Utc::now(),
+    )
+}
+
 /// Seconds from `since_micros` to `now`; 0 when caught up or when `now` is earlier (the
 /// commit time is the database's clock, `now` the relay's).
 fn lag_seconds(since_micros: i64, now: DateTime<Utc>) -> f64 {
