@@ -27,6 +27,8 @@ use support::webhook::{Receiver, Rule};
 const TABLE: &str = "public.outbox_event";
 const TOKEN: &str = "console-test-token-0123456789abcdef";
 const WAIT: Duration = Duration::from_secs(30);
+/// Dead `bulk.failed` events beyond the first page's 25 rows.
+const BULK: usize = 27;
 const HOSTILE_TYPE: &str = r#"<img src=x onerror="window.__pwned=1">"#;
 
 fn browser_dir() -> PathBuf {
@@ -128,6 +130,11 @@ async fn operators_retry_and_replay_from_the_console_in_a_real_browser() {
         receiver.respond(Rule::for_aggregate(aggregate).always(410));
     }
     receiver.respond(Rule::for_aggregate("h1").always(422));
+    // bulk.failed: enough dead events for two pages; two are retried as a selection.
+    let bulk: Vec<String> = (1..=BULK).map(|n| format!("b{n}")).collect();
+    for aggregate in &bulk {
+        receiver.respond(Rule::for_aggregate(aggregate).fail_times(1, 400));
+    }
     let relay = start_streaming(&client, &env).await;
 
     let mut retry_ids = Vec::new();
@@ -147,10 +154,16 @@ async fn operators_retry_and_replay_from_the_console_in_a_real_browser() {
     )
     .await;
     let replay_id = insert(&client, ("order", "o1"), "order.placed", r#"{"total": 5}"#).await;
+    let mut bulk_ids = Vec::new();
+    for aggregate in &bulk {
+        bulk_ids.push(insert(&client, ("bulk", aggregate), "bulk.failed", "{}").await);
+    }
+    let (selected_ids, bulk_left) = bulk_ids.split_at(2);
     let dead: Vec<i64> = retry_ids
         .iter()
         .chain(&lost_ids)
         .chain([&hostile_id])
+        .chain(&bulk_ids)
         .copied()
         .collect();
     for &id in &dead {
@@ -180,6 +193,7 @@ async fn operators_retry_and_replay_from_the_console_in_a_real_browser() {
         "hostile_event_type": HOSTILE_TYPE,
         "hostile_id": hostile_id,
         "replay_id": replay_id,
+        "select_ids": selected_ids,
         "slot": format!("slot_{db}"),
         "causes": ["400", "410", "422"],
     });
@@ -221,8 +235,17 @@ async fn operators_retry_and_replay_from_the_console_in_a_real_browser() {
         assert_eq!(after.last(), Some(&"done"), "event {id}: {seen:?}");
         assert_eq!(status_of(&client, id).await, "done");
     }
-    // Outside the filter: untouched.
-    for &id in lost_ids.iter().chain([&hostile_id]) {
+    // The selection: the two selected rows were retried and delivered, the others not.
+    for &id in selected_ids {
+        let seen = history(&client, id).await;
+        assert!(
+            seen.ends_with(&["dead", "pending", "processing", "done"].map(String::from))
+                || seen.ends_with(&["dead", "pending", "done"].map(String::from)),
+            "event {id}: {seen:?}"
+        );
+    }
+    // Outside the filter and the selection: untouched.
+    for &id in lost_ids.iter().chain([&hostile_id]).chain(bulk_left) {
         assert_eq!(status_of(&client, id).await, "dead", "event {id}");
         assert_eq!(history(&client, id).await.last().unwrap(), "dead");
     }
@@ -234,6 +257,7 @@ async fn operators_retry_and_replay_from_the_console_in_a_real_browser() {
     assert_eq!(deliveries_before(replay_id), 2);
     for name in [
         "console-overview",
+        "console-top",
         "console-detail",
         "console-retry-confirm",
         "console-retry-done",
