@@ -2,8 +2,9 @@
 //! some events for good, and the relay; then `tests/browser/console.mjs` drives Debian's
 //! headless `chromium` (through `playwright-core`) over `/console`: the token from the URL
 //! fragment, the dead events with their reasons and grouped causes, a hostile event type and
-//! payload shown as text, a filtered retry with its dry-run count and confirmation, a replay
-//! from the detail view, a phone-sized screen, and a wrong token refused. Screenshots land
+//! payload shown as text, paging, a retry of a selection, a filtered retry with its dry-run
+//! count and confirmation, replays from the detail and the list view, an accessibility
+//! audit (axe-core), a phone-sized screen, and a wrong token refused. Screenshots land
 //! in `target/test-artifacts/console/`.
 //!
 //! Afterwards this test checks the database: a trigger it installed on the outbox table
@@ -176,14 +177,14 @@ async fn operators_retry_and_replay_from_the_console_in_a_real_browser() {
         (status_of(&client, replay_id).await == "done").then_some(())
     })
     .await;
-    let deliveries_before = |id: i64| {
+    let deliveries = |id: i64| {
         receiver
             .requests()
             .iter()
             .filter(|r| r.webhook_id() == Some(id.to_string().as_str()))
             .count()
     };
-    assert_eq!(deliveries_before(replay_id), 1);
+    assert_eq!(deliveries(replay_id), 1);
 
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/console");
     let expect = json!({
@@ -226,14 +227,23 @@ async fn operators_retry_and_replay_from_the_console_in_a_real_browser() {
     assert!(stderr.contains("all steps passed"), "{stderr}");
     eprintln!("{stderr}");
 
-    // What the clicks did to the rows: each retried row went dead → pending → … → done.
+    // What the clicks did to the rows: each retried row went dead → pending → … → done,
+    // then (replayed from the list view) done → pending → … → done, and reached the
+    // receiver three times (refused, retried, replayed).
     for &id in &retry_ids {
         let seen = history(&client, id).await;
         let dead_at = seen.iter().position(|s| s == "dead").unwrap();
         let after: Vec<&str> = seen[dead_at + 1..].iter().map(String::as_str).collect();
         assert_eq!(after.first(), Some(&"pending"), "event {id}: {seen:?}");
+        let done_at = after.iter().position(|s| *s == "done").unwrap();
+        assert_eq!(
+            after.get(done_at + 1),
+            Some(&"pending"),
+            "event {id}: {seen:?}"
+        );
         assert_eq!(after.last(), Some(&"done"), "event {id}: {seen:?}");
         assert_eq!(status_of(&client, id).await, "done");
+        assert_eq!(deliveries(id), 3, "event {id}");
     }
     // The selection: the two selected rows were retried and delivered, the others not.
     for &id in selected_ids {
@@ -254,13 +264,14 @@ async fn operators_retry_and_replay_from_the_console_in_a_real_browser() {
     let replayed_at = seen.iter().position(|s| s == "done").unwrap();
     assert_eq!(seen[replayed_at + 1], "pending", "{seen:?}");
     assert_eq!(seen.last().unwrap(), "done", "{seen:?}");
-    assert_eq!(deliveries_before(replay_id), 2);
+    assert_eq!(deliveries(replay_id), 2);
     for name in [
         "console-overview",
         "console-top",
         "console-detail",
         "console-retry-confirm",
         "console-retry-done",
+        "console-replay-preview",
         "console-phone",
         "console-wrong-token",
     ] {

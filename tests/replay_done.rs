@@ -85,6 +85,33 @@ async fn delivered_events_are_replayed_by_filter_with_dry_run_and_cap() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["matched"], 3);
     assert_eq!(body["replayed"], json!([]));
+    // A dry run can list the first matches (the console's preview), and only a dry run.
+    let (status, body) = post(
+        &base,
+        json!({"aggregate_type": "order", "dry_run": true, "preview": 2}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["matched"], 3);
+    let previewed: Vec<i64> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(previewed, orders[..2]);
+    assert_eq!(body["events"][0]["event_type"], "order.created");
+    for bad in [
+        json!({"aggregate_type": "order", "preview": 2}),
+        json!({"aggregate_type": "order", "dry_run": true, "preview": 101}),
+    ] {
+        let (status, body) = post(&base, bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("preview"),
+            "{body}"
+        );
+    }
     let (status, body) = post(&base, json!({"aggregate_type": "order", "max": 2})).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(statuses(&client, orders).await, ["done", "done", "done"]);

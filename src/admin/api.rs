@@ -46,7 +46,7 @@ use subtle::ConstantTimeEq;
 use super::AdminState;
 use crate::ops::dead::{parse_time, DeadFilter, Detail, Page, RetryError, RetrySelection};
 use crate::ops::dead::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
-use crate::ops::replay::{ReplayError, ReplayFilter, DEFAULT_REPLAY_CAP};
+use crate::ops::replay::{ReplayError, ReplayFilter, DEFAULT_REPLAY_CAP, MAX_PREVIEW};
 use crate::secret::Secret;
 use crate::store::stats::DONE_COUNT_LIMIT;
 use crate::store::{Store, StoreError};
@@ -416,6 +416,8 @@ struct ReplayBody {
     max: Option<i64>,
     #[serde(default)]
     dry_run: bool,
+    /// With `dry_run`: also answer the first this many matching events (`"events"`).
+    preview: Option<i64>,
 }
 
 async fn replay(
@@ -440,6 +442,20 @@ async fn replay(
         all: body.all,
     };
     let cap = body.max.unwrap_or(DEFAULT_REPLAY_CAP);
+    let preview = match body.preview {
+        Some(_) if !body.dry_run => {
+            return Err(ApiError::bad_request(
+                "\"preview\" needs \"dry_run\": true (a replay answers the ids it replayed)",
+            ))
+        }
+        Some(n) if !(0..=MAX_PREVIEW).contains(&n) => {
+            return Err(ApiError::bad_request(format!(
+                "\"preview\": {n} is out of range; use a whole number from 0 to {MAX_PREVIEW}"
+            )))
+        }
+        Some(n) => n,
+        None => 0,
+    };
     let outcome = match state
         .store
         .replay_done(&filter, cap, body.dry_run, "api")
@@ -468,7 +484,17 @@ async fn replay(
             "events replayed"
         );
     }
-    Ok(Json(outcome).into_response())
+    if preview == 0 {
+        return Ok(Json(outcome).into_response());
+    }
+    let events = match state.store.replay_preview(&filter, preview).await {
+        Ok(events) => events,
+        Err(ReplayError::Store(e)) => return Err(e.into()),
+        Err(e) => return Err(ApiError::bad_request(e.to_string())),
+    };
+    let mut answer = json!(outcome);
+    answer["events"] = json!(events);
+    Ok(Json(answer).into_response())
 }
 
 async fn overview(State(state): State<ApiState>) -> Result<Response, ApiError> {
@@ -769,14 +795,18 @@ fn schemas() -> Value {
                 "event_type": {"type": "string"},
                 "all": {"type": "boolean"},
                 "max": {"type": "integer", "format": "int64", "default": DEFAULT_REPLAY_CAP},
-                "dry_run": {"type": "boolean", "default": false}
+                "dry_run": {"type": "boolean", "default": false},
+                "preview": {"type": "integer", "minimum": 0, "maximum": MAX_PREVIEW,
+                            "description": "with dry_run: also answer the first this many matching events (\"events\", no payloads)"}
             }
         },
         "ReplayResult": {"type": "object", "required": ["matched", "over_cap", "replayed", "dry_run"], "properties": {
             "matched": {"type": "integer", "format": "int64"},
             "over_cap": {"type": "boolean"},
             "replayed": {"type": "array", "items": {"type": "integer", "format": "int64"}},
-            "dry_run": {"type": "boolean"}
+            "dry_run": {"type": "boolean"},
+            "events": {"type": "array", "items": {"$ref": "#/components/schemas/DeadEvent"},
+                       "description": "the first matching events (a dry run with preview)"}
         }},
         "Event": detail,
         "Statuses": {"type": "object", "required": ["by_status"], "properties": {

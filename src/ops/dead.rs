@@ -293,7 +293,11 @@ fn raw_json(context: &'static str, text: Option<String>) -> Result<Box<RawValue>
 
 /// Maps a listed row. Only the id must be readable (the primary key); a column that is
 /// not is left empty and named in [`DeadEvent::unreadable`].
-fn dead_event(context: &'static str, row: &Row, detail: Detail) -> Result<DeadEvent, StoreError> {
+pub(crate) fn dead_event(
+    context: &'static str,
+    row: &Row,
+    detail: Detail,
+) -> Result<DeadEvent, StoreError> {
     let id: i64 = row.try_get(0).map_err(|e| StoreError::db(context, e))?;
     let mut unreadable: Vec<String> = Vec::new();
     let mut read = |index: usize, name: &str| -> Option<String> {
@@ -372,7 +376,7 @@ fn dead_event(context: &'static str, row: &Row, detail: Detail) -> Result<DeadEv
     })
 }
 
-fn columns(detail: Detail) -> String {
+pub(crate) fn columns(detail: Detail) -> String {
     match detail {
         Detail::Summary => SUMMARY_COLUMNS.to_owned(),
         // `::text` is jsonb's output function: the payload exactly as the sinks got it.

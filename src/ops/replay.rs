@@ -21,12 +21,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::types::ToSql;
 
+use crate::ops::dead::{columns, dead_event, DeadEvent, Detail};
 use crate::store::{Store, StoreError};
 
 /// Most rows one replay changes when the caller does not say.
 pub const DEFAULT_REPLAY_CAP: i64 = 10_000;
 /// Largest cap a caller may set.
 pub const MAX_REPLAY_CAP: i64 = 1_000_000;
+/// Most events a dry run previews ([`Store::replay_preview`]).
+pub const MAX_PREVIEW: i64 = 100;
 
 /// Which `done` events a replay applies to. Every set field narrows the selection.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,7 +93,65 @@ pub enum ReplayError {
     Store(#[from] StoreError),
 }
 
+impl ReplayFilter {
+    /// `status = 'done' AND …` with numbered parameters for the set fields.
+    fn predicates(&self) -> (String, Vec<&(dyn ToSql + Sync)>) {
+        let mut sql = "status = 'done'".to_owned();
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        let predicates: [(&str, Option<&(dyn ToSql + Sync)>); 7] = [
+            ("id >= ", self.from_id.as_ref().map(|v| v as _)),
+            ("id <= ", self.to_id.as_ref().map(|v| v as _)),
+            ("created_at >= ", self.since.as_ref().map(|v| v as _)),
+            ("created_at < ", self.until.as_ref().map(|v| v as _)),
+            (
+                "aggregate_type = ",
+                self.aggregate_type.as_ref().map(|v| v as _),
+            ),
+            (
+                "aggregate_id = ",
+                self.aggregate_id.as_ref().map(|v| v as _),
+            ),
+            ("event_type = ", self.event_type.as_ref().map(|v| v as _)),
+        ];
+        for (predicate, value) in predicates {
+            if let Some(value) = value {
+                params.push(value);
+                // Writing to a String cannot fail.
+                let _ = write!(sql, " AND {predicate}${}", params.len());
+            }
+        }
+        (sql, params)
+    }
+}
+
 impl Store {
+    /// The first `limit` (at most [`MAX_PREVIEW`]) `done` events `filter` matches, in id
+    /// order, without payloads: what a replay would send first (the console's preview).
+    pub async fn replay_preview(
+        &self,
+        filter: &ReplayFilter,
+        limit: i64,
+    ) -> Result<Vec<DeadEvent>, ReplayError> {
+        const CONTEXT: &str = "replay preview";
+        if filter.is_empty() && !filter.all {
+            return Err(ReplayError::NothingSelected);
+        }
+        let limit = limit.clamp(0, MAX_PREVIEW);
+        let (sql, mut params) = filter.predicates();
+        params.push(&limit);
+        let statement = format!(
+            "SELECT {} FROM {} WHERE {sql} ORDER BY id LIMIT ${}",
+            columns(Detail::Summary),
+            self.table().quoted(),
+            params.len()
+        );
+        let rows = self.query(CONTEXT, &statement, &params).await?;
+        Ok(rows
+            .iter()
+            .map(|row| dead_event(CONTEXT, row, Detail::Summary))
+            .collect::<Result<_, _>>()?)
+    }
+
     /// Returns the `done` events `filter` matches to `pending` (see the module doc), unless
     /// more than `cap` match; `replayed_by` is recorded on each row. With `dry_run` nothing
     /// changes.
@@ -108,30 +169,7 @@ impl Store {
         if !(1..=MAX_REPLAY_CAP).contains(&cap) {
             return Err(ReplayError::Cap(cap));
         }
-        let mut sql = "status = 'done'".to_owned();
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
-        let predicates: [(&str, Option<&(dyn ToSql + Sync)>); 7] = [
-            ("id >= ", filter.from_id.as_ref().map(|v| v as _)),
-            ("id <= ", filter.to_id.as_ref().map(|v| v as _)),
-            ("created_at >= ", filter.since.as_ref().map(|v| v as _)),
-            ("created_at < ", filter.until.as_ref().map(|v| v as _)),
-            (
-                "aggregate_type = ",
-                filter.aggregate_type.as_ref().map(|v| v as _),
-            ),
-            (
-                "aggregate_id = ",
-                filter.aggregate_id.as_ref().map(|v| v as _),
-            ),
-            ("event_type = ", filter.event_type.as_ref().map(|v| v as _)),
-        ];
-        for (predicate, value) in predicates {
-            if let Some(value) = value {
-                params.push(value);
-                // Writing to a String cannot fail.
-                let _ = write!(sql, " AND {predicate}${}", params.len());
-            }
-        }
+        let (sql, mut params) = filter.predicates();
         let limit = cap + 1;
         let reason = format!("replayed by {replayed_by}");
         params.push(&limit);

@@ -214,6 +214,27 @@ try {
     await page.waitForFunction(() => document.activeElement && document.activeElement.id === "lookup-id");
   });
 
+  await run("replay from the list view", async () => {
+    const section = page.getByRole("region", { name: "Replay delivered events" });
+    await section.getByLabel("Event type", { exact: true }).fill(expect.retry_event_type);
+    await section.getByRole("button", { name: "Preview matching events" }).click();
+    const n = expect.retry_ids.length;
+    await page.locator("#replay-count").getByText(`${n} delivered events match.`).waitFor();
+    assert.deepEqual(
+      await page.locator("#replay-list tbody tr[data-id]").evaluateAll((trs) => trs.map((tr) => Number(tr.dataset.id))),
+      expect.retry_ids,
+    );
+    await shot("console-replay-preview");
+    await section.getByRole("button", { name: `Replay ${n} events…` }).click();
+    await page.locator("#confirm-text")
+      .getByText(new RegExp(`^${n} delivered events \\(event type "${expect.retry_event_type}"\\) will return`))
+      .waitFor();
+    await page.getByRole("button", { name: `Replay ${n} events`, exact: true }).click();
+    await page.waitForFunction(() => document.getElementById("replay-result").dataset.state === "finished",
+      null, { timeout: 60000 });
+    assert.match(await page.locator("#replay-result").textContent(), new RegExp(`^Replayed ${n} events: ${n} done`));
+  });
+
   await run("keyboard only", async () => {
     // The filter's controls are usable from the keyboard alone.
     await page.locator("#clear-filter").focus();

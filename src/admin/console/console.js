@@ -14,6 +14,7 @@ const REFRESH_MS = 10000;
 const FOLLOW_MS = 1000;
 const FOLLOW_LIMIT_MS = 120000;
 const PAGE_SIZE = 25;
+const PREVIEW_SIZE = 25;
 
 const $ = (id) => document.getElementById(id);
 
@@ -192,7 +193,10 @@ function renderOverview(overview) {
 
 function renderStats(stats) {
   const total = stats.total || 0;
-  let summary = `${plural(total, "dead event", "dead events")}`;
+  const filtered = Object.keys(list.filter).length > 0;
+  let summary = filtered
+    ? `${plural(total, "dead event matches", "dead events match")} the filter`
+    : plural(total, "dead event", "dead events");
   if (stats.oldest_failed_at) {
     summary += `, failed between ${formatTime(stats.oldest_failed_at)} and ${formatTime(stats.newest_failed_at)}`;
   }
@@ -451,6 +455,60 @@ function replay(filter, describe, out) {
   }, describe, out);
 }
 
+/** The replay form's filter (the API's field names); throws on a malformed number. */
+function readReplayFilter() {
+  const form = $("replay");
+  const filter = {};
+  for (const name of ["from_id", "to_id", "max"]) {
+    const value = numberField(form, name);
+    if (value !== undefined) filter[name] = value;
+  }
+  for (const name of ["since", "until", "aggregate_type", "aggregate_id", "event_type"]) {
+    const value = form.elements[name].value.trim();
+    if (value) filter[name] = value;
+  }
+  return filter;
+}
+
+let replayFilter = {};
+
+/** The replay list view: how many delivered events the filter matches, and the first ones. */
+async function previewReplay(filter) {
+  const out = $("replay-result");
+  report(out, "counting", "Counting (dry run)…");
+  let answer;
+  try {
+    answer = await api("POST", "/replay", { ...filter, dry_run: true, preview: PREVIEW_SIZE });
+  } catch (error) {
+    report(out, "error", `Nothing to preview: ${error.message}`);
+    return;
+  }
+  report(out, "", "");
+  const cap = filter.max || 10000;
+  setText($("replay-count"), answer.over_cap
+    ? `More than ${cap} delivered events match: narrow the filter or raise "At most" to replay them.`
+    : `${plural(answer.matched, "delivered event matches", "delivered events match")}${answer.matched > PREVIEW_SIZE ? `; the first ${PREVIEW_SIZE} are listed` : ""}.`);
+  const body = $("replay-list").tBodies[0];
+  body.replaceChildren();
+  for (const event of answer.events || []) {
+    const details = el("button", { type: "button", class: "secondary", "aria-label": `Details of event ${event.id}` }, "Details");
+    details.addEventListener("click", guard(() => showEvent(event.id, details)));
+    body.append(el("tr", { "data-id": event.id },
+      el("td", { class: "num" }, event.id),
+      el("td", { class: "event-type" }, event.event_type),
+      el("td", {}, `${event.aggregate_type}/${event.aggregate_id}`),
+      el("td", {}, formatTime(event.created_at)),
+      el("td", { class: "err" }, event.last_error || ""),
+      el("td", {}, details)));
+  }
+  if (!answer.events || answer.events.length === 0) {
+    body.append(el("tr", {}, el("td", { colspan: 6 }, "No delivered (done) events match.")));
+  }
+  $("replay-run").disabled = answer.over_cap || answer.matched === 0;
+  setText($("replay-run"), `Replay ${answer.over_cap ? "every match" : plural(answer.matched, "event", "events")}…`);
+  $("replay-preview").hidden = false;
+}
+
 function describeFilter(filter) {
   const parts = Object.entries(filter).map(([name, value]) => `${name.replace("_", " ")} ${JSON.stringify(value)}`);
   return parts.length ? parts.join(", ") : "every dead event";
@@ -609,23 +667,19 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   }));
   $("replay").addEventListener("submit", guard(() => {
-    const form = $("replay");
-    const filter = {};
+    $("replay-preview").hidden = true;
+    setText($("replay-result"), "");
     try {
-      for (const name of ["from_id", "to_id", "max"]) {
-        const value = numberField(form, name);
-        if (value !== undefined) filter[name] = value;
-      }
+      replayFilter = readReplayFilter();
     } catch (error) {
-      setText($("replay-result"), error.message);
+      report($("replay-result"), "error", error.message);
       return undefined;
     }
-    for (const name of ["since", "until", "aggregate_type", "aggregate_id", "event_type"]) {
-      const value = form.elements[name].value.trim();
-      if (value) filter[name] = value;
-    }
-    const { max, ...shown } = filter;
-    return replay(filter, describeFilter(shown).replace("every dead event", "no filter"), $("replay-result"));
+    return previewReplay(replayFilter);
+  }));
+  $("replay-run").addEventListener("click", guard(() => {
+    const { max, ...shown } = replayFilter;
+    return replay(replayFilter, describeFilter(shown), $("replay-result"));
   }));
   $("detail-close").addEventListener("click", () => $("detail").close());
   $("detail").addEventListener("close", () => {
