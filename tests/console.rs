@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use support::postgres::{eventually, TestCluster};
-use support::relay::{base_env, migrate, set_env, start_streaming};
+use support::relay::{base_env, migrate, set_env, start_streaming, RelayProcess};
 use support::webhook::{Receiver, Rule};
 
 const TABLE: &str = "public.outbox_event";
@@ -358,4 +358,30 @@ async fn console_assets_carry_a_strict_csp_and_the_api_wants_the_token() {
     assert_eq!(overview["slot"]["name"], format!("slot_{db}"), "{overview}");
     assert_eq!(overview["slot"]["active"], true, "{overview}");
     assert_eq!(overview["counts"]["dead"], 0, "{overview}");
+
+    // A second relay on the same slot stands by, and its console says so.
+    let standby = RelayProcess::start(&env);
+    let standby_base = standby.admin_url();
+    let overview = eventually(WAIT, "the second relay to stand by", || {
+        let (http, url) = (http.clone(), format!("{standby_base}/api/overview"));
+        async move {
+            let overview: serde_json::Value = http
+                .get(url)
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (overview["relay"]["stream"] == "standing by").then_some(overview)
+        }
+    })
+    .await;
+    assert_eq!(overview["relay"]["role"], "standby", "{overview}");
+    assert_eq!(overview["relay"]["stream_connected"], false, "{overview}");
+    assert_eq!(
+        overview["slot"]["active"], true,
+        "the leader holds it: {overview}"
+    );
 }
