@@ -26,7 +26,9 @@ use support::relay::{base_env, migrate, set_env, start_streaming, RelayProcess};
 use support::webhook::{Receiver, Rule};
 
 const TABLE: &str = "public.outbox_event";
-const TOKEN: &str = "console-test-token-0123456789abcdef";
+/// With the characters of a base64 token, written unencoded in the fragment as the README
+/// shows.
+const TOKEN: &str = "console+test/token=0123456789abcdef";
 const WAIT: Duration = Duration::from_secs(30);
 /// Dead `bulk.failed` events beyond the first page's 25 rows.
 const BULK: usize = 27;

@@ -75,7 +75,8 @@ try {
   page.on("pageerror", (error) => failures.push(`page error: ${error.message}`));
 
   await run("token from the fragment", async () => {
-    const response = await page.goto(`${base}/console#token=${encodeURIComponent(token)}`);
+    // Unencoded, as a shell script would write it: a base64 token's `+` must stay a `+`.
+    const response = await page.goto(`${base}/console#token=${token}`);
     const csp = response.headers()["content-security-policy"] || "";
     assert.match(csp, /script-src 'self'/, "the page carries a strict CSP");
     assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval/);

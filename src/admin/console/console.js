@@ -55,13 +55,26 @@ function plural(n, one, many) {
 function takeTokenFromFragment() {
   const hash = window.location.hash.replace(/^#/, "");
   if (!hash) return;
-  const params = new URLSearchParams(hash);
-  const token = params.get("token");
-  if (token) sessionStorage.setItem(TOKEN_KEY, token);
-  params.delete("token");
-  const rest = params.toString();
+  // Split by hand rather than with URLSearchParams, which would turn a `+` of a base64
+  // token into a space.
+  const rest = [];
+  for (const part of hash.split("&")) {
+    if (part.startsWith("token=")) {
+      const raw = part.slice("token=".length);
+      let value = raw;
+      try {
+        value = decodeURIComponent(raw);
+      } catch (_) {
+        // Not percent-encoded after all: take it as written.
+      }
+      if (value) sessionStorage.setItem(TOKEN_KEY, value);
+    } else if (part) {
+      rest.push(part);
+    }
+  }
   // Take the token out of the address bar (and the history entry) at once.
-  history.replaceState(null, "", window.location.pathname + window.location.search + (rest ? `#${rest}` : ""));
+  const fragment = rest.length ? `#${rest.join("&")}` : "";
+  history.replaceState(null, "", window.location.pathname + window.location.search + fragment);
 }
 
 function token() {
