@@ -8,6 +8,7 @@
 //   CONSOLE_EXPECT  JSON: {"dead": N, "retry_event_type": T, "retry_ids": [..],
 //                          "hostile_event_type": S, "hostile_id": N, "replay_id": N,
 //                          "select_ids": [..two dead ids on the first page..],
+//                          "auto_refresh_id": N (a dead event retried behind the page's back),
 //                          "slot": S, "causes": [..texts each dead reason contains..]}
 //   ARTIFACTS       directory for screenshots
 //   CHROMIUM        the browser binary (default /usr/bin/chromium)
@@ -73,6 +74,9 @@ try {
     if (message.type() === "error") failures.push(`console error: ${message.text()}`);
   });
   page.on("pageerror", (error) => failures.push(`page error: ${error.message}`));
+  // A clock the test can move forward (time otherwise flows as usual), to see the page
+  // refresh by itself without waiting 10 s.
+  await page.clock.install();
 
   await run("token from the fragment", async () => {
     // Unencoded, as a shell script would write it: a base64 token's `+` must stay a `+`.
@@ -247,6 +251,19 @@ try {
     await page.locator("#list-caption").getByText("matching the filter").waitFor();
     await page.waitForFunction(() => [...document.querySelectorAll("#dead-list td.err")]
       .every((td) => td.textContent.includes("410")));
+  });
+
+  await run("counts refresh by themselves", async () => {
+    // Another operator retries an event through the API; no click on this page.
+    const before = Number(await page.locator("#counts li.dead .n").textContent());
+    const response = await fetch(`${base}/api/dead-events/${expect.auto_refresh_id}/retry`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${token}` },
+    });
+    assert.equal(response.status, 200);
+    await page.waitForTimeout(2500); // past the server's 2 s overview cache
+    await page.clock.fastForward("00:11");
+    await page.locator("#counts li.dead .n").filter({ hasText: new RegExp(`^${before - 1}$`) }).waitFor();
   });
 
   await run("phone-sized screen", async () => {
