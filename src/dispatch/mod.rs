@@ -21,7 +21,7 @@
 mod memory;
 pub mod route;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +41,7 @@ use crate::sink::{DeliveryError, Sink};
 use crate::source::progress::Ack;
 pub use crate::source::Work;
 use crate::status::Settlement;
+use crate::store::sweep::SettledRows;
 use crate::store::{Store, StoreError};
 use crate::telemetry::events::{DeliveryAttempted, Emit, EventDead, ReplaySkipped};
 use crate::telemetry::metrics;
@@ -285,15 +286,18 @@ const REPLAY_BATCH: usize = 1000;
 pub trait DispatchStore: Send + Sync + 'static {
     /// Of the rows `ids` (distinct, at most [`REPLAY_BATCH`]), those no longer `pending`:
     /// settled by an earlier run (`done`, `dead`) or the sweeper's now (`retry`,
-    /// `processing`). Rows that do not exist are not among them.
+    /// `processing`, also listed in [`SettledRows::waiting`]). Rows that do not exist are
+    /// not among them.
     ///
     /// The dispatcher does not deliver a replayed event whose id is returned and settles
     /// its ack at once, so an id may be returned only when its row has durably left
-    /// `pending`; leaving one out costs at most a redundant park.
+    /// `pending`; leaving one out costs at most a redundant park. It blocks the aggregate
+    /// of every `waiting` row, so an id must be there whenever its row is in `retry` or
+    /// `processing`.
     fn settled_among(
         &self,
         ids: &[i64],
-    ) -> impl Future<Output = Result<HashSet<i64>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<SettledRows, StoreError>> + Send;
 
     /// Whether the aggregate `(aggregate_type, aggregate_id)` has rows in `retry` or
     /// `processing` (`pending` rows do not count: the stream is delivering them).
@@ -309,7 +313,7 @@ pub trait DispatchStore: Send + Sync + 'static {
 }
 
 impl DispatchStore for Store {
-    async fn settled_among(&self, ids: &[i64]) -> Result<HashSet<i64>, StoreError> {
+    async fn settled_among(&self, ids: &[i64]) -> Result<SettledRows, StoreError> {
         Store::settled_among(self, ids).await
     }
 
@@ -589,12 +593,12 @@ impl<S: DispatchStore> Dispatcher<S> {
             }
         }
         let ids: Vec<i64> = batch.iter().map(|(event, ..)| event.id).collect();
-        let settled = match self.shared.store.settled_among(&ids).await {
-            Ok(settled) => settled,
+        let SettledRows { settled, waiting } = match self.shared.store.settled_among(&ids).await {
+            Ok(rows) => rows,
             Err(error) => {
                 // Not knowing is not a reason to stop: deliver them (at least once).
                 tracing::warn!(error = %error, events = ids.len(), "cannot check replayed events against their rows; delivering them");
-                HashSet::new()
+                SettledRows::default()
             }
         };
         ReplaySkipped {
@@ -606,6 +610,15 @@ impl<S: DispatchStore> Dispatcher<S> {
         let due = Utc::now() + chrono::Duration::from_std(grace).unwrap_or_default();
         for (event, ack, _committed_at, held) in batch {
             if settled.contains(&event.id) {
+                if waiting.contains(&event.id) && self.shared.config.ordering {
+                    // The sweeper's now (another relay failed or parked it, possibly
+                    // after this one loaded its blocked aggregates at connect): later
+                    // events of its aggregate must wait behind it, until the database
+                    // shows its aggregate drained.
+                    self.shared
+                        .blocked
+                        .block(&event.aggregate_type, &event.aggregate_id);
+                }
                 ack.settle();
                 continue;
             }
@@ -662,16 +675,23 @@ impl<S: DispatchStore> Dispatcher<S> {
             return Ok(());
         };
 
-        if self.shared.blocked.contains(key)
-            && !self
+        if self.shared.blocked.contains(key) {
+            let drained = self
                 .shared
                 .drained(key, self.queued.contains_key(key))
-                .await
-        {
-            drop(held);
-            let guard = self.shared.blocked.park_guard(&event);
-            let at = scheduled.unwrap_or_else(Utc::now);
-            return self.shared.park(event, ack, at, Some(guard)).await;
+                .await;
+            if !ack.is_live() {
+                // The stream broke while the database answered (a restart is when it
+                // answers late): the event is sent again on the next stream, which parks
+                // or delivers it in order; this copy must not race it.
+                return Ok(());
+            }
+            if !drained {
+                drop(held);
+                let guard = self.shared.blocked.park_guard(&event);
+                let at = scheduled.unwrap_or_else(Utc::now);
+                return self.shared.park(event, ack, at, Some(guard)).await;
+            }
         }
         if let Some(at) = scheduled {
             // Later events of the aggregate wait behind the scheduled one.

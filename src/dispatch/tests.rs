@@ -170,6 +170,58 @@ async fn replayed_events_whose_rows_are_settled_are_skipped_and_the_rest_parked(
     h.stop().await;
 }
 
+/// Given a replayed event whose row is already in `retry` (another relay, cut off from the
+/// slot by a database restart, failed it and wrote that after this relay connected and
+/// loaded its blocked aggregates), when a later event of its aggregate streams live, then
+/// the replayed event is skipped but its aggregate is blocked: the live event is parked
+/// behind it for the sweeper, never delivered ahead of it.
+#[tokio::test(start_paused = true)]
+async fn a_replayed_event_found_waiting_in_its_row_blocks_its_aggregate() {
+    let store = MemoryDispatchStore::default();
+    store.settle([1]);
+    store.waiting([1]);
+    store.backlog("order", "a");
+    let mut h = Harness::start(true, store);
+    h.stream(1, "a", true);
+    h.stream(2, "a", false);
+    h.stream(3, "b", false);
+    let first = h.settlement().await;
+    let second = h.settlement().await;
+    let mut summaries = [summary(&first), summary(&second)];
+    summaries.sort();
+    assert_eq!(summaries, [(2, "retry", true), (3, "done", false)]);
+    assert_eq!(h.sink.handed(), [3]);
+    h.stop().await;
+}
+
+/// Given a blocked aggregate whose backlog lookup is slow, when the stream breaks while an
+/// event of it waits for that answer and the answer then says "drained", then that event
+/// is not delivered: it is sent again on the next stream (to whichever relay holds the
+/// slot), and delivering this copy could overtake what the new stream parks.
+#[tokio::test(start_paused = true)]
+async fn an_event_whose_stream_broke_while_its_aggregate_was_checked_is_not_delivered() {
+    let store = MemoryDispatchStore::default();
+    let gate = store.gate_backlog();
+    let mut h = Harness::start(true, store);
+    h.blocked.block("order", "a");
+    h.stream(1, "a", false);
+    // The dispatcher takes event 1 and waits for the database's answer.
+    while h.store.asked().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.progress.forget_unsettled();
+    gate.add_permits(1);
+    h.stream(2, "b", false);
+    let settlement = h.settlement().await;
+    assert_eq!(summary(&settlement), (2, "done", false));
+    assert_eq!(
+        h.sink.handed(),
+        [2],
+        "event 1 was delivered after its stream broke"
+    );
+    h.stop().await;
+}
+
 /// Given replayed events and a database that cannot be asked, when they arrive, then
 /// none is skipped (not knowing is no reason to lose one): all are parked for the
 /// sweeper, none is delivered at once.

@@ -128,6 +128,16 @@ fn head_only(table: &str, ordering: bool) -> String {
     )
 }
 
+/// Replayed rows that left `pending` ([`Store::settled_among`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettledRows {
+    /// Every row asked about that is no longer `pending`.
+    pub settled: std::collections::HashSet<i64>,
+    /// Those of them in `retry` or `processing`: still to be delivered by the sweeper, so
+    /// later events of their aggregates must wait behind them.
+    pub waiting: std::collections::HashSet<i64>,
+}
+
 impl Store {
     /// Claims up to `settings.batch` due rows for the claimer `token` (unique per claimer)
     /// and returns them in id order.
@@ -389,21 +399,26 @@ impl Store {
     }
 
     /// Of the rows `ids`, those no longer `pending` (one statement): settled by an earlier
-    /// run, or the sweeper's now. Rows that do not exist are not among them.
-    pub async fn settled_among(
-        &self,
-        ids: &[i64],
-    ) -> Result<std::collections::HashSet<i64>, StoreError> {
+    /// run, or the sweeper's now (also in [`SettledRows::waiting`]). Rows that do not
+    /// exist are not among them.
+    pub async fn settled_among(&self, ids: &[i64]) -> Result<SettledRows, StoreError> {
         const CONTEXT: &str = "replayed events lookup";
         let sql = format!(
-            "SELECT id FROM {} WHERE id = ANY($1) AND status <> 'pending'",
+            "SELECT id, status IN ('retry', 'processing') FROM {}
+              WHERE id = ANY($1) AND status <> 'pending'",
             self.table().quoted()
         );
         let rows = self.query_cached(CONTEXT, &sql, &[&ids]).await?;
-        rows.iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()
-            .map_err(|e| StoreError::db(CONTEXT, e))
+        let mut found = SettledRows::default();
+        for row in &rows {
+            let id: i64 = row.try_get(0).map_err(|e| StoreError::db(CONTEXT, e))?;
+            let waiting: bool = row.try_get(1).map_err(|e| StoreError::db(CONTEXT, e))?;
+            found.settled.insert(id);
+            if waiting {
+                found.waiting.insert(id);
+            }
+        }
+        Ok(found)
     }
 
     /// Of `aggregates`, those without rows in `retry` or `processing` (one index probe
