@@ -77,7 +77,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     let pool = config
         .database
         .conninfo
-        .pool_with_setup(8, Some(crate::store::PLANNER_SETTINGS))?;
+        .pool_with_setup(8, Some(crate::store::SESSION_SETTINGS))?;
     let store = Store::new(pool, config.database.names.table().clone());
     let sinks = config
         .sinks

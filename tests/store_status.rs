@@ -13,7 +13,7 @@ use dispatchbox::lsn::Lsn;
 use dispatchbox::source::progress::Progress;
 use dispatchbox::status::{Settlement, StatusWriter, StatusWriterConfig};
 use support::postgres::{eventually, TestCluster};
-use support::store::migrated;
+use support::store::{migrated, pool};
 
 async fn insert_rows(client: &tokio_postgres::Client, n: i64) {
     client
@@ -833,4 +833,28 @@ async fn a_writer_that_cannot_write_turns_ready_red_until_it_writes_again() {
     assert_eq!(support::store::count_status(&client, "done").await, 6);
     drop(tx);
     writer.join().await.unwrap();
+}
+
+/// The status writes are durable when their commit returns, also on a server whose default
+/// is asynchronous commit (as the test clusters' is): a write lost in a crash would let a
+/// later event of an aggregate overtake its `retry` row.
+#[tokio::test]
+async fn the_relays_sessions_commit_synchronously_whatever_the_server_default() {
+    let cluster = TestCluster::start();
+    let db = cluster.create_database("durable").await;
+    let client = cluster.connect(&db).await;
+    let default: String = client
+        .query_one("SHOW synchronous_commit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(default, "off", "the test clusters commit asynchronously");
+    let pool = pool(&cluster.superuser_url(&db), 1);
+    let session = pool.get().await.unwrap();
+    let setting: String = session
+        .query_one("SHOW synchronous_commit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(setting, "on");
 }

@@ -45,8 +45,14 @@ use crate::names::{Names, TableName};
 /// the statistics say (the settings add a huge cost; they forbid nothing when no other path
 /// exists, e.g. for catalog queries). Operator commands (`dispatchbox status`, `archive`)
 /// keep the planner's defaults: they scan on purpose.
-pub const PLANNER_SETTINGS: &str =
-    "SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off";
+///
+/// `synchronous_commit = on`: the relay's writes are durable when their commit returns,
+/// even on a server whose default is `off`. It acts on what it wrote (a `retry` row keeps
+/// its aggregate's later events parked; a `done` row is not sent again), and a status write
+/// lost in a crash would undo that: a `retry` row back at `pending` lets a later event of
+/// its aggregate overtake it (the chaos suite found exactly that on a server with
+/// asynchronous commit). The relay batches its writes, so the flush per commit is shared.
+pub const SESSION_SETTINGS: &str = "SET enable_seqscan = off; SET enable_hashjoin = off;      SET enable_mergejoin = off; SET synchronous_commit = on";
 
 /// Prefix of the logical messages written by [`Store::emit_heartbeat`].
 pub const HEARTBEAT_PREFIX: &str = "dispatchbox.heartbeat";

@@ -4,7 +4,7 @@
 use deadpool_postgres::Pool;
 use dispatchbox::conninfo::ConnInfo;
 use dispatchbox::names::Names;
-use dispatchbox::store::{Store, PLANNER_SETTINGS};
+use dispatchbox::store::{Store, SESSION_SETTINGS};
 
 use super::postgres::TestCluster;
 
@@ -13,7 +13,7 @@ use super::postgres::TestCluster;
 pub fn pool(url: &str, max_size: usize) -> Pool {
     let conninfo: ConnInfo = url.parse().expect("test database URL");
     conninfo
-        .pool_with_setup(max_size, Some(PLANNER_SETTINGS))
+        .pool_with_setup(max_size, Some(SESSION_SETTINGS))
         .expect("build pool")
 }
 
