@@ -13,15 +13,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 
+use super::{time_arg, EXIT_USAGE};
 use crate::config::Config;
 use crate::ops::dead::{
-    parse_time, DeadEvent, DeadFilter, DeadPage, DeadStats, Detail, InvalidTime, Page, RetryError,
-    RetrySelection, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT,
+    DeadEvent, DeadFilter, DeadPage, DeadStats, Detail, Page, RetryError, RetrySelection,
+    DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT,
 };
 use crate::store::Store;
 
-/// Exit code of a usage error (same as clap's).
-const EXIT_USAGE: u8 = 2;
 /// Longest `last_error` shown in a table cell, in characters.
 const TABLE_ERROR_CHARS: usize = 72;
 /// CSV columns of a listing; `export` adds `payload` and `headers`, and both end with
@@ -81,10 +80,6 @@ struct FilterArgs {
     /// Only events whose last error contains TEXT (ignoring case).
     #[arg(long, value_name = "TEXT")]
     error: Option<String>,
-}
-
-fn time_arg(text: &str) -> Result<DateTime<Utc>, InvalidTime> {
-    parse_time(text, Utc::now())
 }
 
 impl FilterArgs {

@@ -8,13 +8,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 
+use super::{time_arg, EXIT_USAGE};
 use crate::config::Config;
-use crate::ops::dead::{parse_time, InvalidTime};
 use crate::ops::replay::{ReplayError, ReplayFilter, DEFAULT_REPLAY_CAP};
 use crate::store::Store;
-
-/// Exit code of a usage error (same as clap's).
-const EXIT_USAGE: u8 = 2;
 
 /// Arguments of `dispatchbox replay`.
 #[derive(Debug, clap::Args)]
@@ -50,10 +47,6 @@ pub struct ReplayArgs {
     /// Count what would be replayed; change nothing.
     #[arg(long)]
     dry_run: bool,
-}
-
-fn time_arg(text: &str) -> Result<DateTime<Utc>, InvalidTime> {
-    parse_time(text, Utc::now())
 }
 
 /// Runs `dispatchbox replay`.
