@@ -305,8 +305,7 @@ async function refreshList() {
       else list.selected.delete(event.id);
       updateSelection();
     });
-    const details = el("button", { type: "button", class: "secondary", "aria-label": `Details of event ${event.id}` }, "Details");
-    details.addEventListener("click", guard(() => showEvent(event.id, details)));
+    const details = detailsButton(event.id);
     const error = event.unreadable ? `unreadable: ${event.unreadable}` : event.last_error || "";
     body.append(el("tr", { "data-id": event.id },
       el("td", {}, box),
@@ -326,6 +325,13 @@ async function refreshList() {
   $("next-page").disabled = !list.next;
   $("select-page").checked = false;
   updateSelection();
+}
+
+/** The "Details" button of an event's row: opens its dialog, and focus returns to it. */
+function detailsButton(id) {
+  const button = el("button", { type: "button", class: "secondary", "aria-label": `Details of event ${id}` }, "Details");
+  button.addEventListener("click", guard(() => showEvent(id, button)));
+  return button;
 }
 
 function updateSelection() {
@@ -504,8 +510,7 @@ async function previewReplay(filter) {
   const body = $("replay-list").tBodies[0];
   body.replaceChildren();
   for (const event of answer.events || []) {
-    const details = el("button", { type: "button", class: "secondary", "aria-label": `Details of event ${event.id}` }, "Details");
-    details.addEventListener("click", guard(() => showEvent(event.id, details)));
+    const details = detailsButton(event.id);
     body.append(el("tr", { "data-id": event.id },
       el("td", { class: "num" }, event.id),
       el("td", { class: "event-type" }, event.event_type),
