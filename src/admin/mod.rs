@@ -24,6 +24,7 @@
 pub mod api;
 pub mod console;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,7 +77,7 @@ pub struct AdminState {
     store: Store,
     sinks: Arc<[Sink]>,
     slot: Identifier,
-    cache: Arc<ReadinessCache>,
+    cache: Arc<Caches>,
 }
 
 impl AdminState {
@@ -95,12 +96,10 @@ impl AdminState {
     /// stream's state and role, the replication lag, the slot and the sinks' last checks.
     /// Reused for [`OVERVIEW_TTL`]; concurrent callers wait for one refresh.
     pub async fn overview(&self) -> Result<serde_json::Value, StoreError> {
-        let mut cached = self.cache.overview.lock().await;
-        if let Some((at, overview)) = cached.as_ref() {
-            if at.elapsed() < OVERVIEW_TTL {
-                return Ok(overview.clone());
-            }
-        }
+        cached(&self.cache.overview, OVERVIEW_TTL, || self.read_overview()).await
+    }
+
+    async fn read_overview(&self) -> Result<serde_json::Value, StoreError> {
         let counts = self.store.status_counts().await?;
         let slot = match slot::inspect_with(&self.store, &self.slot).await {
             Ok(status) => json!({
@@ -118,7 +117,7 @@ impl AdminState {
             StreamState::StandingBy => "standby",
             _ => "unknown",
         };
-        let overview = json!({
+        Ok(json!({
             "counts": counts,
             "relay": {
                 "stream": stream.as_str(),
@@ -130,9 +129,7 @@ impl AdminState {
                 "sinks": self.sink_health(),
             },
             "slot": slot,
-        });
-        *cached = Some((Instant::now(), overview.clone()));
-        Ok(overview)
+        }))
     }
 
     /// The store (for routers mounted next to the probes).
@@ -141,17 +138,23 @@ impl AdminState {
     }
 
     async fn database_problems(&self) -> Vec<String> {
-        cached(&self.cache.database, DATABASE_CHECK_TTL, || async {
-            match tokio::time::timeout(CHECK_TIMEOUT, self.store.ping()).await {
-                Ok(Ok(())) => Vec::new(),
-                Ok(Err(error)) => vec![format!("database unreachable: {error}")],
-                Err(_) => vec![format!(
-                    "database unreachable: no answer within {}s",
-                    CHECK_TIMEOUT.as_secs()
-                )],
-            }
+        let problems = cached(&self.cache.database, DATABASE_CHECK_TTL, || async {
+            Ok::<_, Infallible>(
+                match tokio::time::timeout(CHECK_TIMEOUT, self.store.ping()).await {
+                    Ok(Ok(())) => Vec::new(),
+                    Ok(Err(error)) => vec![format!("database unreachable: {error}")],
+                    Err(_) => vec![format!(
+                        "database unreachable: no answer within {}s",
+                        CHECK_TIMEOUT.as_secs()
+                    )],
+                },
+            )
         })
-        .await
+        .await;
+        match problems {
+            Ok(problems) => problems,
+            Err(never) => match never {},
+        }
     }
 
     /// Each sink's last check, as `/ready` reports it: `{"kafka": {"up": false, "error":
@@ -171,36 +174,33 @@ impl AdminState {
     }
 }
 
-/// Last results of the readiness checks.
+/// A value and when it was computed.
+type Cached<T> = Mutex<Option<(Instant, T)>>;
+
+/// Last results of the readiness check and of the overview.
 #[derive(Debug, Default)]
-struct ReadinessCache {
-    database: Mutex<Option<Checked>>,
-    overview: Mutex<Option<(Instant, serde_json::Value)>>,
+struct Caches {
+    database: Cached<Vec<String>>,
+    overview: Cached<serde_json::Value>,
 }
 
-#[derive(Debug, Clone)]
-struct Checked {
-    at: Instant,
-    problems: Vec<String>,
-}
-
-/// The cached problems in `slot` when younger than `ttl`, else runs `check` and caches it.
-/// Concurrent probes wait for one check instead of each running their own.
-async fn cached<F, Fut>(slot: &Mutex<Option<Checked>>, ttl: Duration, check: F) -> Vec<String>
+/// The value in `slot` when younger than `ttl`, else what `compute` gives, cached when it
+/// succeeds. Concurrent callers wait for one computation instead of each running their own.
+async fn cached<T, E, F, Fut>(slot: &Cached<T>, ttl: Duration, compute: F) -> Result<T, E>
 where
+    T: Clone,
     F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Vec<String>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let mut slot = slot.lock().await;
-    if let Some(checked) = slot.as_ref().filter(|c| c.at.elapsed() < ttl) {
-        return checked.problems.clone();
+    if let Some((at, value)) = slot.as_ref() {
+        if at.elapsed() < ttl {
+            return Ok(value.clone());
+        }
     }
-    let problems = check().await;
-    *slot = Some(Checked {
-        at: Instant::now(),
-        problems: problems.clone(),
-    });
-    problems
+    let value = compute().await?;
+    *slot = Some((Instant::now(), value.clone()));
+    Ok(value)
 }
 
 /// The admin routes over `state`.
