@@ -173,6 +173,16 @@ impl From<RetryError> for ApiError {
     }
 }
 
+impl From<ReplayError> for ApiError {
+    /// A refused selection or cap is the caller's (400); a database error as any other.
+    fn from(err: ReplayError) -> Self {
+        match err {
+            ReplayError::Store(e) => e.into(),
+            refused => Self::bad_request(refused.to_string()),
+        }
+    }
+}
+
 async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let Some(expected) = &state.token_digest else {
         return ApiError::new(StatusCode::FORBIDDEN, DISABLED).into_response();
@@ -456,15 +466,10 @@ async fn replay(
         Some(n) => n,
         None => 0,
     };
-    let outcome = match state
+    let outcome = state
         .store
         .replay_done(&filter, cap, body.dry_run, "api")
-        .await
-    {
-        Ok(outcome) => outcome,
-        Err(ReplayError::Store(e)) => return Err(e.into()),
-        Err(e) => return Err(ApiError::bad_request(e.to_string())),
-    };
+        .await?;
     if outcome.over_cap {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -487,11 +492,7 @@ async fn replay(
     if preview == 0 {
         return Ok(Json(outcome).into_response());
     }
-    let events = match state.store.replay_preview(&filter, preview).await {
-        Ok(events) => events,
-        Err(ReplayError::Store(e)) => return Err(e.into()),
-        Err(e) => return Err(ApiError::bad_request(e.to_string())),
-    };
+    let events = state.store.replay_preview(&filter, preview).await?;
     let mut answer = json!(outcome);
     answer["events"] = json!(events);
     Ok(Json(answer).into_response())

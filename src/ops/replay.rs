@@ -94,8 +94,12 @@ pub enum ReplayError {
 }
 
 impl ReplayFilter {
-    /// `status = 'done' AND …` with numbered parameters for the set fields.
-    fn predicates(&self) -> (String, Vec<&(dyn ToSql + Sync)>) {
+    /// `status = 'done' AND …` with numbered parameters for the set fields; refuses a
+    /// filter that selects nothing without [`ReplayFilter::all`].
+    fn predicates(&self) -> Result<(String, Vec<&(dyn ToSql + Sync)>), ReplayError> {
+        if self.is_empty() && !self.all {
+            return Err(ReplayError::NothingSelected);
+        }
         let mut sql = "status = 'done'".to_owned();
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
         let predicates: [(&str, Option<&(dyn ToSql + Sync)>); 7] = [
@@ -120,7 +124,7 @@ impl ReplayFilter {
                 let _ = write!(sql, " AND {predicate}${}", params.len());
             }
         }
-        (sql, params)
+        Ok((sql, params))
     }
 }
 
@@ -133,11 +137,8 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<DeadEvent>, ReplayError> {
         const CONTEXT: &str = "replay preview";
-        if filter.is_empty() && !filter.all {
-            return Err(ReplayError::NothingSelected);
-        }
         let limit = limit.clamp(0, MAX_PREVIEW);
-        let (sql, mut params) = filter.predicates();
+        let (sql, mut params) = filter.predicates()?;
         params.push(&limit);
         let statement = format!(
             "SELECT {} FROM {} WHERE {sql} ORDER BY id LIMIT ${}",
@@ -163,13 +164,10 @@ impl Store {
         replayed_by: &str,
     ) -> Result<ReplayOutcome, ReplayError> {
         const CONTEXT: &str = "replay";
-        if filter.is_empty() && !filter.all {
-            return Err(ReplayError::NothingSelected);
-        }
+        let (sql, mut params) = filter.predicates()?;
         if !(1..=MAX_REPLAY_CAP).contains(&cap) {
             return Err(ReplayError::Cap(cap));
         }
-        let (sql, mut params) = filter.predicates();
         let limit = cap + 1;
         let reason = format!("replayed by {replayed_by}");
         params.push(&limit);
