@@ -645,10 +645,7 @@ impl TopicTemplate {
                 found: '}',
             },
         })?;
-        let illegal = template
-            .literals()
-            .find_map(|text| text.chars().find(|&c| !is_topic_char(c)));
-        if let Some(found) = illegal {
+        if let Some(found) = template.first_literal_char_not(is_topic_char) {
             return Err(KafkaSinkError::IllegalTemplateCharacter {
                 template: source.to_owned(),
                 found,

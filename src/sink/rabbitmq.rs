@@ -1708,10 +1708,7 @@ impl Template {
             });
         }
         if kind == TemplateKind::Exchange {
-            let illegal = parsed
-                .literals()
-                .find_map(|text| text.chars().find(|&c| !is_exchange_char(c)));
-            if let Some(found) = illegal {
+            if let Some(found) = parsed.first_literal_char_not(is_exchange_char) {
                 return Err(RabbitMqSinkError::IllegalExchangeCharacter {
                     template: template.to_owned(),
                     found,

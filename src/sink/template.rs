@@ -4,8 +4,8 @@
 //! parsed once at startup and rendered per event.
 //!
 //! Owns the placeholder syntax only. What characters a rendered name may hold is the
-//! transport's rule and stays in its sink module (`Template::literals` lets it check the
-//! fixed text at startup). Pure; no I/O.
+//! transport's rule and stays in its sink module (`Template::first_literal_char_not` lets
+//! it check the fixed text at startup). Pure; no I/O.
 
 use crate::event::OutboxEvent;
 
@@ -98,6 +98,13 @@ impl Template {
         })
     }
 
+    /// The first character of the fixed text that `allowed` refuses, if any: how a sink
+    /// checks its transport's character rule at startup.
+    pub fn first_literal_char_not(&self, allowed: impl Fn(char) -> bool) -> Option<char> {
+        self.literals()
+            .find_map(|text| text.chars().find(|&c| !allowed(c)))
+    }
+
     /// The template with every placeholder replaced by `value`: what the fixed text makes
     /// of a name whatever the event holds (for checks at startup).
     pub fn render_with(&self, value: &str) -> String {
@@ -154,6 +161,9 @@ mod tests {
         let t = Template::parse("x.{aggregate_type}.y").unwrap();
         assert_eq!(t.literals().collect::<Vec<_>>(), vec!["x.", ".y"]);
         assert_eq!(t.render_with("_"), "x._.y");
+        // Only the fixed text is checked: the placeholders' braces are not characters.
+        assert_eq!(t.first_literal_char_not(|c| c.is_ascii_alphabetic()), Some('.'));
+        assert_eq!(t.first_literal_char_not(|c| c != '/'), None);
     }
 
     #[test]

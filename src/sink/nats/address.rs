@@ -110,13 +110,11 @@ pub(super) fn redact_servers(url: &str) -> String {
 /// Parses a subject template and checks its fixed text against the subject rules.
 pub(super) fn parse_subject_template(template: &str) -> Result<Template, NatsSinkError> {
     let parsed = Template::parse(template)?;
-    for literal in parsed.literals() {
-        if let Some(found) = literal.chars().find(|&c| !is_subject_char(c)) {
-            return Err(NatsSinkError::IllegalTemplateCharacter {
-                template: template.to_owned(),
-                found,
-            });
-        }
+    if let Some(found) = parsed.first_literal_char_not(is_subject_char) {
+        return Err(NatsSinkError::IllegalTemplateCharacter {
+            template: template.to_owned(),
+            found,
+        });
     }
     // With every placeholder filled by a harmless token, an empty token can only come from
     // the fixed text.
