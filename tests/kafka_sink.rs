@@ -16,6 +16,7 @@ use futures_util::future::join_all;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use support::kafka::TestBroker;
+use support::varied_payload;
 
 const AGGREGATE_TYPES: [&str; 3] = ["order", "invoice", "shipment"];
 
@@ -30,16 +31,6 @@ fn event(id: i64, aggregate_type: &str, aggregate_id: &str, payload: String) -> 
         created_at: chrono::Utc.with_ymd_and_hms(2024, 5, 6, 7, 8, 9).unwrap()
             + chrono::Duration::microseconds(id),
         next_run_at: None,
-    }
-}
-
-/// Payloads of varied JSON shapes, including non-ASCII text, so byte equality means something.
-fn payload(id: i64) -> String {
-    match id % 4 {
-        0 => format!(r#"{{"n": {id}, "name": "grüße 🚀", "nested": {{"list": [1, 2.5, null]}}}}"#),
-        1 => format!(r#"[{id}, "x", true]"#),
-        2 => format!(r#""string payload {id}""#),
-        _ => id.to_string(),
     }
 }
 
@@ -60,7 +51,7 @@ async fn delivers_key_headers_and_exact_payload_in_order_per_key() {
         .map(|id| {
             let aggregate_type = AGGREGATE_TYPES[(id % 3) as usize];
             let aggregate_id = format!("{aggregate_type}-{}", id % 4);
-            Arc::new(event(id, aggregate_type, &aggregate_id, payload(id)))
+            Arc::new(event(id, aggregate_type, &aggregate_id, varied_payload(id)))
         })
         .collect();
 

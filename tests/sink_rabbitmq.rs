@@ -19,6 +19,7 @@ use support::postgres::{eventually, TestCluster};
 use support::rabbitmq::{node, Proxy};
 use support::relay::{base_env, migrate, start_streaming};
 use support::store::count_status;
+use support::varied_payload;
 
 fn event(id: i64, aggregate_type: &str, aggregate_id: &str, payload: &str) -> OutboxEvent {
     OutboxEvent {
@@ -35,16 +36,6 @@ fn event(id: i64, aggregate_type: &str, aggregate_id: &str, payload: &str) -> Ou
         created_at: chrono::Utc.with_ymd_and_hms(2024, 5, 6, 7, 8, 9).unwrap()
             + chrono::Duration::microseconds(id),
         next_run_at: None,
-    }
-}
-
-/// Payloads of varied JSON shapes, including non-ASCII text, so byte equality means something.
-fn payload(id: i64) -> String {
-    match id % 4 {
-        0 => format!(r#"{{"n": {id}, "name": "grüße 🚀", "nested": {{"list": [1, 2.5, null]}}}}"#),
-        1 => format!(r#"[{id}, "x", true]"#),
-        2 => format!(r#""string payload {id}""#),
-        _ => id.to_string(),
     }
 }
 
@@ -95,7 +86,12 @@ async fn delivers_properties_headers_and_exact_body_in_call_order() {
         .map(|id| {
             let aggregate_type = types[(id % 3) as usize];
             let aggregate_id = format!("{aggregate_type}-{}", id % 4);
-            Arc::new(event(id, aggregate_type, &aggregate_id, &payload(id)))
+            Arc::new(event(
+                id,
+                aggregate_type,
+                &aggregate_id,
+                &varied_payload(id),
+            ))
         })
         .collect();
     let deliveries: Vec<_> = events.iter().map(|e| sink.deliver(Arc::clone(e))).collect();
@@ -219,7 +215,12 @@ async fn interleaved_unroutable_messages_fail_exactly_and_every_routed_one_arriv
             .iter()
             .map(|&id| {
                 let aggregate_type = if unbound(id) { "invoice" } else { "order" };
-                sink.deliver(Arc::new(event(id, aggregate_type, "a-1", &payload(id))))
+                sink.deliver(Arc::new(event(
+                    id,
+                    aggregate_type,
+                    "a-1",
+                    &varied_payload(id),
+                )))
             })
             .collect();
         let results = join_all(deliveries).await;

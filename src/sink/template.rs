@@ -162,7 +162,10 @@ mod tests {
         assert_eq!(t.literals().collect::<Vec<_>>(), vec!["x.", ".y"]);
         assert_eq!(t.render_with("_"), "x._.y");
         // Only the fixed text is checked: the placeholders' braces are not characters.
-        assert_eq!(t.first_literal_char_not(|c| c.is_ascii_alphabetic()), Some('.'));
+        assert_eq!(
+            t.first_literal_char_not(|c| c.is_ascii_alphabetic()),
+            Some('.')
+        );
         assert_eq!(t.first_literal_char_not(|c| c != '/'), None);
     }
 

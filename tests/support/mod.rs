@@ -11,6 +11,17 @@ pub mod relay;
 pub mod store;
 pub mod webhook;
 
+/// Event payloads of varied JSON shapes (object with non-ASCII text and nesting, array,
+/// string, number) by `id`, so that a sink test's byte equality means something.
+pub fn varied_payload(id: i64) -> String {
+    match id % 4 {
+        0 => format!(r#"{{"n": {id}, "name": "grüße 🚀", "nested": {{"list": [1, 2.5, null]}}}}"#),
+        1 => format!(r#"[{id}, "x", true]"#),
+        2 => format!(r#""string payload {id}""#),
+        _ => id.to_string(),
+    }
+}
+
 /// The Debian server binary `name` for the tests: `$variable` when set (it must be a file),
 /// else the first `name` on `PATH` or in `/usr/sbin`, `/usr/bin`. Panics with the install
 /// hint when there is none: tests never skip for a missing server.
