@@ -594,15 +594,10 @@ pub fn message(
             headers.insert(name.as_str().into(), long_string(value));
         }
     }
-    let properties = BasicProperties::default()
-        .with_content_type(content_type.into())
-        .with_delivery_mode(PERSISTENT)
-        .with_message_id(event.id.to_string().into())
-        .with_type(short_string(&event.event_type))
-        .with_timestamp(u64::try_from(event.created_at.timestamp()).unwrap_or(0))
-        .with_app_id("dispatchbox".into())
-        .with_headers(headers);
-    Ok((properties, body))
+    Ok((
+        properties(event, event.id.to_string(), content_type, headers),
+        body,
+    ))
 }
 
 /// The native message: see the module doc.
@@ -627,15 +622,29 @@ fn native_message(event: &OutboxEvent) -> (BasicProperties, Bytes) {
             headers.insert(name.as_str().into(), long_string(value));
         }
     }
-    let properties = BasicProperties::default()
-        .with_content_type("application/json".into())
+    (
+        properties(event, id, "application/json", headers),
+        event.payload.clone(),
+    )
+}
+
+/// The properties every message of `event` carries, whatever its format: persistent, the
+/// row id (`id`, already in text) as `message_id`, the event type as `type`, `created_at` as
+/// `timestamp`.
+fn properties(
+    event: &OutboxEvent,
+    id: String,
+    content_type: &str,
+    headers: FieldTable,
+) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type(content_type.into())
         .with_delivery_mode(PERSISTENT)
         .with_message_id(id.into())
         .with_type(short_string(&event.event_type))
         .with_timestamp(u64::try_from(event.created_at.timestamp()).unwrap_or(0))
         .with_app_id("dispatchbox".into())
-        .with_headers(headers);
-    (properties, event.payload.clone())
+        .with_headers(headers)
 }
 
 fn long_string(value: &str) -> AMQPValue {
