@@ -35,10 +35,11 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use super::server::ServerProcess;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -53,11 +54,8 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// A running tansu broker. Dropping it kills the process.
 #[derive(Debug)]
 pub struct TestBroker {
-    port: u16,
+    server: ServerProcess,
     bin: PathBuf,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    starts: usize,
 }
 
 /// Locates the tansu binary or panics with the install hint.
@@ -89,26 +87,12 @@ pub fn find_tansu() -> PathBuf {
         })
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
-}
-
 impl TestBroker {
     /// Starts a broker on a free port and waits until it answers metadata requests.
     pub fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("dispatchbox-tansu-")
-            .tempdir()
-            .expect("create broker dir");
         let mut broker = Self {
-            port: free_port(),
+            server: ServerProcess::new("tansu"),
             bin: find_tansu(),
-            dir,
-            child: None,
-            starts: 0,
         };
         broker.spawn();
         broker
@@ -116,52 +100,44 @@ impl TestBroker {
 
     /// The broker process, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.server.pid()
     }
 
     /// `host:port` for `bootstrap.servers`.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.server.port())
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     /// Kills the broker (SIGKILL: an outage, not a graceful shutdown).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.server.stop();
     }
 
     /// Starts the broker again on the same port after `stop()`. Storage is in memory, so it
     /// comes back empty.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "restart() called on a running broker");
+        assert!(
+            !self.server.is_running(),
+            "restart() called on a running broker"
+        );
         self.spawn();
     }
 
     /// Everything the broker processes logged so far (one file per start).
     pub fn logs(&self) -> String {
-        (1..=self.starts)
-            .map(|n| std::fs::read_to_string(self.log_path(n)).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n--- restart ---\n")
-    }
-
-    fn log_path(&self, start: usize) -> PathBuf {
-        self.dir.path().join(format!("tansu-{start}.log"))
+        self.server.logs()
     }
 
     fn spawn(&mut self) {
-        self.starts += 1;
-        let log = std::fs::File::create(self.log_path(self.starts)).expect("create broker log");
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            let child = Command::new(&self.bin)
+        let url = format!("tcp://127.0.0.1:{}", self.server.port());
+        let bin = &self.bin;
+        let command = || {
+            let mut command = Command::new(bin);
+            command
                 .args([
                     "broker",
                     "--listener-url",
@@ -170,50 +146,22 @@ impl TestBroker {
                     &url,
                 ])
                 .args(["--storage-engine", "memory://tansu/"])
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone log handle"))
-                .stderr(log.try_clone().expect("clone log handle"))
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin.display()));
-            self.child = Some(child);
-            if self.wait_ready(deadline) {
-                return;
-            }
-            // The port can still be held right after a stop (or taken by someone else):
-            // kill and retry until the deadline.
-            self.stop();
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not answer metadata requests on {url} within {STARTUP_TIMEOUT:?}; logs:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Polls a metadata request until it succeeds, the process dies, or the deadline passes.
-    fn wait_ready(&mut self, deadline: Instant) -> bool {
-        let consumer: BaseConsumer = ClientConfig::new()
+                .env("RUST_LOG", "warn");
+            command
+        };
+        let probe: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap())
             .set("log_level", "3")
             .create()
             .expect("create metadata probe");
-        while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(_status)) = child.try_wait() {
-                    return false;
-                }
-            }
-            if consumer
+        // Ready once a metadata request succeeds.
+        let ready = |_port| {
+            probe
                 .fetch_metadata(None, Duration::from_millis(500))
                 .is_ok()
-            {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
+        };
+        self.server
+            .start(STARTUP_TIMEOUT, "answer metadata requests", command, ready);
     }
 
     /// Creates a topic through the Kafka admin API.
@@ -258,12 +206,6 @@ impl TestBroker {
     /// passed. See [`read_topic`].
     pub async fn read_topic(&self, topic: &str, expected: usize, within: Duration) -> Vec<Record> {
         read_topic(&self.bootstrap(), topic, expected, within).await
-    }
-}
-
-impl Drop for TestBroker {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -398,9 +340,9 @@ impl TestBroker {
 
 impl TestBroker {
     fn signal(&self, sig: &str) {
-        let child = self.child.as_ref().expect("broker is running");
+        let pid = self.server.pid().expect("broker is running");
         let status = Command::new("kill")
-            .args([sig, &child.id().to_string()])
+            .args([sig, &pid.to_string()])
             .status()
             .expect("kill");
         assert!(status.success(), "kill {sig} on the broker failed");

@@ -8,6 +8,7 @@ pub mod postgres;
 pub mod rabbitmq;
 pub mod redis;
 pub mod relay;
+pub mod server;
 pub mod store;
 pub mod webhook;
 

@@ -12,12 +12,12 @@
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 
-use super::postgres::free_port;
+use super::server::ServerProcess;
 
 /// How long `start()`/`restart()` wait for the server to greet a connection.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -25,16 +25,13 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// A running `nats-server -js`. Dropping it kills the process.
 #[derive(Debug)]
 pub struct TestNats {
-    port: u16,
+    server: ServerProcess,
     bin: PathBuf,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
     extra_args: Vec<String>,
     /// The test CA's PEM file when the server requires TLS.
     ca_file: Option<PathBuf>,
     /// Where the test PKI lives, removed on drop.
     pki: Option<tempfile::TempDir>,
-    starts: usize,
 }
 
 /// One message read back from a stream.
@@ -78,19 +75,12 @@ impl TestNats {
 
     /// Starts a server with extra command-line arguments (e.g. `--auth TOKEN`).
     pub fn start_with(extra_args: &[&str]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("dispatchbox-nats-")
-            .tempdir()
-            .expect("create nats dir");
         let mut server = Self {
-            port: free_port(),
+            server: ServerProcess::new("nats"),
             bin: find_nats_server(),
-            dir,
-            child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             ca_file: None,
             pki: None,
-            starts: 0,
         };
         server.spawn();
         server
@@ -128,93 +118,41 @@ impl TestNats {
 
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://127.0.0.1:{}", self.server.port())
     }
 
     /// Kills the server (SIGKILL: an outage, not a graceful shutdown).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.server.stop();
     }
 
     /// Starts the server again on the same port and store after `stop()`.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "restart() called on a running server");
+        assert!(
+            !self.server.is_running(),
+            "restart() called on a running server"
+        );
         self.spawn();
     }
 
     /// Everything the server logged so far.
     pub fn logs(&self) -> String {
-        (1..=self.starts)
-            .map(|n| std::fs::read_to_string(self.log_path(n)).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n--- restart ---\n")
-    }
-
-    fn log_path(&self, start: usize) -> PathBuf {
-        self.dir.path().join(format!("nats-{start}.log"))
+        self.server.logs()
     }
 
     fn spawn(&mut self) {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            self.starts += 1;
-            let log = std::fs::File::create(self.log_path(self.starts)).expect("create nats log");
-            let store = self.dir.path().join("store");
-            let child = Command::new(&self.bin)
-                .args([
-                    "-js",
-                    "-a",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-sd",
-                ])
+        let store = self.server.dir().join("store");
+        let (bin, port, extra_args) = (&self.bin, self.server.port(), &self.extra_args);
+        let command = || {
+            let mut command = Command::new(bin);
+            command
+                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
                 .arg(&store)
-                .args(&self.extra_args)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone log handle"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin.display()));
-            self.child = Some(child);
-            if self.wait_ready(deadline) {
-                return;
-            }
-            self.stop();
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not accept connections on port {} within {STARTUP_TIMEOUT:?}; \
-                 logs:\n{}",
-                self.port,
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Polls until the server greets a connection with its INFO line, the process dies, or
-    /// the deadline passes.
-    fn wait_ready(&mut self, deadline: Instant) -> bool {
-        while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(_status)) = child.try_wait() {
-                    return false;
-                }
-            }
-            if let Ok(stream) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-                let mut line = String::new();
-                if BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("INFO ")
-                {
-                    return true;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
+                .args(extra_args);
+            command
+        };
+        self.server
+            .start(STARTUP_TIMEOUT, "greet a connection", command, greets);
     }
 
     /// A JetStream context on a client of its own.
@@ -306,8 +244,12 @@ impl TestNats {
     }
 }
 
-impl Drop for TestNats {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// Whether a server on `port` greets a connection with its INFO line.
+fn greets(port: u16) -> bool {
+    let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("INFO ")
 }

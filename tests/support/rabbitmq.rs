@@ -22,7 +22,9 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
+
+use super::postgres::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -63,13 +65,6 @@ pub struct TestNode {
 /// Locates `rabbitmq-server` or panics with the install hint.
 pub fn find_rabbitmq_server() -> PathBuf {
     super::find_server("DISPATCHBOX_TEST_RABBITMQ_SERVER", "rabbitmq-server")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
 }
 
 /// `id -u rabbitmq` / `id -g rabbitmq`.

@@ -11,24 +11,21 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use super::postgres::free_port;
+use super::server::ServerProcess;
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A running `redis-server`. Dropping it kills the process.
 #[derive(Debug)]
 pub struct TestRedis {
-    port: u16,
+    server: ServerProcess,
     bin: PathBuf,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
     extra_args: Vec<String>,
     /// The test CA's PEM file when the server speaks TLS only.
     ca_file: Option<PathBuf>,
-    starts: usize,
 }
 
 /// The fields of one entry, as `XRANGE` returns them.
@@ -69,18 +66,11 @@ impl TestRedis {
     /// Starts a server with extra arguments (e.g. `--requirepass PW`). The helpers below
     /// connect without a password, so they only work on a server that needs none.
     pub fn start_with(extra_args: &[&str]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("dispatchbox-redis-")
-            .tempdir()
-            .expect("create redis dir");
         let mut server = Self {
-            port: free_port(),
+            server: ServerProcess::new("redis"),
             bin: find_redis_server(),
-            dir,
-            child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             ca_file: None,
-            starts: 0,
         };
         server.spawn();
         server
@@ -90,13 +80,10 @@ impl TestRedis {
     /// certificate for `127.0.0.1` and `localhost` signed by a test CA
     /// ([`TestRedis::ca_file`]); clients need no certificate.
     pub fn start_tls() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("dispatchbox-redis-")
-            .tempdir()
-            .expect("create redis dir");
+        let process = ServerProcess::new("redis");
         let (ca, cert, key) = super::postgres::tls_fixture(&["localhost"], &["127.0.0.1"]);
         let write = |name: &str, pem: &str| {
-            let path = dir.path().join(name);
+            let path = process.dir().join(name);
             std::fs::write(&path, pem).expect("write pem");
             path
         };
@@ -105,12 +92,10 @@ impl TestRedis {
             write("cert.pem", &cert),
             write("key.pem", &key),
         );
-        let port = free_port();
+        let port = process.port();
         let mut server = Self {
-            port,
+            server: process,
             bin: find_redis_server(),
-            dir,
-            child: None,
             extra_args: vec![
                 "--tls-port".into(),
                 port.to_string(),
@@ -124,7 +109,6 @@ impl TestRedis {
                 "no".into(),
             ],
             ca_file: Some(ca_file),
-            starts: 0,
         };
         server.spawn();
         server
@@ -137,104 +121,54 @@ impl TestRedis {
 
     /// `rediss://127.0.0.1:PORT` for a TLS server.
     pub fn tls_url(&self) -> String {
-        format!("rediss://127.0.0.1:{}", self.port)
+        format!("rediss://127.0.0.1:{}", self.server.port())
     }
 
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://127.0.0.1:{}", self.server.port())
     }
 
     /// Kills the server (SIGKILL).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.server.stop();
     }
 
     /// Starts the server again on the same port after `stop()` (empty: nothing is saved).
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "restart() called on a running server");
+        assert!(
+            !self.server.is_running(),
+            "restart() called on a running server"
+        );
         self.spawn();
     }
 
     pub fn logs(&self) -> String {
-        (1..=self.starts)
-            .map(|n| std::fs::read_to_string(self.log_path(n)).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n--- restart ---\n")
-    }
-
-    fn log_path(&self, start: usize) -> PathBuf {
-        self.dir.path().join(format!("redis-{start}.log"))
+        self.server.logs()
     }
 
     fn spawn(&mut self) {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            self.starts += 1;
-            let log = std::fs::File::create(self.log_path(self.starts)).expect("create log");
-            // With TLS the plain port is off (`--port 0`) and the TLS port is in extra_args.
-            let plain_port = if self.ca_file.is_some() {
-                "0".to_owned()
-            } else {
-                self.port.to_string()
-            };
-            let child = Command::new(&self.bin)
+        // With TLS the plain port is off (`--port 0`) and the TLS port is in extra_args.
+        let tls = self.ca_file.is_some();
+        let plain_port = if tls {
+            "0".to_owned()
+        } else {
+            self.server.port().to_string()
+        };
+        let (bin, dir, extra_args) = (&self.bin, self.server.dir().to_owned(), &self.extra_args);
+        let command = || {
+            let mut command = Command::new(bin);
+            command
                 .args(["--port", &plain_port, "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no", "--dir"])
-                .arg(self.dir.path())
-                .args(&self.extra_args)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone log handle"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin.display()));
-            self.child = Some(child);
-            if self.wait_ready(deadline) {
-                return;
-            }
-            self.stop();
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING on port {} within {STARTUP_TIMEOUT:?}; \
-                 logs:\n{}",
-                self.port,
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Polls `PING` until `+PONG`, the process dies, or the deadline passes.
-    fn wait_ready(&mut self, deadline: Instant) -> bool {
-        while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(_status)) = child.try_wait() {
-                    return false;
-                }
-            }
-            // A TLS-only server is up once it accepts connections (the handshake is the
-            // client's part); a plain one must answer PING.
-            if self.ca_file.is_some() {
-                if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                    return true;
-                }
-            } else if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-                let mut answer = [0u8; 7];
-                // A server that wants a password answers -NOAUTH: it is up all the same.
-                if stream.write_all(b"PING\r\n").is_ok()
-                    && stream.read_exact(&mut answer).is_ok()
-                    && (&answer == b"+PONG\r\n" || answer.starts_with(b"-NOAUTH"))
-                {
-                    return true;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
+                .arg(&dir)
+                .args(extra_args);
+            command
+        };
+        self.server
+            .start(STARTUP_TIMEOUT, "answer PING", command, |port| {
+                answers(port, tls)
+            });
     }
 
     /// A connection of its own.
@@ -276,8 +210,19 @@ impl TestRedis {
     }
 }
 
-impl Drop for TestRedis {
-    fn drop(&mut self) {
-        self.stop();
+/// Whether a server on `port` is up: a TLS-only one once it accepts connections (the
+/// handshake is the client's part), a plain one when it answers `PING` (a server that
+/// wants a password answers -NOAUTH: it is up all the same).
+fn answers(port: u16, tls: bool) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    if tls {
+        return true;
     }
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut answer = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut answer).is_ok()
+        && (&answer == b"+PONG\r\n" || answer.starts_with(b"-NOAUTH"))
 }
